@@ -1,0 +1,106 @@
+"""N-way K-shot evaluation on frozen embeddings (SPEC section 5), with each image embedded once.
+
+The official loader re-embeds every query in every episode (five times over, on CIFAR); here the
+queries of all episodes are embedded once and indexed, and only the augmented supports, which
+differ per episode, are embedded per episode, many episodes per forward pass.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dataset.episodes import sample_episodes
+from dataset.imageset import ImageSet
+from dataset.transforms import Normalization, crop_flip_batch, crop_padding
+from eval.classifiers import classify
+from eval.embed import embed
+from eval.stats import mean_confidence_interval
+
+EMBEDDINGS = ("feature", "logit")
+SUPPORT_IMAGES_PER_CHUNK = 2048  # supports embedded (and episodes solved) per batch of episodes
+
+
+@dataclass(frozen=True)
+class EpisodeSetting:
+    n_ways: int = 5
+    n_shots: int = 1
+    n_queries: int = 15
+    n_episodes: int = 600
+    n_aug: int = 5  # augmented copies of each support image
+
+
+@dataclass
+class FewShotResult:
+    split: str
+    setting: EpisodeSetting
+    embedding: str
+    classifier: str
+    accuracies: np.ndarray  # per episode, in [0, 1]
+
+    @property
+    def mean_ci(self) -> tuple[float, float]:
+        return mean_confidence_interval(self.accuracies)
+
+    def to_dict(self) -> dict:
+        mean, ci = self.mean_ci
+        return {"split": self.split, **asdict(self.setting), "embedding": self.embedding,
+                "classifier": self.classifier, "mean": mean, "ci95": None if np.isnan(ci) else ci}
+
+    def line(self) -> str:
+        mean, ci = self.mean_ci
+        s = self.setting
+        return (f"{self.split} {s.n_ways}-way {s.n_shots}-shot {self.embedding:7s} {self.classifier:7s} "
+                f"{mean:6.2f} +- {ci:.2f}  ({s.n_episodes} episodes)")
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}_{self.setting.n_shots}shot_{self.embedding}_{self.classifier}"
+
+
+def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSetting, norm: Normalization,
+             device: torch.device, classifiers: tuple[str, ...] = ("LR",), embeddings: tuple[str, ...] = ("feature",),
+             batch_size: int = 256, seed: int = 0, autocast: contextlib.AbstractContextManager | None = None,
+             progress: bool = True) -> list[FewShotResult]:
+    """Accuracy per episode for every (embedding, classifier) pair, on the official episodes."""
+    s = setting
+    episodes = sample_episodes(images.class_indices(), s.n_episodes, s.n_ways, s.n_shots, s.n_queries, images.source)
+    pixels = torch.from_numpy(images.images)
+    num_queries = s.n_ways * s.n_queries
+
+    # Queries: the union over all episodes, embedded once, un-augmented.
+    query_index = np.stack([e.query.reshape(-1) for e in episodes])  # (E, n_ways * n_queries), class-major
+    unique, inverse = np.unique(query_index, return_inverse=True)
+    inverse = torch.from_numpy(inverse.reshape(query_index.shape)).to(device)
+    query_embeddings = dict(zip(EMBEDDINGS, embed(model, pixels[unique], norm, device, batch_size, autocast)))
+    query_labels = torch.arange(s.n_ways, device=device).repeat_interleave(s.n_queries)
+
+    # Supports: each image repeated n_aug times (the official np.tile order), freshly augmented.
+    support_index = np.tile(np.stack([e.support.reshape(-1) for e in episodes]), (1, s.n_aug))
+    support_labels = torch.arange(s.n_ways, device=device).repeat_interleave(s.n_shots).repeat(s.n_aug)
+    padding = crop_padding(images.image_size)
+    per_chunk = max(1, SUPPORT_IMAGES_PER_CHUNK // support_index.shape[1])
+    correct = {(e, c): [] for e in embeddings for c in classifiers}
+    chunks = range(0, len(episodes), per_chunk)
+    for start in tqdm(chunks, desc=f"{split} {s.n_shots}-shot", leave=False, disable=None if progress else True):
+        ids = range(start, min(start + per_chunk, len(episodes)))
+        # One generator per episode: the augmentations do not depend on chunking or device.
+        augmented = torch.cat([crop_flip_batch(pixels[support_index[i]], padding,
+                                               torch.Generator().manual_seed(seed * 1_000_003 + i)) for i in ids])
+        support_embeddings = dict(zip(EMBEDDINGS, embed(model, augmented, norm, device, batch_size, autocast)))
+        for emb in embeddings:
+            support = _l2_normalize(support_embeddings[emb].view(len(ids), support_index.shape[1], -1))
+            query = _l2_normalize(query_embeddings[emb][inverse[start:start + len(ids)]].view(len(ids), num_queries, -1))
+            labels = support_labels.expand(len(ids), -1)
+            for clf in classifiers:
+                predictions = classify(clf, support, labels, query, s.n_ways)
+                correct[(emb, clf)].append((predictions == query_labels).double().mean(1).cpu())
+    return [FewShotResult(split, setting, emb, clf, torch.cat(acc).numpy()) for (emb, clf), acc in correct.items()]

@@ -1,0 +1,57 @@
+"""The end-of-training report: val and test, 1 and 5 shots, features and logits (as the official
+scripts end), printed, written to results.json and put in the W&B summary."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dataset.imageset import ImageSet
+from dataset.transforms import Normalization
+from eval.fewshot import EMBEDDINGS, EpisodeSetting, FewShotResult, evaluate
+
+REPORT_SHOTS = (1, 5)
+
+
+def write_results(results: list[FewShotResult], path: Path, extra: dict | None = None) -> None:
+    """results.json, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({**(extra or {}), "results": [r.to_dict() for r in results]}, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def summary_metrics(results: list[FewShotResult]) -> dict[str, float]:
+    out = {}
+    for r in results:
+        mean, ci = r.mean_ci
+        out[f"fewshot/{r.key}_acc"] = mean
+        out[f"fewshot/{r.key}_ci95"] = ci
+    return out
+
+
+def final_report(model: nn.Module, splits: dict[str, ImageSet], norm: Normalization, device: torch.device,
+                 args: argparse.Namespace, autocast: contextlib.AbstractContextManager | None = None,
+                 logger=None, output: Path | None = None) -> list[FewShotResult]:
+    """Evaluate on every split given (val, test), 1 and 5 shots, with features and logits; print each
+    line, write `output` (results.json) and the W&B summary of `logger` when given."""
+    results = []
+    for split, images in splits.items():
+        for shots in REPORT_SHOTS:
+            setting = EpisodeSetting(args.n_ways, shots, args.n_queries, args.n_test_runs, args.n_aug_support_samples)
+            for result in evaluate(model, images, split, setting, norm, device, ("LR",), EMBEDDINGS,
+                                   args.eval_batch_size, args.seed, autocast):
+                print(result.line(), flush=True)
+                results.append(result)
+    if output is not None:
+        write_results(results, output)
+        print(f"results: {output}")
+    if logger is not None:
+        logger.summary(summary_metrics(results))
+    return results

@@ -1,0 +1,16 @@
+"""Mean accuracy and its 95% confidence interval over episodes (SPEC section 5)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+
+def mean_confidence_interval(accuracies: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width) in percent: t.ppf((1 + confidence) / 2, n - 1) * standard error."""
+    a = 100.0 * np.asarray(accuracies, dtype=np.float64)
+    if len(a) < 2:
+        return float(a.mean()), math.nan
+    half_width = stats.t.ppf((1 + confidence) / 2, len(a) - 1) * stats.sem(a)
+    return float(a.mean()), float(half_width)

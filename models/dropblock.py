@@ -1,0 +1,64 @@
+"""DropBlock (Ghiasi et al. 2018) with the linear ramp used by SKD/RFS.
+
+The official implementation builds its mask with index arithmetic and `.cuda()` calls; this one
+uses a max-pool over the seed grid, which gives the same mask (a seed at grid position (i, j)
+zeroes rows i..i+b-1 and columns j..j+b-1) on any device.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The official keep rate ramps over 20 * 2000 forward calls: keep = 1 - drop_rate * n / 40000.
+RAMP_STEPS = 40_000
+
+
+class DropBlock(nn.Module):
+    """Zeroes square blocks of a feature map during training; identity in eval mode.
+
+    The drop probability ramps linearly with the number of training-mode forward calls `n`
+    (a plain attribute, not part of the state dict, exactly as in the official code, so it
+    restarts at 0 when a checkpoint is loaded into a fresh model).
+    """
+
+    def __init__(self, block_size: int, drop_rate: float, ramp_steps: int = RAMP_STEPS) -> None:
+        super().__init__()
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.block_size = block_size
+        self.drop_rate = drop_rate
+        self.ramp_steps = ramp_steps
+        self.num_calls = 0
+
+    def keep_rate(self) -> float:
+        return max(1.0 - self.drop_rate * self.num_calls / self.ramp_steps, 1.0 - self.drop_rate)
+
+    def seed_probability(self, feat_size: int) -> float:
+        """gamma: per-position Bernoulli rate of block seeds for the current ramp step."""
+        b = self.block_size
+        return (1.0 - self.keep_rate()) / b**2 * feat_size**2 / (feat_size - b + 1) ** 2
+
+    def block_mask(self, seeds: torch.Tensor) -> torch.Tensor:
+        """1 where activations are kept, 0 inside every block started by a seed."""
+        b = self.block_size
+        # Pad b-1 on every side so output position r sees seeds r-b+1..r after a b x b max-pool.
+        dropped = F.max_pool2d(F.pad(seeds, (b - 1, b - 1, b - 1, b - 1)), kernel_size=b, stride=1)
+        return 1.0 - dropped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_rate == 0:
+            return x
+        self.num_calls += 1
+        batch, channels, height, width = x.shape
+        b = self.block_size
+        gamma = self.seed_probability(height)
+        grid = (batch, channels, height - b + 1, width - b + 1)
+        seeds = torch.bernoulli(torch.full(grid, gamma, device=x.device, dtype=torch.float32))
+        mask = self.block_mask(seeds)
+        # Rescale so the expected activation is unchanged; clamp guards the all-dropped case.
+        scale = mask.numel() / mask.sum().clamp_min(1.0)
+        return x * (mask * scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"block_size={self.block_size}, drop_rate={self.drop_rate}, ramp_steps={self.ramp_steps}"

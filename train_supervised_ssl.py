@@ -1,0 +1,70 @@
+"""Generation 0 of SKD: a ResNet-12 trained with cross-entropy plus a rotation loss (SPEC section 3).
+
+Each batch of B images becomes 4B: the images and their 90, 180 and 270 degree rotations. The
+network classifies all of them into the training classes, and its rotation head, fed with the
+class logits, predicts which rotation each one is:  loss = CE + gamma * L_rot.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from distill import four_rotations, gen0_loss
+from models import ResNet12SSL, create_model, list_models
+from dataset.transforms import transform_letter
+import util
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("SKD generation 0: supervised training with rotation self-supervision")
+    parser.add_argument("--model", default="resnet12_ssl", choices=list_models())
+    parser.add_argument("--gamma", type=float, default=2.0, help="weight of the rotation loss")
+    parser.add_argument("--use_trainval", action="store_true", help="train on train+val (the trainval split)")
+    util.add_data_args(parser)
+    util.add_training_args(parser, learning_rate=0.05, lr_decay_epochs="60")
+    util.add_fewshot_args(parser)
+    util.add_run_args(parser, tags="gen0,ssl")
+    return parser
+
+
+def run_name(args: argparse.Namespace, image_size: int) -> str:
+    """The official run-folder name: <model>_<dataset>_lr_<lr>_decay_<wd>_trans_<A|D>[_cosine]_trial_<t>."""
+    name = f"{args.model}_{args.dataset}_lr_{args.learning_rate}_decay_{args.weight_decay}_trans_{transform_letter(image_size)}"
+    if args.cosine:
+        name += "_cosine"
+    trial = f"{args.trial}_trainval" if args.use_trainval else args.trial
+    return f"{name}_trial_{trial}"
+
+
+def gen0_step(model: ResNet12SSL, gamma: float) -> util.Step:
+    def step(images: torch.Tensor, targets: torch.Tensor) -> util.StepResult:
+        batch, rot_labels = four_rotations(images)
+        out = model.forward_all(batch)
+        loss, ce, rot = gen0_loss(out.logits, out.rot_logits, targets.repeat(4), rot_labels, gamma)
+        correct = (out.logits[: len(images)].argmax(1) == targets).sum()
+        return util.StepResult(loss, {"ce": ce.detach(), "rot": rot.detach()}, correct, len(images))
+
+    return step
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    util.check_positive(args, "epochs", "batch_size", "n_ways", "n_shots", "n_queries", "n_test_runs",
+                        "n_aug_support_samples", "eval_batch_size")
+    device = util.resolve_device(args.device)
+    util.autocast(device, args.amp)  # validates --amp against the device before any work
+    util.print_run_header(args)
+    util.seed_everything(args.seed)
+
+    data = util.load_training_data(args)
+    model = create_model(args.model, data.train.num_classes, args.dataset, image_size=data.image_size).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    state = util.prepare_run(args, run_name(args, data.image_size), model, optimizer, device)
+    util.fit(state, gen0_step(model, args.gamma), util.make_train_loader(data, args, device), args, device)
+    util.finish_training(state, data, args, device)
+
+
+if __name__ == "__main__":
+    util.run_cli(main)
