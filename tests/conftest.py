@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny datasets written in the official file formats."""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def fake_images(rng: np.random.RandomState, labels: np.ndarray, size: int) -> np.ndarray:
+    """Class-dependent colour plus noise, uint8 (N, size, size, 3): learnable, and cheap to make."""
+    base = (labels[:, None] * np.array([37, 91, 53]) % 256).astype(np.float32)
+    images = base[:, None, None, :] + rng.normal(0, 30, (len(labels), size, size, 3))
+    return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def write_pickle(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        pickle.dump(obj, f, protocol=2)  # the official files were written by Python 2
+
+
+def labelled(rng: np.random.RandomState, first_label: int, n_classes: int, per_class: int) -> np.ndarray:
+    """Sparse labels (as in the official files), shuffled so file order is not class order."""
+    labels = np.repeat(np.arange(first_label, first_label + n_classes) * 3, per_class)
+    return labels[rng.permutation(len(labels))]
+
+
+def make_cifar_package(folder: Path, train_classes: int = 6, per_class_train: int = 8, eval_classes: int = 5,
+                       per_class_eval: int = 20, seed: int = 0) -> Path:
+    """`folder/{train,val,test}.pickle` with {'data': uint8 (N, 32, 32, 3), 'labels': list}."""
+    rng = np.random.RandomState(seed)
+    splits = {"train": (0, train_classes, per_class_train), "val": (100, eval_classes, per_class_eval),
+              "test": (200, eval_classes, per_class_eval)}
+    for split, (first, k, n) in splits.items():
+        labels = labelled(rng, first, k, n)
+        write_pickle(folder / f"{split}.pickle", {"data": fake_images(rng, labels, 32), "labels": list(labels)})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    """An official-layout data root: DIR/CIFAR-FS/*.pickle."""
+    root = tmp_path_factory.mktemp("data")
+    make_cifar_package(root / "CIFAR-FS")
+    return root
+
+
+def run_script(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run one of the top-level scripts as a user would."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=full_env,
+                          timeout=timeout)

@@ -1,0 +1,85 @@
+import math
+
+import pytest
+import torch
+
+from distill import four_rotations, gen0_loss, gen1_loss, kd_loss, rot90, rot180, rot270, rotate, twin_l2_loss
+
+X = torch.tensor([[0., 1., 2.], [3., 4., 5.], [6., 7., 8.]]).view(1, 1, 3, 3)
+
+
+def test_rotations_on_a_known_tensor():
+    assert rot90(X)[0, 0].tolist() == [[2, 5, 8], [1, 4, 7], [0, 3, 6]]  # 90 degrees counter-clockwise
+    assert rot180(X)[0, 0].tolist() == [[8, 7, 6], [5, 4, 3], [2, 1, 0]]
+    assert rot270(X)[0, 0].tolist() == [[6, 3, 0], [7, 4, 1], [8, 5, 2]]
+    assert torch.equal(rotate(X, 0), X)
+    assert torch.equal(rot90(rot270(X)), X)
+
+
+def test_four_rotations_batch_and_labels():
+    x = torch.randn(2, 3, 4, 4)
+    batch, labels = four_rotations(x)
+    assert batch.shape == (8, 3, 4, 4)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    for r in range(4):
+        assert torch.equal(batch[2 * r:2 * r + 2], rotate(x, r))
+
+
+def _bce(logit: float, target: float) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+
+def test_gen0_loss_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    targets = torch.tensor([0, 0])
+    rot_logits = torch.tensor([[1.0, -1.0, 0.0, 0.5], [0.0, 2.0, -0.5, 0.0]])
+    rot_labels = torch.tensor([0, 1])
+    ce = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(1 / (1 + math.e))) / 2
+    rot_targets = [[1, 0, 0, 0], [0, 1, 0, 0]]
+    rot = sum(_bce(rot_logits[i, j].item(), rot_targets[i][j]) for i in range(2) for j in range(4)) / 8
+    loss, ce_t, rot_t = gen0_loss(logits, rot_logits, targets, rot_labels, gamma=2.0)
+    assert ce_t.item() == pytest.approx(ce, rel=1e-6)
+    assert rot_t.item() == pytest.approx(rot, rel=1e-6)
+    assert loss.item() == pytest.approx(ce + 2.0 * rot, rel=1e-6)
+
+
+def _softmax(v: list[float], t: float) -> list[float]:
+    e = [math.exp(x / t) for x in v]
+    return [x / sum(e) for x in e]
+
+
+def test_kd_loss_by_hand():
+    s = [[1.0, 0.0, -1.0], [0.5, 0.5, 0.0]]
+    t = [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    T = 2.0
+    kl = 0.0
+    for si, ti in zip(s, t):
+        ps, pt = _softmax(si, T), _softmax(ti, T)
+        kl += sum(b * (math.log(b) - math.log(a)) for a, b in zip(ps, pt))
+    expected = kl * T * T / 2
+    assert kd_loss(torch.tensor(s), torch.tensor(t), T).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kd_loss_is_zero_for_identical_logits():
+    z = torch.randn(4, 6)
+    assert kd_loss(z, z.clone(), 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_twin_l2_is_the_mean_norm_not_its_square():
+    a = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[3.0, 4.0], [1.0, 1.0]])
+    assert twin_l2_loss(a, b).item() == pytest.approx((5.0 + 0.0) / 2)
+
+
+def test_gen1_loss_combines_kd_and_l2_with_divisor():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    s180 = torch.tensor([[4.0, 4.0], [0.0, 1.0]])
+    t = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    kd = kd_loss(s, t, 2.0).item()
+    l2 = 5.0 / 2
+    loss, kd_t, l2_t = gen1_loss(s, s180, t, beta=0.1, temperature=2.0)
+    assert loss.item() == pytest.approx(kd + 0.1 * l2, rel=1e-6)
+    assert l2_t.item() == pytest.approx(l2)
+    loss3, _, _ = gen1_loss(s, s180, t, beta=0.1, temperature=2.0, l2_divisor=3.0)
+    assert loss3.item() == pytest.approx(kd + 0.1 * l2 / 3, rel=1e-6)
