@@ -58,10 +58,12 @@ def main() -> None:
     util.seed_everything(args.seed)
 
     data = util.load_training_data(args)
-    model = create_model(args.model, data.train.num_classes, args.dataset, image_size=data.image_size).to(device)
+    model = util.to_device(create_model(args.model, data.train.num_classes, args.dataset, image_size=data.image_size),
+                           device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    state = util.prepare_run(args, run_name(args, data.image_size), model, optimizer, device)
+    state = util.prepare_run(args, run_name(args, data.image_size), model, optimizer, device,
+                             checkpoint_extra=data.checkpoint_extra())
     util.fit(state, gen0_step(model, args.gamma), util.make_train_loader(data, args, device), args, device)
     util.finish_training(state, data, args, device)
 

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dataset.errors import DataError
+from dataset.transforms import NORMALIZATIONS, Normalization
 
 REPO_DIR = Path(__file__).resolve().parent
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -77,6 +78,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data_root", default=None,
                    help="folder holding <dataset>/ (official layout) or the dataset folder itself")
     g.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes")
+    g.add_argument("--image_size", type=int, default=None,
+                   help="resize images to N x N (default: the data's own size)")
+    g.add_argument("--normalization", default="auto", choices=NORMALIZATIONS,
+                   help="per-channel normalisation: auto = official constants for the benchmarks and the training "
+                        "images' statistics for --dataset folder; evaluation uses what the checkpoint was trained with")
 
 
 def add_fewshot_args(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +154,12 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp == "fp16" and device.type != "cuda":
         raise UsageError("--amp fp16: needs a CUDA device; use --amp bf16 on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move to `device` in channels-last layout: 20-30% faster convolutions on CPU (measured, see
+    bench/) and the layout tensor cores want on CUDA. State-dict values and names are unchanged."""
+    return model.to(device, memory_format=torch.channels_last)
 
 
 def seed_everything(seed: int) -> None:
@@ -358,7 +370,7 @@ class Meter:
     def update(self, result: StepResult) -> None:
         n = result.images
         self.images += n
-        for name, value in {"loss": result.loss, **result.metrics}.items():
+        for name, value in {"loss": result.loss.detach(), **result.metrics}.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(value) * n
         if result.correct is not None:
             self.correct += float(result.correct)
@@ -449,7 +461,7 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
             targets = targets.to(device, non_blocking=True)
             with autocast(device, args.amp):
                 result = step(images, targets)
-            loss_value = float(result.loss)
+            loss_value = float(result.loss.detach())
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
                     f"non-finite loss ({loss_value}) at epoch {epoch}, step {i + 1}; "
@@ -476,25 +488,30 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
 class TrainingData:
     train: Any  # ImageSet
     eval_splits: dict  # split name -> ImageSet, for the end-of-training report
-    norm: Any  # dataset.transforms.Normalization
+    norm: Normalization
 
     @property
     def image_size(self) -> int:
         return self.train.image_size
+
+    def checkpoint_extra(self) -> dict:
+        """What evaluation needs to see images as training did."""
+        return {"image_size": self.image_size, "normalization": {"mean": list(self.norm.mean), "std": list(self.norm.std)}}
 
 
 def load_training_data(args: argparse.Namespace) -> TrainingData:
     """Read every split the run needs before anything is written, so bad data fails cleanly."""
     from dataset import load_split
     from dataset.episodes import check_episode_feasible
-    from dataset.transforms import default_normalization
+    from dataset.transforms import choose_normalization
     from eval.report import REPORT_SHOTS
 
-    train = load_split(args.dataset, args.data_root, "trainval" if getattr(args, "use_trainval", False) else "train")
+    split = "trainval" if getattr(args, "use_trainval", False) else "train"
+    train = load_split(args.dataset, args.data_root, split, args.image_size)
     eval_splits = {}
     if not args.no_final_eval:
         for split in ("val", "test"):
-            images = load_split(args.dataset, args.data_root, split)
+            images = load_split(args.dataset, args.data_root, split, args.image_size)
             if images.image_size != train.image_size:
                 raise DataError(f"{images.source}: images are {images.image_size}px, the train split's are "
                                 f"{train.image_size}px")
@@ -504,7 +521,7 @@ def load_training_data(args: argparse.Namespace) -> TrainingData:
     if len(train) < args.batch_size:
         raise UsageError(f"--batch_size {args.batch_size}: larger than the {len(train)} training images of "
                          f"{train.source}")
-    return TrainingData(train, eval_splits, default_normalization(train.image_size))
+    return TrainingData(train, eval_splits, choose_normalization(args.normalization, args.dataset, train.images))
 
 
 def make_train_loader(data: TrainingData, args: argparse.Namespace, device: torch.device):

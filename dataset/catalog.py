@@ -1,7 +1,7 @@
 """Which files make up each dataset, and `load_split` to read one split of it.
 
 `--data_root` may be the official parent folder (`DIR/<dataset folder>/...`) or the dataset
-folder itself.
+folder itself. The `folder` dataset reads `--data_root/{train,val,test}/<class>/*.png|jpg`.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from dataset.errors import DataError
+from dataset.folder import read_image_folder
 from dataset.imageset import ImageSet
 from dataset.readers import read_data_pickle, read_tiered_split
 from dataset.synthetic import make_synthetic_split
@@ -20,9 +21,9 @@ TOY_CLASSES = 5  # the official `toy` dataset: the first 5 classes of CIFAR-FS
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    folder: str | None  # sub-folder of --data_root in the official layout; None: built in
+    folder: str | None  # sub-folder of --data_root in the official layout; "": --data_root itself; None: built in
     splits: tuple[str, ...]
-    read: Callable[[Path, str], ImageSet]  # (dataset folder, split) -> ImageSet
+    read: Callable[[Path, str, int | None], ImageSet]  # (dataset folder, split, image size or None) -> ImageSet
     marker: Callable[[str], str]  # split -> a file name that identifies the dataset folder
 
 
@@ -45,17 +46,20 @@ DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec("CIFAR-FS", "CIFAR-FS", ("train", "val", "test", "trainval"),
-                    lambda d, s: read_data_pickle(d / _cifar_file(s)), _cifar_file),
+                    lambda d, s, _: read_data_pickle(d / _cifar_file(s)), _cifar_file),
         DatasetSpec("FC100", "FC100", ("train", "val", "test", "trainval"),
-                    lambda d, s: read_data_pickle(d / _cifar_file(s)), _cifar_file),
+                    lambda d, s, _: read_data_pickle(d / _cifar_file(s)), _cifar_file),
         DatasetSpec("toy", "CIFAR-FS", ("train", "val", "test"),
-                    lambda d, s: read_data_pickle(d / _cifar_file(s)).subset_classes(TOY_CLASSES), _cifar_file),
+                    lambda d, s, _: read_data_pickle(d / _cifar_file(s)).subset_classes(TOY_CLASSES), _cifar_file),
         DatasetSpec("miniImageNet", "miniImageNet", ("train", "val", "test", "trainval"),
-                    lambda d, s: read_data_pickle(d / _mini_file(s)), _mini_file),
+                    lambda d, s, _: read_data_pickle(d / _mini_file(s)), _mini_file),
         DatasetSpec("tieredImageNet", "tieredImageNet", ("train", "val", "test", "trainval"),
-                    read_tiered_split, _tiered_file),
+                    lambda d, s, _: read_tiered_split(d, s), _tiered_file),
         DatasetSpec("synthetic", None, ("train", "val", "test"),
-                    lambda d, s: make_synthetic_split(s), lambda s: ""),
+                    lambda d, s, _: make_synthetic_split(s), lambda s: ""),
+        # Resizing happens while reading, so large images never sit in memory at full size.
+        DatasetSpec("folder", "", ("train", "val", "test"),
+                    lambda d, s, size: read_image_folder(d / s, size), lambda s: s),
     )
 }
 
@@ -68,6 +72,12 @@ def resolve_dataset_folder(spec: DatasetSpec, data_root: str | Path | None) -> P
     """The folder holding the dataset's files: DIR/<folder> if it exists, else DIR itself."""
     if spec.folder is None:
         return None
+    if spec.folder == "":
+        if data_root is None or str(data_root) == "":
+            raise DataError(f"--data_root: dataset {spec.name} needs a folder holding train/, val/ and test/")
+        if not Path(data_root).is_dir():
+            raise DataError(f"{data_root}: --data_root folder not found")
+        return Path(data_root)
     if data_root is None or str(data_root) == "":
         raise DataError(f"--data_root: dataset {spec.name} needs a data folder (DIR/{spec.folder}/ or the folder itself)")
     root = Path(data_root)
@@ -80,11 +90,14 @@ def resolve_dataset_folder(spec: DatasetSpec, data_root: str | Path | None) -> P
     raise DataError(f"{root}: expected {spec.folder}/ inside it or {spec.marker('train')} in it")
 
 
-def load_split(dataset: str, data_root: str | Path | None, split: str) -> ImageSet:
-    """Read one split (train, val, test, trainval) of a dataset."""
+def load_split(dataset: str, data_root: str | Path | None, split: str, image_size: int | None = None) -> ImageSet:
+    """Read one split (train, val, test, trainval) of a dataset, resized to image_size when given."""
     if dataset not in DATASETS:
         raise DataError(f"--dataset: unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
     if split not in spec.splits:
         raise DataError(f"--dataset {dataset}: no split {split!r}; it has {', '.join(spec.splits)}")
-    return spec.read(resolve_dataset_folder(spec, data_root), split)
+    if image_size is not None and image_size < 8:
+        raise DataError(f"--image_size: expected at least 8 pixels, got {image_size}")
+    images = spec.read(resolve_dataset_folder(spec, data_root), split, image_size)
+    return images if image_size is None else images.resized(image_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from dataset.errors import DataError
 
@@ -60,3 +61,11 @@ class ImageSet:
         """The images of the first `num_classes` classes (the official `toy` rule: label < 5)."""
         keep = self.labels < num_classes
         return ImageSet(self.images[keep], self.labels[keep], self.source, self.class_names[:num_classes])
+
+    def resized(self, image_size: int) -> "ImageSet":
+        """The same images resized to image_size x image_size (bilinear), or self if already that size."""
+        if image_size == self.image_size:
+            return self
+        out = np.stack([np.asarray(Image.fromarray(img).resize((image_size, image_size), Image.BILINEAR))
+                        for img in self.images])
+        return ImageSet(out, self.labels, self.source, self.class_names)

@@ -27,8 +27,32 @@ IMAGENET_NORMALIZATION = Normalization(
 )
 
 
-def default_normalization(image_size: int) -> Normalization:
-    return IMAGENET_NORMALIZATION if image_size >= 64 else CIFAR_NORMALIZATION
+NORMALIZATIONS = ("auto", "cifar", "imagenet", "data")
+
+
+def data_normalization(images: np.ndarray, chunk: int = 4096) -> Normalization:
+    """Per-channel mean and std of uint8 (N, H, W, 3) images, in [0, 1] units (chunked: no big copies)."""
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].reshape(-1, 3).astype(np.float64) / 255
+        total += x.sum(0)
+        squares += (x * x).sum(0)
+    n = images.shape[0] * images.shape[1] * images.shape[2]
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean**2, 0))
+    std = np.maximum(std, 1e-3)  # a constant channel (e.g. blank backgrounds) must not divide by zero
+    return Normalization(tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+
+def choose_normalization(choice: str, dataset: str, train_images: np.ndarray) -> Normalization:
+    """--normalization: auto = the official constants for the benchmarks (by image size) and the
+    training images' own statistics for the `folder` dataset."""
+    if choice == "auto":
+        choice = "data" if dataset == "folder" else ("imagenet" if train_images.shape[1] >= 64 else "cifar")
+    if choice == "data":
+        return data_normalization(train_images)
+    return {"cifar": CIFAR_NORMALIZATION, "imagenet": IMAGENET_NORMALIZATION}[choice]
 
 
 def crop_padding(image_size: int) -> int:

@@ -1,0 +1,77 @@
+"""Training throughput (dataset images per second, before rotations) of one SGD step of Gen-0 and
+Gen-1 (default and --official_quirks), fp32 and bf16 autocast, on random data.
+
+    python bench/bench_train.py --device cpu --image_size 32 --batch_size 64 --steps 5
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import util  # noqa: E402
+from models import create_model  # noqa: E402
+from train_distillation import gen1_step  # noqa: E402
+from train_supervised_ssl import gen0_step  # noqa: E402
+
+
+def time_steps(step: util.Step, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
+               device: torch.device, amp: str, steps: int, warmup: int) -> float:
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    model.train()
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        with util.autocast(device, amp):
+            result = step(images, targets)
+        optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * len(images) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser("training throughput")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_classes", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--amp", default="off,bf16", help="comma-separated: off, bf16, fp16")
+    args = parser.parse_args()
+    device = util.resolve_device(args.device)
+    torch.manual_seed(0)
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    targets = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+
+    def model():
+        return util.to_device(create_model("resnet12_ssl", args.num_classes, image_size=args.image_size), device)
+
+    print(f"device={device} threads={torch.get_num_threads()} image_size={args.image_size} "
+          f"batch_size={args.batch_size} steps={args.steps}")
+    print(f"{'stage':22s} {'amp':5s} {'images/s':>9s}")
+    for amp in args.amp.split(","):
+        teacher = model().eval().requires_grad_(False)
+        stages = {
+            "gen0": lambda: (m := model(), gen0_step(m, 2.0)),
+            "gen1": lambda: (m := model(), gen1_step(m, teacher, 0.1, 2.0, official_quirks=False)),
+            "gen1 --official_quirks": lambda: (m := model(), gen1_step(m, teacher, 0.1, 2.0, official_quirks=True)),
+        }
+        for name, build in stages.items():
+            m, step = build()
+            rate = time_steps(step, m, images, targets, device, amp, args.steps, args.warmup)
+            print(f"{name:22s} {amp:5s} {rate:9.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    util.run_cli(main)

@@ -1,0 +1,228 @@
+"""Gen-0 and Gen-1 training runs end to end (tiny CIFAR-FS files, CPU), and the run plumbing."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import util
+from conftest import make_cifar_package, run_script
+from distill import gen1_loss, rot180
+from models import create_model
+from train_distillation import assert_unchanged, gen1_step, snapshot
+
+FAST = ["--dataset", "CIFAR-FS", "--batch_size", "16", "--num_workers", "0", "--n_test_runs", "2",
+        "--eval_batch_size", "128", "--device", "cpu"]
+GEN0_NAME = "resnet12_ssl_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_trial_1"
+
+
+def _checkpoint(folder: Path) -> dict:
+    return torch.load(folder / "checkpoint.pth", map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def gen0_run(cifar_root, tmp_path_factory) -> Path:
+    """A 2-epoch Gen-0 run with the end-of-training report; returns its run folder."""
+    save = tmp_path_factory.mktemp("save")
+    done = run_script("train_supervised_ssl.py", *FAST, "--data_root", str(cifar_root), "--model_path", str(save),
+                      "--epochs", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = save / GEN0_NAME
+    assert f"checkpoint: {folder / 'checkpoint.pth'}" in done.stdout
+    return folder
+
+
+def test_gen0_run_folder_checkpoint_log_and_report(gen0_run):
+    checkpoint = _checkpoint(gen0_run)
+    assert checkpoint["epoch"] == 2
+    assert {"epoch", "model", "optimizer", "args", "dropblock_calls", "normalization", "image_size"} <= set(checkpoint)
+    assert len(checkpoint["model"]) == 100 and checkpoint["model"]["classifier.weight"].shape == (6, 640)
+    assert checkpoint["dropblock_calls"] == [6, 6]  # 3 training steps per epoch, 2 epochs
+    records = [json.loads(line) for line in (gen0_run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert {"lr", "train_loss", "train_ce", "train_rot", "train_acc", "images_per_s"} <= set(r)
+        assert r["train_loss"] == pytest.approx(r["train_ce"] + 2.0 * r["train_rot"], rel=1e-5)
+    assert json.loads((gen0_run / "args.json").read_text())["epochs"] == 2
+    results = json.loads((gen0_run / "results.json").read_text())["results"]
+    assert {(r["split"], r["n_shots"], r["embedding"]) for r in results} == {
+        (split, shots, emb) for split in ("val", "test") for shots in (1, 5) for emb in ("feature", "logit")}
+    assert all(0 <= r["mean"] <= 100 and r["n_episodes"] == 2 for r in results)
+
+
+def test_gen0_resume_reproduces_an_uninterrupted_run(gen0_run, cifar_root, tmp_path):
+    common = [*FAST, "--data_root", str(cifar_root), "--model_path", str(tmp_path), "--no_final_eval"]
+    first = run_script("train_supervised_ssl.py", *common, "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_script("train_supervised_ssl.py", *common, "--epochs", "2")
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    resumed = run_script("train_supervised_ssl.py", *common, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    straight, split = _checkpoint(gen0_run), _checkpoint(tmp_path / GEN0_NAME)
+    assert split["epoch"] == 2 and split["dropblock_calls"] == straight["dropblock_calls"]
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(split["model"][key], value, rtol=0, atol=0, msg=key)
+    lines = (tmp_path / GEN0_NAME / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_bad_data_root_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    done = run_script("train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(tmp_path / "nope"),
+                      "--model_path", str(tmp_path / "save"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: --data_root folder not found"]
+    assert not (tmp_path / "save").exists()
+
+
+def test_too_few_eval_images_fail_before_training(tmp_path):
+    make_cifar_package(tmp_path / "CIFAR-FS", per_class_eval=12)  # 5-shot + 15 queries need 20
+    done = run_script("train_supervised_ssl.py", *FAST, "--data_root", str(tmp_path), "--model_path",
+                      str(tmp_path / "save"))
+    assert done.returncode == 2 and "episodes need n_shots + n_queries = 20" in done.stderr
+    assert not (tmp_path / "save").exists()
+
+
+def test_gen1_from_gen0(gen0_run, cifar_root, tmp_path):
+    teacher_path = gen0_run / "checkpoint.pth"
+    done = run_script("train_distillation.py", *FAST, "--data_root", str(cifar_root), "--model_path", str(tmp_path),
+                      "--path_t", str(teacher_path), "--epochs", "1", "--tags", "cifarfs,gen1,may30",
+                      "--gamma", "0.1", "--n_aug_support_samples", "5", "--n_ways", "5", "--n_shots", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "teacher check: weights and BatchNorm statistics unchanged" in done.stdout
+    folder = tmp_path / "S_resnet12_ssl_T_resnet12_ssl_CIFAR-FS_kd_T_2.0_beta_0.1_trans_D_trial_1"
+    checkpoint = _checkpoint(folder)
+    assert checkpoint["path_t"] == str(teacher_path) and checkpoint["args"]["learning_rate"] == 0.001
+    record = json.loads((folder / "log.jsonl").read_text())
+    assert record["train_loss"] == pytest.approx(record["train_kd"] + 0.1 * record["train_l2"], rel=1e-5)
+    assert (folder / "results.json").is_file()
+
+
+def test_gen1_refuses_a_teacher_of_other_classes(gen0_run, tmp_path):
+    make_cifar_package(tmp_path / "CIFAR-FS", train_classes=7)
+    done = run_script("train_distillation.py", *FAST, "--data_root", str(tmp_path), "--model_path",
+                      str(tmp_path / "save"), "--path_t", str(gen0_run / "checkpoint.pth"))
+    assert done.returncode == 2
+    assert "the teacher has 6 classes, the training split" in done.stderr and "has 7" in done.stderr
+
+
+# ----------------------------------------------------------------------------- Gen-1 step, in process
+
+class _BatchSizes:
+    def __init__(self, model):
+        self.sizes = []
+        model.register_forward_pre_hook(lambda m, inputs: self.sizes.append(inputs[0].shape[0]))
+
+
+@pytest.mark.parametrize("quirks", [False, True])
+def test_gen1_step_forwards_2b_or_4b_and_computes_the_spec_loss(quirks):
+    torch.manual_seed(0)
+    teacher = create_model("resnet12_ssl", 5, image_size=32).eval().requires_grad_(False)
+    student = create_model("resnet12_ssl", 5, image_size=32).eval()
+    sizes = _BatchSizes(student)
+    x, y = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    result = gen1_step(student, teacher, beta=0.5, temperature=2.0, official_quirks=quirks)(x, y)
+    assert sizes.sizes == [12 if quirks else 6]
+    with torch.no_grad():  # eval mode: per-image outputs do not depend on the rest of the batch
+        expected, _, _ = gen1_loss(student(x), student(rot180(x)), teacher(x), 0.5, 2.0, 3.0 if quirks else 1.0)
+    torch.testing.assert_close(result.loss.detach(), expected, rtol=1e-4, atol=1e-5)
+    assert result.images == 3
+
+
+def test_teacher_change_is_detected():
+    model = create_model("resnet12_ssl", 5, image_size=32)
+    before = snapshot(model)
+    assert_unchanged(model, before, "teacher")
+    model.train()(torch.randn(2, 3, 32, 32))  # a training-mode forward moves the BatchNorm statistics
+    with pytest.raises(RuntimeError, match="teacher changed during training: layer1.0.bn1.running_mean"):
+        assert_unchanged(model, before, "teacher")
+
+
+# ----------------------------------------------------------------------------- run plumbing
+
+def _args(tmp_path, **overrides) -> argparse.Namespace:
+    base = dict(epochs=2, learning_rate=0.1, lr_decay_epochs=[1], lr_decay_rate=0.1, cosine=False, seed=0,
+                amp="off", model_path=str(tmp_path), tags=["t"], wandb="disabled", wandb_project=None, resume=False)
+    return argparse.Namespace(**{**base, **overrides})
+
+
+def test_non_finite_loss_stops_the_run_loudly(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    args = _args(tmp_path)
+    state = util.prepare_run(args, "run", model, optimizer, torch.device("cpu"))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2), torch.zeros(4)),
+                                         batch_size=2, generator=torch.Generator())
+
+    def step(x, y):
+        return util.StepResult(model(x).sum() * float("nan"), {"ce": torch.tensor(float("nan"))}, None, len(x))
+
+    with pytest.raises(util.NonFiniteLossError, match="non-finite loss \\(nan\\) at epoch 1, step 1; metrics: ce=nan"):
+        util.fit(state, step, loader, args, torch.device("cpu"))
+    assert not state.checkpoint_path.exists()  # nothing was saved from the broken epoch
+    with pytest.raises(SystemExit) as exit_info:
+        util.run_cli(lambda: util.fit(state, step, loader, args, torch.device("cpu")))
+    assert exit_info.value.code == 1
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pth"
+    util.save_checkpoint({"epoch": 1}, path)
+
+    def broken_save(obj, f):
+        Path(f).write_bytes(b"half a checkp")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        util.save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert util.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+
+
+def test_wandb_failure_never_stops_training(tmp_path, monkeypatch):
+    import wandb
+
+    def refuse(**kwargs):
+        raise ConnectionError("api.wandb.ai unreachable")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    logger = util.RunLogger(tmp_path, _args(tmp_path, wandb="online"))
+    assert logger.wandb_run is None
+    logger.log({"epoch": 1, "train_loss": 0.5})
+    logger.summary({"x": 1.0})
+    logger.finish()
+    assert json.loads((tmp_path / "log.jsonl").read_text()) == {"epoch": 1, "train_loss": 0.5}
+
+
+def test_wandb_offline_run_is_written(tmp_path):
+    logger = util.RunLogger(tmp_path, _args(tmp_path, wandb="offline"))
+    assert logger.wandb_run is not None and logger.wandb_id
+    logger.log({"epoch": 1, "train_loss": 0.5})
+    logger.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_learning_rate_schedules(tmp_path):
+    step = _args(tmp_path, epochs=65, learning_rate=0.05, lr_decay_epochs=[60])
+    assert [util.learning_rate_at(e, step) for e in (1, 60, 61, 65)] == pytest.approx([0.05, 0.05, 0.005, 0.005])
+    cosine = _args(tmp_path, epochs=10, learning_rate=0.1, cosine=True)
+    assert util.learning_rate_at(10, cosine) == pytest.approx(0.1 * 0.1**3)
+    assert util.learning_rate_at(5, cosine) == pytest.approx((0.1 + 1e-4) / 2)
+
+
+def test_device_and_amp_flags():
+    assert util.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(util.UsageError, match="--device: expected cpu, cuda or cuda:N"):
+        util.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(util.UsageError, match="CUDA is not available"):
+            util.resolve_device("cuda")
+        with pytest.raises(util.UsageError, match="--amp fp16: needs a CUDA device"):
+            util.autocast(torch.device("cpu"), "fp16")
+    with util.autocast(torch.device("cpu"), "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16

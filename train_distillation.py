@@ -1,0 +1,129 @@
+"""Generation 1 of SKD: self-supervised knowledge distillation (SPEC section 4).
+
+The student starts as an exact copy of the frozen Gen-0 teacher. Each batch x is seen by the
+teacher (logits p_t) and by the student on x and on its 180-degree rotation:
+    loss = KL(p_s(x), p_t(x)) at temperature T  +  beta * mean ||p_s(x180) - p_s(x)||_2
+There is no cross-entropy term. `--official_quirks` reproduces the released code instead: the
+student is forwarded on all four rotations (BatchNorm sees 4B images) and the L2 term is divided
+by 3.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+from torch import nn
+
+from dataset.transforms import transform_letter
+from distill import gen1_loss, rot90, rot180, rot270
+from models import ResNet12SSL, create_model, list_models
+import util
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("SKD generation 1: self-supervised knowledge distillation")
+    parser.add_argument("--model_s", default="resnet12_ssl", choices=list_models(), help="student architecture")
+    parser.add_argument("--model_t", default="resnet12_ssl", choices=list_models(), help="teacher architecture")
+    parser.add_argument("--path_t", required=True, help="the Gen-0 teacher checkpoint")
+    parser.add_argument("--kd_T", type=float, default=2.0, help="distillation temperature T")
+    parser.add_argument("--gamma", type=float, default=0.1,
+                        help="beta, the weight of the L2 term (official per-dataset values: CIFAR-FS 0.1, FC100 0.2, "
+                             "miniImageNet 0.025-0.5)")
+    parser.add_argument("--official_quirks", action="store_true",
+                        help="as the released code: forward the student on all four rotations and divide L2 by 3")
+    parser.add_argument("--use_trainval", action="store_true", help="train on train+val (the trainval split)")
+    util.add_data_args(parser)
+    util.add_training_args(parser, learning_rate=0.001, lr_decay_epochs="60")
+    util.add_fewshot_args(parser)
+    util.add_run_args(parser, tags="gen1,skd")
+    return parser
+
+
+def run_name(args: argparse.Namespace, image_size: int) -> str:
+    """S_<student>_T_<teacher>_<dataset>_kd_T_<T>_beta_<beta>[_quirks]_trans_<A|D>[_cosine]_trial_<t>."""
+    name = f"S_{args.model_s}_T_{args.model_t}_{args.dataset}_kd_T_{args.kd_T}_beta_{args.gamma}"
+    if args.official_quirks:
+        name += "_quirks"
+    name += f"_trans_{transform_letter(image_size)}"
+    if args.cosine:
+        name += "_cosine"
+    trial = f"{args.trial}_trainval" if args.use_trainval else args.trial
+    return f"{name}_trial_{trial}"
+
+
+def load_teacher(args: argparse.Namespace, image_size: int, device: torch.device) -> ResNet12SSL:
+    """The Gen-0 model of --path_t, frozen and in eval mode; its class count is read from the checkpoint."""
+    state = util.extract_state_dict(util.load_checkpoint(args.path_t))
+    if "classifier.weight" not in state:
+        raise util.CheckpointError(f"{args.path_t}: has no classifier.weight; expected a {args.model_t} checkpoint")
+    teacher = create_model(args.model_t, int(state["classifier.weight"].shape[0]), args.dataset, image_size=image_size)
+    util.load_model_weights(teacher, args.path_t)
+    teacher.requires_grad_(False)
+    return util.to_device(teacher, device).eval()
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer (BatchNorm statistics included)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor], what: str) -> None:
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    if changed:
+        raise RuntimeError(f"{what} changed during training: {', '.join(changed[:5])}"
+                           + (f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""))
+
+
+def gen1_step(student: ResNet12SSL, teacher: ResNet12SSL, beta: float, temperature: float,
+              official_quirks: bool) -> util.Step:
+    def step(images: torch.Tensor, targets: torch.Tensor) -> util.StepResult:
+        b = len(images)
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        if official_quirks:
+            # The released code's order; BatchNorm statistics span all 4B images.
+            logits = student(torch.cat([images, rot180(images), rot90(images), rot270(images)]))
+        else:
+            logits = student(torch.cat([images, rot180(images)]))
+        loss, kd, l2 = gen1_loss(logits[:b], logits[b:2 * b], teacher_logits, beta, temperature,
+                                 l2_divisor=3.0 if official_quirks else 1.0)
+        correct = (logits[:b].argmax(1) == targets).sum()
+        return util.StepResult(loss, {"kd": kd.detach(), "l2": l2.detach()}, correct, b)
+
+    return step
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    util.check_positive(args, "epochs", "batch_size", "n_ways", "n_shots", "n_queries", "n_test_runs",
+                        "n_aug_support_samples", "eval_batch_size")
+    device = util.resolve_device(args.device)
+    util.autocast(device, args.amp)  # validates --amp against the device before any work
+    util.print_run_header(args)
+    util.seed_everything(args.seed)
+
+    if args.model_s != args.model_t:
+        raise util.UsageError(f"--model_s {args.model_s}: the student is a copy of the teacher, so it must be "
+                              f"--model_t ({args.model_t})")
+    data = util.load_training_data(args)
+    teacher = load_teacher(args, data.image_size, device)
+    if teacher.classifier.out_features != data.train.num_classes:
+        raise util.UsageError(f"--path_t {args.path_t}: the teacher has {teacher.classifier.out_features} classes, "
+                              f"the training split {data.train.source} has {data.train.num_classes}")
+    student = copy.deepcopy(teacher).requires_grad_(True)  # "clones": the teacher's exact weights
+    teacher_before = snapshot(teacher)
+
+    optimizer = torch.optim.SGD(student.parameters(), lr=args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    state = util.prepare_run(args, run_name(args, data.image_size), student, optimizer, device,
+                             checkpoint_extra={"path_t": str(args.path_t), **data.checkpoint_extra()})
+    step = gen1_step(student, teacher, args.gamma, args.kd_T, args.official_quirks)
+    util.fit(state, step, util.make_train_loader(data, args, device), args, device)
+    assert_unchanged(teacher, teacher_before, f"teacher {args.path_t}")
+    print("teacher check: weights and BatchNorm statistics unchanged")
+    util.finish_training(state, data, args, device)
+
+
+if __name__ == "__main__":
+    util.run_cli(main)
