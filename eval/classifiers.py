@@ -90,7 +90,7 @@ def _newton_direction(problem: _Problem, p: torch.Tensor, grad: torch.Tensor, ma
 
 @torch.no_grad()
 def logistic_regression_scores(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
-                               n_classes: int, c: float = 1.0, max_iter: int = 100, tol: float = 1e-8) -> torch.Tensor:
+                               n_classes: int, c: float = 1.0, max_iter: int = 100, tol: float = 1e-7) -> torch.Tensor:
     """Multinomial L2 logistic regression per episode; returns the query decision scores (E, q, K)."""
     z_s, z_q = _span_coordinates(support.double(), query.double())
     e, n, r = z_s.shape
@@ -100,14 +100,16 @@ def logistic_regression_scores(support: torch.Tensor, support_labels: torch.Tens
     f = problem.value(theta)
     for _ in range(max_iter):
         grad, p = problem.gradient(theta)
-        if grad.abs().amax() < tol:
+        active = grad.flatten(1).abs().amax(1) >= tol  # converged episodes take no further steps
+        if not active.any():
             break
-        step = _newton_direction(problem, p, grad, max_cg=4 * n_classes * (r + 1))
+        step = _newton_direction(problem, p, grad * active[:, None, None], max_cg=4 * n_classes * (r + 1))
         slope = _dot(grad, step)
         t = torch.ones_like(f)
         for _ in range(40):  # Armijo backtracking, per episode
             f_new = problem.value(theta + t[:, None, None] * step)
-            accepted = f_new <= f + 1e-4 * t * slope
+            # Near the optimum f stops decreasing within rounding: accept those steps too.
+            accepted = (f_new <= f + 1e-4 * t * slope) | (f_new - f <= 1e-13 * f.abs())
             if accepted.all():
                 break
             t = torch.where(accepted, t, t / 2)

@@ -62,6 +62,11 @@ class FewShotResult:
         return f"{self.split}_{self.setting.n_shots}shot_{self.embedding}_{self.classifier}"
 
 
+def episode_generator(seed: int, episode: int) -> torch.Generator:
+    """The support augmentations of one episode: independent of chunking, batch size and device."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + episode)
+
+
 def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
@@ -92,9 +97,8 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
     chunks = range(0, len(episodes), per_chunk)
     for start in tqdm(chunks, desc=f"{split} {s.n_shots}-shot", leave=False, disable=None if progress else True):
         ids = range(start, min(start + per_chunk, len(episodes)))
-        # One generator per episode: the augmentations do not depend on chunking or device.
-        augmented = torch.cat([crop_flip_batch(pixels[support_index[i]], padding,
-                                               torch.Generator().manual_seed(seed * 1_000_003 + i)) for i in ids])
+        augmented = torch.cat([crop_flip_batch(pixels[support_index[i]], padding, episode_generator(seed, i))
+                               for i in ids])
         support_embeddings = dict(zip(EMBEDDINGS, embed(model, augmented, norm, device, batch_size, autocast)))
         for emb in embeddings:
             support = _l2_normalize(support_embeddings[emb].view(len(ids), support_index.shape[1], -1))

@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-runs/quickstart}"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 export WANDB_MODE="${WANDB_MODE:-offline}"  # no account needed; `wandb sync` uploads later
+export WANDB_SILENT="${WANDB_SILENT:-true}"
 
 # bf16 autocast where the hardware runs it natively (about 2x on such CPUs), fp32 elsewhere.
 AMP="${AMP:-$($PY -c '
@@ -27,15 +28,22 @@ EVAL=(--dataset synthetic --n_shots 1 --n_test_runs 200 --amp "$AMP")
 
 rm -rf "$OUT" && mkdir -p "$OUT"
 echo "== Gen-0: cross-entropy + rotation loss (amp: $AMP)"
-$PY train_supervised_ssl.py "${COMMON[@]}" --epochs 8 --lr_decay_epochs 6 --learning_rate 0.02 | tee "$OUT/gen0.log" | grep -E "^epoch=|^checkpoint:"
+$PY train_supervised_ssl.py "${COMMON[@]}" --epochs 8 --lr_decay_epochs 6 --learning_rate 0.02 | tee "$OUT/gen0.log" | grep --line-buffered -E "^epoch=|^checkpoint:"
 GEN0=$(sed -n 's/^checkpoint: //p' "$OUT/gen0.log")
 echo "== Gen-0: few-shot test accuracy"
-$PY eval_fewshot.py "${EVAL[@]}" --model_path "$GEN0" --output "$OUT/gen0_test.json" | grep -E "shot"
+$PY eval_fewshot.py "${EVAL[@]}" --model_path "$GEN0" --output "$OUT/gen0_test.json" | grep --line-buffered -E "^test "
 
 echo "== Gen-1: self-supervised distillation from Gen-0"
 $PY train_distillation.py "${COMMON[@]}" --path_t "$GEN0" --epochs 4 --lr_decay_epochs 3 \
-    | tee "$OUT/gen1.log" | grep -E "^epoch=|^checkpoint:|^teacher check"
+    | tee "$OUT/gen1.log" | grep --line-buffered -E "^epoch=|^checkpoint:|^teacher check"
 GEN1=$(sed -n 's/^checkpoint: //p' "$OUT/gen1.log")
 echo "== Gen-1: few-shot test accuracy"
-$PY eval_fewshot.py "${EVAL[@]}" --model_path "$GEN1" --output "$OUT/gen1_test.json" | grep -E "shot"
+$PY eval_fewshot.py "${EVAL[@]}" --model_path "$GEN1" --output "$OUT/gen1_test.json" | grep --line-buffered -E "^test "
+echo "== summary: 5-way 1-shot test accuracy on synthetic (200 episodes)"
+$PY - "$OUT" <<'PY'
+import json, sys
+for stage in ("gen0", "gen1"):
+    r = json.load(open(f"{sys.argv[1]}/{stage}_test.json"))["results"][0]
+    print(f"{stage}: {r['mean']:.2f} +- {r['ci95']:.2f}")
+PY
 echo "== done: checkpoints, logs and results in $OUT/"

@@ -60,3 +60,18 @@ def run_script(*args: str, env: dict | None = None, timeout: int = 600) -> subpr
     full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=full_env,
                           timeout=timeout)
+
+
+OMNIGLOT_ZIP = REPO.parent / "shared" / "data" / "omniglot" / "images_background_small1.zip"
+
+
+@pytest.fixture(scope="session")
+def omniglot_root(tmp_path_factory) -> Path:
+    """The real Omniglot sample split by alphabet into DIR/{train,val,test}/<character>/*.png."""
+    if not OMNIGLOT_ZIP.is_file():
+        pytest.skip(f"{OMNIGLOT_ZIP} not found (the Omniglot sample lives outside the repository)")
+    from dataset.prepare import build_omniglot
+
+    root = tmp_path_factory.mktemp("omniglot") / "omniglot"
+    build_omniglot(OMNIGLOT_ZIP, root)
+    return root

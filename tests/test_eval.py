@@ -1,0 +1,170 @@
+"""Few-shot evaluation: the batched classifiers against scikit-learn, statistics, the embed-once
+pipeline against the per-episode reference, checkpoint formats and the command line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import util
+from conftest import run_script
+from dataset import load_split, sample_episodes
+from dataset.transforms import CIFAR_NORMALIZATION
+from eval import classifiers as clf
+from eval import fewshot
+from eval.fewshot import EpisodeSetting, evaluate
+from eval.reference import evaluate_reference
+from eval.stats import mean_confidence_interval
+from models import create_model
+
+
+def _episodes(rng, e, n_ways, n_shots, n_queries, d):
+    centres = rng.normal(0, 1, (e, n_ways, 1, d))
+    support = centres + rng.normal(0, 1.5, (e, n_ways, n_shots, d))
+    query = centres + rng.normal(0, 1.5, (e, n_ways, n_queries, d))
+    labels = np.repeat(np.arange(n_ways), n_shots)
+    to = lambda a: torch.from_numpy(a.reshape(e, -1, d))  # noqa: E731
+    return to(support), torch.from_numpy(np.tile(labels, (e, 1))), to(query)
+
+
+@pytest.mark.parametrize("n_shots, d", [(1, 640), (5, 64), (5, 200)])
+def test_lr_solves_sklearns_problem(n_shots, d):
+    from sklearn.linear_model import LogisticRegression
+
+    support, labels, query = _episodes(np.random.RandomState(n_shots + d), 6, 5, n_shots, 7, d)
+    scores = clf.logistic_regression_scores(support, labels, query, 5)
+    for s, y, q, ours in zip(support.numpy(), labels.numpy(), query.numpy(), scores):
+        reference = LogisticRegression(C=1.0, max_iter=1000, tol=1e-10).fit(s, y).decision_function(q)
+        # Softmax scores are defined up to a per-row constant: compare them centred.
+        ours = ours.numpy() - ours.numpy().mean(1, keepdims=True)
+        np.testing.assert_allclose(ours, reference - reference.mean(1, keepdims=True), atol=1e-4)
+
+
+@pytest.mark.parametrize("n_shots", [1, 5])
+def test_lr_agrees_with_sklearn_on_real_images(omniglot_root, n_shots):
+    """600 official 5-way episodes on real Omniglot characters, with pixel features (strokes as
+    ink, 14x14); trained-network features are checked the same way in test_pipeline.py."""
+    images = load_split("folder", omniglot_root, "test", image_size=28)
+    ink = 1 - torch.from_numpy(images.images[..., 0]).double()[:, None] / 255
+    features = torch.nn.functional.normalize(torch.nn.functional.avg_pool2d(ink, 2).flatten(1), dim=1)
+    episodes = sample_episodes(images.class_indices(), 600, 5, n_shots, 15, images.source)
+    support = features[np.stack([e.support.ravel() for e in episodes])]
+    query = features[np.stack([e.query.ravel() for e in episodes])]
+    labels = torch.arange(5).repeat_interleave(n_shots).expand(600, -1)
+    truth = torch.arange(5).repeat_interleave(15)
+    ours = clf.classify("LR", support, labels, query, 5)
+    reference = clf.classify("sklearn", support, labels, query, 5)
+    assert (ours == reference).double().mean() >= 0.995
+    acc_ours = (ours == truth).double().mean(1).numpy()
+    acc_reference = (reference == truth).double().mean(1).numpy()
+    assert abs(acc_ours.mean() - acc_reference.mean()) * 100 <= 0.1
+    assert acc_ours.mean() > 0.4  # well above 20% chance: the features carry real signal
+
+
+def test_nearest_neighbour_and_cosine():
+    support = torch.tensor([[[1.0, 0.0], [0.0, 10.0]]])
+    labels = torch.tensor([[0, 1]])
+    query = torch.tensor([[[0.9, 0.5], [3.0, 2.5]]])
+    assert clf.nearest_neighbour(support, labels, query).tolist() == [[0, 0]]
+    assert clf.cosine(support, labels, query).tolist() == [[0, 0]]
+    query = torch.tensor([[[0.1, 0.3], [0.5, 6.0]]])  # the first is nearest to class 0, closest in angle to 1
+    assert clf.nearest_neighbour(support, labels, query).tolist() == [[0, 1]]
+    assert clf.cosine(support, labels, query).tolist() == [[1, 1]]
+
+
+def test_confidence_interval_formula():
+    acc = np.random.RandomState(0).uniform(0.4, 0.9, 600)
+    mean, ci = mean_confidence_interval(acc)
+    assert mean == pytest.approx(100 * acc.mean())
+    assert ci == pytest.approx(100 * stats.t.ppf(0.975, 599) * acc.std(ddof=1) / np.sqrt(600))
+    assert np.isnan(mean_confidence_interval(np.array([0.5]))[1])
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return util.to_device(create_model("resnet12_ssl", 6, image_size=32), torch.device("cpu")).eval()
+
+
+class _ImageCounter:
+    def __init__(self, model):
+        self.images = 0
+        self.handle = model.layer1.register_forward_pre_hook(
+            lambda m, inputs: setattr(self, "images", self.images + len(inputs[0])))
+
+
+def test_each_image_is_embedded_once_and_matches_the_reference(small_model, cifar_root, monkeypatch):
+    images = load_split("CIFAR-FS", cifar_root, "val")
+    setting = EpisodeSetting(5, 1, 15, 6, 5)
+    counter = _ImageCounter(small_model)
+    monkeypatch.setattr(fewshot, "SUPPORT_IMAGES_PER_CHUNK", 50)  # 2 episodes per chunk
+    ours = evaluate(small_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"),
+                    ("LR", "sklearn"), ("feature",), progress=False)
+    counter.handle.remove()
+    episodes = sample_episodes(images.class_indices(), 6, 5, 1, 15)
+    unique_queries = len(np.unique(np.concatenate([e.query.ravel() for e in episodes])))
+    assert counter.images == unique_queries + 6 * 5 * 1 * 5
+    reference = evaluate_reference(small_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"))
+    np.testing.assert_allclose(ours[1].accuracies, reference.accuracies)  # same episodes, pixels and solver
+    np.testing.assert_allclose(ours[0].accuracies, reference.accuracies, atol=1 / 75 + 1e-9)
+    monkeypatch.setattr(fewshot, "SUPPORT_IMAGES_PER_CHUNK", 2048)  # one chunk: nothing may change
+    again = evaluate(small_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"), ("sklearn",),
+                     progress=False)
+    np.testing.assert_array_equal(again[0].accuracies, ours[1].accuracies)
+
+
+# ----------------------------------------------------------------------------- checkpoints and the CLI
+
+@pytest.mark.parametrize("layout", ["ours", "official", "bare", "dataparallel"])
+def test_checkpoint_formats_load(small_model, tmp_path, layout):
+    state = small_model.state_dict()
+    content = {"ours": {"epoch": 3, "model": state, "optimizer": {}, "normalization": {}},
+               "official": {"model": state}, "bare": state,
+               "dataparallel": {"model": {f"module.{k}": v for k, v in state.items()}}}[layout]
+    torch.save(content, tmp_path / "ckpt.pth")
+    fresh = create_model("resnet12_ssl", 6, image_size=32)
+    util.load_model_weights(fresh, tmp_path / "ckpt.pth")
+    for key, value in state.items():
+        assert torch.equal(fresh.state_dict()[key], value)
+
+
+def test_checkpoint_mismatch_names_keys_and_shapes(small_model, tmp_path):
+    state = dict(small_model.state_dict())
+    del state["layer1.0.bn1.running_mean"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save({"model": state}, tmp_path / "ckpt.pth")
+    with pytest.raises(util.CheckpointError, match=r"missing: layer1.0.bn1.running_mean; unexpected: extra.weight"):
+        util.load_model_weights(create_model("resnet12_ssl", 6, image_size=32), tmp_path / "ckpt.pth")
+    with pytest.raises(util.CheckpointError, match=r"shape mismatch: classifier.weight \(6, 640\) vs model \(7, 640\)"):
+        util.load_model_weights(create_model("resnet12_ssl", 7, image_size=32), tmp_path / "ckpt.pth")
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(util.CheckpointError, match="junk.pth: not a readable PyTorch checkpoint"):
+        util.load_checkpoint(tmp_path / "junk.pth")
+
+
+def test_eval_fewshot_command(small_model, cifar_root, tmp_path):
+    torch.save(small_model.state_dict(), tmp_path / "bare.pth")  # bare state dict; classes read from it
+    output = tmp_path / "out" / "results.json"
+    done = run_script("eval_fewshot.py", "--model", "resnet12_ssl", "--model_path", str(tmp_path / "bare.pth"),
+                      "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--n_ways", "5", "--n_shots", "1",
+                      "--n_queries", "15", "--n_test_runs", "3", "--n_aug_support_samples", "5", "--num_workers", "0",
+                      "--test_batch_size", "1", "--split", "val", "--use_logit", "--classifier", "NN",
+                      "--device", "cpu", "--output", str(output))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("val 5-way")]
+    assert len(lines) == 1 and "logit" in lines[0] and "NN" in lines[0] and "(3 episodes)" in lines[0]
+    result = json.loads(output.read_text())["results"][0]
+    assert result["n_episodes"] == 3 and result["embedding"] == "logit" and result["classifier"] == "NN"
+    assert f"{result['mean']:6.2f}" in lines[0]
+
+
+def test_eval_fewshot_bad_checkpoint_is_one_line(cifar_root, tmp_path):
+    done = run_script("eval_fewshot.py", "--model_path", str(tmp_path / "missing.pth"), "--dataset", "CIFAR-FS",
+                      "--data_root", str(cifar_root))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.pth'}: checkpoint not found"]
