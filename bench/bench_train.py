@@ -59,7 +59,7 @@ def main() -> None:
 
     print(f"device={device} threads={torch.get_num_threads()} image_size={args.image_size} "
           f"batch_size={args.batch_size} steps={args.steps}")
-    print(f"{'stage':22s} {'amp':5s} {'images/s':>9s}")
+    print("| stage | amp | images/s |\n|---|---|---|")
     for amp in args.amp.split(","):
         teacher = model().eval().requires_grad_(False)
         stages = {
@@ -70,7 +70,7 @@ def main() -> None:
         for name, build in stages.items():
             m, step = build()
             rate = time_steps(step, m, images, targets, device, amp, args.steps, args.warmup)
-            print(f"{name:22s} {amp:5s} {rate:9.1f}", flush=True)
+            print(f"| {name} | {amp} | {rate:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,9 @@ def _prototypes(rng: np.random.RandomState, num_classes: int) -> np.ndarray:
     return (colour * (1 - 0.7 * glyph) + ink * 0.7 * glyph).numpy()  # (K, 3, H, W) float
 
 
-@lru_cache(maxsize=None)
-def make_synthetic_split(split: str, seed: int = 0) -> ImageSet:
-    if split not in SPLIT_SIZES:
-        raise ValueError(f"synthetic has splits {sorted(SPLIT_SIZES)}, not {split!r}")
-    num_classes, per_class = SPLIT_SIZES[split]
-    rng = np.random.RandomState(seed * 10 + _SPLIT_SEED_OFFSET[split])
+def make_synthetic_images(num_classes: int, per_class: int, seed: int, name: str) -> ImageSet:
+    """num_classes random classes with per_class images each, interleaved, deterministic in seed."""
+    rng = np.random.RandomState(seed)
     protos = _prototypes(rng, num_classes)
     labels = np.repeat(np.arange(num_classes), per_class)
     images = protos[labels]
@@ -46,5 +43,15 @@ def make_synthetic_split(split: str, seed: int = 0) -> ImageSet:
     images = np.clip(images, 0, 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
     # Interleave classes so the file order is not sorted by class, as in real data files.
     order = rng.permutation(len(labels))
-    names = [f"synthetic_{split}_{c:02d}" for c in range(num_classes)]
-    return ImageSet.from_raw(np.ascontiguousarray(images[order]), labels[order], f"synthetic:{split}", names)
+    names = [f"{name}_{c:02d}" for c in range(num_classes)]
+    return ImageSet.from_raw(np.ascontiguousarray(images[order]), labels[order], name, names)
+
+
+@lru_cache(maxsize=None)
+def make_synthetic_split(split: str, seed: int = 0) -> ImageSet:
+    if split not in SPLIT_SIZES:
+        raise ValueError(f"synthetic has splits {sorted(SPLIT_SIZES)}, not {split!r}")
+    num_classes, per_class = SPLIT_SIZES[split]
+    images = make_synthetic_images(num_classes, per_class, seed * 10 + _SPLIT_SEED_OFFSET[split], f"synthetic_{split}")
+    images.source = f"synthetic:{split}"
+    return images

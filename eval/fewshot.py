@@ -41,6 +41,7 @@ class FewShotResult:
     embedding: str
     classifier: str
     accuracies: np.ndarray  # per episode, in [0, 1]
+    predictions: np.ndarray | None = None  # (episodes, queries) predicted episode labels, class-major
 
     @property
     def mean_ci(self) -> tuple[float, float]:
@@ -93,7 +94,7 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
     support_labels = torch.arange(s.n_ways, device=device).repeat_interleave(s.n_shots).repeat(s.n_aug)
     padding = crop_padding(images.image_size)
     per_chunk = max(1, SUPPORT_IMAGES_PER_CHUNK // support_index.shape[1])
-    correct = {(e, c): [] for e in embeddings for c in classifiers}
+    predicted = {(e, c): [] for e in embeddings for c in classifiers}
     chunks = range(0, len(episodes), per_chunk)
     for start in tqdm(chunks, desc=f"{split} {s.n_shots}-shot", leave=False, disable=None if progress else True):
         ids = range(start, min(start + per_chunk, len(episodes)))
@@ -105,6 +106,10 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
             query = _l2_normalize(query_embeddings[emb][inverse[start:start + len(ids)]].view(len(ids), num_queries, -1))
             labels = support_labels.expand(len(ids), -1)
             for clf in classifiers:
-                predictions = classify(clf, support, labels, query, s.n_ways)
-                correct[(emb, clf)].append((predictions == query_labels).double().mean(1).cpu())
-    return [FewShotResult(split, setting, emb, clf, torch.cat(acc).numpy()) for (emb, clf), acc in correct.items()]
+                predicted[(emb, clf)].append(classify(clf, support, labels, query, s.n_ways).cpu())
+    results = []
+    for (emb, clf), chunks in predicted.items():
+        predictions = torch.cat(chunks)
+        accuracies = (predictions == query_labels.cpu()).double().mean(1).numpy()
+        results.append(FewShotResult(split, setting, emb, clf, accuracies, predictions.numpy().astype(np.int8)))
+    return results

@@ -34,14 +34,19 @@ class DropBlock(nn.Module):
     def keep_rate(self) -> float:
         return max(1.0 - self.drop_rate * self.num_calls / self.ramp_steps, 1.0 - self.drop_rate)
 
+    def effective_block_size(self, feat_size: int) -> int:
+        """The block size, shrunk to the feature map when that is smaller (e.g. 1x1 maps of 28px
+        inputs); at the official image sizes blocks always fit and this is block_size."""
+        return min(self.block_size, feat_size)
+
     def seed_probability(self, feat_size: int) -> float:
         """gamma: per-position Bernoulli rate of block seeds for the current ramp step."""
-        b = self.block_size
+        b = self.effective_block_size(feat_size)
         return (1.0 - self.keep_rate()) / b**2 * feat_size**2 / (feat_size - b + 1) ** 2
 
-    def block_mask(self, seeds: torch.Tensor) -> torch.Tensor:
+    def block_mask(self, seeds: torch.Tensor, block_size: int | None = None) -> torch.Tensor:
         """1 where activations are kept, 0 inside every block started by a seed."""
-        b = self.block_size
+        b = block_size or self.block_size
         # Pad b-1 on every side so output position r sees seeds r-b+1..r after a b x b max-pool.
         dropped = F.max_pool2d(F.pad(seeds, (b - 1, b - 1, b - 1, b - 1)), kernel_size=b, stride=1)
         return 1.0 - dropped
@@ -51,11 +56,11 @@ class DropBlock(nn.Module):
             return x
         self.num_calls += 1
         batch, channels, height, width = x.shape
-        b = self.block_size
+        b = self.effective_block_size(min(height, width))
         gamma = self.seed_probability(height)
         grid = (batch, channels, height - b + 1, width - b + 1)
         seeds = torch.bernoulli(torch.full(grid, gamma, device=x.device, dtype=torch.float32))
-        mask = self.block_mask(seeds)
+        mask = self.block_mask(seeds, b)
         # Rescale so the expected activation is unchanged; clamp guards the all-dropped case.
         scale = mask.numel() / mask.sum().clamp_min(1.0)
         return x * (mask * scale).to(x.dtype)

@@ -160,3 +160,15 @@ def test_unknown_model_and_dataset_are_rejected():
     with pytest.raises(ValueError, match="image size"):
         create_model("resnet12_ssl", 5, "my-data")
     assert isinstance(create_model("resnet12_ssl", 5, "my-data", image_size=84), ResNet12SSL)
+
+
+def test_dropblock_shrinks_blocks_to_small_feature_maps():
+    """At 28px layer4's map is 1x1, smaller than the 2x2 block: DropBlock becomes per-position dropout."""
+    block = DropBlock(block_size=2, drop_rate=0.5, ramp_steps=1).train()
+    block.num_calls = 1
+    out = block(torch.ones(64, 32, 1, 1))
+    kept = out != 0
+    assert 0.3 < kept.float().mean() < 0.7
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / kept.float().mean().item()))
+    model = create_model("resnet12_ssl", 5, image_size=28).train()
+    model(torch.randn(2, 3, 28, 28)).sum().backward()

@@ -1,0 +1,67 @@
+"""The three commands end to end on real images: the Omniglot sample, split by alphabet into
+train (Korean, Latin), val (Early_Aramaic) and test (Balinese, Greek) characters, at 28x28."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import util
+from conftest import run_script
+from dataset import load_split
+from eval.fewshot import EpisodeSetting, evaluate
+from eval_fewshot import checkpoint_normalization
+from models import create_model
+
+pytestmark = pytest.mark.slow
+
+DATA = ["--dataset", "folder", "--image_size", "28", "--num_workers", "0", "--device", "cpu", "--amp", "bf16"]
+TRAIN = [*DATA, "--batch_size", "32", "--no_final_eval"]
+CHANCE = 20.0
+
+
+def _checkpoint_path(stdout: str) -> Path:
+    return Path(next(line for line in stdout.splitlines() if line.startswith("checkpoint: "))[len("checkpoint: "):])
+
+
+def _test_accuracy(checkpoint: Path, root: Path, output: Path) -> float:
+    done = run_script("eval_fewshot.py", *DATA, "--data_root", str(root), "--model_path", str(checkpoint),
+                      "--n_shots", "1", "--n_test_runs", "600", "--output", str(output))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(output.read_text())["results"][0]["mean"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(omniglot_root, tmp_path_factory):
+    save = tmp_path_factory.mktemp("omniglot_runs")
+    gen0 = run_script("train_supervised_ssl.py", *TRAIN, "--data_root", str(omniglot_root), "--model_path", str(save),
+                      "--epochs", "4", "--lr_decay_epochs", "3", "--learning_rate", "0.02")
+    assert gen0.returncode == 0, gen0.stderr[-3000:]
+    gen0_path = _checkpoint_path(gen0.stdout)
+    gen1 = run_script("train_distillation.py", *TRAIN, "--data_root", str(omniglot_root), "--model_path", str(save),
+                      "--path_t", str(gen0_path), "--epochs", "1", "--lr_decay_epochs", "1")
+    assert gen1.returncode == 0, gen1.stderr[-3000:]
+    assert "teacher check: weights and BatchNorm statistics unchanged" in gen1.stdout
+    return {"gen0": gen0_path, "gen1": _checkpoint_path(gen1.stdout), "save": save}
+
+
+def test_both_generations_learn_transferable_features(pipeline, omniglot_root):
+    gen0 = _test_accuracy(pipeline["gen0"], omniglot_root, pipeline["save"] / "gen0.json")
+    gen1 = _test_accuracy(pipeline["gen1"], omniglot_root, pipeline["save"] / "gen1.json")
+    print(f"Omniglot 5-way 1-shot test accuracy: gen0 {gen0:.2f}, gen1 {gen1:.2f}")
+    assert gen0 > 2.5 * CHANCE and gen1 > 2.5 * CHANCE
+
+
+def test_lr_agrees_with_sklearn_on_trained_features(pipeline, omniglot_root):
+    """Issue 3's acceptance check: 600 official episodes, features of a trained model."""
+    checkpoint = util.load_checkpoint(pipeline["gen0"])
+    images = load_split("folder", omniglot_root, "test", image_size=28)
+    model = create_model("resnet12_ssl", checkpoint["model"]["classifier.weight"].shape[0], image_size=28)
+    util.load_model_weights(model, pipeline["gen0"])
+    results = evaluate(model.eval(), images, "test", EpisodeSetting(5, 1, 15, 600, 5),
+                       checkpoint_normalization(checkpoint), torch.device("cpu"), ("LR", "sklearn"), progress=False)
+    ours, reference = results
+    assert (ours.predictions == reference.predictions).mean() >= 0.995
+    assert abs(ours.accuracies.mean() - reference.accuracies.mean()) * 100 <= 0.1
