@@ -449,6 +449,8 @@ def _batches(loader, epoch: int, args: argparse.Namespace) -> Iterator:
 
 def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device: torch.device) -> None:
     """Train from state.start_epoch to args.epochs: one checkpoint and one log line per epoch."""
+    # fp16 gradients underflow without loss scaling; for bf16 and fp32 the scaler is a pass-through.
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     for epoch in range(state.start_epoch, args.epochs + 1):
         lr = learning_rate_at(epoch, args)
         set_learning_rate(state.optimizer, lr)
@@ -468,8 +470,9 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
                     f"metrics: {', '.join(f'{k}={float(v):.4g}' for k, v in result.metrics.items())}. "
                     f"Last good checkpoint: {state.checkpoint_path if epoch > 1 else 'none'}")
             state.optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            state.optimizer.step()
+            scaler.scale(result.loss).backward()
+            scaler.step(state.optimizer)
+            scaler.update()
             meter.update(result)
             progress.set_postfix(loss=f"{loss_value:.3f}")
         seconds = time.perf_counter() - start

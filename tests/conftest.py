@@ -62,14 +62,16 @@ def run_script(*args: str, env: dict | None = None, timeout: int = 600) -> subpr
                           timeout=timeout)
 
 
-OMNIGLOT_ZIP = REPO.parent / "shared" / "data" / "omniglot" / "images_background_small1.zip"
+OMNIGLOT_ZIP = Path(os.environ.get("SKD_OMNIGLOT_ZIP",
+                                   REPO.parent / "shared" / "data" / "omniglot" / "images_background_small1.zip"))
 
 
 @pytest.fixture(scope="session")
 def omniglot_root(tmp_path_factory) -> Path:
     """The real Omniglot sample split by alphabet into DIR/{train,val,test}/<character>/*.png."""
     if not OMNIGLOT_ZIP.is_file():
-        pytest.skip(f"{OMNIGLOT_ZIP} not found (the Omniglot sample lives outside the repository)")
+        pytest.skip(f"{OMNIGLOT_ZIP} not found (the Omniglot sample lives outside the repository; "
+                    f"set SKD_OMNIGLOT_ZIP to its path)")
     from dataset.prepare import build_omniglot
 
     root = tmp_path_factory.mktemp("omniglot") / "omniglot"

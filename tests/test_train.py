@@ -70,6 +70,23 @@ def test_gen0_resume_reproduces_an_uninterrupted_run(gen0_run, cifar_root, tmp_p
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
+def test_gen0_one_epoch_on_synthetic_reloads_and_resumes(tmp_path):
+    """The default first run: built-in data, no files. Its checkpoint loads into a fresh model and
+    --resume continues it."""
+    common = ["--batch_size", "64", "--num_workers", "0", "--device", "cpu", "--amp", "bf16", "--no_final_eval",
+              "--model_path", str(tmp_path)]
+    first = run_script("train_supervised_ssl.py", *common, "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    folder = tmp_path / "resnet12_ssl_synthetic_lr_0.05_decay_0.0005_trans_D_trial_1"
+    model = create_model("resnet12_ssl", 10, "synthetic")
+    checkpoint = util.load_model_weights(model, folder / "checkpoint.pth")
+    assert checkpoint["epoch"] == 1 and checkpoint["dropblock_calls"] == [6, 6]  # 400 images, batch 64
+    resumed = run_script("train_supervised_ssl.py", *common, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _checkpoint(folder)["epoch"] == 2 and _checkpoint(folder)["dropblock_calls"] == [12, 12]
+    assert [json.loads(line)["epoch"] for line in (folder / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_bad_data_root_is_one_line_exit_2_and_writes_nothing(tmp_path):
     done = run_script("train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(tmp_path / "nope"),
                       "--model_path", str(tmp_path / "save"))
@@ -90,6 +107,7 @@ def test_gen1_from_gen0(gen0_run, cifar_root, tmp_path):
     teacher_path = gen0_run / "checkpoint.pth"
     done = run_script("train_distillation.py", *FAST, "--data_root", str(cifar_root), "--model_path", str(tmp_path),
                       "--path_t", str(teacher_path), "--epochs", "1", "--tags", "cifarfs,gen1,may30",
+                      "--model_s", "resnet12_ssl", "--model_t", "resnet12_ssl", "--lr_decay_epochs", "60",
                       "--gamma", "0.1", "--n_aug_support_samples", "5", "--n_ways", "5", "--n_shots", "1")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "teacher check: weights and BatchNorm statistics unchanged" in done.stdout
