@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from dataset import load_split
-from dataset.transforms import Normalization, choose_normalization
+from dataset.transforms import choose_normalization
 from eval import CLASSIFIERS, EpisodeSetting, evaluate, summary_metrics, write_results
 from models import create_model, list_models
 import util
@@ -35,14 +35,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     util.add_data_args(parser)
     util.add_fewshot_args(parser)
     return parser
-
-
-def checkpoint_normalization(checkpoint: dict) -> Normalization | None:
-    """The normalisation the model was trained with, when the checkpoint records it (ours do)."""
-    norm = checkpoint.get("normalization")
-    if not isinstance(norm, dict):
-        return None
-    return Normalization(tuple(norm["mean"]), tuple(norm["std"]))
 
 
 def log_to_training_run(checkpoint: dict, checkpoint_path: str, results: list, mode: str) -> None:
@@ -71,10 +63,10 @@ def main() -> None:
     images = load_split(args.dataset, args.data_root, args.split, args.image_size)
     model = create_model(args.model, int(state["classifier.weight"].shape[0]), args.dataset,
                          image_size=images.image_size)
-    util.load_model_weights(model, args.model_path)
+    util.load_model_weights(model, args.model_path, checkpoint)
     util.to_device(model, device).eval()
 
-    norm = checkpoint_normalization(checkpoint)
+    norm = util.checkpoint_normalization(checkpoint)
     if norm is None or args.normalization != "auto":
         norm = choose_normalization(args.normalization, args.dataset, images.images)
     trained_size = checkpoint.get("image_size")

@@ -52,15 +52,17 @@ def run_name(args: argparse.Namespace, image_size: int) -> str:
     return f"{name}_trial_{trial}"
 
 
-def load_teacher(args: argparse.Namespace, image_size: int, device: torch.device) -> ResNet12SSL:
-    """The Gen-0 model of --path_t, frozen and in eval mode; its class count is read from the checkpoint."""
-    state = util.extract_state_dict(util.load_checkpoint(args.path_t))
+def load_teacher(args: argparse.Namespace, image_size: int, device: torch.device) -> tuple[ResNet12SSL, dict]:
+    """The Gen-0 model of --path_t, frozen and in eval mode, and its checkpoint; the class count is
+    read from the checkpoint."""
+    checkpoint = util.load_checkpoint(args.path_t)
+    state = util.extract_state_dict(checkpoint)
     if "classifier.weight" not in state:
         raise util.CheckpointError(f"{args.path_t}: has no classifier.weight; expected a {args.model_t} checkpoint")
     teacher = create_model(args.model_t, int(state["classifier.weight"].shape[0]), args.dataset, image_size=image_size)
-    util.load_model_weights(teacher, args.path_t)
+    util.load_model_weights(teacher, args.path_t, checkpoint)
     teacher.requires_grad_(False)
-    return util.to_device(teacher, device).eval()
+    return util.to_device(teacher, device).eval(), checkpoint
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -107,7 +109,10 @@ def main() -> None:
         raise util.UsageError(f"--model_s {args.model_s}: the student is a copy of the teacher, so it must be "
                               f"--model_t ({args.model_t})")
     data = util.load_training_data(args)
-    teacher = load_teacher(args, data.image_size, device)
+    teacher, teacher_checkpoint = load_teacher(args, data.image_size, device)
+    teacher_norm = util.checkpoint_normalization(teacher_checkpoint)
+    if teacher_norm is not None and args.normalization == "auto":
+        data.norm = teacher_norm  # the student must see images as the teacher was trained to
     if teacher.classifier.out_features != data.train.num_classes:
         raise util.UsageError(f"--path_t {args.path_t}: the teacher has {teacher.classifier.out_features} classes, "
                               f"the training split {data.train.source} has {data.train.num_classes}")

@@ -220,9 +220,10 @@ def extract_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model_weights(model: nn.Module, path: str | Path) -> dict:
-    """Load a checkpoint's weights into `model` (strict); say exactly which keys or shapes differ."""
-    checkpoint = load_checkpoint(path)
+def load_model_weights(model: nn.Module, path: str | Path, checkpoint: dict | None = None) -> dict:
+    """Load a checkpoint's weights into `model` (strict); say exactly which keys or shapes differ.
+    `checkpoint`: the already loaded content of `path`, to avoid reading it twice."""
+    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     state = extract_state_dict(checkpoint)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -238,6 +239,14 @@ def load_model_weights(model: nn.Module, path: str | Path) -> dict:
         raise CheckpointError(f"{path}: does not fit the model: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
     return checkpoint
+
+
+def checkpoint_normalization(checkpoint: dict) -> Normalization | None:
+    """The normalisation a model was trained with, when its checkpoint records it (ours do)."""
+    norm = checkpoint.get("normalization")
+    if not isinstance(norm, dict) or "mean" not in norm or "std" not in norm:
+        return None
+    return Normalization(tuple(norm["mean"]), tuple(norm["std"]))
 
 
 def dropblock_calls(model: nn.Module) -> list[int]:

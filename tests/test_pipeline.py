@@ -12,7 +12,6 @@ import util
 from conftest import run_script
 from dataset import load_split
 from eval.fewshot import EpisodeSetting, evaluate
-from eval_fewshot import checkpoint_normalization
 from models import create_model
 
 pytestmark = pytest.mark.slow
@@ -61,7 +60,7 @@ def test_lr_agrees_with_sklearn_on_trained_features(pipeline, omniglot_root):
     model = create_model("resnet12_ssl", checkpoint["model"]["classifier.weight"].shape[0], image_size=28)
     util.load_model_weights(model, pipeline["gen0"])
     results = evaluate(model.eval(), images, "test", EpisodeSetting(5, 1, 15, 600, 5),
-                       checkpoint_normalization(checkpoint), torch.device("cpu"), ("LR", "sklearn"), progress=False)
+                       util.checkpoint_normalization(checkpoint), torch.device("cpu"), ("LR", "sklearn"), progress=False)
     ours, reference = results
     assert (ours.predictions == reference.predictions).mean() >= 0.995
     assert abs(ours.accuracies.mean() - reference.accuracies.mean()) * 100 <= 0.1
