@@ -32,24 +32,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "miniImageNet 0.025-0.5)")
     parser.add_argument("--official_quirks", action="store_true",
                         help="as the released code: forward the student on all four rotations and divide L2 by 3")
-    parser.add_argument("--use_trainval", action="store_true", help="train on train+val (the trainval split)")
-    util.add_data_args(parser)
-    util.add_training_args(parser, learning_rate=0.001, lr_decay_epochs="60")
-    util.add_fewshot_args(parser)
-    util.add_run_args(parser, tags="gen1,skd")
+    util.add_training_script_args(parser, learning_rate=0.001, lr_decay_epochs="60", tags="gen1,skd")
     return parser
 
 
 def run_name(args: argparse.Namespace, image_size: int) -> str:
     """S_<student>_T_<teacher>_<dataset>_kd_T_<T>_beta_<beta>[_quirks]_trans_<A|D>[_cosine]_trial_<t>."""
-    name = f"S_{args.model_s}_T_{args.model_t}_{args.dataset}_kd_T_{args.kd_T}_beta_{args.gamma}"
-    if args.official_quirks:
-        name += "_quirks"
-    name += f"_trans_{transform_letter(image_size)}"
-    if args.cosine:
-        name += "_cosine"
-    trial = f"{args.trial}_trainval" if args.use_trainval else args.trial
-    return f"{name}_trial_{trial}"
+    quirks = "_quirks" if args.official_quirks else ""
+    return (f"S_{args.model_s}_T_{args.model_t}_{args.dataset}_kd_T_{args.kd_T}_beta_{args.gamma}{quirks}"
+            f"_trans_{transform_letter(image_size)}{util.run_name_suffix(args)}")
 
 
 def load_teacher(args: argparse.Namespace, image_size: int, device: torch.device) -> tuple[ResNet12SSL, dict]:
@@ -98,12 +89,7 @@ def gen1_step(student: ResNet12SSL, teacher: ResNet12SSL, beta: float, temperatu
 
 def main() -> None:
     args = get_args_parser().parse_args()
-    util.check_positive(args, "epochs", "batch_size", "n_ways", "n_shots", "n_queries", "n_test_runs",
-                        "n_aug_support_samples", "eval_batch_size")
-    device = util.resolve_device(args.device)
-    util.autocast(device, args.amp)  # validates --amp against the device before any work
-    util.print_run_header(args)
-    util.seed_everything(args.seed)
+    device = util.start_training_run(args)
 
     if args.model_s != args.model_t:
         raise util.UsageError(f"--model_s {args.model_s}: the student is a copy of the teacher, so it must be "

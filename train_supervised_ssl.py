@@ -20,21 +20,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("SKD generation 0: supervised training with rotation self-supervision")
     parser.add_argument("--model", default="resnet12_ssl", choices=list_models())
     parser.add_argument("--gamma", type=float, default=2.0, help="weight of the rotation loss")
-    parser.add_argument("--use_trainval", action="store_true", help="train on train+val (the trainval split)")
-    util.add_data_args(parser)
-    util.add_training_args(parser, learning_rate=0.05, lr_decay_epochs="60")
-    util.add_fewshot_args(parser)
-    util.add_run_args(parser, tags="gen0,ssl")
+    util.add_training_script_args(parser, learning_rate=0.05, lr_decay_epochs="60", tags="gen0,ssl")
     return parser
 
 
 def run_name(args: argparse.Namespace, image_size: int) -> str:
     """The official run-folder name: <model>_<dataset>_lr_<lr>_decay_<wd>_trans_<A|D>[_cosine]_trial_<t>."""
-    name = f"{args.model}_{args.dataset}_lr_{args.learning_rate}_decay_{args.weight_decay}_trans_{transform_letter(image_size)}"
-    if args.cosine:
-        name += "_cosine"
-    trial = f"{args.trial}_trainval" if args.use_trainval else args.trial
-    return f"{name}_trial_{trial}"
+    return (f"{args.model}_{args.dataset}_lr_{args.learning_rate}_decay_{args.weight_decay}"
+            f"_trans_{transform_letter(image_size)}{util.run_name_suffix(args)}")
 
 
 def gen0_step(model: ResNet12SSL, gamma: float) -> util.Step:
@@ -50,12 +43,7 @@ def gen0_step(model: ResNet12SSL, gamma: float) -> util.Step:
 
 def main() -> None:
     args = get_args_parser().parse_args()
-    util.check_positive(args, "epochs", "batch_size", "n_ways", "n_shots", "n_queries", "n_test_runs",
-                        "n_aug_support_samples", "eval_batch_size")
-    device = util.resolve_device(args.device)
-    util.autocast(device, args.amp)  # validates --amp against the device before any work
-    util.print_run_header(args)
-    util.seed_everything(args.seed)
+    device = util.start_training_run(args)
 
     data = util.load_training_data(args)
     model = util.to_device(create_model(args.model, data.train.num_classes, args.dataset, image_size=data.image_size),

@@ -126,6 +126,33 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g.add_argument("--no_final_eval", action="store_true", help="skip the few-shot report at the end of training")
 
 
+def add_training_script_args(parser: argparse.ArgumentParser, learning_rate: float, lr_decay_epochs: str,
+                             tags: str) -> None:
+    """Everything both training scripts accept besides their stage's own flags."""
+    parser.add_argument("--use_trainval", action="store_true", help="train on train+val (the trainval split)")
+    add_data_args(parser)
+    add_training_args(parser, learning_rate, lr_decay_epochs)
+    add_fewshot_args(parser)
+    add_run_args(parser, tags)
+
+
+def run_name_suffix(args: argparse.Namespace) -> str:
+    """The end of the official run-folder names: [_cosine]_trial_<t>[_trainval]."""
+    trial = f"{args.trial}_trainval" if args.use_trainval else args.trial
+    return f"{'_cosine' if args.cosine else ''}_trial_{trial}"
+
+
+def start_training_run(args: argparse.Namespace) -> torch.device:
+    """Validate the flags, pick the device, print the git sha and every argument, seed everything."""
+    check_positive(args, "epochs", "batch_size", "n_ways", "n_shots", "n_queries", "n_test_runs",
+                   "n_aug_support_samples", "eval_batch_size")
+    device = resolve_device(args.device)
+    autocast(device, args.amp)  # validates --amp against the device before any work
+    print_run_header(args)
+    seed_everything(args.seed)
+    return device
+
+
 def check_positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         if getattr(args, name) < 1:
