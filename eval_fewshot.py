@@ -13,7 +13,7 @@ from pathlib import Path
 from dataset import load_split
 from dataset.transforms import choose_normalization
 from eval import CLASSIFIERS, EpisodeSetting, evaluate, summary_metrics, write_results
-from models import create_model, list_models
+from models import list_models
 import util
 
 
@@ -57,13 +57,8 @@ def main() -> None:
     util.print_run_header(args)
 
     checkpoint = util.load_checkpoint(args.model_path)
-    state = util.extract_state_dict(checkpoint)
-    if "classifier.weight" not in state:
-        raise util.CheckpointError(f"{args.model_path}: has no classifier.weight; expected a {args.model} checkpoint")
     images = load_split(args.dataset, args.data_root, args.split, args.image_size)
-    model = create_model(args.model, int(state["classifier.weight"].shape[0]), args.dataset,
-                         image_size=images.image_size)
-    util.load_model_weights(model, args.model_path, checkpoint)
+    model = util.model_from_checkpoint(args.model, args.model_path, checkpoint, args.dataset, images.image_size)
     util.to_device(model, device).eval()
 
     norm = util.checkpoint_normalization(checkpoint)

@@ -17,7 +17,7 @@ from torch import nn
 
 from dataset.transforms import transform_letter
 from distill import gen1_loss, rot90, rot180, rot270
-from models import ResNet12SSL, create_model, list_models
+from models import ResNet12SSL, list_models
 import util
 
 
@@ -43,17 +43,11 @@ def run_name(args: argparse.Namespace, image_size: int) -> str:
             f"_trans_{transform_letter(image_size)}{util.run_name_suffix(args)}")
 
 
-def load_teacher(args: argparse.Namespace, image_size: int, device: torch.device) -> tuple[ResNet12SSL, dict]:
-    """The Gen-0 model of --path_t, frozen and in eval mode, and its checkpoint; the class count is
-    read from the checkpoint."""
-    checkpoint = util.load_checkpoint(args.path_t)
-    state = util.extract_state_dict(checkpoint)
-    if "classifier.weight" not in state:
-        raise util.CheckpointError(f"{args.path_t}: has no classifier.weight; expected a {args.model_t} checkpoint")
-    teacher = create_model(args.model_t, int(state["classifier.weight"].shape[0]), args.dataset, image_size=image_size)
-    util.load_model_weights(teacher, args.path_t, checkpoint)
+def load_teacher(args: argparse.Namespace, checkpoint: dict, image_size: int, device: torch.device) -> ResNet12SSL:
+    """The Gen-0 model of --path_t (`checkpoint` is its content), frozen and in eval mode."""
+    teacher = util.model_from_checkpoint(args.model_t, args.path_t, checkpoint, args.dataset, image_size)
     teacher.requires_grad_(False)
-    return util.to_device(teacher, device).eval(), checkpoint
+    return util.to_device(teacher, device).eval()
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -94,11 +88,11 @@ def main() -> None:
     if args.model_s != args.model_t:
         raise util.UsageError(f"--model_s {args.model_s}: the student is a copy of the teacher, so it must be "
                               f"--model_t ({args.model_t})")
-    data = util.load_training_data(args)
-    teacher, teacher_checkpoint = load_teacher(args, data.image_size, device)
-    teacher_norm = util.checkpoint_normalization(teacher_checkpoint)
-    if teacher_norm is not None and args.normalization == "auto":
-        data.norm = teacher_norm  # the student must see images as the teacher was trained to
+    teacher_checkpoint = util.load_checkpoint(args.path_t)
+    # The student must see images as the teacher was trained to, unless --normalization says otherwise.
+    teacher_norm = util.checkpoint_normalization(teacher_checkpoint) if args.normalization == "auto" else None
+    data = util.load_training_data(args, teacher_norm)
+    teacher = load_teacher(args, teacher_checkpoint, data.image_size, device)
     if teacher.classifier.out_features != data.train.num_classes:
         raise util.UsageError(f"--path_t {args.path_t}: the teacher has {teacher.classifier.out_features} classes, "
                               f"the training split {data.train.source} has {data.train.num_classes}")

@@ -268,6 +268,20 @@ def load_model_weights(model: nn.Module, path: str | Path, checkpoint: dict | No
     return checkpoint
 
 
+def model_from_checkpoint(name: str, path: str | Path, checkpoint: dict, dataset: str | None,
+                          image_size: int) -> nn.Module:
+    """Model `name` sized to fit `checkpoint` (the class count read from classifier.weight), with
+    its weights loaded. `checkpoint` is the loaded content of `path`."""
+    from models import create_model
+
+    state = extract_state_dict(checkpoint)
+    if "classifier.weight" not in state:
+        raise CheckpointError(f"{path}: has no classifier.weight; expected a {name} checkpoint")
+    model = create_model(name, int(state["classifier.weight"].shape[0]), dataset, image_size=image_size)
+    load_model_weights(model, path, checkpoint)
+    return model
+
+
 def checkpoint_normalization(checkpoint: dict) -> Normalization | None:
     """The normalisation a model was trained with, when its checkpoint records it (ours do)."""
     norm = checkpoint.get("normalization")
@@ -538,8 +552,9 @@ class TrainingData:
         return {"image_size": self.image_size, "normalization": {"mean": list(self.norm.mean), "std": list(self.norm.std)}}
 
 
-def load_training_data(args: argparse.Namespace) -> TrainingData:
-    """Read every split the run needs before anything is written, so bad data fails cleanly."""
+def load_training_data(args: argparse.Namespace, norm: Normalization | None = None) -> TrainingData:
+    """Read every split the run needs before anything is written, so bad data fails cleanly.
+    `norm`: a normalisation fixed by the caller (Gen-1: the teacher's); default: --normalization."""
     from dataset import load_split
     from dataset.episodes import check_episode_feasible
     from dataset.transforms import choose_normalization
@@ -560,7 +575,9 @@ def load_training_data(args: argparse.Namespace) -> TrainingData:
     if len(train) < args.batch_size:
         raise UsageError(f"--batch_size {args.batch_size}: larger than the {len(train)} training images of "
                          f"{train.source}")
-    return TrainingData(train, eval_splits, choose_normalization(args.normalization, args.dataset, train.images))
+    if norm is None:
+        norm = choose_normalization(args.normalization, args.dataset, train.images)
+    return TrainingData(train, eval_splits, norm)
 
 
 def make_train_loader(data: TrainingData, args: argparse.Namespace, device: torch.device):

@@ -52,14 +52,12 @@ def main() -> None:
     else:
         images = make_synthetic_images(20, 600, seed=123, name="cifar-fs-sized")
         norm = CIFAR_NORMALIZATION
-    num_classes = 64
-    if args.model_path:
-        state = util.extract_state_dict(util.load_checkpoint(args.model_path))
-        num_classes = int(state["classifier.weight"].shape[0])
     torch.manual_seed(0)
-    model = create_model("resnet12_ssl", num_classes, image_size=images.image_size)
     if args.model_path:
-        util.load_model_weights(model, args.model_path)
+        model = util.model_from_checkpoint("resnet12_ssl", args.model_path, util.load_checkpoint(args.model_path),
+                                           args.dataset, images.image_size)
+    else:
+        model = create_model("resnet12_ssl", 64, image_size=images.image_size)
     model = util.to_device(model, device).eval()
 
     print(f"device={device} threads={torch.get_num_threads()} amp={args.amp} data={images.source} "

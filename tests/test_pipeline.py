@@ -12,7 +12,6 @@ import util
 from conftest import run_script
 from dataset import load_split
 from eval.fewshot import EpisodeSetting, evaluate
-from models import create_model
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +56,7 @@ def test_lr_agrees_with_sklearn_on_trained_features(pipeline, omniglot_root):
     """Issue 3's acceptance check: 600 official episodes, features of a trained model."""
     checkpoint = util.load_checkpoint(pipeline["gen0"])
     images = load_split("folder", omniglot_root, "test", image_size=28)
-    model = create_model("resnet12_ssl", checkpoint["model"]["classifier.weight"].shape[0], image_size=28)
-    util.load_model_weights(model, pipeline["gen0"])
+    model = util.model_from_checkpoint("resnet12_ssl", pipeline["gen0"], checkpoint, "folder", 28)
     results = evaluate(model.eval(), images, "test", EpisodeSetting(5, 1, 15, 600, 5),
                        util.checkpoint_normalization(checkpoint), torch.device("cpu"), ("LR", "sklearn"), progress=False)
     ours, reference = results
