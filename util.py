@@ -213,15 +213,22 @@ def print_run_header(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Write atomically: a reader never sees a half-written file, even if the run is killed."""
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write to; it replaces `path` only if the block
+    finishes, so a reader never sees a half-written file, even if the process is killed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        torch.save(state, tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict:

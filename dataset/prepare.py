@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dataset.errors import DataError
+from util import atomic_write
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 ARCHIVE_NAME = "cifar-100-python.tar.gz"
@@ -125,14 +126,8 @@ def write_package(splits: dict[str, dict], folder: Path) -> None:
     """Each pickle is written to a temporary name and renamed, so no half-written file is left."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, content in splits.items():
-        target = folder / f"{split}.pickle"
-        tmp = folder / f".{split}.pickle.tmp{os.getpid()}"
-        try:
-            with tmp.open("wb") as f:
-                pickle.dump(content, f, protocol=2)  # readable by the official Python 2 era code too
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(folder / f"{split}.pickle") as tmp, tmp.open("wb") as f:
+            pickle.dump(content, f, protocol=2)  # readable by the official Python 2 era code too
 
 
 def download_cifar100(folder: Path) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -14,17 +13,16 @@ from torch import nn
 from dataset.imageset import ImageSet
 from dataset.transforms import Normalization
 from eval.fewshot import EMBEDDINGS, EpisodeSetting, FewShotResult, evaluate
+from util import atomic_write
 
 REPORT_SHOTS = (1, 5)
 
 
 def write_results(results: list[FewShotResult], path: Path, extra: dict | None = None) -> None:
     """results.json, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({**(extra or {}), "results": [r.to_dict() for r in results]}, indent=2) + "\n")
-    os.replace(tmp, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps({**(extra or {}), "results": [r.to_dict() for r in results]}, indent=2) + "\n")
 
 
 def summary_metrics(results: list[FewShotResult]) -> dict[str, float]:
