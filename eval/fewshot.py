@@ -68,7 +68,7 @@ def episode_generator(seed: int, episode: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + episode)
 
 
-def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
@@ -102,8 +102,8 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
                                for i in ids])
         support_embeddings = dict(zip(EMBEDDINGS, embed(model, augmented, norm, device, batch_size, autocast)))
         for emb in embeddings:
-            support = _l2_normalize(support_embeddings[emb].view(len(ids), support_index.shape[1], -1))
-            query = _l2_normalize(query_embeddings[emb][inverse[start:start + len(ids)]].view(len(ids), num_queries, -1))
+            support = l2_normalize(support_embeddings[emb].view(len(ids), support_index.shape[1], -1))
+            query = l2_normalize(query_embeddings[emb][inverse[start:start + len(ids)]].view(len(ids), num_queries, -1))
             labels = support_labels.expand(len(ids), -1)
             for clf in classifiers:
                 predicted[(emb, clf)].append(classify(clf, support, labels, query, s.n_ways).cpu())

@@ -18,7 +18,7 @@ from dataset.imageset import ImageSet
 from dataset.transforms import Normalization, crop_flip_batch, crop_padding
 from eval.classifiers import sklearn_logistic_regression
 from eval.embed import embed
-from eval.fewshot import EpisodeSetting, FewShotResult, episode_generator
+from eval.fewshot import EMBEDDINGS, EpisodeSetting, FewShotResult, episode_generator, l2_normalize
 
 
 def evaluate_reference(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSetting, norm: Normalization,
@@ -28,7 +28,7 @@ def evaluate_reference(model: nn.Module, images: ImageSet, split: str, setting: 
     episodes = sample_episodes(images.class_indices(), s.n_episodes, s.n_ways, s.n_shots, s.n_queries, images.source)
     pixels = torch.from_numpy(images.images)
     padding = crop_padding(images.image_size)
-    pick = 1 if embedding == "logit" else 0
+    pick = EMBEDDINGS.index(embedding)  # embed() returns (features, logits)
     support_labels = torch.arange(s.n_ways).repeat_interleave(s.n_shots).repeat(s.n_aug)
     query_labels = torch.arange(s.n_ways).repeat_interleave(s.n_queries).repeat(s.n_aug)
     accuracies = []
@@ -38,8 +38,7 @@ def evaluate_reference(model: nn.Module, images: ImageSet, split: str, setting: 
         support = embed(model, support_pixels, norm, device, batch_size, autocast)[pick].cpu()
         query = embed(model, pixels[np.tile(episode.query.reshape(-1), s.n_aug)], norm, device, batch_size,
                       autocast)[pick].cpu()
-        support = support / support.norm(dim=1, keepdim=True)
-        query = query / query.norm(dim=1, keepdim=True)
-        predictions = sklearn_logistic_regression(support[None], support_labels[None], query[None])[0]
+        predictions = sklearn_logistic_regression(l2_normalize(support)[None], support_labels[None],
+                                                  l2_normalize(query)[None])[0]
         accuracies.append((predictions == query_labels).double().mean().item())
     return FewShotResult(split, setting, embedding, "sklearn", np.array(accuracies))
