@@ -184,8 +184,9 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 
 
 def to_device(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move to `device` in channels-last layout: 20-30% faster convolutions on CPU (measured, see
-    bench/) and the layout tensor cores want on CUDA. State-dict values and names are unchanged."""
+    """Move to `device` in channels-last layout: 5-18% faster training on this CPU (bench_train.py
+    --contiguous compares) and the layout tensor cores want on CUDA. State-dict values and names
+    are unchanged."""
     return model.to(device, memory_format=torch.channels_last)
 
 

@@ -1,7 +1,7 @@
 """Training throughput (dataset images per second, before rotations) of one SGD step of Gen-0 and
 Gen-1 (default and --official_quirks), fp32 and bf16 autocast, on random data.
 
-    python bench/bench_train.py --device cpu --image_size 32 --batch_size 64 --steps 5
+    python bench/bench_train.py --device cpu --image_size 32 --batch_size 64 --steps 5 [--contiguous]
 """
 from __future__ import annotations
 
@@ -48,16 +48,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--amp", default="off,bf16", help="comma-separated: off, bf16, fp16")
+    parser.add_argument("--contiguous", action="store_true",
+                        help="plain NCHW layout instead of the scripts' channels-last (to measure what it buys)")
     args = parser.parse_args()
     device = util.resolve_device(args.device)
     torch.manual_seed(0)
+    layout = torch.contiguous_format if args.contiguous else torch.channels_last
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    images = images.contiguous(memory_format=layout)
     targets = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
 
     def model():
-        return util.to_device(create_model("resnet12_ssl", args.num_classes, image_size=args.image_size), device)
+        net = create_model("resnet12_ssl", args.num_classes, image_size=args.image_size)
+        return net.to(device) if args.contiguous else util.to_device(net, device)
 
-    print(f"device={device} threads={torch.get_num_threads()} image_size={args.image_size} "
+    print(f"device={device} threads={torch.get_num_threads()} layout={'NCHW' if args.contiguous else 'channels-last'} "
+          f"image_size={args.image_size} "
           f"batch_size={args.batch_size} steps={args.steps}")
     print("| stage | amp | images/s |\n|---|---|---|")
     for amp in args.amp.split(","):
