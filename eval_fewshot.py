@@ -14,6 +14,9 @@ from dataset import load_split
 from dataset.transforms import choose_normalization
 from eval import CLASSIFIERS, EpisodeSetting, evaluate, summary_metrics, write_results
 from models import list_models
+import engine.args
+import engine.checkpoint
+import engine.logger
 import util
 
 
@@ -32,8 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast while embedding")
     parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                         help="add the results to the summary of the W&B run that trained the checkpoint (when it has one)")
-    util.add_data_args(parser)
-    util.add_fewshot_args(parser)
+    engine.args.add_data_args(parser)
+    engine.args.add_fewshot_args(parser)
     return parser
 
 
@@ -43,7 +46,7 @@ def log_to_training_run(checkpoint: dict, checkpoint_path: str, results: list, m
     if not checkpoint.get("wandb_id") or not isinstance(train_args, dict) or mode == "disabled":
         return
     run_args = argparse.Namespace(**{**train_args, "wandb": mode})
-    logger = util.RunLogger(Path(checkpoint_path).resolve().parent, run_args, checkpoint["wandb_id"])
+    logger = engine.logger.RunLogger(Path(checkpoint_path).resolve().parent, run_args, checkpoint["wandb_id"])
     logger.summary(summary_metrics(results))
     logger.finish()
 
@@ -56,12 +59,12 @@ def main() -> None:
     amp = util.autocast(device, args.amp)
     util.print_run_header(args)
 
-    checkpoint = util.load_checkpoint(args.model_path)
+    checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
     images = load_split(args.dataset, args.data_root, args.split, args.image_size)
-    model = util.model_from_checkpoint(args.model, args.model_path, checkpoint, args.dataset, images.image_size)
+    model = engine.checkpoint.model_from_checkpoint(args.model, args.model_path, checkpoint, args.dataset, images.image_size)
     util.to_device(model, device).eval()
 
-    norm = util.checkpoint_normalization(checkpoint)
+    norm = engine.checkpoint.checkpoint_normalization(checkpoint)
     if norm is None or args.normalization != "auto":
         norm = choose_normalization(args.normalization, args.dataset, images.images)
     trained_size = checkpoint.get("image_size")

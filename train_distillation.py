@@ -18,6 +18,10 @@ from torch import nn
 from dataset.transforms import transform_letter
 from distill import gen1_loss, rot90, rot180, rot270
 from models import ResNet12SSL, list_models
+import engine.args
+import engine.checkpoint
+import engine.loop
+import engine.run
 import util
 
 
@@ -32,7 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "miniImageNet 0.025-0.5)")
     parser.add_argument("--official_quirks", action="store_true",
                         help="as the released code: forward the student on all four rotations and divide L2 by 3")
-    util.add_training_script_args(parser, learning_rate=0.001, lr_decay_epochs="60", tags="gen1,skd")
+    engine.args.add_training_script_args(parser, learning_rate=0.001, lr_decay_epochs="60", tags="gen1,skd")
     return parser
 
 
@@ -40,12 +44,12 @@ def run_name(args: argparse.Namespace, image_size: int) -> str:
     """S_<student>_T_<teacher>_<dataset>_kd_T_<T>_beta_<beta>[_quirks]_trans_<A|D>[_cosine]_trial_<t>."""
     quirks = "_quirks" if args.official_quirks else ""
     return (f"S_{args.model_s}_T_{args.model_t}_{args.dataset}_kd_T_{args.kd_T}_beta_{args.gamma}{quirks}"
-            f"_trans_{transform_letter(image_size)}{util.run_name_suffix(args)}")
+            f"_trans_{transform_letter(image_size)}{engine.args.run_name_suffix(args)}")
 
 
 def load_teacher(args: argparse.Namespace, checkpoint: dict, image_size: int, device: torch.device) -> ResNet12SSL:
     """The Gen-0 model of --path_t (`checkpoint` is its content), frozen and in eval mode."""
-    teacher = util.model_from_checkpoint(args.model_t, args.path_t, checkpoint, args.dataset, image_size)
+    teacher = engine.checkpoint.model_from_checkpoint(args.model_t, args.path_t, checkpoint, args.dataset, image_size)
     teacher.requires_grad_(False)
     return util.to_device(teacher, device).eval()
 
@@ -63,8 +67,8 @@ def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor], what: st
 
 
 def gen1_step(student: ResNet12SSL, teacher: ResNet12SSL, beta: float, temperature: float,
-              official_quirks: bool) -> util.Step:
-    def step(images: torch.Tensor, targets: torch.Tensor) -> util.StepResult:
+              official_quirks: bool) -> engine.loop.Step:
+    def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         b = len(images)
         with torch.no_grad():
             teacher_logits = teacher(images)
@@ -76,22 +80,22 @@ def gen1_step(student: ResNet12SSL, teacher: ResNet12SSL, beta: float, temperatu
         loss, kd, l2 = gen1_loss(logits[:b], logits[b:2 * b], teacher_logits, beta, temperature,
                                  l2_divisor=3.0 if official_quirks else 1.0)
         correct = (logits[:b].argmax(1) == targets).sum()
-        return util.StepResult(loss, {"kd": kd.detach(), "l2": l2.detach()}, correct, b)
+        return engine.loop.StepResult(loss, {"kd": kd.detach(), "l2": l2.detach()}, correct, b)
 
     return step
 
 
 def main() -> None:
     args = get_args_parser().parse_args()
-    device = util.start_training_run(args)
+    device = engine.run.start_training_run(args)
 
     if args.model_s != args.model_t:
         raise util.UsageError(f"--model_s {args.model_s}: the student is a copy of the teacher, so it must be "
                               f"--model_t ({args.model_t})")
-    teacher_checkpoint = util.load_checkpoint(args.path_t)
+    teacher_checkpoint = engine.checkpoint.load_checkpoint(args.path_t)
     # The student must see images as the teacher was trained to, unless --normalization says otherwise.
-    teacher_norm = util.checkpoint_normalization(teacher_checkpoint) if args.normalization == "auto" else None
-    data = util.load_training_data(args, teacher_norm)
+    teacher_norm = engine.checkpoint.checkpoint_normalization(teacher_checkpoint) if args.normalization == "auto" else None
+    data = engine.run.load_training_data(args, teacher_norm)
     teacher = load_teacher(args, teacher_checkpoint, data.image_size, device)
     if teacher.classifier.out_features != data.train.num_classes:
         raise util.UsageError(f"--path_t {args.path_t}: the teacher has {teacher.classifier.out_features} classes, "
@@ -101,13 +105,13 @@ def main() -> None:
 
     optimizer = torch.optim.SGD(student.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    state = util.prepare_run(args, run_name(args, data.image_size), student, optimizer, device,
+    state = engine.run.prepare_run(args, run_name(args, data.image_size), student, optimizer, device,
                              checkpoint_extra={"path_t": str(args.path_t), **data.checkpoint_extra()})
     step = gen1_step(student, teacher, args.gamma, args.kd_T, args.official_quirks)
-    util.fit(state, step, util.make_train_loader(data, args, device), args, device)
+    engine.loop.fit(state, step, engine.run.make_train_loader(data, args, device), args, device)
     assert_unchanged(teacher, teacher_before, f"teacher {args.path_t}")
     print("teacher check: weights and BatchNorm statistics unchanged")
-    util.finish_training(state, data, args, device)
+    engine.run.finish_training(state, data, args, device)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ import torch
 from distill import four_rotations, gen0_loss
 from models import ResNet12SSL, create_model, list_models
 from dataset.transforms import transform_letter
+import engine.args
+import engine.loop
+import engine.run
 import util
 
 
@@ -20,40 +23,40 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("SKD generation 0: supervised training with rotation self-supervision")
     parser.add_argument("--model", default="resnet12_ssl", choices=list_models())
     parser.add_argument("--gamma", type=float, default=2.0, help="weight of the rotation loss")
-    util.add_training_script_args(parser, learning_rate=0.05, lr_decay_epochs="60", tags="gen0,ssl")
+    engine.args.add_training_script_args(parser, learning_rate=0.05, lr_decay_epochs="60", tags="gen0,ssl")
     return parser
 
 
 def run_name(args: argparse.Namespace, image_size: int) -> str:
     """The official run-folder name: <model>_<dataset>_lr_<lr>_decay_<wd>_trans_<A|D>[_cosine]_trial_<t>."""
     return (f"{args.model}_{args.dataset}_lr_{args.learning_rate}_decay_{args.weight_decay}"
-            f"_trans_{transform_letter(image_size)}{util.run_name_suffix(args)}")
+            f"_trans_{transform_letter(image_size)}{engine.args.run_name_suffix(args)}")
 
 
-def gen0_step(model: ResNet12SSL, gamma: float) -> util.Step:
-    def step(images: torch.Tensor, targets: torch.Tensor) -> util.StepResult:
+def gen0_step(model: ResNet12SSL, gamma: float) -> engine.loop.Step:
+    def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         batch, rot_labels = four_rotations(images)
         out = model.forward_all(batch)
         loss, ce, rot = gen0_loss(out.logits, out.rot_logits, targets.repeat(4), rot_labels, gamma)
         correct = (out.logits[: len(images)].argmax(1) == targets).sum()
-        return util.StepResult(loss, {"ce": ce.detach(), "rot": rot.detach()}, correct, len(images))
+        return engine.loop.StepResult(loss, {"ce": ce.detach(), "rot": rot.detach()}, correct, len(images))
 
     return step
 
 
 def main() -> None:
     args = get_args_parser().parse_args()
-    device = util.start_training_run(args)
+    device = engine.run.start_training_run(args)
 
-    data = util.load_training_data(args)
+    data = engine.run.load_training_data(args)
     model = util.to_device(create_model(args.model, data.train.num_classes, args.dataset, image_size=data.image_size),
                            device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    state = util.prepare_run(args, run_name(args, data.image_size), model, optimizer, device,
+    state = engine.run.prepare_run(args, run_name(args, data.image_size), model, optimizer, device,
                              checkpoint_extra=data.checkpoint_extra())
-    util.fit(state, gen0_step(model, args.gamma), util.make_train_loader(data, args, device), args, device)
-    util.finish_training(state, data, args, device)
+    engine.loop.fit(state, gen0_step(model, args.gamma), engine.run.make_train_loader(data, args, device), args, device)
+    engine.run.finish_training(state, data, args, device)
 
 
 if __name__ == "__main__":

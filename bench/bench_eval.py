@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import engine.checkpoint  # noqa: E402
 import util  # noqa: E402
 from dataset import load_split  # noqa: E402
 from dataset.synthetic import make_synthetic_images  # noqa: E402
@@ -54,7 +55,7 @@ def main() -> None:
         norm = CIFAR_NORMALIZATION
     torch.manual_seed(0)
     if args.model_path:
-        model = util.model_from_checkpoint("resnet12_ssl", args.model_path, util.load_checkpoint(args.model_path),
+        model = engine.checkpoint.model_from_checkpoint("resnet12_ssl", args.model_path, engine.checkpoint.load_checkpoint(args.model_path),
                                            args.dataset, images.image_size)
     else:
         model = create_model("resnet12_ssl", 64, image_size=images.image_size)

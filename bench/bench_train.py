@@ -14,13 +14,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import engine.loop  # noqa: E402
 import util  # noqa: E402
 from models import create_model  # noqa: E402
 from train_distillation import gen1_step  # noqa: E402
 from train_supervised_ssl import gen0_step  # noqa: E402
 
 
-def time_steps(step: util.Step, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
+def time_steps(step: engine.loop.Step, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
                device: torch.device, amp: str, steps: int, warmup: int) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     model.train()

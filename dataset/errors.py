@@ -1,5 +1,6 @@
 """The one error type data code raises: its message is a single line naming the path and what was expected."""
+from util import UsageError
 
 
-class DataError(ValueError):
-    """A missing or malformed data file or folder."""
+class DataError(UsageError):
+    """A missing or malformed data file or folder (reported by the scripts as one line, exit code 2)."""

@@ -67,3 +67,14 @@ class DropBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"block_size={self.block_size}, drop_rate={self.drop_rate}, ramp_steps={self.ramp_steps}"
+
+
+def dropblock_calls(model: nn.Module) -> list[int]:
+    """The ramp counter of every DropBlock in `model`, in module order (saved for --resume)."""
+    return [m.num_calls for m in model.modules() if isinstance(m, DropBlock)]
+
+
+def set_dropblock_calls(model: nn.Module, calls: list[int]) -> None:
+    """Restore the ramp counters saved by `dropblock_calls`."""
+    for module, n in zip((m for m in model.modules() if isinstance(m, DropBlock)), calls):
+        module.num_calls = int(n)

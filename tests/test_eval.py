@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+import engine.checkpoint
 import util
 from conftest import run_script
 from dataset import load_split, sample_episodes
@@ -128,7 +129,7 @@ def test_checkpoint_formats_load(small_model, tmp_path, layout):
                "dataparallel": {"model": {f"module.{k}": v for k, v in state.items()}}}[layout]
     torch.save(content, tmp_path / "ckpt.pth")
     fresh = create_model("resnet12_ssl", 6, image_size=32)
-    util.load_model_weights(fresh, tmp_path / "ckpt.pth")
+    engine.checkpoint.load_model_weights(fresh, tmp_path / "ckpt.pth")
     for key, value in state.items():
         assert torch.equal(fresh.state_dict()[key], value)
 
@@ -139,12 +140,12 @@ def test_checkpoint_mismatch_names_keys_and_shapes(small_model, tmp_path):
     state["extra.weight"] = torch.zeros(1)
     torch.save({"model": state}, tmp_path / "ckpt.pth")
     with pytest.raises(util.CheckpointError, match=r"missing: layer1.0.bn1.running_mean; unexpected: extra.weight"):
-        util.load_model_weights(create_model("resnet12_ssl", 6, image_size=32), tmp_path / "ckpt.pth")
+        engine.checkpoint.load_model_weights(create_model("resnet12_ssl", 6, image_size=32), tmp_path / "ckpt.pth")
     with pytest.raises(util.CheckpointError, match=r"shape mismatch: classifier.weight \(6, 640\) vs model \(7, 640\)"):
-        util.load_model_weights(create_model("resnet12_ssl", 7, image_size=32), tmp_path / "ckpt.pth")
+        engine.checkpoint.load_model_weights(create_model("resnet12_ssl", 7, image_size=32), tmp_path / "ckpt.pth")
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(util.CheckpointError, match="junk.pth: not a readable PyTorch checkpoint"):
-        util.load_checkpoint(tmp_path / "junk.pth")
+        engine.checkpoint.load_checkpoint(tmp_path / "junk.pth")
 
 
 def test_eval_fewshot_command(small_model, cifar_root, tmp_path):

@@ -75,7 +75,7 @@ def test_every_parameter_gets_a_gradient(name):
 
 
 def test_official_format_checkpoint_round_trip(tmp_path):
-    from util import load_model_weights
+    from engine.checkpoint import load_model_weights
 
     model = create_model("resnet12_ssl", 64, "CIFAR-FS")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import util
+import engine.checkpoint
 from conftest import run_script
 from dataset import load_split
 from eval.fewshot import EpisodeSetting, evaluate
@@ -54,11 +54,11 @@ def test_both_generations_learn_transferable_features(pipeline, omniglot_root):
 
 def test_lr_agrees_with_sklearn_on_trained_features(pipeline, omniglot_root):
     """Issue 3's acceptance check: 600 official episodes, features of a trained model."""
-    checkpoint = util.load_checkpoint(pipeline["gen0"])
+    checkpoint = engine.checkpoint.load_checkpoint(pipeline["gen0"])
     images = load_split("folder", omniglot_root, "test", image_size=28)
-    model = util.model_from_checkpoint("resnet12_ssl", pipeline["gen0"], checkpoint, "folder", 28)
+    model = engine.checkpoint.model_from_checkpoint("resnet12_ssl", pipeline["gen0"], checkpoint, "folder", 28)
     results = evaluate(model.eval(), images, "test", EpisodeSetting(5, 1, 15, 600, 5),
-                       util.checkpoint_normalization(checkpoint), torch.device("cpu"), ("LR", "sklearn"), progress=False)
+                       engine.checkpoint.checkpoint_normalization(checkpoint), torch.device("cpu"), ("LR", "sklearn"), progress=False)
     ours, reference = results
     assert (ours.predictions == reference.predictions).mean() >= 0.995
     assert abs(ours.accuracies.mean() - reference.accuracies.mean()) * 100 <= 0.1

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import engine.checkpoint
+import engine.logger
+import engine.loop
+import engine.run
 import util
 from conftest import make_cifar_package, run_script
 from distill import gen1_loss, rot180
@@ -79,7 +83,7 @@ def test_gen0_one_epoch_on_synthetic_reloads_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     folder = tmp_path / "resnet12_ssl_synthetic_lr_0.05_decay_0.0005_trans_D_trial_1"
     model = create_model("resnet12_ssl", 10, "synthetic")
-    checkpoint = util.load_model_weights(model, folder / "checkpoint.pth")
+    checkpoint = engine.checkpoint.load_model_weights(model, folder / "checkpoint.pth")
     assert checkpoint["epoch"] == 1 and checkpoint["dropblock_calls"] == [6, 6]  # 400 images, batch 64
     resumed = run_script("train_supervised_ssl.py", *common, "--epochs", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -171,24 +175,24 @@ def test_non_finite_loss_stops_the_run_loudly(tmp_path):
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     args = _args(tmp_path)
-    state = util.prepare_run(args, "run", model, optimizer, torch.device("cpu"))
+    state = engine.run.prepare_run(args, "run", model, optimizer, torch.device("cpu"))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2), torch.zeros(4)),
                                          batch_size=2, generator=torch.Generator())
 
     def step(x, y):
-        return util.StepResult(model(x).sum() * float("nan"), {"ce": torch.tensor(float("nan"))}, None, len(x))
+        return engine.loop.StepResult(model(x).sum() * float("nan"), {"ce": torch.tensor(float("nan"))}, None, len(x))
 
     with pytest.raises(util.NonFiniteLossError, match="non-finite loss \\(nan\\) at epoch 1, step 1; metrics: ce=nan"):
-        util.fit(state, step, loader, args, torch.device("cpu"))
+        engine.loop.fit(state, step, loader, args, torch.device("cpu"))
     assert not state.checkpoint_path.exists()  # nothing was saved from the broken epoch
     with pytest.raises(SystemExit) as exit_info:
-        util.run_cli(lambda: util.fit(state, step, loader, args, torch.device("cpu")))
+        util.run_cli(lambda: engine.loop.fit(state, step, loader, args, torch.device("cpu")))
     assert exit_info.value.code == 1
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pth"
-    util.save_checkpoint({"epoch": 1}, path)
+    engine.checkpoint.save_checkpoint({"epoch": 1}, path)
 
     def broken_save(obj, f):
         Path(f).write_bytes(b"half a checkp")
@@ -196,9 +200,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        util.save_checkpoint({"epoch": 2}, path)
+        engine.checkpoint.save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
-    assert util.load_checkpoint(path)["epoch"] == 1
+    assert engine.checkpoint.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
 
 
@@ -209,7 +213,7 @@ def test_wandb_failure_never_stops_training(tmp_path, monkeypatch):
         raise ConnectionError("api.wandb.ai unreachable")
 
     monkeypatch.setattr(wandb, "init", refuse)
-    logger = util.RunLogger(tmp_path, _args(tmp_path, wandb="online"))
+    logger = engine.logger.RunLogger(tmp_path, _args(tmp_path, wandb="online"))
     assert logger.wandb_run is None
     logger.log({"epoch": 1, "train_loss": 0.5})
     logger.summary({"x": 1.0})
@@ -218,7 +222,7 @@ def test_wandb_failure_never_stops_training(tmp_path, monkeypatch):
 
 
 def test_wandb_offline_run_is_written(tmp_path):
-    logger = util.RunLogger(tmp_path, _args(tmp_path, wandb="offline"))
+    logger = engine.logger.RunLogger(tmp_path, _args(tmp_path, wandb="offline"))
     assert logger.wandb_run is not None and logger.wandb_id
     logger.log({"epoch": 1, "train_loss": 0.5})
     logger.finish()
@@ -227,10 +231,10 @@ def test_wandb_offline_run_is_written(tmp_path):
 
 def test_learning_rate_schedules(tmp_path):
     step = _args(tmp_path, epochs=65, learning_rate=0.05, lr_decay_epochs=[60])
-    assert [util.learning_rate_at(e, step) for e in (1, 60, 61, 65)] == pytest.approx([0.05, 0.05, 0.005, 0.005])
+    assert [engine.loop.learning_rate_at(e, step) for e in (1, 60, 61, 65)] == pytest.approx([0.05, 0.05, 0.005, 0.005])
     cosine = _args(tmp_path, epochs=10, learning_rate=0.1, cosine=True)
-    assert util.learning_rate_at(10, cosine) == pytest.approx(0.1 * 0.1**3)
-    assert util.learning_rate_at(5, cosine) == pytest.approx((0.1 + 1e-4) / 2)
+    assert engine.loop.learning_rate_at(10, cosine) == pytest.approx(0.1 * 0.1**3)
+    assert engine.loop.learning_rate_at(5, cosine) == pytest.approx((0.1 + 1e-4) / 2)
 
 
 def test_device_and_amp_flags():

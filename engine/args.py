@@ -1,0 +1,93 @@
+"""Flag groups shared by the scripts, so that every script spells a setting the same way."""
+from __future__ import annotations
+
+import argparse
+
+from dataset.transforms import NORMALIZATIONS
+
+
+def comma_ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def comma_strings(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    from dataset import dataset_names
+
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", default="synthetic", choices=dataset_names(),
+                   help="dataset; 'synthetic' is built in and needs no files")
+    g.add_argument("--data_root", default=None,
+                   help="folder holding <dataset>/ (official layout) or the dataset folder itself")
+    g.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes")
+    g.add_argument("--image_size", type=int, default=None,
+                   help="resize images to N x N (default: the data's own size)")
+    g.add_argument("--normalization", default="auto", choices=NORMALIZATIONS,
+                   help="per-channel normalisation: auto = official constants for the benchmarks and the training "
+                        "images' statistics for --dataset folder; evaluation uses what the checkpoint was trained with")
+
+
+def add_fewshot_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("few-shot evaluation")
+    g.add_argument("--n_ways", type=int, default=5, help="classes per episode")
+    g.add_argument("--n_shots", type=int, default=1, help="support images per class")
+    g.add_argument("--n_queries", type=int, default=15, help="query images per class")
+    g.add_argument("--n_test_runs", type=int, default=600, help="episodes per evaluation")
+    g.add_argument("--n_aug_support_samples", type=int, default=5, help="augmented copies of each support image")
+    g.add_argument("--test_batch_size", type=int, default=1,
+                   help="accepted for compatibility with the official command; evaluation batches by --eval_batch_size")
+    g.add_argument("--eval_batch_size", type=int, default=256, help="images per forward pass when embedding")
+
+
+def add_training_args(parser: argparse.ArgumentParser, learning_rate: float, lr_decay_epochs: str) -> None:
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=65)
+    g.add_argument("--batch_size", type=int, default=64, help="images per step, before rotations")
+    g.add_argument("--learning_rate", type=float, default=learning_rate)
+    g.add_argument("--lr_decay_epochs", type=comma_ints, default=comma_ints(lr_decay_epochs),
+                   help="comma-separated epochs after which lr is multiplied by --lr_decay_rate")
+    g.add_argument("--lr_decay_rate", type=float, default=0.1)
+    g.add_argument("--weight_decay", type=float, default=5e-4)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--cosine", action="store_true", help="cosine annealing instead of step decay")
+
+
+def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
+    g = parser.add_argument_group("run")
+    g.add_argument("--model_path", default="save", help="parent folder of run folders; its last part names the W&B project")
+    g.add_argument("--tags", type=comma_strings, default=comma_strings(tags), help="comma-separated W&B tags")
+    g.add_argument("-t", "--trial", default="1", help="experiment id, part of the run-folder name")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
+                   help="autocast precision (fp16 needs CUDA)")
+    g.add_argument("--resume", action="store_true", help="continue the run in the run folder from its last checkpoint")
+    g.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
+                   help="W&B mode; auto: online when logged in, otherwise offline")
+    g.add_argument("--wandb_project", default=None, help="W&B project (default: last part of --model_path)")
+    g.add_argument("--no_final_eval", action="store_true", help="skip the few-shot report at the end of training")
+
+
+def add_training_script_args(parser: argparse.ArgumentParser, learning_rate: float, lr_decay_epochs: str,
+                             tags: str) -> None:
+    """Everything both training scripts accept besides their stage's own flags."""
+    parser.add_argument("--use_trainval", action="store_true", help="train on train+val (the trainval split)")
+    add_data_args(parser)
+    add_training_args(parser, learning_rate, lr_decay_epochs)
+    add_fewshot_args(parser)
+    add_run_args(parser, tags)
+
+
+def run_name_suffix(args: argparse.Namespace) -> str:
+    """The end of the official run-folder names: [_cosine]_trial_<t>[_trainval]."""
+    trial = f"{args.trial}_trainval" if args.use_trainval else args.trial
+    return f"{'_cosine' if args.cosine else ''}_trial_{trial}"
+
+
+

@@ -1,0 +1,145 @@
+"""The epoch loop: steps under autocast with a grad scaler, a loud stop on a non-finite loss, the
+learning-rate schedule, one checkpoint and one log line per epoch."""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from engine.logger import RunLogger
+from models.dropblock import dropblock_calls
+from util import NonFiniteLossError, autocast
+
+
+def learning_rate_at(epoch: int, args: argparse.Namespace) -> float:
+    """lr for 1-based `epoch`: step decay after each of --lr_decay_epochs, or the official cosine
+    schedule (CosineAnnealingLR over all epochs to lr * rate^3, stepped before each epoch)."""
+    if args.cosine:
+        eta_min = args.learning_rate * args.lr_decay_rate**3
+        return eta_min + (args.learning_rate - eta_min) * (1 + math.cos(math.pi * epoch / args.epochs)) / 2
+    steps = sum(epoch > e for e in args.lr_decay_epochs)
+    return args.learning_rate * args.lr_decay_rate**steps
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@dataclass
+class StepResult:
+    """What a training step reports: the loss to minimise and metrics (tensors, averaged per image)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    correct: torch.Tensor | None = None  # correctly classified un-rotated images
+    images: int = 0  # dataset images in the step (before rotations)
+
+
+Step = Callable[[torch.Tensor, torch.Tensor], StepResult]
+
+
+class Meter:
+    """Running sums of per-step metrics, weighted by images."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.images = 0
+        self.correct = 0.0
+
+    def update(self, result: StepResult) -> None:
+        n = result.images
+        self.images += n
+        for name, value in {"loss": result.loss.detach(), **result.metrics}.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value) * n
+        if result.correct is not None:
+            self.correct += float(result.correct)
+
+    def averages(self) -> dict[str, float]:
+        out = {name: total / max(self.images, 1) for name, total in self.sums.items()}
+        out["acc"] = 100.0 * self.correct / max(self.images, 1)
+        return out
+
+
+@dataclass
+class TrainState:
+    """What one training run carries from epoch to epoch, and what a checkpoint restores."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    folder: Path
+    logger: RunLogger
+    start_epoch: int = 1
+    checkpoint_extra: dict = field(default_factory=dict)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.folder / CHECKPOINT_NAME
+
+
+def _save(state: TrainState, epoch: int, args: argparse.Namespace) -> None:
+    save_checkpoint({
+        "epoch": epoch,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "args": {k: v for k, v in vars(args).items()},
+        "dropblock_calls": dropblock_calls(state.model),
+        "wandb_id": state.logger.wandb_id,
+        **state.checkpoint_extra,
+    }, state.checkpoint_path)
+
+
+def _batches(loader, epoch: int, args: argparse.Namespace) -> Iterator:
+    # Re-seed per epoch so that a resumed run draws the same shuffles and augmentations.
+    seed = args.seed * 100_003 + epoch
+    torch.manual_seed(seed)
+    loader.generator.manual_seed(seed)
+    return tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, disable=None, dynamic_ncols=True)
+
+
+def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device: torch.device) -> None:
+    """Train from state.start_epoch to args.epochs: one checkpoint and one log line per epoch."""
+    # fp16 gradients underflow without loss scaling; for bf16 and fp32 the scaler is a pass-through.
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    for epoch in range(state.start_epoch, args.epochs + 1):
+        lr = learning_rate_at(epoch, args)
+        set_learning_rate(state.optimizer, lr)
+        state.model.train()
+        meter = Meter()
+        start = time.perf_counter()
+        progress = _batches(loader, epoch, args)
+        for i, (images, targets) in enumerate(progress):
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with autocast(device, args.amp):
+                result = step(images, targets)
+            loss_value = float(result.loss.detach())
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss_value}) at epoch {epoch}, step {i + 1}; "
+                    f"metrics: {', '.join(f'{k}={float(v):.4g}' for k, v in result.metrics.items())}. "
+                    f"Last good checkpoint: {state.checkpoint_path if epoch > 1 else 'none'}")
+            state.optimizer.zero_grad(set_to_none=True)
+            scaler.scale(result.loss).backward()
+            scaler.step(state.optimizer)
+            scaler.update()
+            meter.update(result)
+            progress.set_postfix(loss=f"{loss_value:.3f}")
+        seconds = time.perf_counter() - start
+        averages = meter.averages()
+        record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in averages.items()},
+                  "images_per_s": meter.images / seconds, "epoch_seconds": seconds}
+        _save(state, epoch, args)
+        state.logger.log(record)
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+              flush=True)
+
+
