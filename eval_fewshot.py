@@ -2,17 +2,22 @@
 features (or logits), a classifier fitted per episode on the augmented support set, accuracy as
 mean and 95% interval over episodes.
 
-    python eval_fewshot.py --model_path save/.../checkpoint.pth --dataset CIFAR-FS --data_root DIR --n_shots 1
+    python eval_fewshot.py --model_path save/.../checkpoint.pth --n_shots 1
+
+Dataset, data root, image size and normalisation default to what the checkpoint was trained with.
 """
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from dataset import load_split
-from dataset.transforms import choose_normalization
+from dataset.profiles import NAMED_NORMALIZATIONS, Normalization, dataset_profile
+from dataset.transforms import data_normalization
 from eval import CLASSIFIERS, EpisodeSetting, evaluate, summary_metrics, write_results
+from eval.fewshot import PRECISION
 from models import list_models
 import engine.args
 import engine.checkpoint
@@ -34,21 +39,68 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast while embedding")
     parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
-                        help="add the results to the summary of the W&B run that trained the checkpoint (when it has one)")
-    engine.args.add_data_args(parser)
+                        help="log the results to a W&B run of their own (job type eval), in the training run's group")
+    parser.add_argument("--wandb_dir", default=None,
+                        help="where W&B keeps its files (default: beside --output, else the current folder)")
+    engine.args.add_data_args(parser, dataset_default=None,
+                              dataset_help="dataset (default: the one the checkpoint was trained on)")
     engine.args.add_fewshot_args(parser)
     return parser
 
 
-def log_to_training_run(checkpoint: dict, checkpoint_path: str, results: list, mode: str) -> None:
-    """Put the results in the W&B summary of the run that wrote the checkpoint, next to its curves."""
-    train_args = checkpoint.get("args")
-    if not checkpoint.get("wandb_id") or not isinstance(train_args, dict) or mode == "disabled":
-        return
-    run_args = argparse.Namespace(**{**train_args, "wandb": mode})
-    logger = engine.logger.RunLogger(Path(checkpoint_path).resolve().parent, run_args, checkpoint["wandb_id"])
-    logger.summary(summary_metrics(results))
-    logger.finish()
+def trained_with(checkpoint: dict) -> dict[str, Any]:
+    """What the checkpoint records of its training run (ours do; official checkpoints record nothing)."""
+    train_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    return {"dataset": train_args.get("dataset"), "data_root": train_args.get("data_root"),
+            "image_size": checkpoint.get("image_size")}
+
+
+def resolve_setting(args: argparse.Namespace, checkpoint: dict) -> None:
+    """Fill --dataset, --data_root and --image_size from the checkpoint where not given; say in one line
+    each which value is used when it is not simply the checkpoint's."""
+    recorded = trained_with(checkpoint)
+    for name in ("dataset", "data_root", "image_size"):
+        given, trained = getattr(args, name), recorded[name]
+        if given is None:
+            setattr(args, name, trained)
+            if trained is not None:
+                print(f"{name}: {trained} (from the checkpoint)")
+        elif trained is not None and given != trained:
+            print(f"{name}: {given} (--{name}; the checkpoint was trained with {trained})")
+    if args.dataset is None:
+        raise util.UsageError(f"--dataset: {args.model_path} does not record the dataset it was trained on; "
+                              f"pass --dataset")
+
+
+def evaluation_normalization(args: argparse.Namespace, checkpoint: dict, image_size: int) -> tuple[Normalization, str]:
+    """The checkpoint's normalisation, else the dataset profile's constants, else the statistics of
+    the training split: never of the split being evaluated."""
+    recorded = engine.checkpoint.checkpoint_normalization(checkpoint)
+    if args.normalization == "auto" and recorded is not None:
+        return recorded, "the checkpoint's"
+    profile_norm = dataset_profile(args.dataset, image_size).normalization
+    if args.normalization == "auto" and profile_norm is not None:
+        return profile_norm, f"the {args.dataset} profile's constants"
+    if args.normalization in ("auto", "data"):
+        train = load_split(args.dataset, args.data_root, "train", image_size)
+        return data_normalization(train.images), f"statistics of the training split {train.source}"
+    return NAMED_NORMALIZATIONS[args.normalization], f"--normalization {args.normalization}"
+
+
+def eval_logger(args: argparse.Namespace, checkpoint: dict) -> engine.logger.RunLogger | None:
+    """A W&B run of its own (job type eval), in the group of the run that trained the checkpoint;
+    it never resumes that run and writes nothing into the checkpoint's folder."""
+    if args.wandb == "disabled":
+        return None
+    train_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    run_name = Path(args.model_path).resolve().parent.name
+    project = train_args.get("wandb_project") or (Path(train_args["model_path"]).name if train_args.get("model_path")
+                                                   else "skd")
+    wandb_dir = Path(args.wandb_dir or (Path(args.output).parent if args.output else Path.cwd()))
+    config = {**vars(args), "trained_with": {k: train_args.get(k) for k in ("dataset", "epochs", "seed", "trial")}}
+    return engine.logger.RunLogger(None, mode=args.wandb, project=project, config=config, wandb_dir=wandb_dir,
+                                   tags=["eval"], group=train_args.get("wandb_group") or run_name, job_type="eval",
+                                   name=f"eval_{run_name}_{args.split}_{args.n_shots}shot")
 
 
 def main() -> None:
@@ -56,17 +108,16 @@ def main() -> None:
     util.check_positive(args, "n_ways", "n_shots", "n_queries", "n_test_runs", "n_aug_support_samples",
                         "eval_batch_size")
     device = util.resolve_device(args.device)
-    amp = util.autocast(device, args.amp)
+    util.autocast(device, args.amp)  # validates --amp against the device before any work
+    checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
+    resolve_setting(args, checkpoint)
     util.print_run_header(args)
 
-    checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
     images = load_split(args.dataset, args.data_root, args.split, args.image_size)
     model = engine.checkpoint.model_from_checkpoint(args.model, args.model_path, checkpoint, args.dataset, images.image_size)
     util.to_device(model, device).eval()
-
-    norm = engine.checkpoint.checkpoint_normalization(checkpoint)
-    if norm is None or args.normalization != "auto":
-        norm = choose_normalization(args.normalization, args.dataset, images.images)
+    norm, norm_source = evaluation_normalization(args, checkpoint, images.image_size)
+    print(f"normalization: {norm_source}")
     trained_size = checkpoint.get("image_size")
     if trained_size is not None and trained_size != images.image_size:
         print(f"warning: the model was trained on {trained_size}px images, these are {images.image_size}px "
@@ -76,17 +127,20 @@ def main() -> None:
     embedding = "logit" if args.use_logit else "feature"
     start = time.perf_counter()
     results = evaluate(model, images, args.split, setting, norm, device, (args.classifier,), (embedding,),
-                       args.eval_batch_size, args.seed, amp)
+                       args.eval_batch_size, args.seed, args.amp)
     seconds = time.perf_counter() - start
     for result in results:
         print(result.line())
-    print(f"evaluated in {seconds:.1f} s on {device}")
+    print(f"evaluated in {seconds:.1f} s on {device} ({PRECISION[args.amp]})")
     if args.output:
         write_results(results, Path(args.output), {"checkpoint": str(args.model_path), "dataset": args.dataset,
                                                    "git": util.git_sha(), "seconds": seconds,
-                                                   "args": vars(args)})
+                                                   "normalization": norm_source, "args": vars(args)})
         print(f"results: {args.output}")
-    log_to_training_run(checkpoint, args.model_path, results, args.wandb)
+    logger = eval_logger(args, checkpoint)
+    if logger is not None:
+        logger.summary(summary_metrics(results))
+        logger.finish()
 
 
 if __name__ == "__main__":

@@ -4,20 +4,23 @@ The student starts as an exact copy of the frozen Gen-0 teacher. Each batch x is
 teacher (logits p_t) and by the student on x and on its 180-degree rotation:
     loss = KL(p_s(x), p_t(x)) at temperature T  +  beta * mean ||p_s(x180) - p_s(x)||_2
 There is no cross-entropy term. `--official_quirks` reproduces the released code instead: the
-student is forwarded on all four rotations (BatchNorm sees 4B images) and the L2 term is divided
-by 3.
+student is forwarded on all four rotations (BatchNorm sees 4B images), the L2 term is divided
+by 3, and DropBlock ramps as fast as there (`--official_ramp`).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import math
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from dataset.transforms import transform_letter
+from dataset.profiles import DatasetProfile
 from distill import gen1_loss, rot90, rot180, rot270
 from models import ResNet12SSL, list_models
+from models.dropblock import add_dropblock_calls, dropblock_calls, set_dropblock_calls
 import engine.args
 import engine.checkpoint
 import engine.loop
@@ -35,16 +38,22 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="beta, the weight of the L2 term (official per-dataset values: CIFAR-FS 0.1, FC100 0.2, "
                              "miniImageNet 0.025-0.5)")
     parser.add_argument("--official_quirks", action="store_true",
-                        help="as the released code: forward the student on all four rotations and divide L2 by 3")
+                        help="as the released code: forward the student on all four rotations, divide L2 by 3, "
+                             "and ramp DropBlock as --official_ramp")
+    parser.add_argument("--official_ramp", action="store_true",
+                        help="ramp DropBlock as the released code does, whose counter also counts the 2 forwards per "
+                             "test episode of its per-epoch evaluation (about 3x faster); no test data is read")
+    parser.add_argument("--allow_teacher_mismatch", action="store_true",
+                        help="accept a teacher trained on another dataset or image size than this run's")
     engine.args.add_training_script_args(parser, learning_rate=0.001, lr_decay_epochs="60", tags="gen1,skd")
     return parser
 
 
-def run_name(args: argparse.Namespace, image_size: int) -> str:
+def run_name(args: argparse.Namespace, profile: DatasetProfile) -> str:
     """S_<student>_T_<teacher>_<dataset>_kd_T_<T>_beta_<beta>[_quirks]_trans_<A|D>[_cosine]_trial_<t>."""
     quirks = "_quirks" if args.official_quirks else ""
     return (f"S_{args.model_s}_T_{args.model_t}_{args.dataset}_kd_T_{args.kd_T}_beta_{args.gamma}{quirks}"
-            f"_trans_{transform_letter(image_size)}{engine.args.run_name_suffix(args)}")
+            f"_trans_{profile.transform_letter}{engine.args.run_name_suffix(args)}")
 
 
 def load_teacher(args: argparse.Namespace, checkpoint: dict, image_size: int, device: torch.device) -> ResNet12SSL:
@@ -52,6 +61,31 @@ def load_teacher(args: argparse.Namespace, checkpoint: dict, image_size: int, de
     teacher = engine.checkpoint.model_from_checkpoint(args.model_t, args.path_t, checkpoint, args.dataset, image_size)
     teacher.requires_grad_(False)
     return util.to_device(teacher, device).eval()
+
+
+def check_teacher_matches_run(args: argparse.Namespace, checkpoint: dict, image_size: int) -> None:
+    """A teacher trained on another dataset or image size is almost always a wrong --path_t."""
+    train_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    recorded = {"--dataset": train_args.get("dataset"), "image size": checkpoint.get("image_size")}
+    given = {"--dataset": args.dataset, "image size": image_size}
+    for what, value in recorded.items():
+        if value is not None and value != given[what] and not args.allow_teacher_mismatch:
+            raise util.UsageError(f"--path_t {args.path_t}: the teacher was trained with {what} {value}, this run "
+                                  f"has {given[what]}; pass --allow_teacher_mismatch if that is intended")
+
+
+def official_eval_calls_per_epoch(args: argparse.Namespace) -> int:
+    """DropBlock counter steps the released Gen-1 adds per epoch outside training: it evaluates the
+    test split after every epoch, two forwards (support, query) per batch of episodes."""
+    return 2 * math.ceil(args.n_test_runs / args.test_batch_size)
+
+
+def clone_student(teacher: ResNet12SSL) -> ResNet12SSL:
+    """The Gen-1 student: the teacher's exact weights and BatchNorm statistics ("clones"), trainable,
+    with a DropBlock ramp starting at 0 (the official student is a fresh model loading the weights)."""
+    student = copy.deepcopy(teacher).requires_grad_(True)
+    set_dropblock_calls(student, [0] * len(dropblock_calls(student)))
+    return student
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -96,19 +130,26 @@ def main() -> None:
     # The student must see images as the teacher was trained to, unless --normalization says otherwise.
     teacher_norm = engine.checkpoint.checkpoint_normalization(teacher_checkpoint) if args.normalization == "auto" else None
     data = engine.run.load_training_data(args, teacher_norm)
+    check_teacher_matches_run(args, teacher_checkpoint, data.image_size)
     teacher = load_teacher(args, teacher_checkpoint, data.image_size, device)
     if teacher.classifier.out_features != data.train.num_classes:
         raise util.UsageError(f"--path_t {args.path_t}: the teacher has {teacher.classifier.out_features} classes, "
                               f"the training split {data.train.source} has {data.train.num_classes}")
-    student = copy.deepcopy(teacher).requires_grad_(True)  # "clones": the teacher's exact weights
+    student = clone_student(teacher)
     teacher_before = snapshot(teacher)
 
     optimizer = torch.optim.SGD(student.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    state = engine.run.prepare_run(args, run_name(args, data.image_size), student, optimizer, device,
-                             checkpoint_extra={"path_t": str(args.path_t), **data.checkpoint_extra()})
+    identity = {"model": args.model_s, "dataset": args.dataset, "image_size": data.image_size,
+                "path_t": str(Path(args.path_t).resolve()), "teacher_sha256": util.file_sha256(args.path_t)}
+    state = engine.run.prepare_run(args, run_name(args, data.profile), student, optimizer, "gen1", identity,
+                                   {"path_t": str(args.path_t), **data.checkpoint_extra()})
     step = gen1_step(student, teacher, args.gamma, args.kd_T, args.official_quirks)
-    engine.loop.fit(state, step, engine.run.make_train_loader(data, args, device), args, device)
+    after_epoch = None
+    if args.official_ramp or args.official_quirks:
+        extra_calls = official_eval_calls_per_epoch(args)
+        after_epoch = lambda epoch: add_dropblock_calls(student, extra_calls)  # noqa: E731
+    engine.loop.fit(state, step, engine.run.make_train_loader(data, args, device), args, device, after_epoch)
     assert_unchanged(teacher, teacher_before, f"teacher {args.path_t}")
     print("teacher check: weights and BatchNorm statistics unchanged")
     engine.run.finish_training(state, data, args, device)

@@ -12,7 +12,7 @@ import torch
 
 from distill import four_rotations, gen0_loss
 from models import ResNet12SSL, create_model, list_models
-from dataset.transforms import transform_letter
+from dataset.profiles import DatasetProfile
 import engine.args
 import engine.loop
 import engine.run
@@ -27,10 +27,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_name(args: argparse.Namespace, image_size: int) -> str:
+def run_name(args: argparse.Namespace, profile: DatasetProfile) -> str:
     """The official run-folder name: <model>_<dataset>_lr_<lr>_decay_<wd>_trans_<A|D>[_cosine]_trial_<t>."""
     return (f"{args.model}_{args.dataset}_lr_{args.learning_rate}_decay_{args.weight_decay}"
-            f"_trans_{transform_letter(image_size)}{engine.args.run_name_suffix(args)}")
+            f"_trans_{profile.transform_letter}{engine.args.run_name_suffix(args)}")
 
 
 def gen0_step(model: ResNet12SSL, gamma: float) -> engine.loop.Step:
@@ -53,8 +53,9 @@ def main() -> None:
                            device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    state = engine.run.prepare_run(args, run_name(args, data.image_size), model, optimizer, device,
-                             checkpoint_extra=data.checkpoint_extra())
+    identity = {"model": args.model, "dataset": args.dataset, "image_size": data.image_size}
+    state = engine.run.prepare_run(args, run_name(args, data.profile), model, optimizer, "gen0", identity,
+                                   data.checkpoint_extra())
     engine.loop.fit(state, gen0_step(model, args.gamma), engine.run.make_train_loader(data, args, device), args, device)
     engine.run.finish_training(state, data, args, device)
 

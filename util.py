@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import random
 import subprocess
@@ -121,3 +122,12 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (checkpoints run to hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -26,7 +26,8 @@ import engine.checkpoint  # noqa: E402
 import util  # noqa: E402
 from dataset import load_split  # noqa: E402
 from dataset.synthetic import make_synthetic_images  # noqa: E402
-from dataset.transforms import CIFAR_NORMALIZATION, choose_normalization  # noqa: E402
+from dataset.profiles import CIFAR_NORMALIZATION  # noqa: E402
+from dataset.transforms import choose_normalization  # noqa: E402
 from eval import EpisodeSetting, evaluate, mean_confidence_interval  # noqa: E402
 from eval.reference import evaluate_reference  # noqa: E402
 from models import create_model  # noqa: E402
@@ -55,8 +56,9 @@ def main() -> None:
         norm = CIFAR_NORMALIZATION
     torch.manual_seed(0)
     if args.model_path:
-        model = engine.checkpoint.model_from_checkpoint("resnet12_ssl", args.model_path, engine.checkpoint.load_checkpoint(args.model_path),
-                                           args.dataset, images.image_size)
+        checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
+        model = engine.checkpoint.model_from_checkpoint("resnet12_ssl", args.model_path, checkpoint, args.dataset,
+                                                        images.image_size)
     else:
         model = create_model("resnet12_ssl", 64, image_size=images.image_size)
     model = util.to_device(model, device).eval()
@@ -70,13 +72,13 @@ def main() -> None:
         setting = EpisodeSetting(5, shots, 15, args.episodes, 5)
         start = time.perf_counter()
         ours = evaluate(model, images, args.split, setting, norm, device, ("LR",), ("feature",), args.batch_size,
-                        0, util.autocast(device, args.amp), progress=False)[0]
+                        0, args.amp, progress=False)[0]
         ours_seconds = time.perf_counter() - start
 
         subset = replace(setting, n_episodes=args.reference_episodes)
         start = time.perf_counter()
         reference = evaluate_reference(model, images, args.split, subset, norm, device, "feature", args.batch_size, 0,
-                                       util.autocast(device, args.amp))
+                                       args.amp)
         reference_seconds = (time.perf_counter() - start) * args.episodes / args.reference_episodes
 
         same = ours.accuracies[:args.reference_episodes]

@@ -12,6 +12,7 @@ from typing import Callable
 from dataset.errors import DataError
 from dataset.folder import read_image_folder
 from dataset.imageset import ImageSet
+from dataset.profiles import dataset_profile
 from dataset.readers import read_data_pickle, read_tiered_split
 from dataset.synthetic import make_synthetic_split
 
@@ -91,7 +92,8 @@ def resolve_dataset_folder(spec: DatasetSpec, data_root: str | Path | None) -> P
 
 
 def load_split(dataset: str, data_root: str | Path | None, split: str, image_size: int | None = None) -> ImageSet:
-    """Read one split (train, val, test, trainval) of a dataset, resized to image_size when given."""
+    """Read one split (train, val, test, trainval) of a dataset, resized to image_size when given,
+    carrying the dataset's profile."""
     if dataset not in DATASETS:
         raise DataError(f"--dataset: unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
@@ -100,4 +102,7 @@ def load_split(dataset: str, data_root: str | Path | None, split: str, image_siz
     if image_size is not None and image_size < 8:
         raise DataError(f"--image_size: expected at least 8 pixels, got {image_size}")
     images = spec.read(resolve_dataset_folder(spec, data_root), split, image_size)
-    return images if image_size is None else images.resized(image_size)
+    images = images if image_size is None else images.resized(image_size)
+    # The dataset's profile, not the image size's (only `folder` is profiled by its image size).
+    images.profile = dataset_profile(dataset, images.image_size)
+    return images

@@ -1,12 +1,13 @@
 """An in-memory labelled image array: what every reader returns."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 
 from dataset.errors import DataError
+from dataset.profiles import DatasetProfile, dataset_profile
 
 
 def first_appearance_labels(raw_labels: np.ndarray) -> np.ndarray:
@@ -25,6 +26,13 @@ class ImageSet:
     labels: np.ndarray
     source: str
     class_names: list[str] = field(default_factory=list)
+    # Set by load_split from the dataset's name; an ImageSet made otherwise is profiled like a
+    # `folder` dataset of its images.
+    profile: DatasetProfile | None = None
+
+    def __post_init__(self) -> None:
+        if self.profile is None and self.images.ndim == 4:
+            self.profile = dataset_profile("folder", int(self.images.shape[1]))
 
     @classmethod
     def from_raw(cls, images: np.ndarray, raw_labels, source: str, class_names: list[str] | None = None) -> "ImageSet":
@@ -60,7 +68,7 @@ class ImageSet:
     def subset_classes(self, num_classes: int) -> "ImageSet":
         """The images of the first `num_classes` classes (the official `toy` rule: label < 5)."""
         keep = self.labels < num_classes
-        return ImageSet(self.images[keep], self.labels[keep], self.source, self.class_names[:num_classes])
+        return replace(self, images=self.images[keep], labels=self.labels[keep], class_names=self.class_names[:num_classes])
 
     def resized(self, image_size: int) -> "ImageSet":
         """The same images resized to image_size x image_size (bilinear), or self if already that size."""
@@ -68,4 +76,4 @@ class ImageSet:
             return self
         out = np.stack([np.asarray(Image.fromarray(img).resize((image_size, image_size), Image.BILINEAR))
                         for img in self.images])
-        return ImageSet(out, self.labels, self.source, self.class_names)
+        return replace(self, images=out)

@@ -1,11 +1,10 @@
-"""Image transforms per image size (SPEC section 3 for training, section 5 for evaluation).
+"""Image transforms (SPEC section 3 for training, section 5 for evaluation); their per-dataset
+settings come from dataset.profiles.
 
 Training uses torchvision on PIL images, as the official code does. Evaluation works on whole
 uint8 batches as tensors: it is the hot path there, and a batched crop/flip/normalise is exact.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,18 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-
-@dataclass(frozen=True)
-class Normalization:
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-CIFAR_NORMALIZATION = Normalization((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
-IMAGENET_NORMALIZATION = Normalization(
-    (120.39586422 / 255, 115.59361427 / 255, 104.54012653 / 255),
-    (70.68188272 / 255, 68.27635443 / 255, 72.54505529 / 255),
-)
+from dataset.profiles import NAMED_NORMALIZATIONS, Normalization, dataset_profile
 
 
 NORMALIZATIONS = ("auto", "cifar", "imagenet", "data")
@@ -46,30 +34,24 @@ def data_normalization(images: np.ndarray, chunk: int = 4096) -> Normalization:
 
 
 def choose_normalization(choice: str, dataset: str, train_images: np.ndarray) -> Normalization:
-    """--normalization: auto = the official constants for the benchmarks (by image size) and the
-    training images' own statistics for the `folder` dataset."""
+    """--normalization: auto = the dataset profile's constants (never the image size's), or for
+    the `folder` dataset the statistics of `train_images`, which must be the training split's."""
     if choice == "auto":
-        choice = "data" if dataset == "folder" else ("imagenet" if train_images.shape[1] >= 64 else "cifar")
+        profile_norm = dataset_profile(dataset, int(train_images.shape[1])).normalization
+        if profile_norm is not None:
+            return profile_norm
+        choice = "data"
     if choice == "data":
         return data_normalization(train_images)
-    return {"cifar": CIFAR_NORMALIZATION, "imagenet": IMAGENET_NORMALIZATION}[choice]
+    return NAMED_NORMALIZATIONS[choice]
 
 
-def crop_padding(image_size: int) -> int:
-    """RandomCrop padding: 4 at 32x32, 8 at 84x84 (official transforms D and A)."""
-    return 8 if image_size >= 64 else 4
-
-
-def transform_letter(image_size: int) -> str:
-    """The official name of the transform family: 'D' (CIFAR-style) or 'A' (ImageNet-style)."""
-    return "A" if image_size >= 64 else "D"
-
-
-def train_transform(image_size: int, norm: Normalization) -> transforms.Compose:
-    """Gen-0/Gen-1 training augmentation: crop with padding, colour jitter, flip, normalise."""
+def train_transform(image_size: int, padding: int, norm: Normalization) -> transforms.Compose:
+    """Gen-0/Gen-1 training augmentation: crop with padding (the dataset profile's), colour jitter,
+    flip, normalise."""
     return transforms.Compose([
         Image.fromarray,
-        transforms.RandomCrop(image_size, padding=crop_padding(image_size)),
+        transforms.RandomCrop(image_size, padding=padding),
         transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),

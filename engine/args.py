@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
+from dataset import dataset_names
 from dataset.transforms import NORMALIZATIONS
 
 
@@ -17,15 +19,19 @@ def comma_strings(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    from dataset import dataset_names
+def default_num_workers() -> int:
+    """Data-loading workers: one per core up to 8 (more rarely helps one GPU at these image sizes)."""
+    return min(8, os.cpu_count() or 1)
 
+
+def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "synthetic",
+                  dataset_help: str = "dataset; 'synthetic' is built in and needs no files") -> None:
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="synthetic", choices=dataset_names(),
-                   help="dataset; 'synthetic' is built in and needs no files")
+    g.add_argument("--dataset", default=dataset_default, choices=dataset_names(), help=dataset_help)
     g.add_argument("--data_root", default=None,
                    help="folder holding <dataset>/ (official layout) or the dataset folder itself")
-    g.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes")
+    g.add_argument("--num_workers", type=int, default=default_num_workers(),
+                   help="data-loading worker processes (default: min(8, cores))")
     g.add_argument("--image_size", type=int, default=None,
                    help="resize images to N x N (default: the data's own size)")
     g.add_argument("--normalization", default="auto", choices=NORMALIZATIONS,
@@ -71,6 +77,10 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="W&B mode; auto: online when logged in, otherwise offline")
     g.add_argument("--wandb_project", default=None, help="W&B project (default: last part of --model_path)")
+    g.add_argument("--wandb_group", default=None,
+                   help="W&B group (default: the run-folder name); evaluations of the checkpoint join it")
+    g.add_argument("--log_interval", type=int, default=20,
+                   help="steps between progress-bar updates and non-finite loss checks (each reads the GPU once)")
     g.add_argument("--no_final_eval", action="store_true", help="skip the few-shot report at the end of training")
 
 

@@ -1,12 +1,13 @@
 """The run logger: per-epoch metrics to W&B (whenever it works) and to `log.jsonl` in the run folder."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import sys
 from pathlib import Path
+
+LOG_NAME = "log.jsonl"  # the run folder's per-epoch JSON lines
 
 
 def _wandb_logged_in() -> bool:
@@ -28,15 +29,23 @@ def wandb_mode(requested: str) -> str:
 
 
 class RunLogger:
-    """Per-epoch metrics to W&B (when it works) and to `log.jsonl` in the run folder."""
+    """Per-epoch metrics to W&B (when it works) and to a JSON-lines file (when given).
 
-    def __init__(self, folder: Path, args: argparse.Namespace, wandb_id: str | None = None) -> None:
-        self.jsonl = folder / "log.jsonl"
-        self.wandb_run = self._start_wandb(folder, args, wandb_id)
+    `run_id` resumes that W&B run (a training run continued by --resume); evaluation never passes
+    one, it opens a run of its own (job type eval) in the training run's group.
+    """
+
+    def __init__(self, jsonl: Path | None, *, mode: str, project: str, config: dict, wandb_dir: Path,
+                 tags: list[str] | tuple[str, ...] = (), run_id: str | None = None, group: str | None = None,
+                 job_type: str | None = None, name: str | None = None) -> None:
+        self.jsonl = jsonl
+        self.wandb_run = self._start_wandb(mode, project, config, wandb_dir, list(tags), run_id, group, job_type,
+                                           name)
 
     @staticmethod
-    def _start_wandb(folder: Path, args: argparse.Namespace, wandb_id: str | None):
-        mode = wandb_mode(args.wandb)
+    def _start_wandb(requested: str, project: str, config: dict, wandb_dir: Path, tags: list[str],
+                     run_id: str | None, group: str | None, job_type: str | None, name: str | None):
+        mode = wandb_mode(requested)
         if mode == "disabled":
             return None
         try:
@@ -44,15 +53,15 @@ class RunLogger:
         except ImportError:
             print("warning: wandb is not installed; logging to log.jsonl only", file=sys.stderr)
             return None
-        project = args.wandb_project or Path(args.model_path).name or "skd"
-        config = {k: v for k, v in vars(args).items()}
+        wandb_dir.mkdir(parents=True, exist_ok=True)
         for attempt in ([mode, "offline"] if mode == "online" else [mode]):
             try:
-                return wandb.init(project=project, tags=args.tags, config=config, dir=str(folder), mode=attempt,
-                                  id=wandb_id, resume="allow" if wandb_id else None, reinit="finish_previous")
+                return wandb.init(project=project, tags=tags, config=config, dir=str(wandb_dir), mode=attempt,
+                                  id=run_id, resume="allow" if run_id else None, group=group, job_type=job_type,
+                                  name=name, reinit="finish_previous")
             except Exception as e:  # W&B must never stop training
                 print(f"warning: W&B {attempt} init failed ({type(e).__name__}: {e})", file=sys.stderr)
-        print("warning: logging to log.jsonl only", file=sys.stderr)
+        print("warning: W&B is off for this run; metrics go to the console and log.jsonl only", file=sys.stderr)
         return None
 
     @property
@@ -60,8 +69,9 @@ class RunLogger:
         return self.wandb_run.id if self.wandb_run is not None else None
 
     def log(self, metrics: dict[str, float]) -> None:
-        with self.jsonl.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        if self.jsonl is not None:
+            with self.jsonl.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
         if self.wandb_run is not None:
             try:
                 self.wandb_run.log(metrics)

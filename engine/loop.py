@@ -48,25 +48,55 @@ Step = Callable[[torch.Tensor, torch.Tensor], StepResult]
 
 
 class Meter:
-    """Running sums of per-step metrics, weighted by images."""
+    """Running sums of per-step metrics, weighted by images, kept on the device: adding a step
+    never waits for the GPU; `averages` reads them once."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
         self.images = 0
-        self.correct = 0.0
+        self.correct: torch.Tensor | None = None
 
     def update(self, result: StepResult) -> None:
         n = result.images
         self.images += n
-        for name, value in {"loss": result.loss.detach(), **result.metrics}.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value) * n
+        for name, value in {"loss": result.loss, **result.metrics}.items():
+            value = value.detach().float() * n
+            self.sums[name] = value if name not in self.sums else self.sums[name] + value
         if result.correct is not None:
-            self.correct += float(result.correct)
+            correct = result.correct.detach().float()
+            self.correct = correct if self.correct is None else self.correct + correct
 
     def averages(self) -> dict[str, float]:
-        out = {name: total / max(self.images, 1) for name, total in self.sums.items()}
-        out["acc"] = 100.0 * self.correct / max(self.images, 1)
+        out = {name: float(total) / max(self.images, 1) for name, total in self.sums.items()}
+        if self.correct is not None:
+            out["acc"] = 100.0 * float(self.correct) / max(self.images, 1)
         return out
+
+
+class FinitenessCheck:
+    """Collects each step's loss on the device and checks them together every few steps, so that a
+    non-finite loss stops the run naming its first bad step without a host sync per step."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, StepResult]] = []
+
+    def add(self, step: int, result: StepResult) -> None:
+        self.pending.append((step, StepResult(result.loss.detach(), result.metrics)))
+
+    def check(self, epoch: int, last_good: Path | None) -> float | None:
+        """Raise NonFiniteLossError at the first non-finite loss; else return the last loss (or None)."""
+        if not self.pending:
+            return None
+        losses = torch.stack([r.loss.float() for _, r in self.pending]).cpu()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            step, result = self.pending[int(bad[0])]
+            raise NonFiniteLossError(
+                f"non-finite loss ({float(losses[int(bad[0])])}) at epoch {epoch}, step {step}; "
+                f"metrics: {', '.join(f'{k}={float(v):.4g}' for k, v in result.metrics.items())}. "
+                f"Last good checkpoint: {last_good or 'none'}")
+        self.pending.clear()
+        return float(losses[-1])
 
 
 @dataclass
@@ -105,34 +135,36 @@ def _batches(loader, epoch: int, args: argparse.Namespace) -> Iterator:
     return tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, disable=None, dynamic_ncols=True)
 
 
-def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device: torch.device) -> None:
-    """Train from state.start_epoch to args.epochs: one checkpoint and one log line per epoch."""
+def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device: torch.device,
+        after_epoch: Callable[[int], None] | None = None) -> None:
+    """Train from state.start_epoch to args.epochs: one checkpoint and one log line per epoch.
+    `after_epoch(epoch)` runs after an epoch's steps, before its checkpoint is written."""
     # fp16 gradients underflow without loss scaling; for bf16 and fp32 the scaler is a pass-through.
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     for epoch in range(state.start_epoch, args.epochs + 1):
         lr = learning_rate_at(epoch, args)
         set_learning_rate(state.optimizer, lr)
         state.model.train()
-        meter = Meter()
+        meter, finite = Meter(), FinitenessCheck()
+        last_good = state.checkpoint_path if epoch > 1 else None
         start = time.perf_counter()
         progress = _batches(loader, epoch, args)
-        for i, (images, targets) in enumerate(progress):
+        for i, (images, targets) in enumerate(progress, start=1):
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             with autocast(device, args.amp):
                 result = step(images, targets)
-            loss_value = float(result.loss.detach())
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss_value}) at epoch {epoch}, step {i + 1}; "
-                    f"metrics: {', '.join(f'{k}={float(v):.4g}' for k, v in result.metrics.items())}. "
-                    f"Last good checkpoint: {state.checkpoint_path if epoch > 1 else 'none'}")
             state.optimizer.zero_grad(set_to_none=True)
             scaler.scale(result.loss).backward()
             scaler.step(state.optimizer)
             scaler.update()
             meter.update(result)
-            progress.set_postfix(loss=f"{loss_value:.3f}")
+            finite.add(i, result)
+            if i % args.log_interval == 0:
+                progress.set_postfix(loss=f"{finite.check(epoch, last_good):.3f}")
+        finite.check(epoch, last_good)
+        if after_epoch is not None:
+            after_epoch(epoch)
         seconds = time.perf_counter() - start
         averages = meter.averages()
         record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in averages.items()},
@@ -141,5 +173,3 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
         state.logger.log(record)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
               flush=True)
-
-

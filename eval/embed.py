@@ -1,18 +1,18 @@
 """Embedding images with a frozen network, in large batches on the chosen device."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
 from dataset.transforms import Normalization, normalize_batch
+from util import autocast
 
 
 @torch.no_grad()
 def embed(model: nn.Module, images: torch.Tensor, norm: Normalization, device: torch.device, batch_size: int,
-          autocast: contextlib.AbstractContextManager | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (N, H, W, 3) images -> (640-d pooled features, logits), both float32 on `device`.
+          amp: str = "off") -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, H, W, 3) images -> (640-d pooled features, logits), both float32 on `device`; the
+    network runs under `amp` autocast (off, bf16, fp16).
 
     One forward pass gives both, so evaluating with features and with logits costs one embedding.
     """
@@ -21,7 +21,7 @@ def embed(model: nn.Module, images: torch.Tensor, norm: Normalization, device: t
     for start in range(0, len(images), batch_size):
         x = normalize_batch(images[start:start + batch_size].to(device, non_blocking=True), norm)
         x = x.contiguous(memory_format=torch.channels_last)  # matches util.to_device; faster convolutions
-        with autocast or contextlib.nullcontext():
+        with autocast(device, amp):
             feature = model.forward_features(x)
             logit = model.forward_head(feature)
         features.append(feature.float())

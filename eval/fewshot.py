@@ -6,7 +6,6 @@ differ per episode, are embedded per episode, many episodes per forward pass.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,12 +15,13 @@ from tqdm import tqdm
 
 from dataset.episodes import sample_episodes
 from dataset.imageset import ImageSet
-from dataset.transforms import Normalization, crop_flip_batch, crop_padding
+from dataset.transforms import Normalization, crop_flip_batch
 from eval.classifiers import classify
 from eval.embed import embed
 from eval.stats import mean_confidence_interval
 
 EMBEDDINGS = ("feature", "logit")
+PRECISION = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}  # --amp -> the name printed beside accuracies
 SUPPORT_IMAGES_PER_CHUNK = 2048  # supports embedded (and episodes solved) per batch of episodes
 
 
@@ -42,6 +42,7 @@ class FewShotResult:
     classifier: str
     accuracies: np.ndarray  # per episode, in [0, 1]
     predictions: np.ndarray | None = None  # (episodes, queries) predicted episode labels, class-major
+    precision: str = "fp32"  # what the network embedded in: fp32, bf16 or fp16 (--amp)
 
     @property
     def mean_ci(self) -> tuple[float, float]:
@@ -50,13 +51,14 @@ class FewShotResult:
     def to_dict(self) -> dict:
         mean, ci = self.mean_ci
         return {"split": self.split, **asdict(self.setting), "embedding": self.embedding,
-                "classifier": self.classifier, "mean": mean, "ci95": None if np.isnan(ci) else ci}
+                "classifier": self.classifier, "precision": self.precision, "mean": mean,
+                "ci95": None if np.isnan(ci) else ci}
 
     def line(self) -> str:
         mean, ci = self.mean_ci
         s = self.setting
         return (f"{self.split} {s.n_ways}-way {s.n_shots}-shot {self.embedding:7s} {self.classifier:7s} "
-                f"{mean:6.2f} +- {ci:.2f}  ({s.n_episodes} episodes)")
+                f"{mean:6.2f} +- {ci:.2f}  ({s.n_episodes} episodes, {self.precision})")
 
     @property
     def key(self) -> str:
@@ -74,9 +76,9 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
 
 def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSetting, norm: Normalization,
              device: torch.device, classifiers: tuple[str, ...] = ("LR",), embeddings: tuple[str, ...] = ("feature",),
-             batch_size: int = 256, seed: int = 0, autocast: contextlib.AbstractContextManager | None = None,
-             progress: bool = True) -> list[FewShotResult]:
-    """Accuracy per episode for every (embedding, classifier) pair, on the official episodes."""
+             batch_size: int = 256, seed: int = 0, amp: str = "off", progress: bool = True) -> list[FewShotResult]:
+    """Accuracy per episode for every (embedding, classifier) pair, on the official episodes; the
+    network embeds under `amp` (off, bf16, fp16), recorded in each result."""
     s = setting
     episodes = sample_episodes(images.class_indices(), s.n_episodes, s.n_ways, s.n_shots, s.n_queries, images.source)
     pixels = torch.from_numpy(images.images)
@@ -86,13 +88,13 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
     query_index = np.stack([e.query.reshape(-1) for e in episodes])  # (E, n_ways * n_queries), class-major
     unique, inverse = np.unique(query_index, return_inverse=True)
     inverse = torch.from_numpy(inverse.reshape(query_index.shape)).to(device)
-    query_embeddings = dict(zip(EMBEDDINGS, embed(model, pixels[unique], norm, device, batch_size, autocast)))
+    query_embeddings = dict(zip(EMBEDDINGS, embed(model, pixels[unique], norm, device, batch_size, amp)))
     query_labels = torch.arange(s.n_ways, device=device).repeat_interleave(s.n_queries)
 
     # Supports: each image repeated n_aug times (the official np.tile order), freshly augmented.
     support_index = np.tile(np.stack([e.support.reshape(-1) for e in episodes]), (1, s.n_aug))
     support_labels = torch.arange(s.n_ways, device=device).repeat_interleave(s.n_shots).repeat(s.n_aug)
-    padding = crop_padding(images.image_size)
+    padding = images.profile.crop_padding
     per_chunk = max(1, SUPPORT_IMAGES_PER_CHUNK // support_index.shape[1])
     predicted = {(e, c): [] for e in embeddings for c in classifiers}
     chunks = range(0, len(episodes), per_chunk)
@@ -100,7 +102,7 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
         ids = range(start, min(start + per_chunk, len(episodes)))
         augmented = torch.cat([crop_flip_batch(pixels[support_index[i]], padding, episode_generator(seed, i))
                                for i in ids])
-        support_embeddings = dict(zip(EMBEDDINGS, embed(model, augmented, norm, device, batch_size, autocast)))
+        support_embeddings = dict(zip(EMBEDDINGS, embed(model, augmented, norm, device, batch_size, amp)))
         for emb in embeddings:
             support = l2_normalize(support_embeddings[emb].view(len(ids), support_index.shape[1], -1))
             query = l2_normalize(query_embeddings[emb][inverse[start:start + len(ids)]].view(len(ids), num_queries, -1))
@@ -111,5 +113,6 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
     for (emb, clf), chunks in predicted.items():
         predictions = torch.cat(chunks)
         accuracies = (predictions == query_labels.cpu()).double().mean(1).numpy()
-        results.append(FewShotResult(split, setting, emb, clf, accuracies, predictions.numpy().astype(np.int8)))
+        results.append(FewShotResult(split, setting, emb, clf, accuracies, predictions.numpy().astype(np.int8),
+                                      PRECISION[amp]))
     return results

@@ -7,7 +7,6 @@ as `eval.fewshot.evaluate`, so both paths see identical pixels and must agree ep
 """
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import torch
@@ -15,19 +14,19 @@ from torch import nn
 
 from dataset.episodes import sample_episodes
 from dataset.imageset import ImageSet
-from dataset.transforms import Normalization, crop_flip_batch, crop_padding
+from dataset.transforms import Normalization, crop_flip_batch
 from eval.classifiers import sklearn_logistic_regression
 from eval.embed import embed
-from eval.fewshot import EMBEDDINGS, EpisodeSetting, FewShotResult, episode_generator, l2_normalize
+from eval.fewshot import EMBEDDINGS, PRECISION, EpisodeSetting, FewShotResult, episode_generator, l2_normalize
 
 
 def evaluate_reference(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSetting, norm: Normalization,
                        device: torch.device, embedding: str = "feature", batch_size: int = 256, seed: int = 0,
-                       autocast: contextlib.AbstractContextManager | None = None) -> FewShotResult:
+                       amp: str = "off") -> FewShotResult:
     s = setting
     episodes = sample_episodes(images.class_indices(), s.n_episodes, s.n_ways, s.n_shots, s.n_queries, images.source)
     pixels = torch.from_numpy(images.images)
-    padding = crop_padding(images.image_size)
+    padding = images.profile.crop_padding
     pick = EMBEDDINGS.index(embedding)  # embed() returns (features, logits)
     support_labels = torch.arange(s.n_ways).repeat_interleave(s.n_shots).repeat(s.n_aug)
     query_labels = torch.arange(s.n_ways).repeat_interleave(s.n_queries).repeat(s.n_aug)
@@ -35,10 +34,10 @@ def evaluate_reference(model: nn.Module, images: ImageSet, split: str, setting: 
     for i, episode in enumerate(episodes):
         support_pixels = crop_flip_batch(pixels[np.tile(episode.support.reshape(-1), s.n_aug)], padding,
                                          episode_generator(seed, i))
-        support = embed(model, support_pixels, norm, device, batch_size, autocast)[pick].cpu()
+        support = embed(model, support_pixels, norm, device, batch_size, amp)[pick].cpu()
         query = embed(model, pixels[np.tile(episode.query.reshape(-1), s.n_aug)], norm, device, batch_size,
-                      autocast)[pick].cpu()
+                      amp)[pick].cpu()
         predictions = sklearn_logistic_regression(l2_normalize(support)[None], support_labels[None],
                                                   l2_normalize(query)[None])[0]
         accuracies.append((predictions == query_labels).double().mean().item())
-    return FewShotResult(split, setting, embedding, "sklearn", np.array(accuracies))
+    return FewShotResult(split, setting, embedding, "sklearn", np.array(accuracies), precision=PRECISION[amp])

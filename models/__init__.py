@@ -1,5 +1,5 @@
 """Networks: ResNet-12 with a rotation head, DropBlock, and a name registry."""
-from models.registry import DATASET_IMAGE_SIZE, create_model, list_models, register_model
+from models.registry import create_model, list_models, register_model
 from models.resnet12 import ResNet12SSL, SSLOutput
 
-__all__ = ["DATASET_IMAGE_SIZE", "ResNet12SSL", "SSLOutput", "create_model", "list_models", "register_model"]
+__all__ = ["ResNet12SSL", "SSLOutput", "create_model", "list_models", "register_model"]

@@ -78,3 +78,10 @@ def set_dropblock_calls(model: nn.Module, calls: list[int]) -> None:
     """Restore the ramp counters saved by `dropblock_calls`."""
     for module, n in zip((m for m in model.modules() if isinstance(m, DropBlock)), calls):
         module.num_calls = int(n)
+
+
+def add_dropblock_calls(model: nn.Module, calls: int) -> None:
+    """Advance every DropBlock's ramp by `calls` forwards (the official ramp counts evaluation forwards too)."""
+    for module in model.modules():
+        if isinstance(module, DropBlock):
+            module.num_calls += calls

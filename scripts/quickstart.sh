@@ -3,7 +3,10 @@
 # Gen-0 (supervised + rotation), Gen-1 (self-supervised distillation from Gen-0), then
 # few-shot evaluation of each, printing the accuracy of every stage.
 #
-#   bash scripts/quickstart.sh [OUT]      (OUT defaults to runs/quickstart and is recreated)
+#   bash scripts/quickstart.sh [OUT]      (OUT defaults to runs/quickstart)
+#
+# OUT must be new, empty, or a folder an earlier quickstart made (it holds .skd-quickstart): only
+# then are its contents cleared. Any other folder is refused, never deleted.
 #
 # Epochs and episodes are cut down for speed, and Gen-0 uses lr 0.02 (0.05, the paper's, overshoots
 # in the first epochs on 400 images); the paper's settings are in README.md.
@@ -11,6 +14,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/quickstart}"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
+MARKER=.skd-quickstart
+
+if [ -f "$OUT/$MARKER" ]; then
+    find "$OUT" -mindepth 1 -delete  # a folder an earlier quickstart made: start it afresh
+elif [ -e "$OUT" ] && { [ ! -d "$OUT" ] || [ -n "$(ls -A "$OUT")" ]; }; then
+    echo "error: $OUT: exists and was not made by the quickstart (no $MARKER); give a new or empty folder" >&2
+    exit 2
+fi
+mkdir -p "$OUT" && touch "$OUT/$MARKER"
 export WANDB_MODE="${WANDB_MODE:-offline}"  # no account needed; `wandb sync` uploads later
 export WANDB_SILENT="${WANDB_SILENT:-true}"
 
@@ -26,7 +38,6 @@ else:
 COMMON=(--dataset synthetic --model_path "$OUT" --batch_size 32 --amp "$AMP" --no_final_eval)
 EVAL=(--dataset synthetic --n_shots 1 --n_test_runs 200 --amp "$AMP")
 
-rm -rf "$OUT" && mkdir -p "$OUT"
 echo "== Gen-0: cross-entropy + rotation loss (amp: $AMP)"
 $PY train_supervised_ssl.py "${COMMON[@]}" --epochs 8 --lr_decay_epochs 6 --learning_rate 0.02 | tee "$OUT/gen0.log" | grep --line-buffered -E "^epoch=|^checkpoint:"
 GEN0=$(sed -n 's/^checkpoint: //p' "$OUT/gen0.log")

@@ -11,7 +11,8 @@ from conftest import fake_images, labelled, make_cifar_package, write_pickle
 from dataset import DataError, load_split, sample_episode, sample_episodes
 from dataset.imageset import first_appearance_labels
 from dataset.synthetic import SPLIT_SIZES, make_synthetic_split
-from dataset.transforms import (CIFAR_NORMALIZATION, IMAGENET_NORMALIZATION, choose_normalization, crop_flip_batch,
+from dataset.profiles import CIFAR_NORMALIZATION, IMAGENET_NORMALIZATION
+from dataset.transforms import (choose_normalization, crop_flip_batch,
                                 data_normalization, normalize_batch)
 
 
@@ -50,14 +51,25 @@ def test_toy_is_first_five_classes(tmp_path):
 def test_miniimagenet_reader_uses_train_phase_and_category_files(tmp_path):
     rng = np.random.RandomState(0)
     folder = tmp_path / "miniImageNet"
+    written = {}
+    # The train_phase val/test files (training-time validation) must not be read for episodes.
     for name, first in (("miniImageNet_category_split_train_phase_train", 0),
+                        ("miniImageNet_category_split_train_phase_val", 0),
+                        ("miniImageNet_category_split_train_phase_test", 0),
                         ("miniImageNet_category_split_val", 50), ("miniImageNet_category_split_test", 80)):
         labels = labelled(rng, first, 3, 4)
-        write_pickle(folder / f"{name}.pickle", {"data": fake_images(rng, labels, 84), "labels": list(labels),
-                                                 "catname2label": {f"n{first + i}": first + i for i in range(3)}})
+        written[name] = {"data": fake_images(rng, labels, 84), "labels": list(labels),
+                         "catname2label": {f"n{first + i}": first + i for i in range(3)}}
+        write_pickle(folder / f"{name}.pickle", written[name])
     train = load_split("miniImageNet", tmp_path, "train")
     test = load_split("miniImageNet", tmp_path, "test")
+    val = load_split("miniImageNet", tmp_path, "val")
     assert train.images.shape == (12, 84, 84, 3) and train.image_size == 84
+    np.testing.assert_array_equal(train.images, written["miniImageNet_category_split_train_phase_train"]["data"])
+    for split, ours in (("val", val), ("test", test)):
+        raw = written[f"miniImageNet_category_split_{split}"]
+        np.testing.assert_array_equal(ours.images, raw["data"])
+        np.testing.assert_array_equal(ours.labels, first_appearance_labels(np.array(raw["labels"])))
     assert test.num_classes == 3
     with pytest.raises(DataError, match="miniImageNet_category_split_train_phase_trainval.pickle: file not found"):
         load_split("miniImageNet", tmp_path, "trainval")
@@ -72,6 +84,10 @@ def test_tieredimagenet_reader_npz_plus_labels(tmp_path):
     write_pickle(folder / "test_labels.pkl", {"labels": labels, "label_specific": labels})
     test = load_split("tieredImageNet", tmp_path, "test")
     assert test.images.shape == (12, 84, 84, 3) and test.num_classes == 3
+    with np.load(folder / "test_images.npz") as npz:
+        np.testing.assert_array_equal(test.images, npz["images"])
+    first_seen = list(dict.fromkeys(labels.tolist()))
+    np.testing.assert_array_equal(test.labels, [first_seen.index(v) for v in labels])
     np.savez(folder / "val_images.npz", pictures=fake_images(rng, labels, 84))
     with pytest.raises(DataError, match=r"val_images.npz: expected an npz with key 'images'"):
         load_split("tieredImageNet", tmp_path, "val")
@@ -146,7 +162,13 @@ def test_image_folder_reader(tmp_path):
     np.testing.assert_array_equal(train.labels, np.repeat(np.arange(3), 4))
     png = np.asarray(Image.open(tmp_path / "train" / "class_1" / "1.png").convert("RGB"))
     np.testing.assert_array_equal(train.images[5], png)
-    assert load_split("folder", tmp_path, "val", image_size=32).images.shape == (12, 32, 32, 3)
+    resized = load_split("folder", tmp_path, "train", image_size=32)
+    assert resized.images.shape == (12, 32, 32, 3)
+    np.testing.assert_array_equal(resized.labels, train.labels)
+    # resized with PIL's bilinear filter, from the greyscale file converted to RGB
+    png_image = Image.open(tmp_path / "train" / "class_1" / "1.png").convert("RGB")
+    expected = np.asarray(png_image.resize((32, 32), Image.BILINEAR))
+    np.testing.assert_array_equal(resized.images[5], expected)
 
 
 @pytest.mark.parametrize("case, message", [
@@ -177,8 +199,11 @@ def test_image_folder_errors(tmp_path, case, message):
 
 def test_image_folder_resize_accepts_mixed_sizes(tmp_path):
     write_image_folder(tmp_path, splits=("train",))
-    Image.new("RGB", (40, 30)).save(tmp_path / "train" / "class_0" / "big.png")
-    assert load_split("folder", tmp_path, "train", image_size=16).images.shape == (13, 16, 16, 3)
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "train" / "class_0" / "big.png")
+    resized = load_split("folder", tmp_path, "train", image_size=16)
+    assert resized.images.shape == (13, 16, 16, 3)
+    big = [i for i, path in enumerate(sorted((tmp_path / "train" / "class_0").iterdir())) if path.name == "big.png"]
+    assert len(big) == 1 and np.all(resized.images[big[0]] == (10, 200, 30))  # a flat colour stays that colour
 
 
 # ----------------------------------------------------------------------------- normalisation and transforms
@@ -193,7 +218,13 @@ def test_normalization_choices():
     assert choose_normalization("auto", "CIFAR-FS", images) == CIFAR_NORMALIZATION
     assert choose_normalization("auto", "miniImageNet", np.zeros((1, 84, 84, 3), np.uint8)) == IMAGENET_NORMALIZATION
     np.testing.assert_allclose(choose_normalization("auto", "folder", images).mean, norm.mean, rtol=1e-12)
-    assert min(data_normalization(np.zeros((2, 4, 4, 3), np.uint8)).std) > 0  # blank images: no division by 0
+    blank = np.zeros((2, 4, 4, 3), np.uint8)
+    blank_norm = data_normalization(blank)  # blank images: no division by 0
+    assert blank_norm.mean == (0.0, 0.0, 0.0)
+    normalized = normalize_batch(__import__("torch").from_numpy(blank), blank_norm)
+    assert bool(normalized.isfinite().all()) and float(normalized.abs().max()) == 0.0
+    # chunking does not change the statistics
+    np.testing.assert_allclose(data_normalization(images, chunk=1).std, norm.std, rtol=1e-9)
 
 
 def test_normalize_batch_matches_torchvision():
@@ -212,14 +243,88 @@ def test_crop_flip_batch_is_a_shifted_window_of_the_padded_image():
     out = crop_flip_batch(images, 2, torch.Generator().manual_seed(0))
     assert out.shape == images.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2), (2, 2, 2, 2)).permute(0, 2, 3, 1)
-    flips = 0
     for img, pad in zip(out, padded):
         windows = [pad[t:t + 8, l:l + 8] for t in range(5) for l in range(5)]
-        plain = any(torch.equal(img, w) for w in windows)
-        flipped = any(torch.equal(img, w.flip(1)) for w in windows)
-        assert plain or flipped
-        flips += flipped and not plain
-    assert 10 < flips < 54  # about half are flipped
+        assert any(torch.equal(img, w) for w in windows) or any(torch.equal(img, w.flip(1)) for w in windows)
+
+
+# A 12x12 image whose pixels encode their position: channel 0 = row + 1, channel 1 = column + 1,
+# channel 2 = 255; padding 4 (the CIFAR setting) gives 9 offsets per axis. Rows and columns 4..7 of
+# any crop lie inside the image, so the pixel at (5, 5) and its right neighbour always do.
+SIDE, PAD, DRAWS = 12, 4, 9 * 9 * 2 * 60
+
+
+def _position_image() -> np.ndarray:
+    rows, cols = np.meshgrid(np.arange(SIDE), np.arange(SIDE), indexing="ij")
+    return np.stack([rows + 1, cols + 1, np.full_like(rows, 255)], -1).astype(np.uint8)
+
+
+def _recover_crops(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(top, left, flipped) of each (N, SIDE, SIDE, 3) output, each output checked exactly against
+    that window of the zero-padded image (fill 0 in every channel)."""
+    flipped = outputs[:, 5, 6, 1].astype(int) < outputs[:, 5, 5, 1].astype(int)
+    unflipped = np.where(flipped[:, None, None, None], outputs[:, :, ::-1], outputs)
+    # output (5, 5) is padded (top + 5, left + 5), i.e. image (top + 5 - PAD, left + 5 - PAD)
+    top = unflipped[:, 5, 5, 0].astype(int) - 1 + PAD - 5
+    left = unflipped[:, 5, 5, 1].astype(int) - 1 + PAD - 5
+    padded = np.pad(_position_image(), ((PAD, PAD), (PAD, PAD), (0, 0)))
+    for out, t, l in zip(unflipped, top, left):
+        np.testing.assert_array_equal(out, padded[t:t + SIDE, l:l + SIDE])
+    return top, left, flipped
+
+
+def _torchvision_crops() -> np.ndarray:
+    """What the official support transform draws: RandomCrop(size, padding) + RandomHorizontalFlip on PIL."""
+    import torch
+    from torchvision import transforms
+
+    augment = transforms.Compose([transforms.RandomCrop(SIDE, padding=PAD), transforms.RandomHorizontalFlip()])
+    image = Image.fromarray(_position_image())
+    torch.manual_seed(0)
+    return np.stack([np.asarray(augment(image)) for _ in range(DRAWS)])
+
+
+def _ours_crops() -> np.ndarray:
+    import torch
+
+    batch = torch.from_numpy(np.repeat(_position_image()[None], DRAWS, 0))
+    return crop_flip_batch(batch, PAD, torch.Generator().manual_seed(0)).numpy()
+
+
+def test_crop_flip_batch_has_torchvisions_offset_and_flip_distribution():
+    """Both draw top and left uniformly from 0..2*padding, independently, and flip with probability
+    1/2, filling the padded border with zeros: a chi-square test of the joint (top, left, flip)
+    counts against uniform for each, and of ours against torchvision's. Seeds are fixed, so the
+    test is deterministic; an offset range off by one, a missing flip or top == left fail it."""
+    from scipy import stats
+
+    cells = (2 * PAD + 1, 2 * PAD + 1, 2)
+    counts = {}
+    for name, outputs in (("torchvision", _torchvision_crops()), ("ours", _ours_crops())):
+        top, left, flipped = _recover_crops(outputs)
+        assert set(top) == set(left) == set(range(2 * PAD + 1)), name
+        joint = np.zeros(cells, int)
+        np.add.at(joint, (top, left, flipped.astype(int)), 1)
+        counts[name] = joint
+        assert stats.chisquare(joint.ravel()).pvalue > 1e-3, name  # 162 cells, 60 expected in each
+        # the flip rate within 4 standard deviations of 1/2
+        assert abs(flipped.mean() - 0.5) < 4 * np.sqrt(0.25 / DRAWS), name
+    for axis, what in ((0, "top"), (1, "left"), (2, "flip")):
+        other = tuple(a for a in range(3) if a != axis)
+        table = np.stack([counts["ours"].sum(other), counts["torchvision"].sum(other)])
+        assert stats.chi2_contingency(table).pvalue > 1e-3, what
+
+
+def test_crop_flip_batch_is_reproducible_and_leaves_the_global_rng_alone():
+    import torch
+
+    images = torch.from_numpy(np.repeat(_position_image()[None], 50, 0))
+    state = torch.get_rng_state()
+    a = crop_flip_batch(images, PAD, torch.Generator().manual_seed(3))
+    b = crop_flip_batch(images, PAD, torch.Generator().manual_seed(3))
+    c = crop_flip_batch(images, PAD, torch.Generator().manual_seed(4))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 # ----------------------------------------------------------------------------- episodes

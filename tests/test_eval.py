@@ -13,7 +13,7 @@ import engine.checkpoint
 import util
 from conftest import run_script
 from dataset import load_split, sample_episodes
-from dataset.transforms import CIFAR_NORMALIZATION
+from dataset.profiles import CIFAR_NORMALIZATION
 from eval import classifiers as clf
 from eval import fewshot
 from eval.fewshot import EpisodeSetting, evaluate
@@ -123,12 +123,25 @@ def test_each_image_is_embedded_once_and_matches_the_reference(small_model, cifa
 
 @pytest.mark.parametrize("layout", ["ours", "official", "bare", "dataparallel"])
 def test_checkpoint_formats_load(small_model, tmp_path, layout):
-    state = small_model.state_dict()
+    # A fresh model's BatchNorm buffers equal small_model's (never trained): perturb them so that
+    # running_mean, running_var and num_batches_tracked must really come from the file.
+    torch.manual_seed(1)
+    state = {k: v.clone() for k, v in small_model.state_dict().items()}
+    for key, value in state.items():
+        if key.endswith("running_mean"):
+            value.normal_()
+        elif key.endswith("running_var"):
+            value.uniform_(0.5, 2)
+        elif key.endswith("num_batches_tracked"):
+            value.fill_(7)
+    assert any(k.endswith("num_batches_tracked") for k in state)
     content = {"ours": {"epoch": 3, "model": state, "optimizer": {}, "normalization": {}},
                "official": {"model": state}, "bare": state,
                "dataparallel": {"model": {f"module.{k}": v for k, v in state.items()}}}[layout]
     torch.save(content, tmp_path / "ckpt.pth")
     fresh = create_model("resnet12_ssl", 6, image_size=32)
+    buffers = [k for k, _ in fresh.named_buffers()]
+    assert buffers and not any(torch.equal(fresh.state_dict()[k], state[k]) for k in buffers)
     engine.checkpoint.load_model_weights(fresh, tmp_path / "ckpt.pth")
     for key, value in state.items():
         assert torch.equal(fresh.state_dict()[key], value)
@@ -157,11 +170,19 @@ def test_eval_fewshot_command(small_model, cifar_root, tmp_path):
                       "--test_batch_size", "1", "--split", "val", "--use_logit", "--classifier", "NN",
                       "--device", "cpu", "--output", str(output))
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "normalization: the CIFAR-FS profile's constants" in done.stdout
+    # The same evaluation in-process (the same weights, channels-last, the profile's constants, seed 0):
+    # the CLI must report exactly its accuracies. NN on logits gives per-episode accuracies in steps
+    # of 1/75, so identical embeddings up to float noise give identical numbers.
+    [expected] = evaluate(small_model, load_split("CIFAR-FS", cifar_root, "val"), "val", EpisodeSetting(5, 1, 15, 3, 5),
+                          CIFAR_NORMALIZATION, torch.device("cpu"), ("NN",), ("logit",), progress=False)
+    mean, ci = expected.mean_ci
     lines = [line for line in done.stdout.splitlines() if line.startswith("val 5-way")]
-    assert len(lines) == 1 and "logit" in lines[0] and "NN" in lines[0] and "(3 episodes)" in lines[0]
-    result = json.loads(output.read_text())["results"][0]
-    assert result["n_episodes"] == 3 and result["embedding"] == "logit" and result["classifier"] == "NN"
-    assert f"{result['mean']:6.2f}" in lines[0]
+    assert lines == [expected.line()] and lines[0].endswith("(3 episodes, fp32)")
+    [result] = json.loads(output.read_text())["results"]
+    assert result == {"split": "val", "n_ways": 5, "n_shots": 1, "n_queries": 15, "n_episodes": 3, "n_aug": 5,
+                      "embedding": "logit", "classifier": "NN", "precision": "fp32",
+                      "mean": pytest.approx(mean, rel=1e-12), "ci95": pytest.approx(ci, rel=1e-12)}
 
 
 def test_eval_fewshot_bad_checkpoint_is_one_line(cifar_root, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import tarfile
 import zipfile
@@ -10,12 +11,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_cifar_package
+from conftest import REPO, make_cifar_package
 from dataset import DataError, load_split
 from dataset import check as check_module
 from dataset import prepare
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 5, 1  # the real archive has 500 + 100
+
+
+def _source_images(parts: dict, names: list[str], classes: list[str]) -> np.ndarray:
+    """The expected package data, straight from the CIFAR-100 parts: per class in list order, its
+    train-part images then its test-part images, each row (3072,) = (3, 32, 32) moved to (32, 32, 3)."""
+    picked = []
+    for name in classes:
+        for part in ("train", "test"):
+            rows = np.flatnonzero(np.array(parts[part]["fine_labels"]) == names.index(name))
+            picked.append(parts[part]["data"][rows].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return np.concatenate(picked)
 
 
 def _cifar100_names() -> list[str]:
@@ -71,8 +83,15 @@ def test_builders_write_the_official_layout(cifar100_archive, tmp_path, capsys, 
         # Classes in list order, labels are CIFAR-100 fine ids, each image really is of its class.
         assert labels == [names.index(c) for c in lists[split] for _ in range(per_class)]
         np.testing.assert_array_equal(data[:, 0, 0, 0], labels)
+        # Every pixel of every image, in channels-last layout (a wrong transpose keeps pixel (0, 0)).
+        np.testing.assert_array_equal(data, _source_images(parts, names, lists[split]))
         ours = load_split(folder, tmp_path, split)
         assert ours.num_classes == n_classes and np.all(np.bincount(ours.labels) == per_class)
+        np.testing.assert_array_equal(ours.images, data)
+    with open(tmp_path / folder / "trainval.pickle", "rb") as f:
+        raw_trainval = pickle.load(f, encoding="latin1")
+    np.testing.assert_array_equal(raw_trainval["data"], _source_images(parts, names, lists["train"] + lists["val"]))
+    assert raw_trainval["labels"] == [names.index(c) for c in lists["train"] + lists["val"] for _ in range(per_class)]
     trainval = load_split(folder, tmp_path, "trainval")
     assert trainval.num_classes == counts[0] + counts[1]
     assert not list((tmp_path / folder).glob(".*tmp*"))
@@ -84,6 +103,31 @@ def test_class_lists_are_the_published_splits():
     for lists, counts in ((cifar_fs, (64, 16, 20)), (fc100, (60, 20, 20))):
         assert tuple(len(lists[s]) for s in ("train", "val", "test")) == counts
         assert len({c for s in lists.values() for c in s}) == 100  # disjoint and covering CIFAR-100
+    # The published lists: CIFAR-FS test classes (Bertinetto et al.) and FC100's superclass split.
+    assert cifar_fs["test"] == ["baby", "bed", "bicycle", "chimpanzee", "fox", "leopard", "man", "pickup_truck",
+                                "plain", "poppy", "rocket", "rose", "snail", "sweet_pepper", "table", "telephone",
+                                "wardrobe", "whale", "woman", "worm"]
+    fc100_json = json.loads((prepare.SPLITS_DIR / "fc100.json").read_text())
+    assert {s: sorted(v["superclasses"]) for s, v in fc100_json.items()} == {
+        "train": ["fish", "flowers", "food_containers", "fruit_and_vegetables", "household_electrical_devices",
+                  "household_furniture", "large_man-made_outdoor_things", "large_natural_outdoor_scenes", "reptiles",
+                  "trees", "vehicles_1", "vehicles_2"],
+        "val": ["large_carnivores", "large_omnivores_and_herbivores", "non-insect_invertebrates", "small_mammals"],
+        "test": ["aquatic_mammals", "insects", "medium_mammals", "people"]}
+    supers = {k: v for split in fc100_json.values() for k, v in split["superclasses"].items()}
+    assert all(len(v) == 5 for v in supers.values()) and len(supers) == 20
+    assert sorted(supers["people"]) == ["baby", "boy", "girl", "man", "woman"]
+    assert sorted(supers["aquatic_mammals"]) == ["beaver", "dolphin", "otter", "seal", "whale"]
+    # FC100's class order: superclasses in file order, their classes in file order
+    assert fc100["test"] == [c for v in fc100_json["test"]["superclasses"].values() for c in v]
+
+
+@pytest.mark.parametrize("name", ["cifar_fs.json", "fc100.json"])
+def test_class_lists_match_the_shared_reference(name):
+    shared = REPO.parent / "shared" / "data" / "splits" / name
+    if not shared.is_file():
+        pytest.skip(f"{shared} not found (the reference split files live outside the repository)")
+    assert json.loads((prepare.SPLITS_DIR / name).read_text()) == json.loads(shared.read_text())
 
 
 def test_train_images_come_before_test_images_within_a_class(cifar100_archive, tmp_path):
@@ -102,6 +146,12 @@ def test_extracted_folder_works_too(cifar100_archive, tmp_path):
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "src", filter="data")
     prepare.main(["cifar-fs", "--cifar100", str(tmp_path / "src"), "--out", str(tmp_path / "out")])
+    prepare.main(["cifar-fs", "--cifar100", str(archive), "--out", str(tmp_path / "from_tar")])
+    for split in ("train", "val", "test", "trainval"):
+        from_folder = load_split("CIFAR-FS", tmp_path / "out", split)
+        from_tar = load_split("CIFAR-FS", tmp_path / "from_tar", split)
+        np.testing.assert_array_equal(from_folder.images, from_tar.images)
+        np.testing.assert_array_equal(from_folder.labels, from_tar.labels)
     assert load_split("CIFAR-FS", tmp_path / "out", "test").num_classes == 20
 
 
@@ -185,3 +235,6 @@ def test_check_image_folder(tmp_path, capsys):
                               "--n_queries", "2"]) == 0
     assert "15 images (10, 10, 3) uint8, 5 classes, 3 images per class" in capsys.readouterr().out
     assert check_module.main(["--dataset", "folder", "--data_root", str(tmp_path)]) == 1
+    problems = [line for line in capsys.readouterr().out.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 2  # val and test: 3 images per class, the default 5 + 15 need 20
+    assert all("5 classes have fewer than n_shots + n_queries = 20 images" in line for line in problems)

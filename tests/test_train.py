@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import pickle
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -13,10 +17,13 @@ import engine.logger
 import engine.loop
 import engine.run
 import util
-from conftest import make_cifar_package, run_script
-from distill import gen1_loss, rot180
+from conftest import make_cifar_package, run_script, write_pickle
+from distill import gen0_loss, gen1_loss, kd_loss, rot180
 from models import create_model
-from train_distillation import assert_unchanged, gen1_step, snapshot
+from models.dropblock import add_dropblock_calls, dropblock_calls
+from train_supervised_ssl import gen0_step
+from train_distillation import (assert_unchanged, check_teacher_matches_run, clone_student, gen1_step,
+                                official_eval_calls_per_epoch, snapshot)
 
 FAST = ["--dataset", "CIFAR-FS", "--batch_size", "16", "--num_workers", "0", "--n_test_runs", "2",
         "--eval_batch_size", "128", "--device", "cpu"]
@@ -54,7 +61,11 @@ def test_gen0_run_folder_checkpoint_log_and_report(gen0_run):
     results = json.loads((gen0_run / "results.json").read_text())["results"]
     assert {(r["split"], r["n_shots"], r["embedding"]) for r in results} == {
         (split, shots, emb) for split in ("val", "test") for shots in (1, 5) for emb in ("feature", "logit")}
-    assert all(0 <= r["mean"] <= 100 and r["n_episodes"] == 2 for r in results)
+    # 2 episodes x 75 queries: every mean is a multiple of 1/150, and the report says what it embedded in
+    assert all(r["n_episodes"] == 2 and abs(r["mean"] * 1.5 - round(r["mean"] * 1.5)) < 1e-9 for r in results)
+    assert {r["precision"] for r in results} == {"fp32"}
+    report = json.loads((gen0_run / "results.json").read_text())
+    assert report["checkpoint_choice"] == "last epoch" and report["epoch"] == 2 and report["dataset"] == "CIFAR-FS"
 
 
 def test_gen0_resume_reproduces_an_uninterrupted_run(gen0_run, cifar_root, tmp_path):
@@ -63,6 +74,8 @@ def test_gen0_resume_reproduces_an_uninterrupted_run(gen0_run, cifar_root, tmp_p
     assert first.returncode == 0, first.stderr[-3000:]
     again = run_script("train_supervised_ssl.py", *common, "--epochs", "2")
     assert again.returncode == 2 and "pass --resume" in again.stderr
+    resized = run_script("train_supervised_ssl.py", *common, "--epochs", "2", "--resume", "--image_size", "36")
+    assert resized.returncode == 2 and "was trained with image size 32, this run has 36" in resized.stderr
     resumed = run_script("train_supervised_ssl.py", *common, "--epochs", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
@@ -120,7 +133,32 @@ def test_gen1_from_gen0(gen0_run, cifar_root, tmp_path):
     assert checkpoint["path_t"] == str(teacher_path) and checkpoint["args"]["learning_rate"] == 0.001
     record = json.loads((folder / "log.jsonl").read_text())
     assert record["train_loss"] == pytest.approx(record["train_kd"] + 0.1 * record["train_l2"], rel=1e-5)
-    assert (folder / "results.json").is_file()
+    results = json.loads((folder / "results.json").read_text())["results"]
+    assert {(r["split"], r["n_shots"], r["embedding"]) for r in results} == {
+        (split, shots, emb) for split in ("val", "test") for shots in (1, 5) for emb in ("feature", "logit")}
+    # The student's ramp starts at 0 (the teacher's checkpoint says 6): 48 images, batch 16 -> 3 steps.
+    assert _checkpoint(gen0_run)["dropblock_calls"] == [6, 6] and checkpoint["dropblock_calls"] == [3, 3]
+    teacher = _checkpoint(gen0_run)["model"]
+    moved = max((checkpoint["model"][k].float() - v.float()).abs().max().item() for k, v in teacher.items())
+    assert 0 < moved < 0.05  # trained, starting from the teacher's weights (lr 0.001, 3 steps)
+
+    # --resume refuses another teacher file, naming it, and keeps everything as it was
+    resume = [*FAST, "--data_root", str(cifar_root), "--model_path", str(tmp_path), "--epochs", "2", "--resume",
+              "--no_final_eval", "--official_ramp"]
+    other = tmp_path / "other_teacher.pth"
+    torch.save({**_checkpoint(gen0_run), "epoch": 3}, other)
+    refused = run_script("train_distillation.py", *resume, "--path_t", str(other))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
+        f"error: --resume: {folder / 'checkpoint.pth'} was trained with --path_t {teacher_path.resolve()}")
+    assert _checkpoint(folder)["epoch"] == 1
+    resumed = run_script("train_distillation.py", *resume, "--path_t", str(teacher_path))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the counter is restored (3), epoch 2 adds 3 steps and, with --official_ramp, the released code's
+    # per-epoch test evaluation: 2 forwards x 2 episodes
+    assert _checkpoint(folder)["dropblock_calls"] == [3 + 3 + 4, 3 + 3 + 4]
+    assert json.loads((folder / "args.json").read_text())["epochs"] == 1  # the original arguments are kept
+    assert json.loads((folder / "args.resume_after_epoch_1.json").read_text())["epochs"] == 2
+    assert [json.loads(line)["epoch"] for line in (folder / "log.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_gen1_refuses_a_teacher_of_other_classes(gen0_run, tmp_path):
@@ -167,7 +205,8 @@ def test_teacher_change_is_detected():
 
 def _args(tmp_path, **overrides) -> argparse.Namespace:
     base = dict(epochs=2, learning_rate=0.1, lr_decay_epochs=[1], lr_decay_rate=0.1, cosine=False, seed=0,
-                amp="off", model_path=str(tmp_path), tags=["t"], wandb="disabled", wandb_project=None, resume=False)
+                amp="off", model_path=str(tmp_path), tags=["t"], wandb="disabled", wandb_project=None,
+                wandb_group=None, resume=False, log_interval=1)
     return argparse.Namespace(**{**base, **overrides})
 
 
@@ -175,7 +214,7 @@ def test_non_finite_loss_stops_the_run_loudly(tmp_path):
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     args = _args(tmp_path)
-    state = engine.run.prepare_run(args, "run", model, optimizer, torch.device("cpu"))
+    state = engine.run.prepare_run(args, "run", model, optimizer, "test", {})
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2), torch.zeros(4)),
                                          batch_size=2, generator=torch.Generator())
 
@@ -213,7 +252,7 @@ def test_wandb_failure_never_stops_training(tmp_path, monkeypatch):
         raise ConnectionError("api.wandb.ai unreachable")
 
     monkeypatch.setattr(wandb, "init", refuse)
-    logger = engine.logger.RunLogger(tmp_path, _args(tmp_path, wandb="online"))
+    logger = engine.run.training_logger(tmp_path, _args(tmp_path, wandb="online"), "run", "gen0")
     assert logger.wandb_run is None
     logger.log({"epoch": 1, "train_loss": 0.5})
     logger.summary({"x": 1.0})
@@ -222,7 +261,7 @@ def test_wandb_failure_never_stops_training(tmp_path, monkeypatch):
 
 
 def test_wandb_offline_run_is_written(tmp_path):
-    logger = engine.logger.RunLogger(tmp_path, _args(tmp_path, wandb="offline"))
+    logger = engine.run.training_logger(tmp_path, _args(tmp_path, wandb="offline"), "run", "gen0")
     assert logger.wandb_run is not None and logger.wandb_id
     logger.log({"epoch": 1, "train_loss": 0.5})
     logger.finish()
@@ -248,3 +287,96 @@ def test_device_and_amp_flags():
             util.autocast(torch.device("cpu"), "fp16")
     with util.autocast(torch.device("cpu"), "bf16"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_gen1_student_equals_the_teacher_at_step_0():
+    torch.manual_seed(0)
+    teacher = create_model("resnet12_ssl", 5, "CIFAR-FS").eval().requires_grad_(False)
+    for module, calls in zip([m for m in teacher.modules() if hasattr(m, "num_calls")], (7, 9)):
+        module.num_calls = calls  # a teacher's ramp state must not leak into the student
+    student = clone_student(teacher)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in student.state_dict().items())
+    assert [m.num_calls for m in student.modules() if hasattr(m, "num_calls")] == [0, 0]
+    assert all(p.requires_grad for p in student.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        student.eval()
+        torch.testing.assert_close(student(x), teacher(x), rtol=0, atol=0)
+        assert kd_loss(student(x), teacher(x), 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gen1_teacher_of_another_dataset_or_size_is_refused_unless_allowed():
+    checkpoint = {"args": {"dataset": "FC100"}, "image_size": 32}
+    args = argparse.Namespace(path_t="t.pth", dataset="CIFAR-FS", allow_teacher_mismatch=False)
+    with pytest.raises(util.UsageError, match="--path_t t.pth: the teacher was trained with --dataset FC100, this "
+                                              "run has CIFAR-FS; pass --allow_teacher_mismatch"):
+        check_teacher_matches_run(args, checkpoint, 32)
+    args.dataset = "FC100"
+    with pytest.raises(util.UsageError, match="trained with image size 32, this run has 84"):
+        check_teacher_matches_run(args, checkpoint, 84)
+    check_teacher_matches_run(args, checkpoint, 32)
+    check_teacher_matches_run(args, {"model": {}}, 84)  # official checkpoints record neither
+    args.allow_teacher_mismatch = True
+    check_teacher_matches_run(args, checkpoint, 84)
+
+
+def test_official_ramp_counts_the_released_per_epoch_evaluation():
+    args = argparse.Namespace(n_test_runs=600, test_batch_size=1)
+    assert official_eval_calls_per_epoch(args) == 1200  # support + query forward per episode
+    model = create_model("resnet12_ssl", 5, "CIFAR-FS")
+    add_dropblock_calls(model, 1200)
+    assert dropblock_calls(model) == [1200, 1200]
+
+
+def test_cosine_and_trainval_in_a_real_run(tmp_path):
+    root = make_cifar_package(tmp_path / "CIFAR-FS")
+    train, val = (pickle.load(open(root / f"{s}.pickle", "rb")) for s in ("train", "val"))
+    write_pickle(root / "trainval.pickle", {"data": np.concatenate([train["data"], val["data"]]),
+                                            "labels": list(train["labels"]) + list(val["labels"])})
+    done = run_script("train_supervised_ssl.py", *FAST, "--data_root", str(tmp_path), "--model_path",
+                      str(tmp_path / "save"), "--epochs", "2", "--cosine", "--use_trainval", "--no_final_eval")
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "save" / "resnet12_ssl_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_cosine_trial_1_trainval"
+    checkpoint = _checkpoint(folder)
+    # trainval: 6 x 8 train + 5 x 20 val images = 148, 9 batches of 16 per epoch (train alone: 3)
+    assert checkpoint["dropblock_calls"] == [18, 18] and checkpoint["model"]["classifier.weight"].shape == (11, 640)
+    lrs = [json.loads(line)["lr"] for line in (folder / "log.jsonl").read_text().splitlines()]
+    eta_min = 0.05 * 0.1**3
+    assert lrs == pytest.approx([eta_min + (0.05 - eta_min) * (1 + math.cos(math.pi * e / 2)) / 2 for e in (1, 2)])
+    assert lrs[1] == pytest.approx(eta_min)
+
+
+def test_a_rerun_after_a_crash_before_the_first_checkpoint_logs_each_epoch_once(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "log.jsonl").write_text('{"epoch": 1, "train_loss": 9.0}\n{"epoch": 2, "tr')  # crashed mid-line
+    model = torch.nn.Linear(2, 2)
+    state = engine.run.prepare_run(_args(tmp_path), "run", model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                   "test", {})
+    assert not (folder / "log.jsonl").exists()
+    state.logger.log({"epoch": 1, "train_loss": 1.0})
+    engine.checkpoint.save_checkpoint({"epoch": 1, "model": model.state_dict(),
+                                       "optimizer": state.optimizer.state_dict(), "identity": {}},
+                                      folder / "checkpoint.pth")
+    state.logger.log({"epoch": 2, "train_loss": 0.5})  # logged, then the process died before epoch 2's checkpoint
+    engine.run.prepare_run(_args(tmp_path, resume=True), "run", model, torch.optim.SGD(model.parameters(), lr=0.1),
+                           "test", {})
+    assert [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()] == [
+        {"epoch": 1, "train_loss": 1.0}]
+
+
+def test_gen0_step_rotates_the_batch_and_computes_the_spec_loss():
+    torch.manual_seed(0)
+    model = create_model("resnet12_ssl", 5, "CIFAR-FS").eval()
+    seen = []
+    model.layer1.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].clone()))
+    x, y = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 4])
+    result = gen0_step(model, gamma=2.0)(x, y)
+    assert len(seen) == 1 and torch.equal(seen[0], torch.cat([x, x.transpose(2, 3).flip(2), x.flip(2).flip(3),
+                                                              x.flip(2).transpose(2, 3)]))
+    with torch.no_grad():
+        out = model.forward_all(seen[0])
+        expected, _, _ = gen0_loss(out.logits, out.rot_logits, y.repeat(4), torch.arange(4).repeat_interleave(3), 2.0)
+    torch.testing.assert_close(result.loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert int(result.correct) == int((out.logits[:3].argmax(1) == y).sum())
