@@ -36,5 +36,5 @@ def test_quickstart_clears_only_its_own_folder(tmp_path):
     assert all(p.read_text() == "" for p in out.iterdir())  # the old log is gone (gen0.log is the new, empty one)
     empty = tmp_path / "empty"
     empty.mkdir()
-    _quickstart(empty, "false")
-    assert sorted(p.name for p in empty.iterdir()) == [".skd-quickstart"]
+    _quickstart(empty, "false")  # an empty folder is accepted, and marked as the quickstart's
+    assert (empty / ".skd-quickstart").is_file()
