@@ -367,3 +367,31 @@ def test_infeasible_episodes_are_refused():
         sample_episodes(class_indices, 3, 5, 1, 15, "val.pickle")
     with pytest.raises(DataError, match="a class has 10 images, episodes need n_shots \\+ n_queries = 16"):
         sample_episodes(class_indices, 3, 2, 1, 15, "val.pickle")
+
+
+def test_one_profile_per_dataset_whatever_the_image_size(cifar_root):
+    """--dataset CIFAR-FS --image_size 84 keeps CIFAR statistics, padding, block size and run-name letter."""
+    from dataset.profiles import CIFAR_LIKE, IMAGENET_LIKE, dataset_profile
+
+    resized = load_split("CIFAR-FS", cifar_root, "val", image_size=84)
+    assert resized.image_size == 84 and resized.profile == CIFAR_LIKE
+    assert (CIFAR_LIKE.crop_padding, CIFAR_LIKE.dropblock_size, CIFAR_LIKE.transform_letter) == (4, 2, "D")
+    assert choose_normalization("auto", "CIFAR-FS", resized.images) == CIFAR_NORMALIZATION
+    assert load_split("CIFAR-FS", cifar_root, "val", image_size=20).profile == CIFAR_LIKE
+    assert dataset_profile("miniImageNet") == IMAGENET_LIKE and dataset_profile("tieredImageNet") == IMAGENET_LIKE
+    assert (IMAGENET_LIKE.crop_padding, IMAGENET_LIKE.dropblock_size, IMAGENET_LIKE.transform_letter) == (8, 5, "A")
+    # folders have no published profile: chosen by their images, normalised by their own statistics
+    big, small = dataset_profile("folder", 84), dataset_profile("folder", 28)
+    assert (big.crop_padding, big.dropblock_size, big.normalization) == (8, 5, None)
+    assert (small.crop_padding, small.dropblock_size, small.normalization) == (4, 2, None)
+    with pytest.raises(ValueError, match="no profile for dataset 'nope'"):
+        dataset_profile("nope")
+
+
+def test_training_crop_padding_comes_from_the_profile():
+    from dataset.profiles import CIFAR_LIKE
+    from dataset.transforms import train_transform
+
+    transform = train_transform(84, CIFAR_LIKE.crop_padding, CIFAR_NORMALIZATION)
+    crops = [t for t in transform.transforms if type(t).__name__ == "RandomCrop"]
+    assert len(crops) == 1 and crops[0].padding == 4 and crops[0].size == (84, 84)

@@ -100,8 +100,8 @@ def test_twin_l2_is_the_mean_norm_not_its_square():
 def test_gen1_loss_combines_kd_and_l2_with_divisor():
     s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     s180 = torch.tensor([[4.0, 4.0], [0.0, 1.0]])
-    t = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
-    kd = (_kl([1.0, 0.0], [0.0, 1.0], 2.0) + _kl([0.0, 1.0], [1.0, 0.0], 2.0)) * 2.0**2 / 2
+    t = torch.tensor([[0.0, 2.0], [1.0, 0.0]])  # not a mirror of s, so the KL's direction matters
+    kd = (_kl([1.0, 0.0], [0.0, 2.0], 2.0) + _kl([0.0, 1.0], [1.0, 0.0], 2.0)) * 2.0**2 / 2
     l2 = 5.0 / 2
     loss, kd_t, l2_t = gen1_loss(s, s180, t, beta=0.1, temperature=2.0)
     assert kd_t.item() == pytest.approx(kd, rel=1e-6)

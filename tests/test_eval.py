@@ -190,3 +190,83 @@ def test_eval_fewshot_bad_checkpoint_is_one_line(cifar_root, tmp_path):
                       "--data_root", str(cifar_root))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.pth'}: checkpoint not found"]
+
+
+# ----------------------------------------------------------------------------- defaults from the checkpoint
+
+def _our_checkpoint(model, folder, cifar_root, **extra):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "checkpoint.pth"
+    torch.save({"epoch": 1, "model": model.state_dict(), "image_size": 32, "wandb_id": "train123",
+                "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+                "args": {"dataset": "CIFAR-FS", "data_root": str(cifar_root), "model_path": str(folder.parent),
+                         "wandb_project": None, "wandb_group": "table-1"}, **extra}, path)
+    return path
+
+
+def test_eval_takes_dataset_and_data_from_the_checkpoint_and_writes_nothing_beside_it(small_model, cifar_root,
+                                                                                      tmp_path):
+    path = _our_checkpoint(small_model, tmp_path / "save" / "run", cifar_root)
+    before = sorted(p.name for p in path.parent.iterdir())
+    done = run_script("eval_fewshot.py", "--model_path", str(path), "--n_test_runs", "2", "--split", "val",
+                      "--device", "cpu", "--wandb", "offline", "--wandb_dir", str(tmp_path / "wb"),
+                      env={"WANDB_MODE": "offline"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "dataset: CIFAR-FS (from the checkpoint)" in done.stdout.splitlines()
+    assert f"data_root: {cifar_root} (from the checkpoint)" in done.stdout.splitlines()
+    assert "normalization: the checkpoint's" in done.stdout.splitlines()
+    assert sorted(p.name for p in path.parent.iterdir()) == before
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and not runs[0].name.endswith("train123")  # a run of its own, not the training run's
+
+    other = run_script("eval_fewshot.py", "--model_path", str(path), "--dataset", "toy", "--n_test_runs", "1",
+                       "--split", "val", "--device", "cpu")
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert "dataset: toy (--dataset; the checkpoint was trained with CIFAR-FS)" in other.stdout.splitlines()
+
+
+def test_eval_of_a_checkpoint_that_records_no_dataset_asks_for_one(small_model, tmp_path):
+    torch.save({"model": small_model.state_dict()}, tmp_path / "official.pth")
+    done = run_script("eval_fewshot.py", "--model_path", str(tmp_path / "official.pth"), "--device", "cpu")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: --dataset: {tmp_path / 'official.pth'} does not record the dataset it was trained on; pass --dataset"]
+
+
+def test_eval_logs_to_its_own_wandb_run_in_the_training_group(small_model, cifar_root, tmp_path, monkeypatch):
+    import wandb
+
+    import eval_fewshot
+
+    calls = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: calls.append(kwargs))
+    path = _our_checkpoint(small_model, tmp_path / "save" / "run", cifar_root)
+    args = eval_fewshot.get_args_parser().parse_args(["--model_path", str(path), "--wandb", "offline",
+                                                      "--output", str(tmp_path / "out" / "r.json")])
+    eval_fewshot.eval_logger(args, engine.checkpoint.load_checkpoint(path))
+    (kwargs,) = calls
+    assert kwargs["job_type"] == "eval" and kwargs["group"] == "table-1" and kwargs["id"] is None
+    assert kwargs["resume"] is None and kwargs["project"] == "save" and kwargs["dir"] == str(tmp_path / "out")
+
+
+def test_eval_normalisation_never_comes_from_the_evaluated_split(tmp_path):
+    import eval_fewshot
+    from PIL import Image
+
+    from dataset.transforms import data_normalization
+
+    for split, value in (("train", 200), ("val", 40), ("test", 40)):
+        for c in range(5):
+            (tmp_path / split / f"c{c}").mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((28, 28, 3), value + c + i, np.uint8)).save(tmp_path / split / f"c{c}" / f"{i}.png")
+    args = eval_fewshot.get_args_parser().parse_args(["--model_path", "x", "--dataset", "folder", "--data_root",
+                                                      str(tmp_path)])
+    norm, source = eval_fewshot.evaluation_normalization(args, {"model": {}}, 28)
+    assert norm == data_normalization(load_split("folder", tmp_path, "train").images)
+    assert source.startswith("statistics of the training split")
+    args.normalization = "imagenet"
+    assert eval_fewshot.evaluation_normalization(args, {"model": {}}, 28)[0].mean[0] == pytest.approx(120.39586422 / 255)
+    recorded = {"normalization": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}}
+    args.normalization = "auto"
+    assert eval_fewshot.evaluation_normalization(args, recorded, 28)[0].mean == (0.1, 0.2, 0.3)

@@ -265,7 +265,9 @@ def test_wandb_offline_run_is_written(tmp_path):
     assert logger.wandb_run is not None and logger.wandb_id
     logger.log({"epoch": 1, "train_loss": 0.5})
     logger.finish()
-    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and runs[0].name.endswith(logger.wandb_id)
+    assert json.loads((tmp_path / "log.jsonl").read_text()) == {"epoch": 1, "train_loss": 0.5}
 
 
 def test_learning_rate_schedules(tmp_path):
@@ -274,6 +276,9 @@ def test_learning_rate_schedules(tmp_path):
     cosine = _args(tmp_path, epochs=10, learning_rate=0.1, cosine=True)
     assert engine.loop.learning_rate_at(10, cosine) == pytest.approx(0.1 * 0.1**3)
     assert engine.loop.learning_rate_at(5, cosine) == pytest.approx((0.1 + 1e-4) / 2)
+    tiered = _args(tmp_path, epochs=60, learning_rate=0.05, lr_decay_epochs=[30, 40, 50])
+    assert [engine.loop.learning_rate_at(e, tiered) for e in (30, 31, 41, 51)] == pytest.approx(
+        [0.05, 0.005, 0.0005, 0.00005])
 
 
 def test_device_and_amp_flags():
@@ -287,6 +292,8 @@ def test_device_and_amp_flags():
             util.autocast(torch.device("cpu"), "fp16")
     with util.autocast(torch.device("cpu"), "bf16"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with util.autocast(torch.device("cpu"), "off"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
 def test_gen1_student_equals_the_teacher_at_step_0():
