@@ -8,7 +8,8 @@ take the CIFAR-like or ImageNet-like one by the size of their images.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Generic, TypeVar
 
 
 @dataclass(frozen=True)
@@ -63,3 +64,131 @@ def dataset_profile(dataset: str, image_size: int | None = None) -> DatasetProfi
     family = IMAGENET_LIKE if image_size >= FOLDER_IMAGENET_MIN_SIZE else CIFAR_LIKE
     return DatasetProfile(family.family, image_size, None, family.crop_padding, family.dropblock_size,
                           family.transform_letter)
+
+
+# ----------------------------------------------------------------------------- published settings
+# What the paper's tables were trained and evaluated with, per dataset and method, each value with
+# where it is published, so that scripts/reproduce.py writes every one of them into its commands.
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Sourced(Generic[T]):
+    """A published value and where it is published (SPEC section, official script, release default)."""
+    value: T
+    source: str
+
+
+@dataclass(frozen=True)
+class PublishedSettings:
+    """One method's training settings on one dataset."""
+    epochs: Sourced[int]
+    lr_decay_epochs: Sourced[tuple[int, ...]]
+    learning_rate: Sourced[float]
+    lr_decay_rate: Sourced[float]
+    batch_size: Sourced[int]
+    weight_decay: Sourced[float]
+    momentum: Sourced[float]
+    # The method's loss weights by name; a tuple of values is a sweep, decided by val accuracy (never test).
+    weights: dict[str, Sourced[float | tuple[float, ...]]] = field(default_factory=dict)
+
+    def by_name(self) -> dict[str, Sourced]:
+        """Every setting by name, the loss weights last."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "weights"}, **self.weights}
+
+
+@dataclass(frozen=True)
+class PublishedDataset:
+    # Images in the train split; an epoch draws all of them but the last incomplete batch.
+    train_images: Sourced[int]
+    methods: dict[str, PublishedSettings]
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """The few-shot evaluation behind every number of the paper's tables."""
+    n_ways: Sourced[int]
+    shots: Sourced[tuple[int, ...]]
+    n_queries: Sourced[int]
+    n_aug_support_samples: Sourced[int]
+    episodes: Sourced[int]
+    classifier: Sourced[str]
+
+
+# The paper's rows, in its order; each method's teacher comes before it.
+METHODS = ("rfs_simple", "rfs_distill", "skd_gen0", "skd_gen1")
+
+PUBLISHED_EVAL = EvalProtocol(n_ways=Sourced(5, "SPEC 5"), shots=Sourced((1, 5), "SPEC 5, 7"),
+                              n_queries=Sourced(15, "SPEC 5"), n_aug_support_samples=Sourced(5, "SPEC 5"),
+                              episodes=Sourced(600, "SPEC 5"), classifier=Sourced("LR", "SPEC 5 (logistic regression)"))
+
+
+def _gen0(epochs: int, lr_decay_epochs: tuple[int, ...]) -> PublishedSettings:
+    return PublishedSettings(
+        epochs=Sourced(epochs, "SPEC 3"), lr_decay_epochs=Sourced(lr_decay_epochs, "SPEC 3"),
+        learning_rate=Sourced(0.05, "SPEC 3"), lr_decay_rate=Sourced(0.1, "SPEC 3"),
+        batch_size=Sourced(64, "SPEC 3 (before the 4x rotations)"), weight_decay=Sourced(5e-4, "SPEC 3"),
+        momentum=Sourced(0.9, "SPEC 3"), weights={"gamma": Sourced(2.0, "SPEC 3 (rotation loss weight)")})
+
+
+def _gen1(epochs: Sourced[int], lr_decay_epochs: Sourced[tuple[int, ...]],
+          beta: Sourced[float | tuple[float, ...]]) -> PublishedSettings:
+    return PublishedSettings(
+        epochs=epochs, lr_decay_epochs=lr_decay_epochs,
+        learning_rate=Sourced(0.001, "SPEC 4 (official default; the run script keeps it)"),
+        lr_decay_rate=Sourced(0.1, "SKD release default (train_distillation.py --lr_decay_rate)"),
+        batch_size=Sourced(64, "SPEC 4"), weight_decay=Sourced(5e-4, "SPEC 4"), momentum=Sourced(0.9, "SPEC 4"),
+        weights={"beta": beta, "kd_T": Sourced(2.0, "SPEC 4")})
+
+
+def _rfs(script: str, weights: dict[str, Sourced[float | tuple[float, ...]]]) -> PublishedSettings:
+    """The RFS release's schedule (its defaults, the same for every dataset), used for the paper's RFS rows."""
+    return PublishedSettings(
+        epochs=Sourced(100, f"SPEC 4 (RFS release {script} default)"),
+        lr_decay_epochs=Sourced((60, 80), f"SPEC 4 (RFS release {script} default)"),
+        learning_rate=Sourced(0.05, f"SPEC 4 (RFS release {script} default)"),
+        lr_decay_rate=Sourced(0.1, f"RFS release {script} default"),
+        batch_size=Sourced(64, f"RFS release {script} default"),
+        weight_decay=Sourced(5e-4, f"RFS release {script} default"),
+        momentum=Sourced(0.9, f"RFS release {script} default"), weights=weights)
+
+
+_RFS_METHODS = {
+    "rfs_simple": _rfs("train_supervised.py", {}),  # cross-entropy only, plain images
+    "rfs_distill": _rfs("train_distillation.py", {
+        "ce_weight": Sourced(0.5, "SPEC 4 (RFS release scripts/run.sh: -r 0.5)"),
+        "kl_weight": Sourced(0.5, "SPEC 4 (RFS release scripts/run.sh: -a 0.5)"),
+        "kd_T": Sourced(4.0, "SPEC 4 (RFS release train_distillation.py default)")}),
+}
+_GEN1_SCRIPT = "SPEC 4 (official run script)"
+_TIERED_GEN1 = ("not published (SPEC 4); chosen here: FC100's value, as the official run script's tieredImageNet "
+                "block is a copy of FC100's")
+_PER_CLASS = "SPEC 6: {} classes x 600 images"
+
+PUBLISHED: dict[str, PublishedDataset] = {
+    "CIFAR-FS": PublishedDataset(Sourced(64 * 600, _PER_CLASS.format(64)), {
+        **_RFS_METHODS,
+        "skd_gen0": _gen0(65, (60,)),
+        "skd_gen1": _gen1(Sourced(65, _GEN1_SCRIPT), Sourced((60,), _GEN1_SCRIPT), Sourced(0.1, _GEN1_SCRIPT)),
+    }),
+    "FC100": PublishedDataset(Sourced(60 * 600, _PER_CLASS.format(60)), {
+        **_RFS_METHODS,
+        "skd_gen0": _gen0(65, (60,)),
+        "skd_gen1": _gen1(Sourced(8, _GEN1_SCRIPT), Sourced((3,), _GEN1_SCRIPT), Sourced(0.2, _GEN1_SCRIPT)),
+    }),
+    "miniImageNet": PublishedDataset(Sourced(64 * 600, _PER_CLASS.format(64)), {
+        **_RFS_METHODS,
+        "skd_gen0": _gen0(65, (60,)),
+        "skd_gen1": _gen1(Sourced(8, _GEN1_SCRIPT), Sourced((5,), _GEN1_SCRIPT),
+                          Sourced((0.025, 0.05, 0.075), "SPEC 4 (official run script runs the first three values of "
+                                                        "its list; the paper gives no single value)")),
+    }),
+    "tieredImageNet": PublishedDataset(
+        Sourced(448695, "Ren et al. 2018 (the tieredImageNet paper): 448,695 train images of 351 classes, the "
+                        "split MetaOptNet and RFS package as train_images.npz (not counted here)"), {
+            **_RFS_METHODS,
+            "skd_gen0": _gen0(60, (30, 40, 50)),
+            "skd_gen1": _gen1(Sourced(8, _TIERED_GEN1), Sourced((3,), _TIERED_GEN1), Sourced(0.2, _TIERED_GEN1)),
+        }),
+}
