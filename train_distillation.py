@@ -6,6 +6,10 @@ teacher (logits p_t) and by the student on x and on its 180-degree rotation:
 There is no cross-entropy term. `--official_quirks` reproduces the released code instead: the
 student is forwarded on all four rotations (BatchNorm sees 4B images), the L2 term is divided
 by 3, and DropBlock ramps as fast as there (`--official_ramp`).
+
+`--objective rfs` trains the RFS-distill baseline instead (one born-again generation as the RFS
+release runs it): a freshly initialised student, ce_weight * CE + kd_weight * KL at T = --kd_T to the
+frozen teacher (an RFS-simple model), plain images only.
 """
 from __future__ import annotations
 
@@ -18,8 +22,8 @@ import torch
 from torch import nn
 
 from dataset.profiles import DatasetProfile
-from distill import gen1_loss, rot90, rot180, rot270
-from models import ResNet12SSL, list_models
+from distill import gen1_loss, rfs_distill_loss, rot90, rot180, rot270
+from models import ResNet12SSL, create_model, list_models
 from models.dropblock import add_dropblock_calls, dropblock_calls, set_dropblock_calls
 import engine.args
 import engine.checkpoint
@@ -37,6 +41,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gamma", type=float, default=0.1,
                         help="beta, the weight of the L2 term (official per-dataset values: CIFAR-FS 0.1, FC100 0.2, "
                              "miniImageNet 0.025-0.5)")
+    parser.add_argument("--objective", default="skd", choices=["skd", "rfs"],
+                        help="skd: SKD Gen-1 (default); rfs: the RFS-distill baseline (fresh student, CE + KD)")
+    parser.add_argument("--ce_weight", type=float, default=0.5, help="--objective rfs: weight of cross-entropy (-r)")
+    parser.add_argument("--kd_weight", type=float, default=0.5, help="--objective rfs: weight of the KD term (-a)")
     parser.add_argument("--official_quirks", action="store_true",
                         help="as the released code: forward the student on all four rotations, divide L2 by 3, "
                              "and ramp DropBlock as --official_ramp")
@@ -50,9 +58,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def run_name(args: argparse.Namespace, profile: DatasetProfile) -> str:
-    """S_<student>_T_<teacher>_<dataset>_kd_T_<T>_beta_<beta>[_quirks]_trans_<A|D>[_cosine]_trial_<t>."""
-    quirks = "_quirks" if args.official_quirks else ""
-    return (f"S_{args.model_s}_T_{args.model_t}_{args.dataset}_kd_T_{args.kd_T}_beta_{args.gamma}{quirks}"
+    """S_<student>_T_<teacher>_<dataset>_kd_T_<T>_beta_<beta>[_quirks]_trans_<A|D>[_cosine]_trial_<t>, and for
+    --objective rfs S_<student>_T_<teacher>_<dataset>_rfs_r_<ce>_a_<kd>_kd_T_<T>_trans_<A|D>[_cosine]_trial_<t>."""
+    if args.objective == "rfs":
+        loss = f"rfs_r_{args.ce_weight}_a_{args.kd_weight}_kd_T_{args.kd_T}"
+    else:
+        loss = f"kd_T_{args.kd_T}_beta_{args.gamma}" + ("_quirks" if args.official_quirks else "")
+    return (f"S_{args.model_s}_T_{args.model_t}_{args.dataset}_{loss}"
             f"_trans_{profile.transform_letter}{engine.args.run_name_suffix(args)}")
 
 
@@ -119,10 +131,27 @@ def gen1_step(student: ResNet12SSL, teacher: ResNet12SSL, beta: float, temperatu
     return step
 
 
+def rfs_distill_step(student: ResNet12SSL, teacher: ResNet12SSL, ce_weight: float, kd_weight: float,
+                     temperature: float) -> engine.loop.Step:
+    """RFS-distill: student and teacher on the plain images; CE to the labels plus KD to the teacher."""
+    def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        logits = student(images)
+        loss, ce, kd = rfs_distill_loss(logits, teacher_logits, targets, ce_weight, kd_weight, temperature)
+        correct = (logits.argmax(1) == targets).sum()
+        return engine.loop.StepResult(loss, {"ce": ce.detach(), "kd": kd.detach()}, correct, len(images))
+
+    return step
+
+
 def main() -> None:
     args = get_args_parser().parse_args()
     device = engine.run.start_training_run(args)
 
+    if args.objective == "rfs" and (args.official_quirks or args.official_ramp):
+        raise util.UsageError("--official_quirks/--official_ramp: reproduce the released SKD Gen-1; they do not "
+                              "apply to --objective rfs")
     if args.model_s != args.model_t:
         raise util.UsageError(f"--model_s {args.model_s}: the student is a copy of the teacher, so it must be "
                               f"--model_t ({args.model_t})")
@@ -135,16 +164,25 @@ def main() -> None:
     if teacher.classifier.out_features != data.train.num_classes:
         raise util.UsageError(f"--path_t {args.path_t}: the teacher has {teacher.classifier.out_features} classes, "
                               f"the training split {data.train.source} has {data.train.num_classes}")
-    student = clone_student(teacher)
+    if args.objective == "rfs":  # born-again: a fresh student of the teacher's architecture
+        student = util.to_device(create_model(args.model_s, data.train.num_classes, args.dataset,
+                                              image_size=data.image_size), device)
+    else:
+        student = clone_student(teacher)
     teacher_before = snapshot(teacher)
 
     optimizer = torch.optim.SGD(student.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     identity = {"model": args.model_s, "dataset": args.dataset, "image_size": data.image_size,
-                "path_t": str(Path(args.path_t).resolve()), "teacher_sha256": util.file_sha256(args.path_t)}
-    state = engine.run.prepare_run(args, run_name(args, data.profile), student, optimizer, "gen1", identity,
+                "path_t": str(Path(args.path_t).resolve()), "teacher_sha256": util.file_sha256(args.path_t),
+                "objective": args.objective}
+    job_type = "rfs_distill" if args.objective == "rfs" else "skd_gen1"
+    state = engine.run.prepare_run(args, run_name(args, data.profile), student, optimizer, job_type, identity,
                                    {"path_t": str(args.path_t), **data.checkpoint_extra()})
-    step = gen1_step(student, teacher, args.gamma, args.kd_T, args.official_quirks)
+    if args.objective == "rfs":
+        step = rfs_distill_step(student, teacher, args.ce_weight, args.kd_weight, args.kd_T)
+    else:
+        step = gen1_step(student, teacher, args.gamma, args.kd_T, args.official_quirks)
     after_epoch = None
     if args.official_ramp or args.official_quirks:
         extra_calls = official_eval_calls_per_epoch(args)

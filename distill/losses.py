@@ -40,6 +40,12 @@ def rotation_loss(rot_logits: torch.Tensor, rot_labels: torch.Tensor) -> torch.T
 
 
 @float32_loss
+def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy: the whole RFS-simple objective."""
+    return F.cross_entropy(logits, targets)
+
+
+@float32_loss
 def gen0_loss(logits: torch.Tensor, rot_logits: torch.Tensor, targets: torch.Tensor, rot_labels: torch.Tensor,
               gamma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Generation 0: CE(logits, y) + gamma * L_rot. Returns (loss, ce, rot)."""
@@ -69,3 +75,14 @@ def gen1_loss(student_logits: torch.Tensor, student_rotated_logits: torch.Tensor
     kd = kd_loss(student_logits, teacher_logits, temperature)
     l2 = twin_l2_loss(student_logits, student_rotated_logits)
     return kd + beta * l2 / l2_divisor, kd, l2
+
+
+@float32_loss
+def rfs_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                     ce_weight: float, kd_weight: float, temperature: float
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RFS-distill (born-again, as the RFS release): ce_weight * CE + kd_weight * KD at `temperature`.
+    Returns (loss, ce, kd)."""
+    ce = F.cross_entropy(student_logits, targets)
+    kd = kd_loss(student_logits, teacher_logits, temperature)
+    return ce_weight * ce + kd_weight * kd, ce, kd

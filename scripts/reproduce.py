@@ -18,7 +18,9 @@ import itertools
 import os
 import shlex
 import sys
-from dataclasses import dataclass
+import json
+import subprocess
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -31,45 +33,45 @@ import engine.run  # noqa: E402
 import train_distillation  # noqa: E402
 import train_supervised_ssl  # noqa: E402
 import util  # noqa: E402
-from dataset.profiles import METHODS, PUBLISHED, PUBLISHED_EVAL, PublishedSettings, dataset_profile  # noqa: E402
+from dataset.catalog import DATASETS, resolve_dataset_folder  # noqa: E402
+from dataset.profiles import (METHODS, PUBLISHED, PUBLISHED_EVAL, SMALL_SCALE, PublishedDataset,  # noqa: E402
+                              PublishedSettings, Sourced, dataset_profile)
 
 
 @dataclass(frozen=True)
 class Stage:
-    """How a method runs: its script, the script flag of each loss weight, the method that trains its teacher."""
+    """How a method runs: its script, the flags that select the method, the script flag of each loss weight,
+    and the method that trains its teacher."""
     module: ModuleType
     weight_flags: dict[str, str]
     teacher: str | None = None
     rotations: int = 1  # forwards per training image (Gen-0 trains on all four rotations, SPEC 3)
+    mode_flags: tuple[str, ...] = ()
 
 
 STAGES = {
+    "rfs_simple": Stage(train_supervised_ssl, {}, mode_flags=("--plain",)),
+    "rfs_distill": Stage(train_distillation, {"ce_weight": "--ce_weight", "kl_weight": "--kd_weight", "kd_T": "--kd_T"},
+                         teacher="rfs_simple", mode_flags=("--objective", "rfs")),
     "skd_gen0": Stage(train_supervised_ssl, {"gamma": "--gamma"}, rotations=4),
-    "skd_gen1": Stage(train_distillation, {"beta": "--gamma", "kd_T": "--kd_T"}, teacher="skd_gen0"),
+    "skd_gen1": Stage(train_distillation, {"beta": "--gamma", "kd_T": "--kd_T"}, teacher="skd_gen0",
+                      mode_flags=("--objective", "skd")),
 }
 # The settings every training command writes out, by their flag names (shared by both scripts).
 SCHEDULE = ("epochs", "lr_decay_epochs", "learning_rate", "lr_decay_rate", "batch_size", "weight_decay", "momentum")
 # What identifies a run of the plan; passthrough flags must leave it alone.
 PLAN_OWNED = ("dataset", "data_root", "seed", "trial", "model_path", "path_t")
-# The RFS rows need training modes the scripts do not have yet; the plan says so rather than invent flags.
-NOT_RUNNABLE = {
-    "rfs_simple": "train_supervised_ssl.py always trains on the four rotations (--gamma 0 drops the rotation loss "
-                  "but still feeds 4x rotated images); RFS-simple is cross-entropy on plain images",
-    "rfs_distill": "train_distillation.py clones its student from the teacher and has no cross-entropy term; "
-                   "RFS-distill trains a fresh student with 0.5 CE + 0.5 KL (T 4) to the RFS-simple model",
-}
-
-
 @dataclass(frozen=True)
 class Run:
     """One training run of the plan and the evaluations of its checkpoint."""
     method: str
     seed: int
     what: str  # the comment line above it: method, seed, swept values, images processed
-    command: list[str] | None  # None: not runnable yet, for the reason in `why_not`
-    why_not: str = ""
+    command: list[str]
+    epochs: int
+    checkpoint: Path
+    swept: bool = False  # one candidate of a sweep: evaluated on val, and on test only if val picks it
     evaluations: tuple[list[str], ...] = ()
-    checkpoint: Path | None = None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -160,7 +162,7 @@ def training_runs(method: str, settings: PublishedSettings, seed: int, args: arg
     runs = []
     for values in itertools.product(*(weights[name] for name in swept)):
         chosen = {**weights, **dict(zip(swept, values))}
-        argv = ["--dataset", args.dataset, "--data_root", args.data_root,
+        argv = [*stage.mode_flags, "--dataset", args.dataset, "--data_root", args.data_root,
                 *itertools.chain.from_iterable((f"--{name}", text(getattr(settings, name).value)) for name in SCHEDULE),
                 *itertools.chain.from_iterable((flag, text(chosen[name])) for name, flag in stage.weight_flags.items()),
                 *(["--path_t", str(teacher)] if teacher else []),
@@ -171,7 +173,7 @@ def training_runs(method: str, settings: PublishedSettings, seed: int, args: arg
         check_passthrough(stage, argv, passthrough)
         argv += passthrough
         parsed = parse_training(stage, argv)
-        name = stage.module.run_name(parsed, dataset_profile(parsed.dataset, parsed.image_size))
+        name = stage.module.run_name(parsed, dataset_profile(parsed.dataset, parsed.image_size or args.folder_image_size))
         checkpoint = engine.run.run_folder(parsed, name) / engine.checkpoint.CHECKPOINT_NAME
         # Swept runs are also evaluated on val, which alone decides between them.
         splits = ("val", "test") if swept else ("test",)
@@ -179,10 +181,9 @@ def training_runs(method: str, settings: PublishedSettings, seed: int, args: arg
         images = images_processed(parsed.epochs, parsed.batch_size, PUBLISHED[args.dataset].train_images.value,
                                   stage.rotations, parsed.use_trainval)
         runs.append(Run(method, seed, f"{method} seed {seed}{sweep}: {images}",
-                        [*python_command(Path(stage.module.__file__).name), *argv],
-                        evaluations=tuple(evaluation(args, checkpoint, split, shots) for split in splits
-                                          for shots in PUBLISHED_EVAL.shots.value),
-                        checkpoint=checkpoint))
+                        [*python_command(Path(stage.module.__file__).name), *argv], parsed.epochs, checkpoint,
+                        bool(swept), tuple(evaluation(args, checkpoint, split, shots) for split in splits
+                                           for shots in PUBLISHED_EVAL.shots.value)))
     return runs
 
 
@@ -196,17 +197,14 @@ def plan(args: argparse.Namespace, passthrough: list[str]) -> list[Run]:
         checkpoints: dict[str, Path | None] = {}
         for method in (m for m in METHODS if m in needed):
             settings = published.methods[method]
-            if method in NOT_RUNNABLE:
-                images = images_processed(settings.epochs.value, settings.batch_size.value,
-                                          published.train_images.value, 1, False)
-                method_runs = [Run(method, seed, f"{method} seed {seed}: {images}", None, NOT_RUNNABLE[method])]
-            else:
-                teacher = STAGES[method].teacher
-                method_runs = training_runs(method, settings, seed, args, passthrough,
-                                            checkpoints[teacher] if teacher else None)
+            teacher = STAGES[method].teacher
+            method_runs = training_runs(method, settings, seed, args, passthrough,
+                                        checkpoints[teacher] if teacher else None)
             # A swept teacher would need the sweep decided first; no published teacher is swept.
             checkpoints[method] = method_runs[0].checkpoint
-            runs += [run for run in method_runs if run.method in args.methods]
+            if method not in args.methods:  # a teacher the table does not show: trained (or found done), not evaluated
+                method_runs = [replace(run, evaluations=()) for run in method_runs]
+            runs += method_runs
     return runs
 
 
@@ -226,19 +224,122 @@ def print_plan(args: argparse.Namespace, runs: list[Run]) -> None:
     print(f"#   train split: {published.train_images.value:,} images [{published.train_images.source}]")
     for run in runs:
         print(f"# {run.what}")
-        if run.command is None:
-            print(f"# not runnable yet: {run.why_not}")
-            continue
-        for command in (run.command, *run.evaluations):
+        print(shlex.join(run.command))
+        if run.swept:
+            print("# val decides the sweep; the test evaluations run for its winner only")
+        for command in run.evaluations:
             print(shlex.join(command))
+
+
+# ----------------------------------------------------------------------------- running the plan
+
+def finished_epochs(checkpoint: Path) -> int:
+    """Epochs a run folder's checkpoint holds (0: none yet)."""
+    return int(engine.checkpoint.load_checkpoint(checkpoint)["epoch"]) if checkpoint.is_file() else 0
+
+
+def run_command(command: list[str], what: str) -> None:
+    """Run one stage in the foreground (its progress bars show on a terminal); a failure stops the plan."""
+    print(f"$ {shlex.join(command)}", flush=True)
+    code = subprocess.run(command).returncode
+    if code != 0:
+        raise util.UsageError(f"{what}: {shlex.join(command[1:3])} exited with code {code}; finished runs are kept, "
+                              f"the same command resumes the plan")
+
+
+def option(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def train(run: Run) -> None:
+    """Train `run`, resume it from its checkpoint, or skip it when its checkpoint holds every epoch."""
+    done = finished_epochs(run.checkpoint)
+    what = run.what.split(":")[0]
+    if done >= run.epochs:
+        print(f"== {what}: done ({run.checkpoint}, epoch {done})", flush=True)
+        return
+    print(f"== {what}: {'resuming after epoch ' + str(done) if done else 'training'}", flush=True)
+    run_command(run.command + (["--resume"] if done else []), what)
+
+
+def evaluate_run(run: Run, split: str) -> list[dict]:
+    """Run `run`'s evaluations of `split` whose results are missing or older than the checkpoint; return them all."""
+    results = []
+    for command in (c for c in run.evaluations if option(c, "--split") == split):
+        output = Path(option(command, "--output"))
+        if not output.is_file() or output.stat().st_mtime < run.checkpoint.stat().st_mtime:
+            run_command(command, f"{run.what.split(':')[0]}: {split} {option(command, '--n_shots')}-shot")
+        results.append(json.loads(output.read_text()))
+    return results
+
+
+def val_accuracy(results: list[dict]) -> float:
+    """The sweep criterion: mean val accuracy over the shots evaluated (1 and 5)."""
+    return sum(r["results"][0]["mean"] for r in results) / len(results)
+
+
+def execute(args: argparse.Namespace, runs: list[Run]) -> None:
+    """Train and evaluate every run in order; a sweep is decided on val, and only its winner sees test."""
+    for key, group in itertools.groupby(runs, key=lambda r: (r.method, r.seed)):
+        group = list(group)
+        for run in group:
+            train(run)
+        if not group[0].swept:
+            for run in group:
+                evaluate_run(run, "test")
+            continue
+        scores = {run.checkpoint: val_accuracy(evaluate_run(run, "val")) for run in group}
+        winner = max(group, key=lambda r: scores[r.checkpoint])
+        record = {"method": key[0], "seed": key[1], "criterion": "mean val accuracy, 1- and 5-shot",
+                  "candidates": {str(r.checkpoint): scores[r.checkpoint] for r in group}, "winner": str(winner.checkpoint)}
+        sweep_file = Path(args.output) / f"sweep_{key[0]}_seed_{key[1]}.json"
+        with util.atomic_write(sweep_file) as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"== {key[0]} seed {key[1]}: val picks {winner.checkpoint.parent.name} ({scores[winner.checkpoint]:.2f})")
+        evaluate_run(winner, "test")
+
+
+def check_data(args: argparse.Namespace) -> None:
+    """Fail in one line before any training when the dataset's files are not where --data_root says."""
+    spec = DATASETS[args.dataset]
+    folder = resolve_dataset_folder(spec, args.data_root)
+    for split in ("train", "val", "test"):
+        if not (folder / spec.marker(split)).exists():
+            raise util.UsageError(f"{folder / spec.marker(split)}: not found (the {split} split of {args.dataset})")
+
+
+def first_image_size(data_root: str) -> int:
+    """The side of a `folder` dataset's first training image: its profile (and run names) depend on it."""
+    from PIL import Image
+
+    first = next(p for p in sorted((Path(data_root) / "train").rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES)
+    with Image.open(first) as image:
+        return image.size[0]
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def folder_settings(data_root: str) -> PublishedDataset:
+    """A `folder` dataset has no published settings: the small-scale ones, with its training images counted."""
+    train = Path(data_root) / "train"
+    if not train.is_dir():
+        raise util.UsageError(f"{train}: not found (--dataset folder reads --data_root/train/<class>/*.png|jpg)")
+    count = sum(1 for p in train.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return PublishedDataset(Sourced(count, f"counted in {train}"), SMALL_SCALE)
 
 
 def main() -> None:
     args, passthrough = get_args_parser().parse_known_args()
     if passthrough[:1] == ["--"]:
         passthrough = passthrough[1:]
+    args.folder_image_size = None
+    if args.dataset == "folder":
+        PUBLISHED["folder"] = folder_settings(args.data_root)
+        args.folder_image_size = first_image_size(args.data_root)
     if args.dataset not in PUBLISHED:
-        raise util.UsageError(f"--dataset {args.dataset}: no published settings; known: {', '.join(PUBLISHED)}")
+        raise util.UsageError(f"--dataset {args.dataset}: no published settings; known: {', '.join(PUBLISHED)}, "
+                              f"and folder (small-scale settings)")
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown or not args.methods:
         raise util.UsageError(f"--methods {','.join(args.methods)}: expected some of {','.join(METHODS)}")
@@ -248,8 +349,13 @@ def main() -> None:
     args.wandb_group = args.wandb_group or f"reproduce_{args.dataset}_{datetime.date.today().isoformat()}"
     runs = plan(args, passthrough)
     if not args.dry_run:
-        raise util.UsageError("only --dry_run is implemented in this version (the training driver comes next)")
+        check_data(args)
     print_plan(args, runs)
+    if args.dry_run:
+        return
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    execute(args, runs)
+    print(f"== done: python -m eval.table {args.output}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from distill import four_rotations, gen0_loss, gen1_loss, kd_loss, rot90, rot180, rot270, rotate, rotation_loss, twin_l2_loss
+from distill import (cross_entropy_loss, four_rotations, gen0_loss, gen1_loss, kd_loss, rfs_distill_loss, rot90, rot180,
+                     rot270, rotate, rotation_loss, twin_l2_loss)
 
 X = torch.tensor([[0., 1., 2.], [3., 4., 5.], [6., 7., 8.]]).view(1, 1, 3, 3)
 
@@ -142,3 +143,16 @@ def test_losses_compute_in_float32_under_autocast(name):
         under_autocast = LOSSES[name](s, t, r, q, y, yr)
     assert under_autocast.dtype == torch.float32
     torch.testing.assert_close(under_autocast, reference, rtol=1e-6, atol=0)
+
+
+def test_rfs_distill_loss_by_hand():
+    s, t, y = [[1.0, 0.0, -1.0]], [[0.0, 2.0, 0.0]], [2]
+    ce = -math.log(math.exp(-1.0) / sum(math.exp(v) for v in s[0]))
+    T = 4.0
+    p_t = [math.exp(v / T) / sum(math.exp(u / T) for u in t[0]) for v in t[0]]
+    log_p_s = [v / T - math.log(sum(math.exp(u / T) for u in s[0])) for v in s[0]]
+    kd = sum(p * (math.log(p) - lq) for p, lq in zip(p_t, log_p_s)) * T**2
+    loss, ce_t, kd_t = rfs_distill_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), 0.5, 0.5, T)
+    assert ce_t.item() == pytest.approx(ce, rel=1e-6) and kd_t.item() == pytest.approx(kd, rel=1e-5)
+    assert loss.item() == pytest.approx(0.5 * ce + 0.5 * kd, rel=1e-5)
+    assert cross_entropy_loss(torch.tensor(s), torch.tensor(y)).item() == pytest.approx(ce, rel=1e-6)

@@ -75,11 +75,16 @@ def script_runs(cmds: list[list[str]], script: str) -> list[tuple[int, dict]]:
 def script_folder(command: list[str]) -> str:
     """The run-folder name a training command writes, as its script names it (SPEC's official names)."""
     f = flags(command)
+    letter = LETTER[f["--dataset"]]
+    if f.get("--objective") == "rfs":
+        return (f"S_resnet12_ssl_T_resnet12_ssl_{f['--dataset']}_rfs_r_{f['--ce_weight']}_a_{f['--kd_weight']}"
+                f"_kd_T_{f['--kd_T']}_trans_{letter}_trial_{f['--trial']}")
     if "--path_t" in f:
         return (f"S_resnet12_ssl_T_resnet12_ssl_{f['--dataset']}_kd_T_{f['--kd_T']}_beta_{f['--gamma']}"
-                f"_trans_{LETTER[f['--dataset']]}_trial_{f['--trial']}")
+                f"_trans_{letter}_trial_{f['--trial']}")
+    plain = "_plain" if f.get("--plain") else ""
     return (f"resnet12_ssl_{f['--dataset']}_lr_{f['--learning_rate']}_decay_{f['--weight_decay']}"
-            f"_trans_{LETTER[f['--dataset']]}_trial_{f['--trial']}")
+            f"_trans_{letter}{plain}_trial_{f['--trial']}")
 
 
 @pytest.mark.parametrize("dataset", list(GEN0))
@@ -88,9 +93,30 @@ def test_dry_run_lists_the_published_settings(reproduce, dataset):
     assert result.returncode == 0, result.stderr
     cmds = commands(result.stdout)
     assert all(c[0] == sys.executable for c in cmds)
-    gen0 = script_runs(cmds, "train_supervised_ssl.py")
-    gen1 = script_runs(cmds, "train_distillation.py")
+    supervised = script_runs(cmds, "train_supervised_ssl.py")
+    distilled = script_runs(cmds, "train_distillation.py")
+    gen0 = [(pos, f) for pos, f in supervised if "--plain" not in f]
+    rfs_simple = [(pos, f) for pos, f in supervised if "--plain" in f]
+    gen1 = [(pos, f) for pos, f in distilled if f["--objective"] == "skd"]
+    rfs_distill = [(pos, f) for pos, f in distilled if f["--objective"] == "rfs"]
     evals = script_runs(cmds, "eval_fewshot.py")
+
+    # RFS rows (the RFS release's schedule for every dataset): RFS-simple, then RFS-distill from it.
+    simple_checkpoints = {}
+    for pos, f in rfs_simple:
+        assert f == {"--plain": True, "--dataset": dataset, "--data_root": "DATA", "--epochs": "100",
+                     "--lr_decay_epochs": "60,80", "--learning_rate": "0.05", **COMMON, "--model_path": OUT,
+                     "--seed": f["--seed"], "--trial": f["--seed"], "--wandb_group": "g"}
+        simple_checkpoints[f["--seed"]] = (pos, f"{OUT}/{script_folder(cmds[pos])}/checkpoint.pth")
+    assert sorted(simple_checkpoints) == ["0", "1", "2"]
+    for pos, f in rfs_distill:
+        teacher_pos, teacher = simple_checkpoints[f["--seed"]]
+        assert teacher_pos < pos
+        assert f == {"--objective": "rfs", "--dataset": dataset, "--data_root": "DATA", "--epochs": "100",
+                     "--lr_decay_epochs": "60,80", "--learning_rate": "0.05", **COMMON, "--ce_weight": "0.5",
+                     "--kd_weight": "0.5", "--kd_T": "4.0", "--path_t": teacher, "--model_path": OUT,
+                     "--seed": f["--seed"], "--trial": f["--seed"], "--wandb_group": "g"}
+    assert len(rfs_distill) == 3
 
     epochs, decay = GEN0[dataset]
     assert [f["--seed"] for _, f in gen0] == ["0", "1", "2"]
@@ -107,8 +133,9 @@ def test_dry_run_lists_the_published_settings(reproduce, dataset):
     for pos, f in gen1:
         teacher_pos, teacher = checkpoints[f["--seed"]]
         assert f["--path_t"] == teacher and teacher_pos < pos  # its own seed's Gen-0, trained before it
-        assert f == {"--dataset": dataset, "--data_root": "DATA", "--epochs": epochs, "--lr_decay_epochs": decay,
-                     "--learning_rate": "0.001", "--gamma": f["--gamma"], "--kd_T": "2.0", **COMMON,
+        assert f == {"--objective": "skd", "--dataset": dataset, "--data_root": "DATA", "--epochs": epochs,
+                     "--lr_decay_epochs": decay, "--learning_rate": "0.001", "--gamma": f["--gamma"], "--kd_T": "2.0",
+                     **COMMON,
                      "--path_t": teacher, "--model_path": OUT, "--seed": f["--seed"], "--trial": f["--seed"],
                      "--wandb_group": "g"}
 
@@ -120,16 +147,14 @@ def test_dry_run_lists_the_published_settings(reproduce, dataset):
         assert f["--output"] == str(folder / f"results_{f['--split']}_{f['--n_shots']}shot.json")
         assert (f["--n_test_runs"], f["--n_ways"], f["--n_queries"], f["--n_aug_support_samples"],
                 f["--classifier"]) == ("600", "5", "15", "5", "LR")
-    trained = [(pos, f, f"{OUT}/{script_folder(cmds[pos])}/checkpoint.pth") for pos, f in gen0 + gen1]
+    trained = [(pos, f, f"{OUT}/{script_folder(cmds[pos])}/checkpoint.pth") for pos, f in supervised + distilled]
     assert set(evaluated) == {ckpt for _, _, ckpt in trained}
     for pos, f, ckpt in trained:
-        splits = ("val", "test") if len(betas) > 1 and "--path_t" in f else ("test",)
+        splits = ("val", "test") if len(betas) > 1 and f.get("--objective") == "skd" else ("test",)
         assert sorted(what for _, what in evaluated[ckpt]) == sorted((s, k) for s in splits for k in ("1", "5"))
         assert all(eval_pos > pos for eval_pos, _ in evaluated[ckpt])
 
-    # The RFS rows are listed, with their schedule, and marked instead of run with invented flags.
-    assert result.stdout.count("# not runnable yet: ") == 6
-    assert result.stdout.count(": 100 epochs x ") == 6
+    assert result.stdout.count(": 100 epochs x ") == 6  # the RFS rows' image counts
 
 
 def test_dry_run_counts_the_images_each_run_processes(reproduce):
@@ -149,7 +174,8 @@ def test_unknown_dataset_stops_with_one_line():
                             capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=120)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        "error: --dataset Omniglot: no published settings; known: CIFAR-FS, FC100, miniImageNet, tieredImageNet"]
+        "error: --dataset Omniglot: no published settings; known: CIFAR-FS, FC100, miniImageNet, tieredImageNet, "
+        "and folder (small-scale settings)"]
 
 
 def test_passthrough_flags_override_every_training_command(reproduce):
@@ -167,7 +193,7 @@ def test_passthrough_flags_override_every_training_command(reproduce):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--data_root", "DATA"], "only --dry_run is implemented in this version (the training driver comes next)"),
+    (["--data_root", "DATA"], "DATA: --data_root folder not found"),
     ([*ARGS, "--official_quirks"], "train_supervised_ssl.py does not accept --official_quirks (flags this script "
                                    "does not know go to every training command)"),
     # Not taken for an abbreviation of --seeds: it passes through, and the plan refuses it.
@@ -177,3 +203,68 @@ def test_passthrough_flags_override_every_training_command(reproduce):
 def test_refusals_take_one_line(reproduce, argv, message):
     result = reproduce("--dataset", "FC100", *argv)
     assert (result.returncode, result.stdout, result.stderr.splitlines()) == (2, "", [f"error: {message}"])
+
+
+class _FakeStages:
+    """Stands in for the training and evaluation subprocesses: records each command and writes what the real
+    script would leave behind (a checkpoint holding all its epochs, or a results file)."""
+
+    def __init__(self, monkeypatch, stop_after: int | None = None):
+        self.commands: list[list[str]] = []
+        self.stop_after = stop_after  # epochs the next training run reaches before it is "killed"
+        monkeypatch.setattr(subprocess, "run", self)
+
+    def __call__(self, command, *a, **k):
+        import torch
+
+        import train_distillation
+        import train_supervised_ssl
+        from dataset.profiles import dataset_profile
+
+        self.commands.append(command)
+        f = flags(command)
+        if Path(command[1]).name == "eval_fewshot.py":
+            Path(f["--output"]).write_text('{"results": [{"mean": %d}]}' % len(self.commands))
+            return subprocess.CompletedProcess(command, 0)
+        module = train_distillation if "distillation" in command[1] else train_supervised_ssl
+        parsed = module.get_args_parser().parse_args(command[2:])
+        folder = Path(parsed.model_path) / module.run_name(parsed, dataset_profile("folder", 8))
+        folder.mkdir(parents=True, exist_ok=True)
+        epochs, code = parsed.epochs, 0
+        if self.stop_after is not None:
+            epochs, code, self.stop_after = self.stop_after, 1, None
+        torch.save({"epoch": epochs, "model": {}}, folder / "checkpoint.pth")
+        return subprocess.CompletedProcess(command, code)
+
+
+def _tiny_folder(root: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val", "test"):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True)
+            Image.new("RGB", (8, 8), (40 * c, 0, 0)).save(root / split / f"c{c}" / "0.png")
+    return root
+
+
+def test_a_second_invocation_skips_finished_runs_and_resumes_the_interrupted_one(reproduce, monkeypatch, tmp_path):
+    data = _tiny_folder(tmp_path / "data")
+    argv = ["--dataset", "folder", "--data_root", str(data), "--output", str(tmp_path / "out"), "--seeds", "0",
+            "--wandb_group", "g"]
+    stages = _FakeStages(monkeypatch, stop_after=3)  # RFS-simple is interrupted after epoch 3 of 10
+    first = reproduce(*argv)
+    assert first.returncode == 2 and "exited with code 1; finished runs are kept" in first.stderr
+    assert len(stages.commands) == 1 and "--resume" not in stages.commands[0]
+
+    stages.commands.clear()
+    second = reproduce(*argv)
+    assert second.returncode == 0, second.stderr
+    trained = [c for c in stages.commands if Path(c[1]).name != "eval_fewshot.py"]
+    assert [Path(c[1]).name for c in trained] == ["train_supervised_ssl.py", "train_distillation.py"] * 2
+    assert trained[0][-1] == "--resume" and all("--resume" not in c for c in trained[1:])
+    assert sum(Path(c[1]).name == "eval_fewshot.py" for c in stages.commands) == 8  # 4 methods x test 1, 5-shot
+
+    stages.commands.clear()
+    third = reproduce(*argv)  # everything is finished: the teachers are never trained again, nothing re-evaluated
+    assert third.returncode == 0 and stages.commands == []
+    assert third.stdout.count(": done (") == 4
