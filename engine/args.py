@@ -64,6 +64,18 @@ def add_training_args(parser: argparse.ArgumentParser, learning_rate: float, lr_
     g.add_argument("--cosine", action="store_true", help="cosine annealing instead of step decay")
 
 
+def add_selection_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model selection on val (the test split is read only by the final report)")
+    g.add_argument("--eval_freq", type=int, default=0,
+                   help="evaluate the val split every E epochs and at the last, logging val_1shot_acc, val_5shot_acc "
+                        "and their mean val_acc, and keep best.pth by val_acc beside checkpoint.pth (0: off)")
+    g.add_argument("--val_episodes", type=int, default=200,
+                   help="fixed val episodes per shot setting for --eval_freq (features, logistic regression)")
+    g.add_argument("--final_checkpoint", default="last", choices=["last", "best"],
+                   help="what the final report evaluates: the last epoch (the paper's protocol) or best.pth "
+                        "(needs --eval_freq)")
+
+
 def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g = parser.add_argument_group("run")
     g.add_argument("--model_path", default="save", help="parent folder of run folders; its last part names the W&B project")
@@ -91,6 +103,7 @@ def add_training_script_args(parser: argparse.ArgumentParser, learning_rate: flo
     add_data_args(parser)
     add_training_args(parser, learning_rate, lr_decay_epochs)
     add_fewshot_args(parser)
+    add_selection_args(parser)
     add_run_args(parser, tags)
 
 

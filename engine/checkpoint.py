@@ -11,7 +11,8 @@ from dataset.transforms import Normalization
 from models import create_model
 from util import CheckpointError, atomic_write
 
-CHECKPOINT_NAME = "checkpoint.pth"
+CHECKPOINT_NAME = "checkpoint.pth"  # the last epoch's
+BEST_NAME = "best.pth"  # the best epoch by val accuracy (--eval_freq), beside it
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

@@ -1,5 +1,6 @@
 """The epoch loop: steps under autocast with a grad scaler, a loud stop on a non-finite loss, the
-learning-rate schedule, one checkpoint and one log line per epoch."""
+learning-rate schedule, one checkpoint and one log line per epoch, and (with --eval_freq) a val
+evaluation that keeps best.pth."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, save_checkpoint
 from engine.logger import RunLogger
 from models.dropblock import dropblock_calls
 from util import NonFiniteLossError, autocast
@@ -45,6 +46,8 @@ class StepResult:
 
 
 Step = Callable[[torch.Tensor, torch.Tensor], StepResult]
+# Val metrics of a model on a device; "val_acc" is what best.pth is selected by.
+Validation = Callable[[nn.Module, torch.device], dict[str, float | None]]
 
 
 class Meter:
@@ -109,14 +112,20 @@ class TrainState:
     logger: RunLogger
     start_epoch: int = 1
     checkpoint_extra: dict = field(default_factory=dict)
+    validation: Validation | None = None  # run every --eval_freq epochs and at the last
+    best_val_acc: float | None = None  # of best.pth, kept across --resume
 
     @property
     def checkpoint_path(self) -> Path:
         return self.folder / CHECKPOINT_NAME
 
+    @property
+    def best_path(self) -> Path:
+        return self.folder / BEST_NAME
 
-def _save(state: TrainState, epoch: int, args: argparse.Namespace) -> None:
-    save_checkpoint({
+
+def _checkpoint(state: TrainState, epoch: int, args: argparse.Namespace) -> dict:
+    return {
         "epoch": epoch,
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -124,7 +133,19 @@ def _save(state: TrainState, epoch: int, args: argparse.Namespace) -> None:
         "dropblock_calls": dropblock_calls(state.model),
         "wandb_id": state.logger.wandb_id,
         **state.checkpoint_extra,
-    }, state.checkpoint_path)
+    }
+
+
+def _validate(model: nn.Module, validation: Validation, device: torch.device) -> dict[str, float | None]:
+    """Val metrics of the current weights, leaving training as it was: in eval mode BatchNorm
+    statistics and DropBlock ramp counters do not move, train mode is restored after, and the RNG
+    streams are forked, so a run with --eval_freq trains bit-identically to one without."""
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+        model.eval()
+        try:
+            return validation(model, device)
+        finally:
+            model.train()
 
 
 def _batches(loader, epoch: int, args: argparse.Namespace) -> Iterator:
@@ -138,7 +159,9 @@ def _batches(loader, epoch: int, args: argparse.Namespace) -> Iterator:
 def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device: torch.device,
         after_epoch: Callable[[int], None] | None = None) -> None:
     """Train from state.start_epoch to args.epochs: one checkpoint and one log line per epoch.
-    `after_epoch(epoch)` runs after an epoch's steps, before its checkpoint is written."""
+    `after_epoch(epoch)` runs after an epoch's steps, before its checkpoint is written. With
+    state.validation, every --eval_freq epochs and at the last the val metrics join the log line and
+    best.pth is rewritten whenever val_acc improves."""
     # fp16 gradients underflow without loss scaling; for bf16 and fp32 the scaler is a pass-through.
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     for epoch in range(state.start_epoch, args.epochs + 1):
@@ -169,7 +192,16 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
         averages = meter.averages()
         record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in averages.items()},
                   "images_per_s": meter.images / seconds, "epoch_seconds": seconds}
-        _save(state, epoch, args)
+        checkpoint = _checkpoint(state, epoch, args)
+        if state.validation is not None and (epoch % args.eval_freq == 0 or epoch == args.epochs):
+            metrics = _validate(state.model, state.validation, device)
+            record.update(metrics)
+            if state.best_val_acc is None or metrics["val_acc"] > state.best_val_acc:
+                state.best_val_acc = metrics["val_acc"]
+                # Written before checkpoint.pth, so a crash between the two loses no improvement:
+                # --resume retrains this epoch and compares it with best.pth's val_acc.
+                save_checkpoint({**checkpoint, "val_acc": metrics["val_acc"]}, state.best_path)
+        save_checkpoint(checkpoint, state.checkpoint_path)
         state.logger.log(record)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
               flush=True)

@@ -1,5 +1,6 @@
-"""A training run from start to finish: validate flags and pick the device, read every split before
-anything is written, open (or resume) the run folder, build the loader, end with the report."""
+"""A training run from start to finish: validate flags and pick the device, read the splits training
+uses before anything is written, open (or resume) the run folder, build the loader, end with the
+report (the only reader of the test split)."""
 from __future__ import annotations
 
 import argparse
@@ -11,15 +12,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from dataset import load_split
+from dataset import ImageSet, load_split
 from dataset.episodes import check_episode_feasible
 from dataset.errors import DataError
 from dataset.loaders import train_loader
 from dataset.transforms import Normalization, choose_normalization, train_transform
 from dataset.profiles import DatasetProfile
-from engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_weights
+from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, checkpoint_normalization, load_checkpoint, load_model_weights
 from engine.logger import LOG_NAME, RunLogger
 from engine.loop import TrainState
+from eval.fewshot import EpisodeSetting, evaluate
 from eval.report import REPORT_SHOTS, final_report
 from models.dropblock import set_dropblock_calls
 from util import (CheckpointError, UsageError, atomic_write, autocast, check_positive, git_sha, print_run_header,
@@ -29,7 +31,11 @@ from util import (CheckpointError, UsageError, atomic_write, autocast, check_pos
 def start_training_run(args: argparse.Namespace) -> torch.device:
     """Validate the flags, pick the device, print the git sha and every argument, seed everything."""
     check_positive(args, "epochs", "batch_size", "n_ways", "n_shots", "n_queries", "n_test_runs",
-                   "n_aug_support_samples", "eval_batch_size", "log_interval")
+                   "n_aug_support_samples", "eval_batch_size", "log_interval", "val_episodes")
+    if args.eval_freq < 0:
+        raise UsageError(f"--eval_freq: expected 0 (off) or a number of epochs, got {args.eval_freq}")
+    if args.final_checkpoint == "best" and not args.eval_freq:
+        raise UsageError("--final_checkpoint best: needs --eval_freq, which keeps best.pth by val accuracy")
     device = resolve_device(args.device)
     autocast(device, args.amp)  # validates --amp against the device before any work
     if device.type == "cuda":
@@ -86,16 +92,61 @@ def _trim_log(log: Path, last_epoch: int) -> None:
         tmp.write_text("".join(f"{line}\n" for line in kept))
 
 
+def load_eval_split(args: argparse.Namespace, split: str, image_size: int) -> ImageSet:
+    """The val or test split, checked against the training images' size and the report's episodes."""
+    images = load_split(args.dataset, args.data_root, split, args.image_size)
+    if images.image_size != image_size:
+        raise DataError(f"{images.source}: images are {images.image_size}px, the training images are {image_size}px")
+    check_episode_feasible(images.class_indices(), args.n_ways, max(REPORT_SHOTS), args.n_queries, images.source)
+    return images
+
+
+@dataclass
+class ValEvaluation:
+    """--eval_freq's evaluation: the val split on the same episodes every time (episode i drawn from
+    seed i, support crops from --seed), 1- and 5-shot, features and logistic regression, each image
+    embedded once, so that it is cheap enough to run every few epochs."""
+
+    images: ImageSet
+    norm: Normalization
+    args: argparse.Namespace
+
+    def __call__(self, model: nn.Module, device: torch.device) -> dict[str, float | None]:
+        a = self.args
+        metrics: dict[str, float | None] = {}
+        for shots in REPORT_SHOTS:
+            setting = EpisodeSetting(a.n_ways, shots, a.n_queries, a.val_episodes, a.n_aug_support_samples)
+            (result,) = evaluate(model, self.images, "val", setting, self.norm, device, ("LR",), ("feature",),
+                                 a.eval_batch_size, a.seed, a.amp, progress=False)
+            summary = result.to_dict()  # ci95 is None for a single episode, as in results.json
+            metrics[f"val_{shots}shot_acc"], metrics[f"val_{shots}shot_ci95"] = summary["mean"], summary["ci95"]
+        metrics["val_acc"] = sum(metrics[f"val_{shots}shot_acc"] for shots in REPORT_SHOTS) / len(REPORT_SHOTS)
+        return metrics
+
+
+def val_evaluation(args: argparse.Namespace, checkpoint_extra: dict) -> ValEvaluation:
+    """The scripts hand prepare_run no TrainingData, so the val split (checked by load_training_data)
+    is read again here, with the image size and normalisation that the checkpoint records for its
+    evaluation (TrainingData.checkpoint_extra())."""
+    norm = checkpoint_normalization(checkpoint_extra)
+    if norm is None or "image_size" not in checkpoint_extra:
+        raise ValueError("--eval_freq: prepare_run needs checkpoint_extra=TrainingData.checkpoint_extra()")
+    return ValEvaluation(load_eval_split(args, "val", checkpoint_extra["image_size"]), norm, args)
+
+
 def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                 job_type: str, identity: dict[str, Any], checkpoint_extra: dict | None = None) -> TrainState:
-    """Create (or, with --resume, reopen) the run folder; restore the last checkpoint when resuming.
+    """Create (or, with --resume, reopen) the run folder; restore the last checkpoint when resuming,
+    and the best val accuracy so far from best.pth.
 
     `identity`: what a resumed run must share with the checkpoint (model, dataset, image size, the
     Gen-1 teacher); recorded in every checkpoint.
     """
+    # Before anything is written, so that bad val data fails cleanly.
+    validation = val_evaluation(args, checkpoint_extra or {}) if args.eval_freq else None
     folder = run_folder(args, name)
-    start_epoch, wandb_id = 1, None
-    checkpoint_path = folder / CHECKPOINT_NAME
+    start_epoch, wandb_id, best_val_acc = 1, None, None
+    checkpoint_path, best_path = folder / CHECKPOINT_NAME, folder / BEST_NAME
     if args.resume:
         if not checkpoint_path.is_file():
             raise CheckpointError(f"{checkpoint_path}: --resume given but the run folder has no checkpoint")
@@ -108,6 +159,8 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
         set_dropblock_calls(model, checkpoint.get("dropblock_calls", []))
         start_epoch = int(checkpoint["epoch"]) + 1
         wandb_id = checkpoint.get("wandb_id")
+        if best_path.is_file():  # a resumed run must beat the best epoch before the interruption
+            best_val_acc = float(load_checkpoint(best_path)["val_acc"])
         _trim_log(folder / LOG_NAME, int(checkpoint["epoch"]))
         # args.json stays the original run's; each resumption's arguments go beside it.
         args_file = folder / f"args.resume_after_epoch_{checkpoint['epoch']}.json"
@@ -116,21 +169,23 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
         if checkpoint_path.is_file():
             raise UsageError(f"{folder}: run folder already has a checkpoint; pass --resume to continue it, "
                              f"or a new --trial")
-        # A run that crashed before its first checkpoint left a log of epochs that are trained again now.
+        # A run that crashed before its first checkpoint left a log (and maybe a best.pth) of epochs that
+        # are trained again now.
         (folder / LOG_NAME).unlink(missing_ok=True)
+        best_path.unlink(missing_ok=True)
         args_file = folder / "args.json"
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_write(args_file) as tmp:
         tmp.write_text(json.dumps(vars(args), indent=2, default=str) + "\n")
     logger = training_logger(folder, args, name, job_type, wandb_id)
     extra = {"identity": identity, **(checkpoint_extra or {})}
-    return TrainState(model, optimizer, folder, logger, start_epoch, extra)
+    return TrainState(model, optimizer, folder, logger, start_epoch, extra, validation, best_val_acc)
 
 
 @dataclass
 class TrainingData:
-    train: Any  # ImageSet
-    eval_splits: dict  # split name -> ImageSet, for the end-of-training report
+    train: ImageSet
+    val: ImageSet | None  # read when --eval_freq or the final report uses it; test is read by the report only
     norm: Normalization
 
     @property
@@ -147,26 +202,18 @@ class TrainingData:
 
 
 def load_training_data(args: argparse.Namespace, norm: Normalization | None = None) -> TrainingData:
-    """Read every split the run needs before anything is written, so bad data fails cleanly.
+    """Read the training and val splits before anything is written, so bad data fails cleanly; the
+    test split is left unopened until the final report, so nothing during training can select on it.
     `norm`: a normalisation fixed by the caller (Gen-1: the teacher's); default: --normalization."""
     split = "trainval" if getattr(args, "use_trainval", False) else "train"
     train = load_split(args.dataset, args.data_root, split, args.image_size)
-    eval_splits = {}
-    if not args.no_final_eval:
-        for split in ("val", "test"):
-            images = load_split(args.dataset, args.data_root, split, args.image_size)
-            if images.image_size != train.image_size:
-                raise DataError(f"{images.source}: images are {images.image_size}px, the train split's are "
-                                f"{train.image_size}px")
-            # The report runs 1- and 5-shot episodes; fail now rather than after training.
-            check_episode_feasible(images.class_indices(), args.n_ways, max(REPORT_SHOTS), args.n_queries, images.source)
-            eval_splits[split] = images
+    val = load_eval_split(args, "val", train.image_size) if args.eval_freq or not args.no_final_eval else None
     if len(train) < args.batch_size:
         raise UsageError(f"--batch_size {args.batch_size}: larger than the {len(train)} training images of "
                          f"{train.source}")
     if norm is None:
         norm = choose_normalization(args.normalization, args.dataset, train.images)
-    return TrainingData(train, eval_splits, norm)
+    return TrainingData(train, val, norm)
 
 
 def make_train_loader(data: TrainingData, args: argparse.Namespace, device: torch.device):
@@ -175,12 +222,24 @@ def make_train_loader(data: TrainingData, args: argparse.Namespace, device: torc
                         args.seed, pin_memory=device.type == "cuda")
 
 
+def final_weights(state: TrainState, args: argparse.Namespace) -> tuple[Path, str, int]:
+    """What the final report evaluates: (checkpoint, choice for results.json, epoch). The last epoch
+    (the paper's protocol), or with --final_checkpoint best, best.pth's weights loaded into the model."""
+    if args.final_checkpoint == "last":
+        return state.checkpoint_path, "last epoch", args.epochs
+    best = load_model_weights(state.model, state.best_path)
+    return state.best_path, f"best val (epoch {best['epoch']})", int(best["epoch"])
+
+
 def finish_training(state: TrainState, data: TrainingData, args: argparse.Namespace, device: torch.device) -> None:
     """Print the checkpoint path, run the few-shot report unless --no_final_eval, close the logger."""
     print(f"checkpoint: {state.checkpoint_path}", flush=True)
-    if data.eval_splits:
-        extra = {"checkpoint": str(state.checkpoint_path), "checkpoint_choice": "last epoch", "epoch": args.epochs,
+    if not args.no_final_eval:
+        path, choice, epoch = final_weights(state, args)
+        print(f"final evaluation: {path} ({choice})", flush=True)
+        splits = {"val": data.val, "test": load_eval_split(args, "test", data.image_size)}
+        extra = {"checkpoint": str(path), "checkpoint_choice": choice, "epoch": epoch,
                  "dataset": args.dataset, "git": git_sha(), "args": vars(args)}
-        final_report(state.model, data.eval_splits, data.norm, device, args, args.amp, state.logger,
+        final_report(state.model, splits, data.norm, device, args, args.amp, state.logger,
                      state.folder / "results.json", extra)
     state.logger.finish()

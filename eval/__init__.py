@@ -1,4 +1,5 @@
-"""Few-shot evaluation: embed once, batched classifiers, mean and 95% interval, the final report."""
+"""Few-shot evaluation: embed once, batched classifiers, mean and 95% interval, the final report;
+`python -m eval.table` gathers many runs' results into the paper's table."""
 from eval.classifiers import CLASSIFIERS, classify, logistic_regression, logistic_regression_scores
 from eval.fewshot import EMBEDDINGS, EpisodeSetting, FewShotResult, evaluate
 from eval.report import final_report, summary_metrics, write_results

@@ -6,6 +6,8 @@ differ per episode, are embedded per episode, many episodes per forward pass.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -43,16 +45,22 @@ class FewShotResult:
     accuracies: np.ndarray  # per episode, in [0, 1]
     predictions: np.ndarray | None = None  # (episodes, queries) predicted episode labels, class-major
     precision: str = "fp32"  # what the network embedded in: fp32, bf16 or fp16 (--amp)
+    fingerprint: str | None = None  # of the episode set: equal fingerprints = identical episodes (episode_fingerprint)
+    image_size: int | None = None  # of the evaluated images, part of the protocol a results table compares
+
 
     @property
     def mean_ci(self) -> tuple[float, float]:
         return mean_confidence_interval(self.accuracies)
 
     def to_dict(self) -> dict:
+        """The JSON record; `accuracies` (per episode, in [0, 1]) let a results table pool seeds and pair
+        methods evaluated on the same episodes (same `fingerprint`)."""
         mean, ci = self.mean_ci
         return {"split": self.split, **asdict(self.setting), "embedding": self.embedding,
                 "classifier": self.classifier, "precision": self.precision, "mean": mean,
-                "ci95": None if np.isnan(ci) else ci}
+                "ci95": None if np.isnan(ci) else ci, "image_size": self.image_size, "fingerprint": self.fingerprint,
+                "accuracies": [round(float(a), 6) for a in self.accuracies]}
 
     def line(self) -> str:
         mean, ci = self.mean_ci
@@ -68,6 +76,18 @@ class FewShotResult:
 def episode_generator(seed: int, episode: int) -> torch.Generator:
     """The support augmentations of one episode: independent of chunking, batch size and device."""
     return torch.Generator().manual_seed(seed * 1_000_003 + episode)
+
+
+def episode_fingerprint(images: ImageSet, setting: EpisodeSetting, seed: int) -> str:
+    """A short sha256 of everything that fixes the episodes and their support augmentations: the split's
+    pixels and labels (so the episodes' indices and their images), the episode setting and the
+    augmentation seed. Two evaluations with equal fingerprints saw identical episodes, episode by
+    episode, so their accuracies can be compared pairwise."""
+    digest = hashlib.sha256(json.dumps({"setting": asdict(setting), "seed": seed, "shape": images.images.shape,
+                                        "dtype": str(images.images.dtype)}, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(images.labels, dtype=np.int64))
+    digest.update(np.ascontiguousarray(images.images))  # hashed in place: no copy of a contiguous split
+    return digest.hexdigest()[:16]
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -109,10 +129,11 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
             labels = support_labels.expand(len(ids), -1)
             for clf in classifiers:
                 predicted[(emb, clf)].append(classify(clf, support, labels, query, s.n_ways).cpu())
+    fingerprint = episode_fingerprint(images, setting, seed)
     results = []
     for (emb, clf), chunks in predicted.items():
         predictions = torch.cat(chunks)
         accuracies = (predictions == query_labels.cpu()).double().mean(1).numpy()
         results.append(FewShotResult(split, setting, emb, clf, accuracies, predictions.numpy().astype(np.int8),
-                                      PRECISION[amp]))
+                                      PRECISION[amp], fingerprint, images.image_size))
     return results

@@ -182,7 +182,9 @@ def test_eval_fewshot_command(small_model, cifar_root, tmp_path):
     [result] = json.loads(output.read_text())["results"]
     assert result == {"split": "val", "n_ways": 5, "n_shots": 1, "n_queries": 15, "n_episodes": 3, "n_aug": 5,
                       "embedding": "logit", "classifier": "NN", "precision": "fp32",
-                      "mean": pytest.approx(mean, rel=1e-12), "ci95": pytest.approx(ci, rel=1e-12)}
+                      "mean": pytest.approx(mean, rel=1e-12), "ci95": pytest.approx(ci, rel=1e-12), "image_size": 32,
+                      "fingerprint": expected.fingerprint,
+                      "accuracies": pytest.approx(expected.accuracies.tolist(), abs=1e-6)}
 
 
 def test_eval_fewshot_bad_checkpoint_is_one_line(cifar_root, tmp_path):
@@ -270,3 +272,174 @@ def test_eval_normalisation_never_comes_from_the_evaluated_split(tmp_path):
     recorded = {"normalization": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}}
     args.normalization = "auto"
     assert eval_fewshot.evaluation_normalization(args, recorded, 28)[0].mean == (0.1, 0.2, 0.3)
+
+
+# ----------------------------------------------------------------------------- the results table
+
+def test_evaluate_records_accuracies_and_a_fingerprint_of_its_episodes(small_model, cifar_root):
+    import dataclasses
+
+    from eval.fewshot import episode_fingerprint
+
+    images = load_split("CIFAR-FS", cifar_root, "val")
+    setting = EpisodeSetting(5, 1, 15, 2, 1)
+    run = lambda imgs, seed: evaluate(small_model, imgs, "val", setting, CIFAR_NORMALIZATION,  # noqa: E731
+                                      torch.device("cpu"), ("NN",), progress=False, seed=seed)[0]
+    first = run(images, 0)
+    record = first.to_dict()
+    assert record["accuracies"] == pytest.approx(first.accuracies.tolist(), abs=1e-6) and len(record["accuracies"]) == 2
+    assert record["fingerprint"] == first.fingerprint and len(first.fingerprint) == 16 and record["image_size"] == 32
+    # The same split, setting and seed: the same fingerprint, also from the per-episode reference.
+    assert episode_fingerprint(load_split("CIFAR-FS", cifar_root, "val"), setting, 0) == first.fingerprint
+    reference = evaluate_reference(small_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"))
+    assert reference.fingerprint == first.fingerprint
+    # Another augmentation seed, other pixels, another setting: other episodes.
+    assert run(images, 1).fingerprint != first.fingerprint
+    changed = images.images.copy()
+    changed[-1, 0, 0, 0] ^= 1
+    assert run(dataclasses.replace(images, images=changed), 0).fingerprint != first.fingerprint
+    assert episode_fingerprint(images, EpisodeSetting(5, 1, 15, 3, 1), 0) != first.fingerprint
+
+
+def _accuracies(seed: int, n: int = 12) -> list[float]:
+    return (np.random.RandomState(seed).randint(20, 75, n) / 75).tolist()
+
+
+def _results(folder, args: dict, accuracies: dict[int, list[float]], *, dataset="CIFAR-FS", fingerprint="f0",
+             top: dict | None = None, name="results.json", **protocol) -> None:
+    """A results file as training writes it: per shots, test-split feature/LR accuracies."""
+    results = [{"split": "test", "n_ways": 5, "n_shots": shots, "n_queries": 15, "n_episodes": len(acc), "n_aug": 5,
+                "embedding": "feature", "classifier": "LR", "precision": "fp32", "image_size": 32,
+                "fingerprint": fingerprint, "accuracies": acc, **protocol} for shots, acc in accuracies.items()]
+    results.append({**results[0], "split": "val", "accuracies": [0.0] * len(accuracies[1])})  # never tabulated
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps({"checkpoint_choice": "last epoch", "dataset": dataset, "args": args,
+                                           **(top or {}), "results": results}))
+
+
+def _gen0(seed):
+    return {"epochs": 2, "seed": seed, "dataset": "CIFAR-FS"}
+
+
+def _gen1(seed):
+    return {"epochs": 2, "seed": seed, "dataset": "CIFAR-FS", "path_t": "t.pth"}
+
+
+def _ci(a):
+    a = 100 * np.asarray(a)
+    return stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a))
+
+
+def test_table_cells_seed_spread_paper_and_paired_difference_by_hand(tmp_path):
+    import csv
+
+    from eval import table
+
+    acc = {(m, s, k): _accuracies(100 * m + 10 * s + k) for m in (0, 1) for s in (0, 1, 2) for k in (1, 5)}
+    for s in (0, 1, 2):
+        # Seed 2 of Gen-1 saw other episodes than Gen-0's seed 2: it is left out of the pairing.
+        _results(tmp_path / f"gen0_{s}", _gen0(s), {k: acc[(0, s, k)] for k in (1, 5)}, fingerprint=f"f{s}")
+        _results(tmp_path / f"gen1_{s}", _gen1(s), {k: acc[(1, s, k)] for k in (1, 5)},
+                 fingerprint=f"f{s}" if s < 2 else "other")
+    prefix = tmp_path / "out" / "t"
+    result = table.main([str(tmp_path), "--baseline", "skd_gen0", "--out", str(prefix), "--wandb", "disabled"])
+
+    assert result.methods == ["skd_gen0", "skd_gen1"] and result.columns == [("CIFAR-FS", 1), ("CIFAR-FS", 5)]
+    cell = result.cells[("skd_gen1", "CIFAR-FS", 1)]
+    seed_means = [100 * np.mean(acc[(1, s, 1)]) for s in (0, 1, 2)]
+    pooled = acc[(1, 0, 1)] + acc[(1, 1, 1)] + acc[(1, 2, 1)]
+    assert cell.mean == pytest.approx(np.mean(seed_means)) and cell.seeds == 3 and cell.episodes == 36
+    assert cell.ci95 == pytest.approx(_ci(pooled))
+    assert cell.seed_std == pytest.approx(np.std(seed_means, ddof=1))
+    differences = np.concatenate([np.subtract(acc[(1, s, 5)], acc[(0, s, 5)]) for s in (0, 1)])
+    paired = result.paired[("skd_gen1", "CIFAR-FS", 5)]
+    assert paired.seeds == 2 and paired.mean == pytest.approx(100 * differences.mean())
+    assert paired.ci95 == pytest.approx(_ci(differences))
+    assert ("skd_gen0", "CIFAR-FS", 5) not in result.paired  # the baseline is not compared with itself
+
+    md = (tmp_path / "out" / "t.md").read_text()
+    assert f"| SKD Gen-1 | {cell.mean:.2f} ± {cell.ci95:.2f} (sd {cell.seed_std:.2f}, 3 seeds) |" in md
+    assert "## Paper (SPEC 7 / paper Table)" in md and "| SKD Gen-1 | 76.90 | 88.90 |" in md
+    assert f"| SKD Gen-1 | {cell.mean - 76.9:+.2f} |" in md
+    assert "| SKD Gen-0 | baseline | baseline |" in md
+    assert f" | {paired.mean:+.2f} ± {paired.ci95:.2f} (2 seeds) |\n" in md
+    rows = list(csv.DictReader((tmp_path / "out" / "t.csv").open()))
+    assert [(r["method"], r["shots"]) for r in rows] == [("skd_gen0", "1"), ("skd_gen0", "5"), ("skd_gen1", "1"),
+                                                          ("skd_gen1", "5")]
+    assert float(rows[2]["mean"]) == pytest.approx(cell.mean) and float(rows[2]["paper"]) == 76.9
+    assert float(rows[3]["paired_diff"]) == pytest.approx(paired.mean) and rows[3]["baseline"] == "skd_gen0"
+    tex = (tmp_path / "out" / "t.tex").read_text()
+    assert tex.startswith(r"\begin{tabular}{l|cc}") and r"\multicolumn{2}{c}{CIFAR-FS}" in tex
+    assert rf"SKD Gen-1 & ${cell.mean:.2f} \pm {cell.ci95:.2f}$ &" in tex
+
+
+@pytest.mark.parametrize("setting, other", [("n_episodes", {}), ("n_aug", {"n_aug": 1}),
+                                            ("image_size", {"image_size": 84}),
+                                            ("checkpoint_choice", {"top": {"checkpoint_choice": "best val"}})])
+def test_table_refuses_to_mix_protocols(tmp_path, setting, other):
+    from eval import table
+
+    _results(tmp_path / "a", _gen0(0), {1: _accuracies(0)})
+    _results(tmp_path / "b", _gen0(1), {1: _accuracies(1, 8 if setting == "n_episodes" else 12)}, **other)
+    with pytest.raises(util.UsageError, match=f"CIFAR-FS 1-shot: {setting} differs .* in .*a/results.json, "
+                                              f".* in .*b/results.json"):
+        table.main([str(tmp_path), "--out", str(tmp_path / "t"), "--wandb", "disabled"])
+
+
+def test_table_command_is_one_line_on_mixed_protocols(tmp_path):
+    _results(tmp_path / "a", _gen0(0), {1: _accuracies(0)})
+    _results(tmp_path / "b", _gen1(0), {1: _accuracies(1)}, n_queries=10)
+    done = run_script("-m", "eval.table", str(tmp_path), "--out", str(tmp_path / "t"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: CIFAR-FS 1-shot: n_queries differs (15 in {tmp_path / 'a' / 'results.json'}, 10 in "
+        f"{tmp_path / 'b' / 'results.json'}); results of different protocols are never averaged"]
+
+
+def test_table_methods_of_eval_results_and_duplicates(tmp_path):
+    from eval import table
+
+    # eval_fewshot.py outputs: the method and seed come from args.json beside the checkpoint.
+    for name, train_args in (("simple", {**_gen0(3), "plain": True}), ("distill", {**_gen1(3), "objective": "rfs"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "args.json").write_text(json.dumps(train_args))
+        _results(tmp_path / name, {"model_path": str(tmp_path / name / "last.pth"), "seed": 0},
+                 {1: _accuracies(len(name))}, top={"checkpoint": str(tmp_path / name / "last.pth")},
+                 name="results_test_1shot.json")
+    _results(tmp_path / "named", {"seed": 0}, {1: _accuracies(7)}, top={"method": "skd_gen1"},
+             name="results_test_1shot.json")
+    for copy in ("copy", "copy_again"):  # the same evaluation twice: counted once
+        _results(tmp_path / copy, _gen1(0), {1: _accuracies(7)})
+    result = table.main([str(tmp_path), "--out", str(tmp_path / "t"), "--wandb", "disabled"])
+    assert result.methods == ["rfs_simple", "rfs_distill", "skd_gen1"] and result.baseline == "rfs_simple"  # 1st row
+    assert result.cells[("rfs_simple", "CIFAR-FS", 1)].seeds == 1
+    # Seed 0 (the copies) and an unknown seed (`named`: no training arguments).
+    assert result.cells[("skd_gen1", "CIFAR-FS", 1)].seeds == 2
+    _results(tmp_path / "copy2", _gen1(0), {1: _accuracies(8)})
+    with pytest.raises(util.UsageError, match="skd_gen1 seed 0, CIFAR-FS 1-shot: two different results"):
+        table.main([str(tmp_path), "--out", str(tmp_path / "t"), "--wandb", "disabled"])
+    _results(tmp_path / "anonymous", {"seed": 0}, {1: _accuracies(9)}, name="results_x.json")
+    with pytest.raises(util.UsageError, match="anonymous/results_x.json: cannot tell the method"):
+        table.main([str(tmp_path / "anonymous"), "--out", str(tmp_path / "t"), "--wandb", "disabled"])
+
+
+def test_table_logs_a_wandb_table_and_bar_chart(tmp_path, monkeypatch):
+    import wandb
+
+    from eval import table
+
+    logged = []
+
+    class Run:
+        log = staticmethod(logged.append)
+        finish = staticmethod(lambda: None)
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: Run())
+    _results(tmp_path / "runs" / "a", _gen0(0), {1: _accuracies(0)})
+    table.main([str(tmp_path / "runs"), "--out", str(tmp_path / "t"), "--wandb", "offline"])
+    (record,) = logged
+    assert record["results_table"].columns[:3] == ["method", "dataset", "shots"]
+    assert record["ours_vs_paper"] is not None
+    monkeypatch.setattr(wandb, "Table", lambda **kwargs: 1 / 0)  # W&B trouble never fails the table
+    table.main([str(tmp_path / "runs"), "--out", str(tmp_path / "t"), "--wandb", "offline"])
+    assert (tmp_path / "t.md").is_file()

@@ -18,12 +18,12 @@ import engine.loop
 import engine.run
 import util
 from conftest import make_cifar_package, run_script, write_pickle
-from distill import gen0_loss, gen1_loss, kd_loss, rot180
+from distill import gen0_loss, gen1_loss, kd_loss, rfs_distill_loss, rot180
 from models import create_model
 from models.dropblock import add_dropblock_calls, dropblock_calls
-from train_supervised_ssl import gen0_step
+from train_supervised_ssl import gen0_step, plain_step
 from train_distillation import (assert_unchanged, check_teacher_matches_run, clone_student, gen1_step,
-                                official_eval_calls_per_epoch, snapshot)
+                                official_eval_calls_per_epoch, rfs_distill_step, snapshot)
 
 FAST = ["--dataset", "CIFAR-FS", "--batch_size", "16", "--num_workers", "0", "--n_test_runs", "2",
         "--eval_batch_size", "128", "--device", "cpu"]
@@ -207,7 +207,7 @@ def test_teacher_change_is_detected():
 def _args(tmp_path, **overrides) -> argparse.Namespace:
     base = dict(epochs=2, learning_rate=0.1, lr_decay_epochs=[1], lr_decay_rate=0.1, cosine=False, seed=0,
                 amp="off", model_path=str(tmp_path), tags=["t"], wandb="disabled", wandb_project=None,
-                wandb_group=None, resume=False, log_interval=1)
+                wandb_group=None, resume=False, log_interval=1, eval_freq=0)
     return argparse.Namespace(**{**base, **overrides})
 
 
@@ -388,3 +388,112 @@ def test_gen0_step_rotates_the_batch_and_computes_the_spec_loss():
         expected, _, _ = gen0_loss(out.logits, out.rot_logits, y.repeat(4), torch.arange(4).repeat_interleave(3), 2.0)
     torch.testing.assert_close(result.loss.detach(), expected, rtol=1e-5, atol=1e-6)
     assert int(result.correct) == int((out.logits[:3].argmax(1) == y).sum())
+
+
+# ----------------------------------------------------------------------------- model selection on val (--eval_freq)
+
+def test_eval_freq_trains_bit_identically_and_never_opens_the_test_split(gen0_run, tmp_path):
+    """Per-epoch val evaluation leaves training as it was (gen0_run trained the same 2 epochs without
+    it), and a run that does not report never reads the test file."""
+    make_cifar_package(tmp_path / "CIFAR-FS")  # the files of cifar_root
+    (tmp_path / "CIFAR-FS" / "test.pickle").unlink()
+    done = run_script("train_supervised_ssl.py", *FAST, "--data_root", str(tmp_path), "--model_path",
+                      str(tmp_path / "save"), "--epochs", "2", "--eval_freq", "1", "--val_episodes", "3",
+                      "--no_final_eval")
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "save" / GEN0_NAME
+    with_val, without = _checkpoint(folder), _checkpoint(gen0_run)
+    assert with_val["dropblock_calls"] == without["dropblock_calls"] == [6, 6]  # eval forwards do not ramp
+    for key, value in without["model"].items():
+        torch.testing.assert_close(with_val["model"][key], value, rtol=0, atol=0, msg=key)
+    records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    reference = [json.loads(line) for line in (gen0_run / "log.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in records] == [r["train_loss"] for r in reference]
+    for r in records:
+        assert r["val_acc"] == pytest.approx((r["val_1shot_acc"] + r["val_5shot_acc"]) / 2)
+        assert r["val_1shot_ci95"] >= 0 and r["val_5shot_ci95"] >= 0
+    accuracies = [r["val_acc"] for r in records]
+    best = torch.load(folder / "best.pth", map_location="cpu", weights_only=True)
+    assert best["val_acc"] == max(accuracies) and best["epoch"] == accuracies.index(max(accuracies)) + 1
+    assert set(best) == set(with_val) | {"val_acc"}  # the checkpoint format, plus its val accuracy
+    assert not (folder / "results.json").exists()
+
+
+def test_best_checkpoint_is_selected_on_val_reported_and_kept_across_resume(cifar_root, tmp_path, monkeypatch):
+    import sys
+
+    import train_supervised_ssl
+
+    scripted, seen = iter([30.0, 50.0, 40.0, 45.0]), []  # val_acc of epochs 1-3, then 4 after --resume
+
+    def validation(self, model, device):
+        assert not model.training
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        acc = next(scripted)
+        return {"val_1shot_acc": acc, "val_1shot_ci95": 1.0, "val_5shot_acc": acc, "val_5shot_ci95": 1.0,
+                "val_acc": acc}
+
+    reported = []
+
+    def report(model, *args, **kwargs):
+        reported.append({k: v.clone() for k, v in model.state_dict().items()})
+        return final_report(model, *args, **kwargs)
+
+    final_report = engine.run.final_report
+    monkeypatch.setattr(engine.run.ValEvaluation, "__call__", validation)
+    monkeypatch.setattr(engine.run, "final_report", report)
+    common = [*FAST, "--data_root", str(cifar_root), "--model_path", str(tmp_path), "--eval_freq", "1"]
+    monkeypatch.setattr(sys, "argv", ["train_supervised_ssl.py", *common, "--epochs", "3", "--final_checkpoint", "best"])
+    train_supervised_ssl.main()
+    folder = tmp_path / GEN0_NAME
+
+    def assert_best_is_epoch_2():
+        best = torch.load(folder / "best.pth", map_location="cpu", weights_only=True)
+        assert best["epoch"] == 2 and best["val_acc"] == 50.0
+        for key, value in seen[1].items():
+            torch.testing.assert_close(best["model"][key], value, rtol=0, atol=0, msg=key)
+
+    assert_best_is_epoch_2()
+    last = _checkpoint(folder)
+    assert last["epoch"] == 3 and last["dropblock_calls"] == [9, 9]  # train mode came back after each evaluation
+    assert not torch.equal(last["model"]["classifier.weight"], seen[1]["classifier.weight"])
+    results = json.loads((folder / "results.json").read_text())
+    assert results["checkpoint_choice"] == "best val (epoch 2)" and results["epoch"] == 2
+    assert results["checkpoint"] == str(folder / "best.pth")
+    assert len(reported) == 1 and all(torch.equal(reported[0][k], v) for k, v in seen[1].items())
+
+    # --resume knows the best so far: epoch 4's 45 does not beat epoch 2's 50
+    monkeypatch.setattr(sys, "argv", ["train_supervised_ssl.py", *common, "--epochs", "4", "--resume",
+                                      "--no_final_eval"])
+    train_supervised_ssl.main()
+    assert_best_is_epoch_2()
+    records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["val_acc"]) for r in records] == [(1, 30.0), (2, 50.0), (3, 40.0), (4, 45.0)]
+
+
+def test_final_checkpoint_best_needs_eval_freq(tmp_path):
+    import train_supervised_ssl
+
+    parse = train_supervised_ssl.get_args_parser().parse_args
+    with pytest.raises(util.UsageError, match="--final_checkpoint best: needs --eval_freq"):
+        engine.run.start_training_run(parse(["--device", "cpu", "--final_checkpoint", "best"]))
+    with pytest.raises(util.UsageError, match="--eval_freq: expected 0 \\(off\\) or a number of epochs, got -1"):
+        engine.run.start_training_run(parse(["--device", "cpu", "--eval_freq", "-1"]))
+    assert parse([]).final_checkpoint == "last" and parse([]).eval_freq == 0  # the paper's protocol by default
+
+
+def test_rfs_steps_see_plain_images_only():
+    torch.manual_seed(0)
+    teacher = create_model("resnet12_ssl", 5, "CIFAR-FS").eval().requires_grad_(False)
+    student = create_model("resnet12_ssl", 5, "CIFAR-FS").eval()
+    seen = []
+    student.layer1.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].shape[0]))
+    x, y = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 4])
+    plain = plain_step(student)(x, y)
+    distilled = rfs_distill_step(student, teacher, 0.5, 0.5, 4.0)(x, y)
+    assert seen == [3, 3]  # no rotated copies
+    with torch.no_grad():
+        torch.testing.assert_close(plain.loss, torch.nn.functional.cross_entropy(student(x), y), rtol=1e-5, atol=1e-6)
+        expected, _, _ = rfs_distill_loss(student(x), teacher(x), y, 0.5, 0.5, 4.0)
+    torch.testing.assert_close(distilled.loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert set(distilled.metrics) == {"ce", "kd"} and set(plain.metrics) == {"ce"}

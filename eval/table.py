@@ -1,0 +1,420 @@
+"""The paper's results table from many runs and seeds (SPEC section 7): rows = methods, columns =
+dataset x shots, ours beside the paper's numbers.
+
+    python -m eval.table RUN_DIR... [--baseline METHOD] [--out PREFIX]
+
+Reads every results.json and results_*.json under each RUN_DIR (training's end-of-run report,
+eval_fewshot.py --output); by default the test split, 640-d features, logistic regression.
+Writes PREFIX.md, PREFIX.csv (one line per cell, machine readable) and PREFIX.tex (a LaTeX tabular
+of ours), prints the markdown, and logs a W&B Table with a bar chart of ours vs the paper.
+
+A cell over several seeds (each seed one training run, evaluated on n episodes):
+  - ours = the mean over seeds of the per-seed mean accuracies; the protocol check below makes every
+    seed contribute the same number of episodes, so this is also the mean over all episodes pooled.
+  - its 95% interval = t.ppf(0.975, N - 1) * sem over all N = seeds x n episodes pooled: the kind of
+    interval the paper reports (SPEC 5), as if one model had been evaluated on N episodes. It
+    measures episode sampling only, not training noise (and seeds evaluated on the same episodes,
+    as scripts/reproduce.py does, make it optimistic); hence the seed spread beside it: the sample
+    standard deviation (ddof 1) of the per-seed means, with the number of seeds. A gap to the paper
+    within the seed spread is no evidence of a difference.
+  - paired difference vs --baseline (default: the first row): for each seed whose evaluation of the
+    method and of the baseline saw identical episodes (equal fingerprints, see
+    eval.fewshot.episode_fingerprint), the per-episode differences; pooled over those seeds, their
+    mean and t interval. Episode difficulty cancels in the differences, so this interval is
+    usually much narrower than the two separate ones: the comparison they cannot make.
+
+Results evaluated under different protocols (ways, queries, episodes, support augmentations, image
+size, checkpoint choice) are never put in one column: that is an error naming the setting and two files.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dataset.profiles import METHODS
+from eval.fewshot import EMBEDDINGS
+from eval.stats import mean_confidence_interval
+from util import UsageError, atomic_write, run_cli
+
+PAPER_SOURCE = "SPEC 7 / paper Table"
+# 5-way accuracy (%), ResNet-12: method -> dataset -> (1-shot, 5-shot). Source: PAPER_SOURCE.
+PAPER: dict[str, dict[str, tuple[float, float]]] = {
+    "rfs_simple": {"miniImageNet": (62.02, 79.64), "tieredImageNet": (69.74, 84.41), "CIFAR-FS": (71.5, 86.0),
+                   "FC100": (42.6, 59.1)},
+    "rfs_distill": {"miniImageNet": (64.82, 82.14), "tieredImageNet": (71.52, 86.03), "CIFAR-FS": (73.9, 86.9),
+                    "FC100": (44.6, 60.9)},
+    "skd_gen0": {"miniImageNet": (65.93, 83.15), "tieredImageNet": (71.69, 86.66), "CIFAR-FS": (74.5, 88.0),
+                 "FC100": (45.3, 62.2)},
+    "skd_gen1": {"miniImageNet": (67.04, 83.54), "tieredImageNet": (72.03, 86.50), "CIFAR-FS": (76.9, 88.9),
+                 "FC100": (46.5, 63.1)},
+}
+PAPER_SHOTS = (1, 5)
+METHOD_LABELS = {"rfs_simple": "RFS-simple", "rfs_distill": "RFS-distill", "skd_gen0": "SKD Gen-0",
+                 "skd_gen1": "SKD Gen-1"}
+DATASET_ORDER = ("miniImageNet", "tieredImageNet", "CIFAR-FS", "FC100")  # the paper's column order
+# What must be equal for results to share a column (shots and dataset are the column itself).
+PROTOCOL = ("n_ways", "n_queries", "n_episodes", "n_aug", "image_size", "checkpoint_choice")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One evaluation: a method's run of one seed, on one column."""
+    path: Path
+    method: str
+    dataset: str
+    shots: int
+    seed: int | None
+    protocol: dict[str, Any]
+    accuracies: np.ndarray  # per episode, in [0, 1]
+    fingerprint: str | None
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    ci95: float
+    seed_std: float  # nan with one seed
+    seeds: int
+    episodes: int
+
+
+@dataclass(frozen=True)
+class Paired:
+    mean: float  # method minus baseline, percentage points
+    ci95: float
+    seeds: int  # seeds whose episodes were identical for both
+
+
+@dataclass
+class Table:
+    columns: list[tuple[str, int]]  # (dataset, shots)
+    methods: list[str]
+    cells: dict[tuple[str, str, int], Cell]  # (method, dataset, shots)
+    protocols: dict[tuple[str, int], dict[str, Any]]
+    baseline: str | None  # None with a single method
+    paired: dict[tuple[str, str, int], Paired]
+
+
+# ----------------------------------------------------------------------------- reading results files
+
+def find_results(run_dirs: list[str]) -> list[Path]:
+    files = []
+    for run_dir in map(Path, run_dirs):
+        if run_dir.is_file():
+            files.append(run_dir)
+        elif run_dir.is_dir():
+            files += sorted({*run_dir.rglob("results.json"), *run_dir.rglob("results_*.json")})
+        else:
+            raise UsageError(f"{run_dir}: no such file or folder")
+    if not files:
+        raise UsageError(f"no results.json or results_*.json under {', '.join(run_dirs)}")
+    return files
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: not readable JSON ({e})") from None
+
+
+def training_args(data: dict, path: Path) -> dict:
+    """The arguments of the training run behind a results file: its own `args` when training wrote it
+    (they have --epochs), else (eval_fewshot.py) the args.json of the checkpoint's run folder, which
+    the results file may also sit in when the checkpoint path was relative to another folder."""
+    args = data.get("args") if isinstance(data.get("args"), dict) else {}
+    if "epochs" in args:
+        return args
+    folders = [Path(data["checkpoint"]).parent] if data.get("checkpoint") else []
+    for args_file in (folder / "args.json" for folder in [*folders, path.parent]):
+        if args_file.is_file():
+            return _read_json(args_file)
+    return {}
+
+
+def method_of(data: dict, train_args: dict, path: Path) -> str:
+    """`method` when the file names it (the reproduction driver), else from the training script's args."""
+    if data.get("method"):
+        return str(data["method"])
+    if "path_t" in train_args:  # train_distillation.py
+        return "rfs_distill" if train_args.get("objective") == "rfs" else "skd_gen1"
+    if "epochs" in train_args:  # train_supervised_ssl.py
+        return "rfs_simple" if train_args.get("plain") else "skd_gen0"
+    raise UsageError(f"{path}: cannot tell the method: no `method` key and no training arguments "
+                     f"(args.json beside the checkpoint {data.get('checkpoint')})")
+
+
+def load_entries(path: Path, split: str, embedding: str, classifier: str) -> list[Entry]:
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise UsageError(f"{path}: not a results file (no `results` list)")
+    chosen = [r for r in data["results"]
+              if (r.get("split"), r.get("embedding"), r.get("classifier")) == (split, embedding, classifier)]
+    if not chosen:
+        return []
+    train_args = training_args(data, path)
+    method = method_of(data, train_args, path)
+    dataset = data.get("dataset") or train_args.get("dataset")
+    if not dataset:
+        raise UsageError(f"{path}: names no dataset")
+    entries = []
+    for r in chosen:
+        if "accuracies" not in r:
+            raise UsageError(f"{path}: has no per-episode accuracies (written before they were recorded); "
+                             f"evaluate the checkpoint again with eval_fewshot.py --output")
+        # Training records no checkpoint choice before best-by-val existed, and eval_fewshot.py none.
+        protocol = {**{k: r.get(k) for k in PROTOCOL[:4]},
+                    "image_size": r.get("image_size") or (data.get("args") or {}).get("image_size"),
+                    "checkpoint_choice": data.get("checkpoint_choice", "last epoch")}
+        entries.append(Entry(path, method, dataset, int(r["n_shots"]), train_args.get("seed"),
+                             protocol, np.asarray(r["accuracies"], dtype=np.float64), r.get("fingerprint")))
+    return entries
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+def check_protocols(entries: list[Entry]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every column's protocol; refuse a column whose results were evaluated differently."""
+    first: dict[tuple[str, int], Entry] = {}
+    for e in entries:
+        ref = first.setdefault((e.dataset, e.shots), e)
+        for name in PROTOCOL:
+            if e.protocol[name] != ref.protocol[name]:
+                raise UsageError(f"{e.dataset} {e.shots}-shot: {name} differs ({ref.protocol[name]} in {ref.path}, "
+                                 f"{e.protocol[name]} in {e.path}); results of different protocols are never averaged")
+    return {column: e.protocol for column, e in first.items()}
+
+
+def by_seed(entries: list[Entry]) -> dict[tuple[str, str, int], dict[int | None, Entry]]:
+    """(method, dataset, shots) -> seed -> its evaluation. The same evaluation found twice (one file
+    copied, or results.json and an eval of the same checkpoint) counts once; two different
+    evaluations of one method and seed cannot both be the table's number."""
+    cells: dict[tuple[str, str, int], dict[int | None, Entry]] = {}
+    for e in entries:
+        seeds = cells.setdefault((e.method, e.dataset, e.shots), {})
+        other = seeds.setdefault(e.seed, e)
+        if other is not e and not (other.fingerprint == e.fingerprint
+                                   and np.array_equal(other.accuracies, e.accuracies)):
+            raise UsageError(f"{e.method} seed {e.seed}, {e.dataset} {e.shots}-shot: two different results "
+                             f"({other.path} and {e.path}); pass the run folders of one evaluation each")
+    return cells
+
+
+def cell_stats(seeds: dict[int | None, Entry]) -> Cell:
+    seed_means = [100 * e.accuracies.mean() for e in seeds.values()]
+    pooled = np.concatenate([e.accuracies for e in seeds.values()])
+    _, ci = mean_confidence_interval(pooled)
+    std = float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else float("nan")
+    return Cell(float(np.mean(seed_means)), ci, std, len(seed_means), len(pooled))
+
+
+def paired_stats(method: dict[int | None, Entry], baseline: dict[int | None, Entry]) -> Paired | None:
+    """Per-episode differences over the seeds where both saw identical episodes; None if there are none."""
+    diffs = [method[s].accuracies - baseline[s].accuracies for s in method
+             if s in baseline and method[s].fingerprint is not None
+             and method[s].fingerprint == baseline[s].fingerprint]
+    if not diffs:
+        return None
+    mean, ci = mean_confidence_interval(np.concatenate(diffs))
+    return Paired(mean, ci, len(diffs))
+
+
+def build_table(entries: list[Entry], baseline: str | None) -> Table:
+    if not entries:
+        raise UsageError("no results match the chosen split, embedding and classifier")
+    protocols = check_protocols(entries)
+    grouped = by_seed(entries)
+    present = {m for m, _, _ in grouped}
+    methods = [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+    if baseline is not None and baseline not in present:
+        raise UsageError(f"--baseline {baseline}: no results of it; found {', '.join(methods)}")
+    # Default: the first row, the paper's baseline (RFS-simple) when present; one row has nothing to pair with.
+    baseline = (baseline or methods[0]) if len(methods) > 1 else None
+    order = {d: i for i, d in enumerate(DATASET_ORDER)}
+    columns = sorted(protocols, key=lambda c: (order.get(c[0], len(order)), c[0], c[1]))
+    paired = {}
+    if baseline is not None:  # pair every other row with the baseline, column by column
+        for (m, d, k), seeds in grouped.items():
+            if m != baseline and (baseline, d, k) in grouped:
+                result = paired_stats(seeds, grouped[(baseline, d, k)])
+                if result is not None:
+                    paired[(m, d, k)] = result
+    cells = {key: cell_stats(seeds) for key, seeds in grouped.items()}
+    return Table(columns, methods, cells, protocols, baseline, paired)
+
+
+def paper_value(method: str, dataset: str, shots: int) -> float | None:
+    published = PAPER.get(method, {}).get(dataset)
+    return published[PAPER_SHOTS.index(shots)] if published and shots in PAPER_SHOTS else None
+
+
+# ----------------------------------------------------------------------------- output
+
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def _num(x: float | None, signed: bool = False) -> str:
+    if x is None or np.isnan(x):
+        return "—"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def _grid(table: Table, cell_text) -> list[str]:
+    """A markdown table in the paper's layout, each cell written by cell_text(method, dataset, shots)."""
+    head = ["method", *(f"{d} {k}-shot" for d, k in table.columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in table.methods:
+        lines.append("| " + " | ".join([_label(m), *(cell_text(m, d, k) for d, k in table.columns)]) + " |")
+    return lines
+
+
+def markdown(table: Table, what: str) -> str:
+    def ours(m: str, d: str, k: int) -> str:
+        c = table.cells.get((m, d, k))
+        return "—" if c is None else f"{c.mean:.2f} ± {_num(c.ci95)} (sd {_num(c.seed_std)}, {c.seeds} seeds)"
+
+    def paper(m: str, d: str, k: int) -> str:
+        return _num(paper_value(m, d, k))
+
+    def diff(m: str, d: str, k: int) -> str:
+        c, p = table.cells.get((m, d, k)), paper_value(m, d, k)
+        return "—" if c is None or p is None else _num(c.mean - p, signed=True)
+
+    protocol = "; ".join(f"{d} {k}-shot: {p['n_ways']}-way, {p['n_queries']} queries, {p['n_episodes']} episodes, "
+                         f"{p['n_aug']} support augmentations, {p['image_size']}px, {p['checkpoint_choice']}"
+                         for (d, k), p in ((c, table.protocols[c]) for c in table.columns))
+    lines = [f"# Few-shot accuracy (%): {what}", "",
+             f"Protocol: {protocol}.", "",
+             "## Ours", "",
+             "Mean over seeds ± 95% interval over all seeds' episodes pooled (t.ppf(0.975, N-1) * sem); "
+             "sd: standard deviation of the per-seed means.", "", *_grid(table, ours), "",
+             f"## Paper ({PAPER_SOURCE})", "", *_grid(table, paper), "",
+             "## Ours − paper", "", *_grid(table, diff)]
+    if table.baseline is not None:
+        def vs(m: str, d: str, k: int) -> str:
+            p = table.paired.get((m, d, k))
+            if m == table.baseline:
+                return "baseline"
+            return "—" if p is None else f"{p.mean:+.2f} ± {_num(p.ci95)} ({p.seeds} seeds)"
+
+        lines += ["", f"## Paired difference vs {_label(table.baseline)}", "",
+                  "Same episodes (equal fingerprints) per seed: mean ± 95% t interval over the per-episode "
+                  "differences, seeds pooled; — where no seed shares its episodes with the baseline.", "",
+                  *_grid(table, vs)]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(table: Table) -> str:
+    """One line per cell, every number unrounded."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["method", "dataset", "shots", "mean", "ci95", "seed_std", "seeds", "episodes", "paper",
+                     "diff_vs_paper", "baseline", "paired_diff", "paired_ci95", "paired_seeds", *PROTOCOL])
+    for m in table.methods:
+        for d, k in table.columns:
+            c = table.cells.get((m, d, k))
+            if c is None:
+                continue
+            p, pair = paper_value(m, d, k), table.paired.get((m, d, k))
+            paired = [None] * 4 if pair is None else [table.baseline, pair.mean, pair.ci95, pair.seeds]
+            writer.writerow([m, d, k, c.mean, c.ci95, c.seed_std, c.seeds, c.episodes, p,
+                             None if p is None else c.mean - p, *paired,
+                             *(table.protocols[(d, k)][name] for name in PROTOCOL)])
+    return out.getvalue()
+
+
+def _tex(text: str) -> str:
+    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")
+
+
+def latex(table: Table) -> str:
+    """Ours as a LaTeX tabular (no packages needed): a dataset header over its shots."""
+    datasets = list(dict.fromkeys(d for d, _ in table.columns))
+    spans = [sum(1 for d2, _ in table.columns if d2 == d) for d in datasets]
+    lines = [r"\begin{tabular}{l" + "".join("|" + "c" * n for n in spans) + "}", r"\hline",
+             " & " + " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_tex(d)}}}" for d, n in zip(datasets, spans)) + r" \\",
+             "method & " + " & ".join(f"{k}-shot" for _, k in table.columns) + r" \\", r"\hline"]
+    for m in table.methods:
+        cells = [table.cells.get((m, d, k)) for d, k in table.columns]
+        lines.append(_tex(_label(m)) + " & " + " & ".join(
+            "--" if c is None else rf"${c.mean:.2f} \pm {_num(c.ci95)}$" for c in cells) + r" \\")
+    return "\n".join([*lines, r"\hline", r"\end{tabular}"]) + "\n"
+
+
+def log_wandb(table: Table, mode: str, project: str, what: str, wandb_dir: Path) -> None:
+    """A W&B Table of the cells and a bar chart of ours vs the paper; W&B trouble is only a warning."""
+    # The run logger handles mode 'auto', the online -> offline fallback and a failing init. eval/
+    # otherwise never imports engine/; this command-line tool sits above both and nothing imports it.
+    from engine.logger import RunLogger
+
+    logger = RunLogger(None, mode=mode, project=project, config={"what": what, "baseline": table.baseline},
+                       wandb_dir=wandb_dir, tags=["table"], job_type="table", name="results_table")
+    if logger.wandb_run is None:
+        return
+    try:
+        import wandb
+
+        rows = list(csv.reader(io.StringIO(csv_text(table))))
+        bars = wandb.Table(columns=["cell", "accuracy"])
+        for m in table.methods:
+            for d, k in table.columns:
+                c, p = table.cells.get((m, d, k)), paper_value(m, d, k)
+                if c is not None:
+                    bars.add_data(f"{_label(m)} {d} {k}-shot (ours)", c.mean)
+                    if p is not None:
+                        bars.add_data(f"{_label(m)} {d} {k}-shot (paper)", p)
+        logger.wandb_run.log({"results_table": wandb.Table(columns=rows[0], data=rows[1:]),
+                              "ours_vs_paper": wandb.plot.bar(bars, "cell", "accuracy", title="ours vs paper")})
+    except Exception as e:  # the files are written; W&B is a copy
+        print(f"warning: W&B table failed ({type(e).__name__}: {e})", file=sys.stderr)
+    logger.finish()
+
+
+# ----------------------------------------------------------------------------- command line
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("python -m eval.table", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="folders searched recursively for results.json and results_*.json (or such files)")
+    parser.add_argument("--baseline", default=None,
+                        help="the method every other row is paired with (default: the first row)")
+    parser.add_argument("--out", default="results_table", help="writes PREFIX.md, PREFIX.csv and PREFIX.tex")
+    parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--embedding", default="feature", choices=EMBEDDINGS)
+    parser.add_argument("--classifier", default="LR")
+    parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"])
+    parser.add_argument("--wandb_project", default=None,
+                        help="default: the first RUN_DIR's name, the training scripts' project for that --model_path")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Table:
+    args = get_args_parser().parse_args(argv)
+    entries = [e for path in find_results(args.run_dirs)
+               for e in load_entries(path, args.split, args.embedding, args.classifier)]
+    table = build_table(entries, args.baseline)
+    what = f"{args.split} split, {args.embedding}, {args.classifier}"
+    text = markdown(table, what)
+    prefix = Path(args.out)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, content in ((".md", text), (".csv", csv_text(table)), (".tex", latex(table))):
+        with atomic_write(prefix.with_name(prefix.name + suffix)) as tmp:
+            tmp.write_text(content)
+    print(text, end="")
+    if args.wandb != "disabled":
+        log_wandb(table, args.wandb, args.wandb_project or Path(args.run_dirs[0]).resolve().name, what,
+                  prefix.parent)
+    return table
+
+
+if __name__ == "__main__":
+    run_cli(main)
