@@ -178,7 +178,7 @@ def main() -> None:
                 "objective": args.objective}
     job_type = "rfs_distill" if args.objective == "rfs" else "skd_gen1"
     state = engine.run.prepare_run(args, run_name(args, data.profile), student, optimizer, job_type, identity,
-                                   {"path_t": str(args.path_t), **data.checkpoint_extra()})
+                                   data, {"path_t": str(args.path_t)})
     if args.objective == "rfs":
         step = rfs_distill_step(student, teacher, args.ce_weight, args.kd_weight, args.kd_T)
     else:

@@ -71,7 +71,7 @@ def main() -> None:
                                 weight_decay=args.weight_decay)
     identity = {"model": args.model, "dataset": args.dataset, "image_size": data.image_size, "plain": args.plain}
     state = engine.run.prepare_run(args, run_name(args, data.profile), model, optimizer,
-                                   "rfs_simple" if args.plain else "skd_gen0", identity, data.checkpoint_extra())
+                                   "rfs_simple" if args.plain else "skd_gen0", identity, data)
     step = plain_step(model) if args.plain else gen0_step(model, args.gamma)
     engine.loop.fit(state, step, engine.run.make_train_loader(data, args, device), args, device)
     engine.run.finish_training(state, data, args, device)

@@ -18,7 +18,7 @@ from dataset.errors import DataError
 from dataset.loaders import train_loader
 from dataset.transforms import Normalization, choose_normalization, train_transform
 from dataset.profiles import DatasetProfile
-from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, checkpoint_normalization, load_checkpoint, load_model_weights
+from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, load_model_weights
 from engine.logger import LOG_NAME, RunLogger
 from engine.loop import TrainState
 from eval.fewshot import EpisodeSetting, evaluate
@@ -124,26 +124,21 @@ class ValEvaluation:
         return metrics
 
 
-def val_evaluation(args: argparse.Namespace, checkpoint_extra: dict) -> ValEvaluation:
-    """The scripts hand prepare_run no TrainingData, so the val split (checked by load_training_data)
-    is read again here, with the image size and normalisation that the checkpoint records for its
-    evaluation (TrainingData.checkpoint_extra())."""
-    norm = checkpoint_normalization(checkpoint_extra)
-    if norm is None or "image_size" not in checkpoint_extra:
-        raise ValueError("--eval_freq: prepare_run needs checkpoint_extra=TrainingData.checkpoint_extra()")
-    return ValEvaluation(load_eval_split(args, "val", checkpoint_extra["image_size"]), norm, args)
-
-
 def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                job_type: str, identity: dict[str, Any], checkpoint_extra: dict | None = None) -> TrainState:
+                job_type: str, identity: dict[str, Any], data: TrainingData | None = None,
+                checkpoint_extra: dict | None = None) -> TrainState:
     """Create (or, with --resume, reopen) the run folder; restore the last checkpoint when resuming,
     and the best val accuracy so far from best.pth.
 
     `identity`: what a resumed run must share with the checkpoint (model, dataset, image size, the
-    Gen-1 teacher); recorded in every checkpoint.
+    Gen-1 teacher); recorded in every checkpoint. `data`: the run's splits (its val split serves
+    --eval_freq; its image size and normalisation go into every checkpoint).
     """
-    # Before anything is written, so that bad val data fails cleanly.
-    validation = val_evaluation(args, checkpoint_extra or {}) if args.eval_freq else None
+    validation = None
+    if args.eval_freq:
+        if data is None or data.val is None:
+            raise ValueError("--eval_freq: prepare_run needs the run's TrainingData with its val split")
+        validation = ValEvaluation(data.val, data.norm, args)
     folder = run_folder(args, name)
     start_epoch, wandb_id, best_val_acc = 1, None, None
     checkpoint_path, best_path = folder / CHECKPOINT_NAME, folder / BEST_NAME
@@ -178,7 +173,7 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
     with atomic_write(args_file) as tmp:
         tmp.write_text(json.dumps(vars(args), indent=2, default=str) + "\n")
     logger = training_logger(folder, args, name, job_type, wandb_id)
-    extra = {"identity": identity, **(checkpoint_extra or {})}
+    extra = {"identity": identity, **(data.checkpoint_extra() if data is not None else {}), **(checkpoint_extra or {})}
     return TrainState(model, optimizer, folder, logger, start_epoch, extra, validation, best_val_acc)
 
 

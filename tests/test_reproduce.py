@@ -2,6 +2,7 @@
 back from the printed commands, checked against values written here from SPEC 3-5), in dependency order."""
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import shlex
@@ -228,7 +229,7 @@ class _FakeStages:
             return subprocess.CompletedProcess(command, 0)
         module = train_distillation if "distillation" in command[1] else train_supervised_ssl
         parsed = module.get_args_parser().parse_args(command[2:])
-        folder = Path(parsed.model_path) / module.run_name(parsed, dataset_profile("folder", 8))
+        folder = Path(parsed.model_path) / module.run_name(parsed, dataset_profile(parsed.dataset, 8))
         folder.mkdir(parents=True, exist_ok=True)
         epochs, code = parsed.epochs, 0
         if self.stop_after is not None:
@@ -268,3 +269,22 @@ def test_a_second_invocation_skips_finished_runs_and_resumes_the_interrupted_one
     third = reproduce(*argv)  # everything is finished: the teachers are never trained again, nothing re-evaluated
     assert third.returncode == 0 and stages.commands == []
     assert third.stdout.count(": done (") == 4
+
+
+def test_a_sweep_is_decided_on_val_and_only_its_winner_sees_test(reproduce, monkeypatch, tmp_path):
+    data = tmp_path / "miniImageNet"
+    data.mkdir()
+    for split in ("train_phase_train", "val", "test"):  # what the plan checks for before training
+        name = "miniImageNet_category_split_" + split + ".pickle"
+        (data / name).touch()
+    stages = _FakeStages(monkeypatch)  # each evaluation's mean is its position in the run: later = better
+    done = reproduce("--dataset", "miniImageNet", "--data_root", str(tmp_path), "--output", str(tmp_path / "out"),
+                     "--seeds", "0", "--methods", "skd_gen1", "--wandb_group", "g")
+    assert done.returncode == 0, done.stderr
+    evals = [flags(c) for c in stages.commands if Path(c[1]).name == "eval_fewshot.py"]
+    assert [(f["--split"], f["--n_shots"]) for f in evals] == [("val", "1"), ("val", "5")] * 3 + [
+        ("test", "1"), ("test", "5")]
+    winner = json.loads((tmp_path / "out" / "sweep_skd_gen1_seed_0.json").read_text())["winner"]
+    assert "beta_0.075" in winner and all(f["--model_path"] == winner for f in evals[-2:])
+    trained = [c for c in stages.commands if Path(c[1]).name != "eval_fewshot.py"]
+    assert len(trained) == 4  # the Gen-0 teacher (not evaluated: not asked for), then three betas
