@@ -72,6 +72,17 @@ def resolve_setting(args: argparse.Namespace, checkpoint: dict) -> None:
                               f"pass --dataset")
 
 
+def checkpoint_choice(checkpoint: dict) -> str:
+    """Which weights of a run these are, as results.json says it (tables never mix choices): a best.pth
+    ("best val (epoch K)"), an unfinished run's checkpoint ("epoch K of N"), else the last epoch."""
+    if "val_acc" in checkpoint and "epoch" in checkpoint:
+        return f"best val (epoch {checkpoint['epoch']})"
+    epochs = (checkpoint.get("args") or {}).get("epochs") if isinstance(checkpoint.get("args"), dict) else None
+    if epochs is not None and checkpoint.get("epoch") is not None and checkpoint["epoch"] < epochs:
+        return f"epoch {checkpoint['epoch']} of {epochs}"
+    return "last epoch"
+
+
 def evaluation_normalization(args: argparse.Namespace, checkpoint: dict, image_size: int) -> tuple[Normalization, str]:
     """The checkpoint's normalisation, else the dataset profile's constants, else the statistics of
     the training split: never of the split being evaluated."""
@@ -134,6 +145,7 @@ def main() -> None:
     print(f"evaluated in {seconds:.1f} s on {device} ({PRECISION[args.amp]})")
     if args.output:
         write_results(results, Path(args.output), {"checkpoint": str(args.model_path), "dataset": args.dataset,
+                                                   "checkpoint_choice": checkpoint_choice(checkpoint),
                                                    "git": util.git_sha(), "seconds": seconds,
                                                    "normalization": norm_source, "args": vars(args)})
         print(f"results: {args.output}")

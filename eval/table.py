@@ -32,6 +32,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,10 +171,12 @@ def load_entries(path: Path, split: str, embedding: str, classifier: str) -> lis
         if "accuracies" not in r:
             raise UsageError(f"{path}: has no per-episode accuracies (written before they were recorded); "
                              f"evaluate the checkpoint again with eval_fewshot.py --output")
-        # Training records no checkpoint choice before best-by-val existed, and eval_fewshot.py none.
+        # Files written before checkpoint choices were recorded hold last-epoch weights. Best-by-val
+        # runs of different seeds pick different epochs and still share one protocol.
+        choice = re.sub(r" \(epoch \d+\)$", "", data.get("checkpoint_choice", "last epoch"))
         protocol = {**{k: r.get(k) for k in PROTOCOL[:4]},
                     "image_size": r.get("image_size") or (data.get("args") or {}).get("image_size"),
-                    "checkpoint_choice": data.get("checkpoint_choice", "last epoch")}
+                    "checkpoint_choice": choice}
         entries.append(Entry(path, method, dataset, int(r["n_shots"]), train_args.get("seed"),
                              protocol, np.asarray(r["accuracies"], dtype=np.float64), r.get("fingerprint")))
     return entries

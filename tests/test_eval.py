@@ -443,3 +443,12 @@ def test_table_logs_a_wandb_table_and_bar_chart(tmp_path, monkeypatch):
     monkeypatch.setattr(wandb, "Table", lambda **kwargs: 1 / 0)  # W&B trouble never fails the table
     table.main([str(tmp_path / "runs"), "--out", str(tmp_path / "t"), "--wandb", "offline"])
     assert (tmp_path / "t.md").is_file()
+
+
+def test_eval_results_say_which_weights_of_the_run_they_are():
+    import eval_fewshot
+
+    assert eval_fewshot.checkpoint_choice({"epoch": 7, "val_acc": 61.0, "args": {"epochs": 10}}) == "best val (epoch 7)"
+    assert eval_fewshot.checkpoint_choice({"epoch": 4, "args": {"epochs": 10}}) == "epoch 4 of 10"
+    assert eval_fewshot.checkpoint_choice({"epoch": 10, "args": {"epochs": 10}}) == "last epoch"
+    assert eval_fewshot.checkpoint_choice({"model": {}}) == "last epoch"  # official files: their final weights
