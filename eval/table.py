@@ -283,7 +283,7 @@ def _grid(table: Table, cell_text) -> list[str]:
 def markdown(table: Table, what: str) -> str:
     def ours(m: str, d: str, k: int) -> str:
         c = table.cells.get((m, d, k))
-        return "—" if c is None else f"{c.mean:.2f} ± {_num(c.ci95)} (sd {_num(c.seed_std)}, {c.seeds} seeds)"
+        return "—" if c is None else f"{c.mean:.2f} ± {_num(c.ci95)} (sd {_num(c.seed_std)}, {c.seeds} seed{'s' if c.seeds != 1 else ''})"
 
     def paper(m: str, d: str, k: int) -> str:
         return _num(paper_value(m, d, k))
@@ -307,7 +307,7 @@ def markdown(table: Table, what: str) -> str:
             p = table.paired.get((m, d, k))
             if m == table.baseline:
                 return "baseline"
-            return "—" if p is None else f"{p.mean:+.2f} ± {_num(p.ci95)} ({p.seeds} seeds)"
+            return "—" if p is None else f"{p.mean:+.2f} ± {_num(p.ci95)} ({p.seeds} seed{'s' if p.seeds != 1 else ''})"
 
         lines += ["", f"## Paired difference vs {_label(table.baseline)}", "",
                   "Same episodes (equal fingerprints) per seed: mean ± 95% t interval over the per-episode "
