@@ -283,7 +283,8 @@ def _grid(table: Table, cell_text) -> list[str]:
 def markdown(table: Table, what: str) -> str:
     def ours(m: str, d: str, k: int) -> str:
         c = table.cells.get((m, d, k))
-        return "—" if c is None else f"{c.mean:.2f} ± {_num(c.ci95)} (sd {_num(c.seed_std)}, {c.seeds} seed{'s' if c.seeds != 1 else ''})"
+        seeds = f"{c.seeds} seed{'s' if c.seeds != 1 else ''}" if c is not None else ""
+        return "—" if c is None else f"{c.mean:.2f} ± {_num(c.ci95)} (sd {_num(c.seed_std)}, {seeds})"
 
     def paper(m: str, d: str, k: int) -> str:
         return _num(paper_value(m, d, k))
