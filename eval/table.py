@@ -317,6 +317,20 @@ def markdown(table: Table, what: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_section(run_dirs: list[str]) -> str:
+    """Which value each sweep picked (the reproduction driver's sweep_<method>_seed_<s>.json, decided on val)."""
+    records = [_read_json(path) for d in run_dirs for path in sorted(Path(d).rglob("sweep_*.json"))]
+    if not records:
+        return ""
+    lines = ["", "## Sweeps (decided on val, never test)", "", "| method | seed | winner | val accuracy | candidates |",
+             "|---|---|---|---|---|"]
+    for r in records:
+        scores = r["candidates"]
+        lines.append(f"| {_label(r['method'])} | {r['seed']} | {Path(r['winner']).parent.name} | "
+                     f"{scores[r['winner']]:.2f} | {len(scores)} ({r['criterion']}) |")
+    return "\n".join(lines) + "\n"
+
+
 def csv_text(table: Table) -> str:
     """One line per cell, every number unrounded."""
     out = io.StringIO()
@@ -407,7 +421,7 @@ def main(argv: list[str] | None = None) -> Table:
                for e in load_entries(path, args.split, args.embedding, args.classifier)]
     table = build_table(entries, args.baseline)
     what = f"{args.split} split, {args.embedding}, {args.classifier}"
-    text = markdown(table, what)
+    text = markdown(table, what) + sweep_section(args.run_dirs)
     prefix = Path(args.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     for suffix, content in ((".md", text), (".csv", csv_text(table)), (".tex", latex(table))):
