@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def trained_with(checkpoint: dict) -> dict[str, Any]:
     """What the checkpoint records of its training run (ours do; official checkpoints record nothing)."""
-    train_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    train_args = engine.checkpoint.training_args(checkpoint)
     return {"dataset": train_args.get("dataset"), "data_root": train_args.get("data_root"),
             "image_size": checkpoint.get("image_size")}
 
@@ -77,7 +77,7 @@ def checkpoint_choice(checkpoint: dict) -> str:
     ("best val (epoch K)"), an unfinished run's checkpoint ("epoch K of N"), else the last epoch."""
     if "val_acc" in checkpoint and "epoch" in checkpoint:
         return f"best val (epoch {checkpoint['epoch']})"
-    epochs = (checkpoint.get("args") or {}).get("epochs") if isinstance(checkpoint.get("args"), dict) else None
+    epochs = engine.checkpoint.training_args(checkpoint).get("epochs")
     if epochs is not None and checkpoint.get("epoch") is not None and checkpoint["epoch"] < epochs:
         return f"epoch {checkpoint['epoch']} of {epochs}"
     return "last epoch"
@@ -103,7 +103,7 @@ def eval_logger(args: argparse.Namespace, checkpoint: dict) -> engine.logger.Run
     it never resumes that run and writes nothing into the checkpoint's folder."""
     if args.wandb == "disabled":
         return None
-    train_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    train_args = engine.checkpoint.training_args(checkpoint)
     run_name = Path(args.model_path).resolve().parent.name
     project = train_args.get("wandb_project") or (Path(train_args["model_path"]).name if train_args.get("model_path")
                                                    else "skd")

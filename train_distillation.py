@@ -77,7 +77,7 @@ def load_teacher(args: argparse.Namespace, checkpoint: dict, image_size: int, de
 
 def check_teacher_matches_run(args: argparse.Namespace, checkpoint: dict, image_size: int) -> None:
     """A teacher trained on another dataset or image size is almost always a wrong --path_t."""
-    train_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    train_args = engine.checkpoint.training_args(checkpoint)
     recorded = {"--dataset": train_args.get("dataset"), "image size": checkpoint.get("image_size")}
     given = {"--dataset": args.dataset, "image size": image_size}
     for what, value in recorded.items():

@@ -76,6 +76,12 @@ def model_from_checkpoint(name: str, path: str | Path, checkpoint: dict, dataset
     return model
 
 
+def training_args(checkpoint: dict) -> dict:
+    """The arguments of the run that wrote `checkpoint` (ours record them; official checkpoints do not: {})."""
+    args = checkpoint.get("args")
+    return args if isinstance(args, dict) else {}
+
+
 def checkpoint_normalization(checkpoint: dict) -> Normalization | None:
     """The normalisation a model was trained with, when its checkpoint records it (ours do)."""
     norm = checkpoint.get("normalization")

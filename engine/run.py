@@ -18,7 +18,7 @@ from dataset.errors import DataError
 from dataset.loaders import train_loader
 from dataset.transforms import Normalization, choose_normalization, train_transform
 from dataset.profiles import DatasetProfile
-from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, load_model_weights
+from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, load_model_weights, training_args
 from engine.logger import LOG_NAME, RunLogger
 from engine.loop import TrainState
 from eval.fewshot import EpisodeSetting, evaluate
@@ -54,7 +54,8 @@ def training_logger(folder: Path, args: argparse.Namespace, name: str, job_type:
                     run_id: str | None = None) -> RunLogger:
     """W&B (project: --wandb_project or the last part of --model_path; group: --wandb_group or the
     run-folder name) and `log.jsonl` in the run folder."""
-    return RunLogger(folder / LOG_NAME, mode=args.wandb, project=args.wandb_project or Path(args.model_path).name or "skd",
+    project = args.wandb_project or Path(args.model_path).name or "skd"
+    return RunLogger(folder / LOG_NAME, mode=args.wandb, project=project,
                      config=dict(vars(args)), wandb_dir=folder, tags=args.tags, run_id=run_id,
                      group=args.wandb_group or name, job_type=job_type, name=name)
 
@@ -63,8 +64,7 @@ def check_resume_identity(checkpoint: dict, path: Path, identity: dict[str, Any]
     """Refuse to resume a checkpoint made with another model, dataset, image size or teacher."""
     recorded = checkpoint.get("identity")
     if not isinstance(recorded, dict):  # checkpoints written before identities were recorded
-        train_args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
-        recorded = {**train_args, "image_size": checkpoint.get("image_size")}
+        recorded = {**training_args(checkpoint), "image_size": checkpoint.get("image_size")}
     for key, value in identity.items():
         if key in recorded and recorded[key] is not None and recorded[key] != value:
             flag = RESUME_FLAGS.get(key, f"--{key}")

@@ -73,6 +73,11 @@ class Run:
     swept: bool = False  # one candidate of a sweep: evaluated on val, and on test only if val picks it
     evaluations: tuple[list[str], ...] = ()
 
+    @property
+    def label(self) -> str:
+        """The run in progress and error lines: method, seed and swept values, without the image count."""
+        return self.what.split(":")[0]
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     # No abbreviations: `--seed 3` must pass through to the training scripts, not become --seeds.
@@ -254,12 +259,11 @@ def option(command: list[str], flag: str) -> str:
 def train(run: Run) -> None:
     """Train `run`, resume it from its checkpoint, or skip it when its checkpoint holds every epoch."""
     done = finished_epochs(run.checkpoint)
-    what = run.what.split(":")[0]
     if done >= run.epochs:
-        print(f"== {what}: done ({run.checkpoint}, epoch {done})", flush=True)
+        print(f"== {run.label}: done ({run.checkpoint}, epoch {done})", flush=True)
         return
-    print(f"== {what}: {'resuming after epoch ' + str(done) if done else 'training'}", flush=True)
-    run_command(run.command + (["--resume"] if done else []), what)
+    print(f"== {run.label}: {'resuming after epoch ' + str(done) if done else 'training'}", flush=True)
+    run_command(run.command + (["--resume"] if done else []), run.label)
 
 
 def evaluate_run(run: Run, split: str) -> list[dict]:
@@ -268,7 +272,7 @@ def evaluate_run(run: Run, split: str) -> list[dict]:
     for command in (c for c in run.evaluations if option(c, "--split") == split):
         output = Path(option(command, "--output"))
         if not output.is_file() or output.stat().st_mtime < run.checkpoint.stat().st_mtime:
-            run_command(command, f"{run.what.split(':')[0]}: {split} {option(command, '--n_shots')}-shot")
+            run_command(command, f"{run.label}: {split} {option(command, '--n_shots')}-shot")
         results.append(json.loads(output.read_text()))
     return results
 
