@@ -21,6 +21,7 @@ from eval.fewshot import PRECISION
 from models import list_models
 import engine.args
 import engine.checkpoint
+import engine.distributed
 import engine.logger
 import util
 
@@ -42,8 +43,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="log the results to a W&B run of their own (job type eval), in the training run's group")
     parser.add_argument("--wandb_dir", default=None,
                         help="where W&B keeps its files (default: beside --output, else the current folder)")
+    # Evaluation reads a split's arrays in-process and augments supports as batched tensor ops, so
+    # the official --num_workers and --test_batch_size have nothing to set (README, "Evaluation").
     engine.args.add_data_args(parser, dataset_default=None,
-                              dataset_help="dataset (default: the one the checkpoint was trained on)")
+                              dataset_help="dataset (default: the one the checkpoint was trained on)", loader=False)
     engine.args.add_fewshot_args(parser)
     return parser
 
@@ -118,7 +121,7 @@ def main() -> None:
     args = get_args_parser().parse_args()
     util.check_positive(args, "n_ways", "n_shots", "n_queries", "n_test_runs", "n_aug_support_samples",
                         "eval_batch_size")
-    device = util.resolve_device(args.device)
+    ranks, device = engine.distributed.setup(args.device)  # torchrun: the episodes are shared out over the ranks
     util.autocast(device, args.amp)  # validates --amp against the device before any work
     checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
     resolve_setting(args, checkpoint)
@@ -142,7 +145,11 @@ def main() -> None:
     seconds = time.perf_counter() - start
     for result in results:
         print(result.line())
-    print(f"evaluated in {seconds:.1f} s on {device} ({PRECISION[args.amp]})")
+    print(f"evaluated in {seconds:.1f} s on {device} ({PRECISION[args.amp]})"
+          + (f" x {ranks.world_size} processes" if ranks.enabled else ""))
+    if not ranks.is_main:
+        engine.distributed.cleanup()
+        return
     if args.output:
         write_results(results, Path(args.output), {"checkpoint": str(args.model_path), "dataset": args.dataset,
                                                    "checkpoint_choice": checkpoint_choice(checkpoint),
@@ -153,6 +160,7 @@ def main() -> None:
     if logger is not None:
         logger.summary(summary_metrics(results))
         logger.finish()
+    engine.distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from models import ResNet12SSL, create_model, list_models
 from models.dropblock import add_dropblock_calls, dropblock_calls, set_dropblock_calls
 import engine.args
 import engine.checkpoint
+import engine.distributed
 import engine.loop
 import engine.run
 import util
@@ -51,6 +52,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--official_ramp", action="store_true",
                         help="ramp DropBlock as the released code does, whose counter also counts the 2 forwards per "
                              "test episode of its per-epoch evaluation (about 3x faster); no test data is read")
+    parser.add_argument("--test_batch_size", type=int, default=1,
+                        help="--official_ramp: episodes per batch of the released per-epoch evaluation whose forwards "
+                             "the ramp counts (official default 1)")
     parser.add_argument("--allow_teacher_mismatch", action="store_true",
                         help="accept a teacher trained on another dataset or image size than this run's")
     engine.args.add_training_script_args(parser, learning_rate=0.001, lr_decay_epochs="60", tags="gen1,skd")
@@ -114,15 +118,17 @@ def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor], what: st
 
 def gen1_step(student: ResNet12SSL, teacher: ResNet12SSL, beta: float, temperature: float,
               official_quirks: bool) -> engine.loop.Step:
+    forward = engine.distributed.wrap(student, unused=("rot_classifier",))  # DDP under torchrun
+
     def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         b = len(images)
         with torch.no_grad():
             teacher_logits = teacher(images)
         if official_quirks:
             # The released code's order; BatchNorm statistics span all 4B images.
-            logits = student(torch.cat([images, rot180(images), rot90(images), rot270(images)]))
+            logits = forward(torch.cat([images, rot180(images), rot90(images), rot270(images)]))
         else:
-            logits = student(torch.cat([images, rot180(images)]))
+            logits = forward(torch.cat([images, rot180(images)]))
         loss, kd, l2 = gen1_loss(logits[:b], logits[b:2 * b], teacher_logits, beta, temperature,
                                  l2_divisor=3.0 if official_quirks else 1.0)
         correct = (logits[:b].argmax(1) == targets).sum()
@@ -134,10 +140,12 @@ def gen1_step(student: ResNet12SSL, teacher: ResNet12SSL, beta: float, temperatu
 def rfs_distill_step(student: ResNet12SSL, teacher: ResNet12SSL, ce_weight: float, kd_weight: float,
                      temperature: float) -> engine.loop.Step:
     """RFS-distill: student and teacher on the plain images; CE to the labels plus KD to the teacher."""
+    forward = engine.distributed.wrap(student, unused=("rot_classifier",))
+
     def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         with torch.no_grad():
             teacher_logits = teacher(images)
-        logits = student(images)
+        logits = forward(images)
         loss, ce, kd = rfs_distill_loss(logits, teacher_logits, targets, ce_weight, kd_weight, temperature)
         correct = (logits.argmax(1) == targets).sum()
         return engine.loop.StepResult(loss, {"ce": ce.detach(), "kd": kd.detach()}, correct, len(images))
@@ -169,6 +177,8 @@ def main() -> None:
                                               image_size=data.image_size), device)
     else:
         student = clone_student(teacher)
+    if args.sync_bn:
+        student = engine.distributed.convert_sync_batchnorm(student)
     teacher_before = snapshot(teacher)
 
     optimizer = torch.optim.SGD(student.parameters(), lr=args.learning_rate, momentum=args.momentum,

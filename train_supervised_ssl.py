@@ -17,6 +17,7 @@ from distill import cross_entropy_loss, four_rotations, gen0_loss
 from models import ResNet12SSL, create_model, list_models
 from dataset.profiles import DatasetProfile
 import engine.args
+import engine.distributed
 import engine.loop
 import engine.run
 import util
@@ -40,9 +41,11 @@ def run_name(args: argparse.Namespace, profile: DatasetProfile) -> str:
 
 
 def gen0_step(model: ResNet12SSL, gamma: float) -> engine.loop.Step:
+    forward_all = engine.distributed.wrap(model, "forward_all")  # DDP under torchrun
+
     def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         batch, rot_labels = four_rotations(images)
-        out = model.forward_all(batch)
+        out = forward_all(batch)
         loss, ce, rot = gen0_loss(out.logits, out.rot_logits, targets.repeat(4), rot_labels, gamma)
         correct = (out.logits[: len(images)].argmax(1) == targets).sum()
         return engine.loop.StepResult(loss, {"ce": ce.detach(), "rot": rot.detach()}, correct, len(images))
@@ -52,8 +55,10 @@ def gen0_step(model: ResNet12SSL, gamma: float) -> engine.loop.Step:
 
 def plain_step(model: ResNet12SSL) -> engine.loop.Step:
     """RFS-simple: one forward of the B plain images, cross-entropy only."""
+    forward = engine.distributed.wrap(model, unused=("rot_classifier",))
+
     def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
-        logits = model(images)
+        logits = forward(images)
         loss = cross_entropy_loss(logits, targets)
         return engine.loop.StepResult(loss, {"ce": loss.detach()}, (logits.argmax(1) == targets).sum(), len(images))
 
@@ -67,6 +72,8 @@ def main() -> None:
     data = engine.run.load_training_data(args)
     model = util.to_device(create_model(args.model, data.train.num_classes, args.dataset, image_size=data.image_size),
                            device)
+    if args.sync_bn:
+        model = engine.distributed.convert_sync_batchnorm(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     identity = {"model": args.model, "dataset": args.dataset, "image_size": data.image_size, "plain": args.plain}

@@ -25,13 +25,16 @@ def default_num_workers() -> int:
 
 
 def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "synthetic",
-                  dataset_help: str = "dataset; 'synthetic' is built in and needs no files") -> None:
+                  dataset_help: str = "dataset; 'synthetic' is built in and needs no files",
+                  loader: bool = True) -> None:
+    """`loader`: the script reads images through a DataLoader (training), so --num_workers applies."""
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default=dataset_default, choices=dataset_names(), help=dataset_help)
     g.add_argument("--data_root", default=None,
                    help="folder holding <dataset>/ (official layout) or the dataset folder itself")
-    g.add_argument("--num_workers", type=int, default=default_num_workers(),
-                   help="data-loading worker processes (default: min(8, cores))")
+    if loader:
+        g.add_argument("--num_workers", type=int, default=default_num_workers(),
+                       help="data-loading worker processes (default: min(8, cores))")
     g.add_argument("--image_size", type=int, default=None,
                    help="resize images to N x N (default: the data's own size)")
     g.add_argument("--normalization", default="auto", choices=NORMALIZATIONS,
@@ -46,15 +49,14 @@ def add_fewshot_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n_queries", type=int, default=15, help="query images per class")
     g.add_argument("--n_test_runs", type=int, default=600, help="episodes per evaluation")
     g.add_argument("--n_aug_support_samples", type=int, default=5, help="augmented copies of each support image")
-    g.add_argument("--test_batch_size", type=int, default=1,
-                   help="accepted for compatibility with the official command; evaluation batches by --eval_batch_size")
     g.add_argument("--eval_batch_size", type=int, default=256, help="images per forward pass when embedding")
 
 
 def add_training_args(parser: argparse.ArgumentParser, learning_rate: float, lr_decay_epochs: str) -> None:
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=65)
-    g.add_argument("--batch_size", type=int, default=64, help="images per step, before rotations")
+    g.add_argument("--batch_size", type=int, default=64,
+                   help="images per step before rotations, global: under torchrun each of N ranks takes batch_size/N")
     g.add_argument("--learning_rate", type=float, default=learning_rate)
     g.add_argument("--lr_decay_epochs", type=comma_ints, default=comma_ints(lr_decay_epochs),
                    help="comma-separated epochs after which lr is multiplied by --lr_decay_rate")
@@ -85,6 +87,9 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
                    help="autocast precision (fp16 needs CUDA)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="CUDA: deterministic cuDNN/cuBLAS algorithms and no cuDNN autotuning, so that a run (or a resumed "
+                        "run) repeats bit for bit; slower. CPU runs are deterministic without it")
     g.add_argument("--resume", action="store_true", help="continue the run in the run folder from its last checkpoint")
     g.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="W&B mode; auto: online when logged in, otherwise offline")
@@ -96,6 +101,12 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g.add_argument("--no_final_eval", action="store_true", help="skip the few-shot report at the end of training")
 
 
+def add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("distributed (launch with torchrun; --batch_size stays the global batch)")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over the global batch instead of each rank's share")
+
+
 def add_training_script_args(parser: argparse.ArgumentParser, learning_rate: float, lr_decay_epochs: str,
                              tags: str) -> None:
     """Everything both training scripts accept besides their stage's own flags."""
@@ -105,6 +116,7 @@ def add_training_script_args(parser: argparse.ArgumentParser, learning_rate: flo
     add_fewshot_args(parser)
     add_selection_args(parser)
     add_run_args(parser, tags)
+    add_distributed_args(parser)
 
 
 def run_name_suffix(args: argparse.Namespace) -> str:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from engine import distributed
 from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, save_checkpoint
 from engine.logger import RunLogger
 from models.dropblock import dropblock_calls
@@ -69,11 +70,20 @@ class Meter:
             correct = result.correct.detach().float()
             self.correct = correct if self.correct is None else self.correct + correct
 
-    def averages(self) -> dict[str, float]:
-        out = {name: float(total) / max(self.images, 1) for name, total in self.sums.items()}
+    def averages(self) -> tuple[dict[str, float], int]:
+        """Image-weighted averages over the epoch and the number of images, over every rank under
+        torchrun (one reduction)."""
+        names = list(self.sums)
+        device = next(iter(self.sums.values())).device if self.sums else torch.device("cpu")
+        totals = torch.stack([*(self.sums[n].reshape(()) for n in names),
+                              torch.tensor(float(self.images), device=device),
+                              (self.correct if self.correct is not None else torch.zeros((), device=device)).reshape(())])
+        totals = distributed.all_reduce_sum(totals.double()).tolist()
+        images = max(totals[-2], 1)
+        out = {name: total / images for name, total in zip(names, totals)}
         if self.correct is not None:
-            out["acc"] = 100.0 * float(self.correct) / max(self.images, 1)
-        return out
+            out["acc"] = 100.0 * totals[-1] / images
+        return out, int(totals[-2])
 
 
 class FinitenessCheck:
@@ -90,7 +100,8 @@ class FinitenessCheck:
         """Raise NonFiniteLossError at the first non-finite loss; else return the last loss (or None)."""
         if not self.pending:
             return None
-        losses = torch.stack([r.loss.float() for _, r in self.pending]).cpu()
+        # Summed over ranks: a non-finite loss on any rank stops every rank at the same check.
+        losses = distributed.all_reduce_sum(torch.stack([r.loss.detach().float() for _, r in self.pending])).cpu()
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             step, result = self.pending[int(bad[0])]
@@ -106,8 +117,9 @@ class FinitenessCheck:
 class TrainState:
     """What one training run carries from epoch to epoch, and what a checkpoint restores."""
 
-    model: nn.Module
+    model: nn.Module  # the network itself, never its DDP wrapper: checkpoints keep the official key names
     optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
     folder: Path
     logger: RunLogger
     start_epoch: int = 1
@@ -129,6 +141,7 @@ def _checkpoint(state: TrainState, epoch: int, args: argparse.Namespace) -> dict
         "epoch": epoch,
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),  # fp16's loss scale; empty when the scaler is a pass-through
         "args": {k: v for k, v in vars(args).items()},
         "dropblock_calls": dropblock_calls(state.model),
         "wandb_id": state.logger.wandb_id,
@@ -149,11 +162,15 @@ def _validate(model: nn.Module, validation: Validation, device: torch.device) ->
 
 
 def _batches(loader, epoch: int, args: argparse.Namespace) -> Iterator:
-    # Re-seed per epoch so that a resumed run draws the same shuffles and augmentations.
-    seed = args.seed * 100_003 + epoch
+    # Re-seed per epoch so that a resumed run draws the same shuffles and augmentations; each rank
+    # draws its own augmentations and dropout masks, and DistributedSampler shuffles by epoch.
+    seed = distributed.rank_seed(args.seed) * 100_003 + epoch
     torch.manual_seed(seed)
     loader.generator.manual_seed(seed)
-    return tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, disable=None, dynamic_ncols=True)
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    return tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False,
+                disable=None if distributed.is_main_process() else True, dynamic_ncols=True)
 
 
 def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device: torch.device,
@@ -161,9 +178,13 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
     """Train from state.start_epoch to args.epochs: one checkpoint and one log line per epoch.
     `after_epoch(epoch)` runs after an epoch's steps, before its checkpoint is written. With
     state.validation, every --eval_freq epochs and at the last the val metrics join the log line and
-    best.pth is rewritten whenever val_acc improves."""
-    # fp16 gradients underflow without loss scaling; for bf16 and fp32 the scaler is a pass-through.
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    best.pth is rewritten whenever val_acc improves.
+
+    Under torchrun `step` calls the DDP-wrapped network (engine.distributed.wrap), every rank runs
+    the loop and the (sharded) val evaluation, and rank 0 alone writes checkpoints and logs.
+    """
+    main = distributed.is_main_process()
+    scaler = state.scaler
     for epoch in range(state.start_epoch, args.epochs + 1):
         lr = learning_rate_at(epoch, args)
         set_learning_rate(state.optimizer, lr)
@@ -186,12 +207,13 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
             if i % args.log_interval == 0:
                 progress.set_postfix(loss=f"{finite.check(epoch, last_good):.3f}")
         finite.check(epoch, last_good)
+        distributed.broadcast_buffers(state.model)  # every rank evaluates and rank 0 saves the same network
         if after_epoch is not None:
             after_epoch(epoch)
+        averages, images = meter.averages()
         seconds = time.perf_counter() - start
-        averages = meter.averages()
         record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in averages.items()},
-                  "images_per_s": meter.images / seconds, "epoch_seconds": seconds}
+                  "images_per_s": images / seconds, "epoch_seconds": seconds}
         checkpoint = _checkpoint(state, epoch, args)
         if state.validation is not None and (epoch % args.eval_freq == 0 or epoch == args.epochs):
             metrics = _validate(state.model, state.validation, device)
@@ -200,8 +222,12 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
                 state.best_val_acc = metrics["val_acc"]
                 # Written before checkpoint.pth, so a crash between the two loses no improvement:
                 # --resume retrains this epoch and compares it with best.pth's val_acc.
-                save_checkpoint({**checkpoint, "val_acc": metrics["val_acc"]}, state.best_path)
-        save_checkpoint(checkpoint, state.checkpoint_path)
-        state.logger.log(record)
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-              flush=True)
+                if main:
+                    save_checkpoint({**checkpoint, "val_acc": metrics["val_acc"]}, state.best_path)
+        if main:
+            save_checkpoint(checkpoint, state.checkpoint_path)
+            state.logger.log(record)
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+                  flush=True)
+    distributed.barrier()  # every rank may read best.pth or checkpoint.pth next
+    distributed.check_replicas_equal(state.model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from dataset.errors import DataError
 from dataset.loaders import train_loader
 from dataset.transforms import Normalization, choose_normalization, train_transform
 from dataset.profiles import DatasetProfile
+from engine import distributed
 from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, load_model_weights, training_args
 from engine.logger import LOG_NAME, RunLogger
 from engine.loop import TrainState
@@ -25,24 +27,34 @@ from eval.fewshot import EpisodeSetting, evaluate
 from eval.report import REPORT_SHOTS, final_report
 from models.dropblock import set_dropblock_calls
 from util import (CheckpointError, UsageError, atomic_write, autocast, check_positive, git_sha, print_run_header,
-                  resolve_device, seed_everything)
+                  seed_everything)
 
 
 def start_training_run(args: argparse.Namespace) -> torch.device:
-    """Validate the flags, pick the device, print the git sha and every argument, seed everything."""
+    """Validate the flags, join the torchrun process group when launched by torchrun, pick the
+    (per-rank) device, print the git sha and every argument, seed everything (per rank)."""
     check_positive(args, "epochs", "batch_size", "n_ways", "n_shots", "n_queries", "n_test_runs",
                    "n_aug_support_samples", "eval_batch_size", "log_interval", "val_episodes")
     if args.eval_freq < 0:
         raise UsageError(f"--eval_freq: expected 0 (off) or a number of epochs, got {args.eval_freq}")
     if args.final_checkpoint == "best" and not args.eval_freq:
         raise UsageError("--final_checkpoint best: needs --eval_freq, which keeps best.pth by val accuracy")
-    device = resolve_device(args.device)
+    ranks, device = distributed.setup(args.device)
     autocast(device, args.amp)  # validates --amp against the device before any work
-    if device.type == "cuda":
+    distributed.per_rank_batch_size(args.batch_size)  # validates the global batch against the ranks
+    if device.type == "cuda" and args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for deterministic GEMMs
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
+    elif device.type == "cuda":
         # Fixed input shapes every step: let cuDNN pick its fastest convolution algorithms once.
         torch.backends.cudnn.benchmark = True
     print_run_header(args)
-    seed_everything(args.seed)
+    if ranks.enabled:
+        print(f"distributed: {ranks.world_size} processes ({torch.distributed.get_backend()}), global batch "
+              f"{args.batch_size} = {ranks.world_size} x {args.batch_size // ranks.world_size}")
+    # Model initialisation may differ per rank: DDP broadcasts rank 0's weights when it wraps them.
+    seed_everything(distributed.rank_seed(args.seed))
     return device
 
 
@@ -127,8 +139,9 @@ class ValEvaluation:
 def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                 job_type: str, identity: dict[str, Any], data: TrainingData | None = None,
                 checkpoint_extra: dict | None = None) -> TrainState:
-    """Create (or, with --resume, reopen) the run folder; restore the last checkpoint when resuming,
-    and the best val accuracy so far from best.pth.
+    """Create (or, with --resume, reopen) the run folder; restore the last checkpoint when resuming
+    (weights, optimizer, grad scaler, DropBlock ramp), and the best val accuracy so far from best.pth.
+    Under torchrun every rank restores the checkpoint; rank 0 alone writes to the folder and logs.
 
     `identity`: what a resumed run must share with the checkpoint (model, dataset, image size, the
     Gen-1 teacher); recorded in every checkpoint. `data`: the run's splits (its val split serves
@@ -140,6 +153,9 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
             raise ValueError("--eval_freq: prepare_run needs the run's TrainingData with its val split")
         validation = ValEvaluation(data.val, data.norm, args)
     folder = run_folder(args, name)
+    main = distributed.is_main_process()
+    # fp16 gradients underflow without loss scaling; for bf16 and fp32 the scaler is a pass-through.
+    scaler = torch.amp.GradScaler(next(model.parameters()).device.type, enabled=args.amp == "fp16")
     start_epoch, wandb_id, best_val_acc = 1, None, None
     checkpoint_path, best_path = folder / CHECKPOINT_NAME, folder / BEST_NAME
     if args.resume:
@@ -151,12 +167,15 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
         if "optimizer" not in checkpoint:
             raise CheckpointError(f"{checkpoint_path}: has no optimizer state to resume from")
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler"):  # fp16 runs: continue with the loss scale reached, not a re-warm
+            scaler.load_state_dict(checkpoint["scaler"])
         set_dropblock_calls(model, checkpoint.get("dropblock_calls", []))
         start_epoch = int(checkpoint["epoch"]) + 1
         wandb_id = checkpoint.get("wandb_id")
         if best_path.is_file():  # a resumed run must beat the best epoch before the interruption
             best_val_acc = float(load_checkpoint(best_path)["val_acc"])
-        _trim_log(folder / LOG_NAME, int(checkpoint["epoch"]))
+        if main:
+            _trim_log(folder / LOG_NAME, int(checkpoint["epoch"]))
         # args.json stays the original run's; each resumption's arguments go beside it.
         args_file = folder / f"args.resume_after_epoch_{checkpoint['epoch']}.json"
         print(f"resuming {checkpoint_path} after epoch {checkpoint['epoch']}")
@@ -166,15 +185,19 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
                              f"or a new --trial")
         # A run that crashed before its first checkpoint left a log (and maybe a best.pth) of epochs that
         # are trained again now.
-        (folder / LOG_NAME).unlink(missing_ok=True)
-        best_path.unlink(missing_ok=True)
+        if main:
+            (folder / LOG_NAME).unlink(missing_ok=True)
+            best_path.unlink(missing_ok=True)
         args_file = folder / "args.json"
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_write(args_file) as tmp:
-        tmp.write_text(json.dumps(vars(args), indent=2, default=str) + "\n")
-    logger = training_logger(folder, args, name, job_type, wandb_id)
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(args_file) as tmp:
+            tmp.write_text(json.dumps(vars(args), indent=2, default=str) + "\n")
+        logger = training_logger(folder, args, name, job_type, wandb_id)
+    else:
+        logger = RunLogger(None, mode="disabled", project="", config={}, wandb_dir=folder)
     extra = {"identity": identity, **(data.checkpoint_extra() if data is not None else {}), **(checkpoint_extra or {})}
-    return TrainState(model, optimizer, folder, logger, start_epoch, extra, validation, best_val_acc)
+    return TrainState(model, optimizer, scaler, folder, logger, start_epoch, extra, validation, best_val_acc)
 
 
 @dataclass
@@ -212,9 +235,13 @@ def load_training_data(args: argparse.Namespace, norm: Normalization | None = No
 
 
 def make_train_loader(data: TrainingData, args: argparse.Namespace, device: torch.device):
+    """Shuffled, augmented batches; under torchrun each rank reads its DistributedSampler shard in
+    batches of --batch_size / world size."""
     transform = train_transform(data.image_size, data.profile.crop_padding, data.norm)
-    return train_loader(data.train, transform, args.batch_size, args.num_workers,
-                        args.seed, pin_memory=device.type == "cuda")
+    ranks = distributed.current()
+    shard = (ranks.rank, ranks.world_size) if ranks.enabled else None
+    return train_loader(data.train, transform, distributed.per_rank_batch_size(args.batch_size), args.num_workers,
+                        args.seed, pin_memory=device.type == "cuda", shard=shard)
 
 
 def final_weights(state: TrainState, args: argparse.Namespace) -> tuple[Path, str, int]:
@@ -227,7 +254,8 @@ def final_weights(state: TrainState, args: argparse.Namespace) -> tuple[Path, st
 
 
 def finish_training(state: TrainState, data: TrainingData, args: argparse.Namespace, device: torch.device) -> None:
-    """Print the checkpoint path, run the few-shot report unless --no_final_eval, close the logger."""
+    """Print the checkpoint path, run the few-shot report unless --no_final_eval (its episodes shared
+    out over the ranks under torchrun), close the logger and the process group."""
     print(f"checkpoint: {state.checkpoint_path}", flush=True)
     if not args.no_final_eval:
         path, choice, epoch = final_weights(state, args)
@@ -236,5 +264,6 @@ def finish_training(state: TrainState, data: TrainingData, args: argparse.Namesp
         extra = {"checkpoint": str(path), "checkpoint_choice": choice, "epoch": epoch,
                  "dataset": args.dataset, "git": git_sha(), "args": vars(args)}
         final_report(state.model, splits, data.norm, device, args, args.amp, state.logger,
-                     state.folder / "results.json", extra)
+                     state.folder / "results.json" if distributed.is_main_process() else None, extra)
     state.logger.finish()
+    distributed.cleanup()

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from dataset.episodes import sample_episodes
 from dataset.imageset import ImageSet
 from dataset.transforms import Normalization, crop_flip_batch
+from eval import sharding
 from eval.classifiers import classify
 from eval.embed import embed
 from eval.stats import mean_confidence_interval
@@ -98,7 +99,11 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
              device: torch.device, classifiers: tuple[str, ...] = ("LR",), embeddings: tuple[str, ...] = ("feature",),
              batch_size: int = 256, seed: int = 0, amp: str = "off", progress: bool = True) -> list[FewShotResult]:
     """Accuracy per episode for every (embedding, classifier) pair, on the official episodes; the
-    network embeds under `amp` (off, bf16, fp16), recorded in each result."""
+    network embeds under `amp` (off, bf16, fp16), recorded in each result.
+
+    Under torchrun every rank calls this and the work is shared out (eval.sharding): the query
+    images by embedding batch, the episodes by chunk; every rank returns the full results, equal
+    episode for episode to a single process's."""
     s = setting
     episodes = sample_episodes(images.class_indices(), s.n_episodes, s.n_ways, s.n_shots, s.n_queries, images.source)
     pixels = torch.from_numpy(images.images)
@@ -108,7 +113,7 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
     query_index = np.stack([e.query.reshape(-1) for e in episodes])  # (E, n_ways * n_queries), class-major
     unique, inverse = np.unique(query_index, return_inverse=True)
     inverse = torch.from_numpy(inverse.reshape(query_index.shape)).to(device)
-    query_embeddings = dict(zip(EMBEDDINGS, embed(model, pixels[unique], norm, device, batch_size, amp)))
+    query_embeddings = dict(zip(EMBEDDINGS, _embed_sharded(model, pixels[unique], norm, device, batch_size, amp)))
     query_labels = torch.arange(s.n_ways, device=device).repeat_interleave(s.n_queries)
 
     # Supports: each image repeated n_aug times (the official np.tile order), freshly augmented.
@@ -116,24 +121,48 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
     support_labels = torch.arange(s.n_ways, device=device).repeat_interleave(s.n_shots).repeat(s.n_aug)
     padding = images.profile.crop_padding
     per_chunk = max(1, SUPPORT_IMAGES_PER_CHUNK // support_index.shape[1])
-    predicted = {(e, c): [] for e in embeddings for c in classifiers}
-    chunks = range(0, len(episodes), per_chunk)
-    for start in tqdm(chunks, desc=f"{split} {s.n_shots}-shot", leave=False, disable=None if progress else True):
+    starts = range(0, len(episodes), per_chunk)
+    bar = tqdm(total=len(sharding.my_pieces(len(starts))), desc=f"{split} {s.n_shots}-shot", leave=False,
+               disable=None if progress and sharding.is_main() else True)
+
+    def predict_chunk(chunk: int) -> dict[tuple[str, str], torch.Tensor]:
+        start = starts[chunk]
         ids = range(start, min(start + per_chunk, len(episodes)))
         augmented = torch.cat([crop_flip_batch(pixels[support_index[i]], padding, episode_generator(seed, i))
                                for i in ids])
         support_embeddings = dict(zip(EMBEDDINGS, embed(model, augmented, norm, device, batch_size, amp)))
+        out = {}
         for emb in embeddings:
             support = l2_normalize(support_embeddings[emb].view(len(ids), support_index.shape[1], -1))
             query = l2_normalize(query_embeddings[emb][inverse[start:start + len(ids)]].view(len(ids), num_queries, -1))
             labels = support_labels.expand(len(ids), -1)
             for clf in classifiers:
-                predicted[(emb, clf)].append(classify(clf, support, labels, query, s.n_ways).cpu())
+                out[(emb, clf)] = classify(clf, support, labels, query, s.n_ways).cpu()
+        bar.update()
+        return out
+
+    chunk_predictions = sharding.compute_sharded(len(starts), predict_chunk)
+    bar.close()
     fingerprint = episode_fingerprint(images, setting, seed)
     results = []
-    for (emb, clf), chunks in predicted.items():
-        predictions = torch.cat(chunks)
-        accuracies = (predictions == query_labels.cpu()).double().mean(1).numpy()
-        results.append(FewShotResult(split, setting, emb, clf, accuracies, predictions.numpy().astype(np.int8),
-                                      PRECISION[amp], fingerprint, images.image_size))
+    for emb in embeddings:
+        for clf in classifiers:
+            predictions = torch.cat([chunk[(emb, clf)] for chunk in chunk_predictions])
+            accuracies = (predictions == query_labels.cpu()).double().mean(1).numpy()
+            results.append(FewShotResult(split, setting, emb, clf, accuracies, predictions.numpy().astype(np.int8),
+                                         PRECISION[amp], fingerprint, images.image_size))
     return results
+
+
+def _embed_sharded(model: nn.Module, pixels: torch.Tensor, norm: Normalization, device: torch.device,
+                   batch_size: int, amp: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`embed` of every image, its forward batches shared out over the ranks under torchrun (the
+    same batches as one process runs, so the same numbers), gathered on every rank."""
+    def embed_batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        features, logits = embed(model, pixels[i * batch_size:(i + 1) * batch_size], norm, device, batch_size, amp)
+        return features.cpu(), logits.cpu()
+
+    if sharding.world()[1] == 1:
+        return embed(model, pixels, norm, device, batch_size, amp)
+    pieces = sharding.compute_sharded(-(-len(pixels) // batch_size), embed_batch)
+    return (torch.cat([f for f, _ in pieces]).to(device), torch.cat([g for _, g in pieces]).to(device))

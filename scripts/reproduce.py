@@ -95,6 +95,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"], help="autocast precision")
     parser.add_argument("--wandb_group", default=None,
                         help="W&B group of every run (default: reproduce_<dataset>_<date>)")
+    parser.add_argument("--nproc_per_node", type=int, default=1,
+                        help="train each run with torchrun on N processes of this node (N GPUs; --batch_size stays the "
+                             "global batch); evaluations run in one process")
     parser.add_argument("--dry_run", action="store_true", help="print every command, one a line, and run nothing")
     return parser
 
@@ -104,9 +107,11 @@ def text(value: object) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def python_command(script: str) -> list[str]:
-    """The interpreter running this script, and `script` of the repository relative to the current folder."""
-    return [sys.executable, os.path.relpath(REPO / script)]
+def python_command(script: str, nproc_per_node: int = 1) -> list[str]:
+    """The interpreter running this script, and `script` of the repository relative to the current folder;
+    launched by torchrun (single node, its own rendezvous) when `nproc_per_node` > 1."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}"]
+    return [sys.executable, *(launcher if nproc_per_node > 1 else []), os.path.relpath(REPO / script)]
 
 
 def device_flags(args: argparse.Namespace) -> list[str]:
@@ -186,7 +191,8 @@ def training_runs(method: str, settings: PublishedSettings, seed: int, args: arg
         images = images_processed(parsed.epochs, parsed.batch_size, PUBLISHED[args.dataset].train_images.value,
                                   stage.rotations, parsed.use_trainval)
         runs.append(Run(method, seed, f"{method} seed {seed}{sweep}: {images}",
-                        [*python_command(Path(stage.module.__file__).name), *argv], parsed.epochs, checkpoint,
+                        [*python_command(Path(stage.module.__file__).name, args.nproc_per_node), *argv], parsed.epochs,
+                        checkpoint,
                         bool(swept), tuple(evaluation(args, checkpoint, split, shots) for split in splits
                                            for shots in PUBLISHED_EVAL.shots.value)))
     return runs
@@ -248,7 +254,8 @@ def run_command(command: list[str], what: str) -> None:
     print(f"$ {shlex.join(command)}", flush=True)
     code = subprocess.run(command).returncode
     if code != 0:
-        raise util.UsageError(f"{what}: {shlex.join(command[1:3])} exited with code {code}; finished runs are kept, "
+        script = next(Path(c).name for c in command if c.endswith(".py"))
+        raise util.UsageError(f"{what}: {script} exited with code {code}; finished runs are kept, "
                               f"the same command resumes the plan")
 
 
@@ -349,7 +356,7 @@ def main() -> None:
         raise util.UsageError(f"--methods {','.join(args.methods)}: expected some of {','.join(METHODS)}")
     if not args.seeds or len(set(args.seeds)) < len(args.seeds):
         raise util.UsageError(f"--seeds {','.join(map(str, args.seeds))}: expected distinct seeds")
-    util.check_positive(args, "episodes")
+    util.check_positive(args, "episodes", "nproc_per_node")
     args.wandb_group = args.wandb_group or f"reproduce_{args.dataset}_{datetime.date.today().isoformat()}"
     runs = plan(args, passthrough)
     if not args.dry_run:

@@ -166,8 +166,8 @@ def test_eval_fewshot_command(small_model, cifar_root, tmp_path):
     output = tmp_path / "out" / "results.json"
     done = run_script("eval_fewshot.py", "--model", "resnet12_ssl", "--model_path", str(tmp_path / "bare.pth"),
                       "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--n_ways", "5", "--n_shots", "1",
-                      "--n_queries", "15", "--n_test_runs", "3", "--n_aug_support_samples", "5", "--num_workers", "0",
-                      "--test_batch_size", "1", "--split", "val", "--use_logit", "--classifier", "NN",
+                      "--n_queries", "15", "--n_test_runs", "3", "--n_aug_support_samples", "5",
+                      "--split", "val", "--use_logit", "--classifier", "NN",
                       "--device", "cpu", "--output", str(output))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "normalization: the CIFAR-FS profile's constants" in done.stdout

@@ -243,8 +243,7 @@ def test_dropblock_all_dropped_gives_zeros_not_nan(monkeypatch):
     assert torch.equal(y, torch.zeros_like(y))
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("block_size, feat", [(5, 10), (5, 5), (2, 4)])
 def test_dropblock_forward_equals_the_spec_on_its_own_draws(monkeypatch, device, block_size, feat):
     """The real Bernoulli draws, recorded: output = x * loop mask * numel / sum, on any device."""

@@ -15,8 +15,8 @@ from eval.fewshot import EpisodeSetting, evaluate
 
 pytestmark = pytest.mark.slow
 
-DATA = ["--dataset", "folder", "--image_size", "28", "--num_workers", "0", "--device", "cpu", "--amp", "bf16"]
-TRAIN = [*DATA, "--batch_size", "32", "--no_final_eval"]
+DATA = ["--dataset", "folder", "--image_size", "28", "--device", "cpu", "--amp", "bf16"]
+TRAIN = [*DATA, "--num_workers", "0", "--batch_size", "32", "--no_final_eval"]
 CHANCE = 20.0
 
 

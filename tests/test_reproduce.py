@@ -288,3 +288,18 @@ def test_a_sweep_is_decided_on_val_and_only_its_winner_sees_test(reproduce, monk
     assert "beta_0.075" in winner and all(f["--model_path"] == winner for f in evals[-2:])
     trained = [c for c in stages.commands if Path(c[1]).name != "eval_fewshot.py"]
     assert len(trained) == 4  # the Gen-0 teacher (not evaluated: not asked for), then three betas
+
+
+def test_nproc_per_node_launches_training_with_torchrun(reproduce):
+    result = reproduce("--dataset", "CIFAR-FS", "--seeds", "0", "--methods", "skd_gen0,skd_gen1", "--nproc_per_node",
+                       "4", *ARGS)
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    training = [c for c in cmds if "torch.distributed.run" in c]
+    assert len(training) == 2
+    for command in training:
+        assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+        assert Path(command[5]).name in ("train_supervised_ssl.py", "train_distillation.py")
+        assert flags(command)["--batch_size"] == "64"  # the global batch, as published
+    evaluations = [c for c in cmds if Path(c[1]).name == "eval_fewshot.py"]
+    assert len(evaluations) == 4 and len(training) + len(evaluations) == len(cmds)

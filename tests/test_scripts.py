@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import REPO
@@ -38,3 +39,24 @@ def test_quickstart_clears_only_its_own_folder(tmp_path):
     empty.mkdir()
     _quickstart(empty, "false")  # an empty folder is accepted, and marked as the quickstart's
     assert (empty / ".skd-quickstart").is_file()
+
+
+def test_slurm_example_runs_one_table_with_torchrun_inside_srun(tmp_path, cifar_root):
+    # A stand-in srun that drops its own options and runs the task, as srun does on one node.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nwhile [ "${1#--}" != "$1" ]; do shift; done\nexec "$@"\n')
+    (bin_dir / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", "DATASET": "CIFAR-FS",
+           "DATA_ROOT": str(cifar_root), "OUTPUT": str(tmp_path / "save"), "SLURM_GPUS_ON_NODE": "2",
+           "SLURM_JOB_ID": "77", "DRY_RUN": "1", "WANDB_MODE": "disabled"}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "slurm_table.sbatch"), "--seeds", "0"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line and not line.startswith("#")]
+    training = [line for line in lines if "eval_fewshot.py" not in line]
+    assert len(training) == 4  # RFS-simple, RFS-distill, Gen-0, Gen-1 of seed 0
+    assert all(" -m torch.distributed.run --standalone --nproc_per_node=2 " in line for line in training)
+    assert all("--wandb_group reproduce_CIFAR-FS_77" in line for line in training)  # evaluations join it
+    assert all(line.endswith("--amp bf16") for line in lines)
+    assert not (tmp_path / "save").exists()  # a dry run writes nothing

@@ -497,3 +497,30 @@ def test_rfs_steps_see_plain_images_only():
         expected, _, _ = rfs_distill_loss(student(x), teacher(x), y, 0.5, 0.5, 4.0)
     torch.testing.assert_close(distilled.loss.detach(), expected, rtol=1e-5, atol=1e-6)
     assert set(distilled.metrics) == {"ce", "kd"} and set(plain.metrics) == {"ce"}
+
+
+def test_grad_scaler_state_is_checkpointed_and_restored_by_resume(tmp_path):
+    """fp16's loss scale continues across --resume instead of re-warming from 65536 (the scaler's
+    bookkeeping is device-independent, so this runs on CPU; the fp16 steps themselves need CUDA)."""
+    model = torch.nn.Linear(2, 2)
+    args = _args(tmp_path, amp="fp16", epochs=1)
+    state = engine.run.prepare_run(args, "run", model, torch.optim.SGD(model.parameters(), lr=0.1), "test", {})
+    assert state.scaler.is_enabled() and state.scaler.get_scale() == 65536.0
+    state.scaler.scale(torch.ones(()))
+    state.scaler.update(new_scale=512.0)  # as after a few overflowing fp16 steps
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2), torch.zeros(4)),
+                                         batch_size=2, generator=torch.Generator())
+
+    def step(x, y):
+        return engine.loop.StepResult(model(x).pow(2).mean(), {}, None, len(x))
+
+    args.amp = "off"  # fp16 autocast needs CUDA; the scaler made for fp16 stays on, as it would there
+    engine.loop.fit(state, step, loader, args, torch.device("cpu"))
+    assert _checkpoint(tmp_path / "run")["scaler"]["scale"] == 512.0
+    model = torch.nn.Linear(2, 2)
+    resumed = engine.run.prepare_run(_args(tmp_path, amp="fp16", epochs=2, resume=True), "run", model,
+                                     torch.optim.SGD(model.parameters(), lr=0.1), "test", {})
+    assert resumed.start_epoch == 2 and resumed.scaler.get_scale() == 512.0
+    # fp32 and bf16 runs keep an empty scaler state: nothing to restore.
+    assert engine.run.prepare_run(_args(tmp_path / "b"), "run", model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                  "test", {}).scaler.state_dict() == {}

@@ -1,0 +1,188 @@
+"""Distributed training under torchrun: read the launcher's environment, start the process group
+(NCCL on CUDA, gloo on CPU), wrap the network in DistributedDataParallel, reduce metrics, and
+gate printing, logging and saving to rank 0.
+
+A plain `python script.py` run starts no process group: every function here is then a no-op
+(or the identity), so single-process runs behave exactly as they did before DDP existed.
+"""
+from __future__ import annotations
+
+import builtins
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from util import UsageError, resolve_device
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place among the ranks (rank 0 of 1 outside torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def setup(device_name: str | None) -> tuple[Distributed, torch.device]:
+    """The process group and this rank's device. Under torchrun each rank takes GPU LOCAL_RANK of its
+    node (so `--device cuda`, or the default, means one GPU per rank) and joins with NCCL; on CPU
+    the ranks join with gloo. Outside torchrun: (rank 0 of 1, resolve_device(device_name))."""
+    if not launched_by_torchrun():
+        return Distributed(), resolve_device(device_name)
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        if device.index not in (None, local_rank):
+            raise UsageError(f"--device {device_name}: under torchrun each rank uses GPU LOCAL_RANK; pass --device cuda")
+        if local_rank >= torch.cuda.device_count():
+            raise UsageError(f"torchrun: LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPUs; "
+                             f"use --nproc_per_node {torch.cuda.device_count()} or fewer")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    info = Distributed(rank, local_rank, world_size)
+    if not info.is_main:
+        _silence_print()
+    return info, device
+
+
+def _silence_print() -> None:
+    """Only rank 0 prints (as DINO does); `print(..., force=True)` still prints from any rank.
+    Errors are unaffected: they go to stderr through exceptions and the CLI's error line."""
+    original = builtins.print
+
+    def rank_zero_print(*args, force: bool = False, **kwargs) -> None:
+        if force:
+            original(*args, **kwargs)
+
+    builtins.print = rank_zero_print
+
+
+def current() -> Distributed:
+    """This process's Distributed, from the live process group (rank 0 of 1 when there is none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Distributed()
+    return Distributed(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
+
+
+def is_main_process() -> bool:
+    return current().is_main
+
+
+def per_rank_batch_size(batch_size: int) -> int:
+    """--batch_size is global (the paper's 64 whatever the number of processes): each rank takes an
+    equal share, so the effective batch and the learning rate stay those of the paper."""
+    world = current().world_size
+    if batch_size % world:
+        raise UsageError(f"--batch_size {batch_size}: the global batch must divide evenly over {world} processes")
+    return batch_size // world
+
+
+def rank_seed(seed: int) -> int:
+    """Each rank's seed for its augmentations and dropout masks; rank 0 keeps `seed` itself, so a
+    one-process run draws what it always drew."""
+    return seed + 1_000_003 * current().rank
+
+
+def wrap(model: nn.Module, method: str = "forward", unused: tuple[str, ...] = ()):
+    """What a training step calls: outside torchrun the model's `method` itself; under torchrun a
+    DistributedDataParallel module whose forward is that method, so gradients are averaged over the
+    ranks during backward. `unused`: submodules the objective never calls (the rotation head of
+    Gen-1 and the RFS baselines); they are frozen under DDP, which would otherwise wait for their
+    gradients (or search the graph for unused parameters every step). Frozen or not they receive
+    no update, as SGD skips parameters without a gradient. `model` itself stays the unwrapped
+    network: checkpoints save its state dict, with the official key names."""
+    info = current()
+    if not info.enabled:
+        return model if method == "forward" else getattr(model, method)  # the module itself keeps its hooks
+    for name in unused:
+        getattr(model, name).requires_grad_(False)
+    target = model if method == "forward" else _Method(model, method)
+    device = next(model.parameters()).device
+    return nn.parallel.DistributedDataParallel(target, device_ids=[device] if device.type == "cuda" else None)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """BatchNorm layers that normalise over the global batch (--sync_bn): the same parameters and
+    buffers, so the optimizer, the module names and the checkpoint keys are unchanged. A no-op
+    outside torchrun; CUDA only (PyTorch synchronises BatchNorm on GPUs)."""
+    if not current().enabled:
+        return model
+    if next(model.parameters()).device.type != "cuda":
+        raise UsageError("--sync_bn: PyTorch synchronises BatchNorm on CUDA only; drop it on CPU")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+class _Method(nn.Module):
+    """Exposes one method of `model` as forward (DDP only hooks forward)."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, x: torch.Tensor):
+        return getattr(self.model, self.method)(x)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks (in place); the tensor itself outside torchrun. A NaN or inf on any rank
+    makes the sum non-finite on every rank, so all ranks stop together."""
+    if current().enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank. DDP broadcasts them
+    before each forward, so after an epoch's last step each rank holds statistics updated with its
+    own images; evaluation and checkpoints must all see rank 0's, the ones it saves."""
+    if current().enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
+def check_replicas_equal(model: nn.Module) -> None:
+    """Raise unless every parameter and buffer is bit-identical on all ranks (compared by sha256 of
+    their bytes): the guarantee DDP gives, checked at the end of training as MoCo v3 checks a frozen
+    network."""
+    info = current()
+    if not info.enabled:
+        return
+    digests = {name: hashlib.sha256(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+               for name, t in model.state_dict().items() if isinstance(t, torch.Tensor)}
+    everyone: list[dict[str, str] | None] = [None] * info.world_size
+    dist.all_gather_object(everyone, digests)
+    differ = sorted({name for other in everyone[1:] for name, d in other.items() if everyone[0].get(name) != d})
+    if differ:
+        raise RuntimeError(f"DDP replicas differ after training in {len(differ)} tensors: {', '.join(differ[:5])}")
+    print(f"replicas check: parameters and buffers identical on {info.world_size} ranks")
+
+
+def barrier() -> None:
+    if current().enabled:
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

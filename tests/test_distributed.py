@@ -1,0 +1,115 @@
+"""torchrun on CPU with gloo: two processes train one tiny epoch of Gen-0 and of Gen-1 and evaluate
+with the episodes shared out; the results must be those of one process."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import engine.checkpoint
+from conftest import REPO
+from dataset import load_split
+from dataset.profiles import CIFAR_NORMALIZATION
+from eval import EpisodeSetting, evaluate
+from train_supervised_ssl import get_args_parser
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+
+FAST = ["--dataset", "CIFAR-FS", "--batch_size", "16", "--num_workers", "0", "--device", "cpu", "--epochs", "1",
+        "--no_final_eval"]
+GEN0_NAME = "resnet12_ssl_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_trial_1"
+
+
+def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def ddp_gen0(cifar_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    save = tmp_path_factory.mktemp("ddp")
+    done = torchrun("train_supervised_ssl.py", *FAST, "--data_root", str(cifar_root), "--model_path", str(save))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return save / GEN0_NAME, done
+
+
+def _records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def test_gen0_under_torchrun(ddp_gen0):
+    folder, done = ddp_gen0
+    # One run folder, written by rank 0 only: one checkpoint, one log line, one header.
+    assert sorted(p.name for p in folder.iterdir()) == ["args.json", "checkpoint.pth", "log.jsonl"]
+    assert len(list(folder.parent.iterdir())) == 1
+    assert done.stdout.count("git: ") == 1
+    assert "distributed: 2 processes (gloo), global batch 16 = 2 x 8" in done.stdout
+    [record] = _records(folder)
+    assert record["epoch"] == 1 and math.isfinite(record["train_loss"])
+    # 48 images, global batch 16: 3 steps, 48 images over the two ranks together.
+    assert record["images_per_s"] * record["epoch_seconds"] == pytest.approx(48)
+    assert "replicas check: parameters and buffers identical on 2 ranks" in done.stdout
+    checkpoint = engine.checkpoint.load_checkpoint(folder / "checkpoint.pth")
+    assert not any(k.startswith("module.") for k in checkpoint["model"])  # the official key names
+    assert checkpoint["dropblock_calls"] == [3, 3]
+
+
+def test_gen1_under_torchrun(ddp_gen0, cifar_root, tmp_path):
+    teacher, _ = ddp_gen0
+    done = torchrun("train_distillation.py", *FAST, "--data_root", str(cifar_root), "--model_path", str(tmp_path),
+                    "--path_t", str(teacher / "checkpoint.pth"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    [folder] = list(tmp_path.iterdir())
+    assert (folder / "checkpoint.pth").is_file()
+    [record] = _records(folder)
+    assert math.isfinite(record["train_loss"]) and record["train_kd"] >= 0
+    assert "teacher check: weights and BatchNorm statistics unchanged" in done.stdout
+    assert "replicas check: parameters and buffers identical on 2 ranks" in done.stdout
+
+
+def test_sharded_evaluation_equals_one_process(ddp_gen0, cifar_root, tmp_path):
+    """5-shot with 5 augmentations: 16 episodes per chunk, so 17 episodes make 2 chunks (one per rank),
+    and the 100 val images 4 embedding batches of 32 (two per rank)."""
+    folder, _ = ddp_gen0
+    output = tmp_path / "results.json"
+    done = torchrun("eval_fewshot.py", "--model_path", str(folder / "checkpoint.pth"), "--data_root", str(cifar_root),
+                    "--split", "val", "--n_shots", "5", "--n_test_runs", "17", "--eval_batch_size", "32",
+                    "--device", "cpu", "--output", str(output))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "x 2 processes" in done.stdout
+    [sharded] = json.loads(output.read_text())["results"]
+    checkpoint = engine.checkpoint.load_checkpoint(folder / "checkpoint.pth")
+    model = engine.checkpoint.model_from_checkpoint("resnet12_ssl", folder, checkpoint, "CIFAR-FS", 32)
+    [single] = evaluate(model.to(memory_format=torch.channels_last), load_split("CIFAR-FS", cifar_root, "val"), "val",
+                        EpisodeSetting(5, 5, 15, 17, 5), CIFAR_NORMALIZATION, torch.device("cpu"), batch_size=32,
+                        progress=False)
+    assert len(sharded["accuracies"]) == 17
+    np.testing.assert_array_equal(sharded["accuracies"], np.round(single.accuracies, 6))
+    assert sharded["fingerprint"] == single.fingerprint
+
+
+def test_global_batch_must_divide_over_ranks(cifar_root, tmp_path):
+    done = torchrun("train_supervised_ssl.py", *FAST, "--batch_size", "15", "--data_root", str(cifar_root),
+                    "--model_path", str(tmp_path))
+    assert done.returncode != 0
+    assert "error: --batch_size 15: the global batch must divide evenly over 2 processes" in done.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_plain_python_run_starts_no_process_group():
+    import engine.distributed
+
+    info, device = engine.distributed.setup("cpu")
+    assert not info.enabled and info.is_main and device == torch.device("cpu")
+    model = torch.nn.Linear(2, 2)
+    assert engine.distributed.wrap(model) is model  # the model itself, no DDP
+    assert get_args_parser().parse_args([]).sync_bn is False
