@@ -2,6 +2,7 @@
 Gen-1 (default and --official_quirks), fp32 and bf16 autocast, on random data.
 
     python bench/bench_train.py --device cpu --image_size 32 --batch_size 64 --steps 5 [--contiguous]
+    torchrun --nproc_per_node 2 bench/bench_train.py ...   # DDP: --batch_size is global, images/s over all ranks
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import engine.distributed  # noqa: E402
 import engine.loop  # noqa: E402
 import util  # noqa: E402
 from models import create_model  # noqa: E402
@@ -37,7 +39,8 @@ def time_steps(step: engine.loop.Step, model: torch.nn.Module, images: torch.Ten
         optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * len(images) / (time.perf_counter() - start)
+    engine.distributed.barrier()  # the slowest rank ends the timing
+    return steps * len(images) * engine.distributed.current().world_size / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -52,12 +55,13 @@ def main() -> None:
     parser.add_argument("--contiguous", action="store_true",
                         help="plain NCHW layout instead of the scripts' channels-last (to measure what it buys)")
     args = parser.parse_args()
-    device = util.resolve_device(args.device)
+    ranks, device = engine.distributed.setup(args.device)
     torch.manual_seed(0)
     layout = torch.contiguous_format if args.contiguous else torch.channels_last
-    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    per_rank = engine.distributed.per_rank_batch_size(args.batch_size)
+    images = torch.randn(per_rank, 3, args.image_size, args.image_size, device=device)
     images = images.contiguous(memory_format=layout)
-    targets = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    targets = torch.randint(0, args.num_classes, (per_rank,), device=device)
 
     def model():
         net = create_model("resnet12_ssl", args.num_classes, image_size=args.image_size)
@@ -65,7 +69,8 @@ def main() -> None:
 
     print(f"device={device} threads={torch.get_num_threads()} layout={'NCHW' if args.contiguous else 'channels-last'} "
           f"image_size={args.image_size} "
-          f"batch_size={args.batch_size} steps={args.steps}")
+          f"batch_size={args.batch_size} steps={args.steps} processes={ranks.world_size}"
+          + (f" ({torch.distributed.get_backend()})" if ranks.enabled else ""))
     print("| stage | amp | images/s |\n|---|---|---|")
     for amp in args.amp.split(","):
         teacher = model().eval().requires_grad_(False)
@@ -78,6 +83,7 @@ def main() -> None:
             m, step = build()
             rate = time_steps(step, m, images, targets, device, amp, args.steps, args.warmup)
             print(f"| {name} | {amp} | {rate:.1f} |", flush=True)
+    engine.distributed.cleanup()
 
 
 if __name__ == "__main__":
