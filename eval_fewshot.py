@@ -27,7 +27,7 @@ import util
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SKD few-shot evaluation")
+    parser = util.ArgumentParser("SKD few-shot evaluation")
     parser.add_argument("--model", default="resnet12_ssl", choices=list_models())
     parser.add_argument("--model_path", required=True,
                         help="checkpoint: ours, the official {'model': state_dict}, a bare or a DataParallel state dict")
@@ -121,8 +121,12 @@ def main() -> None:
     args = get_args_parser().parse_args()
     util.check_positive(args, "n_ways", "n_shots", "n_queries", "n_test_runs", "n_aug_support_samples",
                         "eval_batch_size")
+    if args.output:
+        util.check_writable_folder(Path(args.output).parent, "--output")
     ranks, device = engine.distributed.setup(args.device)  # torchrun: the episodes are shared out over the ranks
     util.autocast(device, args.amp)  # validates --amp against the device before any work
+    if not Path(args.model_path).is_file():
+        raise util.UsageError(f"--model_path {args.model_path}: checkpoint not found")
     checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
     resolve_setting(args, checkpoint)
     util.print_run_header(args)

@@ -34,7 +34,7 @@ import util
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SKD generation 1: self-supervised knowledge distillation")
+    parser = util.ArgumentParser("SKD generation 1: self-supervised knowledge distillation")
     parser.add_argument("--model_s", default="resnet12_ssl", choices=list_models(), help="student architecture")
     parser.add_argument("--model_t", default="resnet12_ssl", choices=list_models(), help="teacher architecture")
     parser.add_argument("--path_t", required=True, help="the Gen-0 teacher checkpoint")
@@ -163,6 +163,8 @@ def main() -> None:
     if args.model_s != args.model_t:
         raise util.UsageError(f"--model_s {args.model_s}: the student is a copy of the teacher, so it must be "
                               f"--model_t ({args.model_t})")
+    if not Path(args.path_t).is_file():
+        raise util.UsageError(f"--path_t {args.path_t}: checkpoint not found (the Gen-0 teacher's checkpoint.pth)")
     teacher_checkpoint = engine.checkpoint.load_checkpoint(args.path_t)
     # The student must see images as the teacher was trained to, unless --normalization says otherwise.
     teacher_norm = engine.checkpoint.checkpoint_normalization(teacher_checkpoint) if args.normalization == "auto" else None

@@ -24,7 +24,7 @@ import util
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("SKD generation 0: supervised training with rotation self-supervision")
+    parser = util.ArgumentParser("SKD generation 0: supervised training with rotation self-supervision")
     parser.add_argument("--model", default="resnet12_ssl", choices=list_models())
     parser.add_argument("--gamma", type=float, default=2.0, help="weight of the rotation loss")
     parser.add_argument("--plain", action="store_true",

@@ -33,6 +33,14 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: the run stops loudly instead of training on garbage."""
 
 
+class Preempted(RuntimeError):
+    """SIGTERM or SIGINT stopped training after a checkpoint; exit code 128 + the signal's number."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a script's main(); turn expected failures into a one-line error and a non-zero exit."""
     try:
@@ -43,15 +51,37 @@ def run_cli(main: Callable[[], Any]) -> None:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like every other error of the CLI: `error: <what>`, exit 2
+    (argparse's own prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (--help lists the flags)\n")
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name}: expected a positive integer, got {getattr(args, name)}")
+
+
+def check_writable_folder(folder: str | Path, flag: str) -> None:
+    """Fail before any work if `folder` could not be created or written to (its nearest existing
+    ancestor is a file, or not writable); creates nothing."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {folder}: {existing} is a file, expected a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {folder}: {existing} is not writable")
 
 
 # ----------------------------------------------------------------------------- device, precision, seeds
@@ -115,6 +145,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     finishes, so a reader never sees a half-written file, even if the process is killed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _remove_dead_writers_files(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -122,6 +153,26 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _remove_dead_writers_files(path: Path) -> None:
+    """Temporary files of `path` left by writers that were killed mid-write (SIGKILL runs no cleanup);
+    those of live processes are left alone."""
+    prefix = f".{path.name}.tmp"
+    if not path.parent.is_dir():
+        return
+    for leftover in path.parent.glob(f"{prefix}*"):
+        pid = leftover.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

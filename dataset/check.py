@@ -16,6 +16,7 @@ import numpy as np
 from dataset.catalog import DATASETS, load_split
 from dataset.errors import DataError
 from dataset.imageset import ImageSet
+from util import ArgumentParser
 
 # Splits the training scripts can run without: only --use_trainval reads trainval.
 OPTIONAL_SPLITS = ("trainval",)
@@ -65,7 +66,7 @@ def check(dataset: str, data_root: str | None, n_ways: int, n_shots: int, n_quer
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("python -m dataset.check", description=__doc__,
+    parser = ArgumentParser("python -m dataset.check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=list(DATASETS))
     parser.add_argument("--data_root", default=None)

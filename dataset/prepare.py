@@ -13,6 +13,7 @@ Labels are CIFAR-100 fine-label ids, as in the official files.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import pickle
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from dataset.errors import DataError
-from util import atomic_write
+from dataset.readers import safe_unpickle
+from util import ArgumentParser, atomic_write
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 ARCHIVE_NAME = "cifar-100-python.tar.gz"
@@ -51,7 +53,7 @@ def _load_pickle(data: bytes | None, name: str) -> dict:
     if data is None:
         raise DataError(f"{name}: missing from the CIFAR-100 archive")
     try:
-        return pickle.loads(data, encoding="latin1")
+        return safe_unpickle(io.BytesIO(data))  # numpy arrays and plain data only: no code runs
     except Exception as e:  # any unpickling failure means a damaged or foreign file
         raise DataError(f"{name}: not a readable CIFAR-100 pickle ({type(e).__name__})") from None
 
@@ -177,7 +179,7 @@ def build_omniglot(zip_path: Path, out: Path) -> dict[str, int]:
 # ----------------------------------------------------------------------------- command line
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("python -m dataset.prepare", description=__doc__,
+    parser = ArgumentParser("python -m dataset.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("package", choices=[*PACKAGES, "omniglot"])
     parser.add_argument("--out", required=True, help="data root to write into (the package folder is made inside)")

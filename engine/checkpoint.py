@@ -2,6 +2,9 @@
 atomically, read without executing code, and loaded into a model with exact key checks."""
 from __future__ import annotations
 
+import argparse
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -20,17 +23,40 @@ def save_checkpoint(state: dict, path: Path) -> None:
         torch.save(state, tmp)
 
 
+# Besides tensors, numbers, strings and containers, the official RFS/SKD `*_last.pth` files hold the
+# run's argparse.Namespace ('opt'): a plain attribute bag, safe to rebuild.
+SAFE_CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+
 def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
+    """A checkpoint's content, read without executing code: torch.load(weights_only=True) rebuilds
+    only tensors, plain containers and SAFE_CHECKPOINT_GLOBALS, and a file holding anything else (a
+    pickle payload that would run code) is refused with the offending global named."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        culprit = found.group(1) if found else None
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(f"{path}: refused: it holds Python objects ({culprit or 'not tensors or plain data'}) "
+                                  f"that loading would have to execute; a checkpoint from this project or the official "
+                                  f"releases holds only tensors and plain data") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_describe(e)})") from None
     except Exception as e:  # torch raises many types for corrupt or foreign files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_describe(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
     return obj
+
+
+def _describe(error: Exception) -> str:
+    """`Type: first sentence of the message` (torch's run to paragraphs; some have no message)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0].split('. ')[0]}" if lines else (type(error).__name__ + (" (empty file)" if isinstance(error, EOFError) else ""))
 
 
 def extract_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:

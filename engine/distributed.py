@@ -178,6 +178,16 @@ def check_replicas_equal(model: nn.Module) -> None:
     print(f"replicas check: parameters and buffers identical on {info.world_size} ranks")
 
 
+def all_gather_objects(obj: object) -> list:
+    """[rank 0's obj, rank 1's, ...] on every rank (pickled; keep tensors on the CPU); [obj] outside torchrun."""
+    info = current()
+    if not info.enabled:
+        return [obj]
+    everyone: list = [None] * info.world_size
+    dist.all_gather_object(everyone, obj)
+    return everyone
+
+
 def barrier() -> None:
     if current().enabled:
         dist.barrier()

@@ -41,6 +41,8 @@ class RunLogger:
         self.jsonl = jsonl
         self.wandb_run = self._start_wandb(mode, project, config, wandb_dir, list(tags), run_id, group, job_type,
                                            name)
+        # Kept if W&B fails later, so that a resumed run continues the same W&B run.
+        self.wandb_id = getattr(self.wandb_run, "id", None)
 
     @staticmethod
     def _start_wandb(requested: str, project: str, config: dict, wandb_dir: Path, tags: list[str],
@@ -54,19 +56,25 @@ class RunLogger:
             print("warning: wandb is not installed; logging to log.jsonl only", file=sys.stderr)
             return None
         wandb_dir.mkdir(parents=True, exist_ok=True)
+        sync = f"upload later with: wandb sync {wandb_dir / 'wandb'}/offline-run-*"
+        if mode == "offline" and requested == "auto":
+            print(f"W&B: not logged in, logging offline to {wandb_dir / 'wandb'}; {sync}", file=sys.stderr)
+        failure = None
         for attempt in ([mode, "offline"] if mode == "online" else [mode]):
             try:
-                return wandb.init(project=project, tags=tags, config=config, dir=str(wandb_dir), mode=attempt,
-                                  id=run_id, resume="allow" if run_id else None, group=group, job_type=job_type,
-                                  name=name, reinit="finish_previous")
+                # A short init timeout: an unreachable server must not stall the run for minutes.
+                run = wandb.init(project=project, tags=tags, config=config, dir=str(wandb_dir), mode=attempt,
+                                 id=run_id, resume="allow" if run_id else None, group=group, job_type=job_type,
+                                 name=name, reinit="finish_previous", settings=wandb.Settings(init_timeout=30))
             except Exception as e:  # W&B must never stop training
-                print(f"warning: W&B {attempt} init failed ({type(e).__name__}: {e})", file=sys.stderr)
-        print("warning: W&B is off for this run; metrics go to the console and log.jsonl only", file=sys.stderr)
+                failure = failure or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                continue
+            if attempt != mode:
+                print(f"W&B: online failed ({failure}); fell back to offline in {wandb_dir / 'wandb'}; {sync}",
+                      file=sys.stderr)
+            return run
+        print(f"W&B: off for this run ({failure}); metrics go to the console and log.jsonl only", file=sys.stderr)
         return None
-
-    @property
-    def wandb_id(self) -> str | None:
-        return self.wandb_run.id if self.wandb_run is not None else None
 
     def log(self, metrics: dict[str, float]) -> None:
         if self.jsonl is not None:
@@ -76,14 +84,23 @@ class RunLogger:
             try:
                 self.wandb_run.log(metrics)
             except Exception as e:
-                print(f"warning: W&B log failed ({e})", file=sys.stderr)
+                self._give_up(e)
 
     def summary(self, metrics: dict[str, float]) -> None:
         if self.wandb_run is not None:
             try:
                 self.wandb_run.summary.update(metrics)
             except Exception as e:
-                print(f"warning: W&B summary failed ({e})", file=sys.stderr)
+                self._give_up(e)
+
+    def _give_up(self, error: Exception) -> None:
+        """The W&B service failed mid-run: one line, then no more W&B calls (each could block or
+        fail again); log.jsonl keeps every epoch."""
+        print(f"W&B: stopped logging after an error ({type(error).__name__}: {error}); the run continues, "
+              f"metrics go to log.jsonl", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            self.wandb_run.finish(exit_code=1)
+        self.wandb_run = None
 
     def finish(self) -> None:
         if self.wandb_run is not None:

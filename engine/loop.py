@@ -15,10 +15,11 @@ from torch import nn
 from tqdm import tqdm
 
 from engine import distributed
+from engine.preemption import StopRequest, rng_state, set_rng_state
 from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, save_checkpoint
 from engine.logger import RunLogger
 from models.dropblock import dropblock_calls
-from util import NonFiniteLossError, autocast
+from util import NonFiniteLossError, Preempted, autocast
 
 
 def learning_rate_at(epoch: int, args: argparse.Namespace) -> float:
@@ -59,6 +60,16 @@ class Meter:
         self.sums: dict[str, torch.Tensor] = {}
         self.images = 0
         self.correct: torch.Tensor | None = None
+        self.restored_images = 0  # trained before a pre-emption, restored from a mid-epoch checkpoint
+
+    def state_dict(self) -> dict:
+        return {"sums": {k: v.detach().cpu() for k, v in self.sums.items()}, "images": self.images,
+                "correct": None if self.correct is None else self.correct.detach().cpu()}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.images = self.restored_images = int(state["images"])
+        self.correct = None if state["correct"] is None else state["correct"].to(device)
 
     def update(self, result: StepResult) -> None:
         n = result.images
@@ -71,11 +82,12 @@ class Meter:
             self.correct = correct if self.correct is None else self.correct + correct
 
     def averages(self) -> tuple[dict[str, float], int]:
-        """Image-weighted averages over the epoch and the number of images, over every rank under
-        torchrun (one reduction)."""
+        """Image-weighted averages over the epoch, and the images trained on by this process (not
+        restored from a checkpoint), both over every rank under torchrun (one reduction)."""
         names = list(self.sums)
         device = next(iter(self.sums.values())).device if self.sums else torch.device("cpu")
         totals = torch.stack([*(self.sums[n].reshape(()) for n in names),
+                              torch.tensor(float(self.images - self.restored_images), device=device),
                               torch.tensor(float(self.images), device=device),
                               (self.correct if self.correct is not None else torch.zeros((), device=device)).reshape(())])
         totals = distributed.all_reduce_sum(totals.double()).tolist()
@@ -83,7 +95,7 @@ class Meter:
         out = {name: total / images for name, total in zip(names, totals)}
         if self.correct is not None:
             out["acc"] = 100.0 * totals[-1] / images
-        return out, int(totals[-2])
+        return out, int(totals[-3])
 
 
 class FinitenessCheck:
@@ -126,6 +138,7 @@ class TrainState:
     checkpoint_extra: dict = field(default_factory=dict)
     validation: Validation | None = None  # run every --eval_freq epochs and at the last
     best_val_acc: float | None = None  # of best.pth, kept across --resume
+    partial: dict | None = None  # this rank's part of a mid-epoch checkpoint being resumed (engine.preemption)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -161,16 +174,37 @@ def _validate(model: nn.Module, validation: Validation, device: torch.device) ->
             model.train()
 
 
-def _batches(loader, epoch: int, args: argparse.Namespace) -> Iterator:
-    # Re-seed per epoch so that a resumed run draws the same shuffles and augmentations; each rank
-    # draws its own augmentations and dropout masks, and DistributedSampler shuffles by epoch.
+def _batches(loader, epoch: int, args: argparse.Namespace, skip_steps: int = 0) -> Iterator:
+    """The epoch's batches after its first `skip_steps`. The data order and augmentations are a
+    function of (--seed, epoch) (dataset.loaders.EpochSampler); the global RNG, which draws dropout
+    and DropBlock masks, is re-seeded per epoch and per rank."""
     seed = distributed.rank_seed(args.seed) * 100_003 + epoch
     torch.manual_seed(seed)
-    loader.generator.manual_seed(seed)
     if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    return tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False,
-                disable=None if distributed.is_main_process() else True, dynamic_ncols=True)
+        loader.sampler.set_epoch(epoch, skip_steps * loader.batch_size)
+    elif loader.generator is not None:  # a plain DataLoader (tests, benchmarks): re-seed its shuffle
+        loader.generator.manual_seed(seed)
+    return tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, initial=skip_steps,
+                total=skip_steps + len(loader), disable=None if distributed.is_main_process() else True,
+                dynamic_ncols=True)
+
+
+def _save_partial(state: TrainState, epoch: int, step: int, meter: Meter, args: argparse.Namespace) -> None:
+    """The mid-epoch checkpoint: "epoch" counts the completed epochs as always; "partial" holds the
+    epoch in progress, its steps done, and every rank's RNG states and metric sums."""
+    mine = {"rng": rng_state(), "meter": meter.state_dict()}
+    ranks = distributed.all_gather_objects(mine)
+    if distributed.is_main_process():
+        checkpoint = _checkpoint(state, epoch - 1, args)
+        checkpoint["partial"] = {"epoch": epoch, "step": step, "world_size": len(ranks), "ranks": ranks}
+        save_checkpoint(checkpoint, state.checkpoint_path)
+
+
+def _stop(stop: StopRequest, state: TrainState, epoch: int, step: int | None, steps: int) -> Preempted:
+    where = f"epoch {epoch}, step {step}/{steps}" if step is not None else f"the end of epoch {epoch}"
+    code = 130 if stop.signal_name == "SIGINT" else 143
+    return Preempted(f"{stop.signal_name} at {where}; checkpoint {state.checkpoint_path}. Continue with the same "
+                     f"command plus --resume", code)
 
 
 def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device: torch.device,
@@ -183,51 +217,72 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
     Under torchrun `step` calls the DDP-wrapped network (engine.distributed.wrap), every rank runs
     the loop and the (sharded) val evaluation, and rank 0 alone writes checkpoints and logs.
     """
-    main = distributed.is_main_process()
-    scaler = state.scaler
-    for epoch in range(state.start_epoch, args.epochs + 1):
-        lr = learning_rate_at(epoch, args)
-        set_learning_rate(state.optimizer, lr)
-        state.model.train()
-        meter, finite = Meter(), FinitenessCheck()
-        last_good = state.checkpoint_path if epoch > 1 else None
-        start = time.perf_counter()
-        progress = _batches(loader, epoch, args)
-        for i, (images, targets) in enumerate(progress, start=1):
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            with autocast(device, args.amp):
-                result = step(images, targets)
-            state.optimizer.zero_grad(set_to_none=True)
-            scaler.scale(result.loss).backward()
-            scaler.step(state.optimizer)
-            scaler.update()
-            meter.update(result)
-            finite.add(i, result)
-            if i % args.log_interval == 0:
-                progress.set_postfix(loss=f"{finite.check(epoch, last_good):.3f}")
-        finite.check(epoch, last_good)
-        distributed.broadcast_buffers(state.model)  # every rank evaluates and rank 0 saves the same network
-        if after_epoch is not None:
-            after_epoch(epoch)
-        averages, images = meter.averages()
-        seconds = time.perf_counter() - start
-        record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in averages.items()},
-                  "images_per_s": images / seconds, "epoch_seconds": seconds}
-        checkpoint = _checkpoint(state, epoch, args)
-        if state.validation is not None and (epoch % args.eval_freq == 0 or epoch == args.epochs):
-            metrics = _validate(state.model, state.validation, device)
-            record.update(metrics)
-            if state.best_val_acc is None or metrics["val_acc"] > state.best_val_acc:
-                state.best_val_acc = metrics["val_acc"]
-                # Written before checkpoint.pth, so a crash between the two loses no improvement:
-                # --resume retrains this epoch and compares it with best.pth's val_acc.
-                if main:
-                    save_checkpoint({**checkpoint, "val_acc": metrics["val_acc"]}, state.best_path)
-        if main:
-            save_checkpoint(checkpoint, state.checkpoint_path)
-            state.logger.log(record)
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-                  flush=True)
+    with StopRequest() as stop:
+        for epoch in range(state.start_epoch, args.epochs + 1):
+            _train_epoch(state, step, loader, args, device, epoch, stop, after_epoch)
+            if stop.requested():  # arrived during the epoch's last step, its evaluation or its save
+                raise _stop(stop, state, epoch, None, 0)
     distributed.barrier()  # every rank may read best.pth or checkpoint.pth next
     distributed.check_replicas_equal(state.model)
+
+
+def _train_epoch(state: TrainState, step: Step, loader, args: argparse.Namespace, device: torch.device, epoch: int,
+                 stop: StopRequest, after_epoch: Callable[[int], None] | None) -> None:
+    main = distributed.is_main_process()
+    scaler = state.scaler
+    lr = learning_rate_at(epoch, args)
+    set_learning_rate(state.optimizer, lr)
+    state.model.train()
+    meter, finite = Meter(), FinitenessCheck()
+    resumed, state.partial = state.partial, None
+    skip = resumed["step"] if resumed is not None else 0
+    last_good = state.checkpoint_path if epoch > 1 or skip else None
+    start = time.perf_counter()
+    progress = _batches(loader, epoch, args, skip)
+    steps = skip + len(loader)
+    if resumed is not None:  # the RNG streams and metric sums exactly as they were after step `skip`
+        set_rng_state(resumed["rng"])
+        meter.load_state_dict(resumed["meter"], device)
+    for i, (images, targets) in enumerate(progress, start=skip + 1):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, args.amp):
+            result = step(images, targets)
+        state.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(result.loss).backward()
+        scaler.step(state.optimizer)
+        scaler.update()
+        meter.update(result)
+        finite.add(i, result)
+        if i % args.log_interval == 0:
+            progress.set_postfix(loss=f"{finite.check(epoch, last_good):.3f}")
+        if i < steps and stop.requested():
+            finite.check(epoch, last_good)  # never checkpoint a non-finite state
+            progress.close()
+            _save_partial(state, epoch, i, meter, args)
+            raise _stop(stop, state, epoch, i, steps)
+    finite.check(epoch, last_good)
+    distributed.broadcast_buffers(state.model)  # every rank evaluates and rank 0 saves the same network
+    if after_epoch is not None:
+        after_epoch(epoch)
+    averages, images = meter.averages()
+    seconds = time.perf_counter() - start
+    record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in averages.items()},
+              "images_per_s": images / seconds, "epoch_seconds": seconds}
+    if skip:
+        record["resumed_at_step"] = skip  # images_per_s and epoch_seconds cover the steps after it
+    checkpoint = _checkpoint(state, epoch, args)
+    if state.validation is not None and (epoch % args.eval_freq == 0 or epoch == args.epochs):
+        metrics = _validate(state.model, state.validation, device)
+        record.update(metrics)
+        if state.best_val_acc is None or metrics["val_acc"] > state.best_val_acc:
+            state.best_val_acc = metrics["val_acc"]
+            # Written before checkpoint.pth, so a crash between the two loses no improvement:
+            # --resume retrains this epoch and compares it with best.pth's val_acc.
+            if main:
+                save_checkpoint({**checkpoint, "val_acc": metrics["val_acc"]}, state.best_path)
+    if main:
+        save_checkpoint(checkpoint, state.checkpoint_path)
+        state.logger.log(record)
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+              flush=True)

@@ -26,8 +26,8 @@ from engine.loop import TrainState
 from eval.fewshot import EpisodeSetting, evaluate
 from eval.report import REPORT_SHOTS, final_report
 from models.dropblock import set_dropblock_calls
-from util import (CheckpointError, UsageError, atomic_write, autocast, check_positive, git_sha, print_run_header,
-                  seed_everything)
+from util import (CheckpointError, UsageError, atomic_write, autocast, check_positive, check_writable_folder, git_sha,
+                  print_run_header, seed_everything)
 
 
 def start_training_run(args: argparse.Namespace) -> torch.device:
@@ -35,6 +35,10 @@ def start_training_run(args: argparse.Namespace) -> torch.device:
     (per-rank) device, print the git sha and every argument, seed everything (per rank)."""
     check_positive(args, "epochs", "batch_size", "n_ways", "n_shots", "n_queries", "n_test_runs",
                    "n_aug_support_samples", "eval_batch_size", "log_interval", "val_episodes")
+    for name in ("learning_rate", "lr_decay_rate"):
+        if not args.__dict__[name] > 0:
+            raise UsageError(f"--{name}: expected a positive number, got {args.__dict__[name]}")
+    check_writable_folder(args.model_path, "--model_path")
     if args.eval_freq < 0:
         raise UsageError(f"--eval_freq: expected 0 (off) or a number of epochs, got {args.eval_freq}")
     if args.final_checkpoint == "best" and not args.eval_freq:
@@ -156,7 +160,7 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
     main = distributed.is_main_process()
     # fp16 gradients underflow without loss scaling; for bf16 and fp32 the scaler is a pass-through.
     scaler = torch.amp.GradScaler(next(model.parameters()).device.type, enabled=args.amp == "fp16")
-    start_epoch, wandb_id, best_val_acc = 1, None, None
+    start_epoch, wandb_id, best_val_acc, partial = 1, None, None, None
     checkpoint_path, best_path = folder / CHECKPOINT_NAME, folder / BEST_NAME
     if args.resume:
         if not checkpoint_path.is_file():
@@ -171,6 +175,7 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
             scaler.load_state_dict(checkpoint["scaler"])
         set_dropblock_calls(model, checkpoint.get("dropblock_calls", []))
         start_epoch = int(checkpoint["epoch"]) + 1
+        partial = _partial_epoch(checkpoint, checkpoint_path)
         wandb_id = checkpoint.get("wandb_id")
         if best_path.is_file():  # a resumed run must beat the best epoch before the interruption
             best_val_acc = float(load_checkpoint(best_path)["val_acc"])
@@ -178,7 +183,8 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
             _trim_log(folder / LOG_NAME, int(checkpoint["epoch"]))
         # args.json stays the original run's; each resumption's arguments go beside it.
         args_file = folder / f"args.resume_after_epoch_{checkpoint['epoch']}.json"
-        print(f"resuming {checkpoint_path} after epoch {checkpoint['epoch']}")
+        print(f"resuming {checkpoint_path} after epoch {checkpoint['epoch']}"
+              + (f", step {partial['step']} of epoch {partial['epoch']}" if partial else ""))
     else:
         if checkpoint_path.is_file():
             raise UsageError(f"{folder}: run folder already has a checkpoint; pass --resume to continue it, "
@@ -197,7 +203,19 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
     else:
         logger = RunLogger(None, mode="disabled", project="", config={}, wandb_dir=folder)
     extra = {"identity": identity, **(data.checkpoint_extra() if data is not None else {}), **(checkpoint_extra or {})}
-    return TrainState(model, optimizer, scaler, folder, logger, start_epoch, extra, validation, best_val_acc)
+    return TrainState(model, optimizer, scaler, folder, logger, start_epoch, extra, validation, best_val_acc, partial)
+
+
+def _partial_epoch(checkpoint: dict, path: Path) -> dict | None:
+    """This rank's part of a mid-epoch checkpoint (engine.preemption): {"epoch", "step", "rng", "meter"}."""
+    partial = checkpoint.get("partial")
+    if not partial:
+        return None
+    ranks = distributed.current()
+    if partial["world_size"] != ranks.world_size:
+        raise CheckpointError(f"--resume: {path} was stopped mid-epoch with {partial['world_size']} processes; resume "
+                              f"it with the same number (this run has {ranks.world_size})")
+    return {"epoch": int(partial["epoch"]), "step": int(partial["step"]), **partial["ranks"][ranks.rank]}
 
 
 @dataclass

@@ -43,7 +43,7 @@ import numpy as np
 from dataset.profiles import METHODS
 from eval.fewshot import EMBEDDINGS
 from eval.stats import mean_confidence_interval
-from util import UsageError, atomic_write, run_cli
+from util import ArgumentParser, UsageError, atomic_write, run_cli
 
 PAPER_SOURCE = "SPEC 7 / paper Table"
 # 5-way accuracy (%), ResNet-12: method -> dataset -> (1-shot, 5-shot). Source: PAPER_SOURCE.
@@ -400,7 +400,7 @@ def log_wandb(table: Table, mode: str, project: str, what: str, wandb_dir: Path)
 # ----------------------------------------------------------------------------- command line
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("python -m eval.table", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser("python -m eval.table", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="folders searched recursively for results.json and results_*.json (or such files)")
     parser.add_argument("--baseline", default=None,

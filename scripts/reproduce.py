@@ -81,7 +81,7 @@ class Run:
 
 def get_args_parser() -> argparse.ArgumentParser:
     # No abbreviations: `--seed 3` must pass through to the training scripts, not become --seeds.
-    parser = argparse.ArgumentParser("Reproduce one dataset's table of the paper; other flags go to every training "
+    parser = util.ArgumentParser("Reproduce one dataset's table of the paper; other flags go to every training "
                                      "command", allow_abbrev=False)
     parser.add_argument("--dataset", required=True, help=f"one of {', '.join(PUBLISHED)}")
     parser.add_argument("--data_root", required=True, help="folder holding <dataset>/, as for the scripts")

@@ -112,7 +112,7 @@ def test_first_appearance_labels():
     ("missing_root", "--data_root folder not found"),
     ("wrong_folder", "expected CIFAR-FS/ inside it or train.pickle in it"),
     ("missing_file", "val.pickle: file not found"),
-    ("not_pickle", "train.pickle: not a readable pickle"),
+    ("not_pickle", "train.pickle: not a readable data pickle"),
     ("wrong_keys", r"train.pickle: expected a dict with keys \['data', 'labels'\], found \['images', 'labels'\]"),
     ("wrong_shape", r"train.pickle: expected images of shape \(N, H, H, 3\), got \(4, 32, 32\)"),
     ("wrong_dtype", "train.pickle: expected uint8 images, got float32"),

@@ -187,13 +187,6 @@ def test_eval_fewshot_command(small_model, cifar_root, tmp_path):
                       "accuracies": pytest.approx(expected.accuracies.tolist(), abs=1e-6)}
 
 
-def test_eval_fewshot_bad_checkpoint_is_one_line(cifar_root, tmp_path):
-    done = run_script("eval_fewshot.py", "--model_path", str(tmp_path / "missing.pth"), "--dataset", "CIFAR-FS",
-                      "--data_root", str(cifar_root))
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.pth'}: checkpoint not found"]
-
-
 # ----------------------------------------------------------------------------- defaults from the checkpoint
 
 def _our_checkpoint(model, folder, cifar_root, **extra):

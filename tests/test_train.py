@@ -524,3 +524,41 @@ def test_grad_scaler_state_is_checkpointed_and_restored_by_resume(tmp_path):
     # fp32 and bf16 runs keep an empty scaler state: nothing to restore.
     assert engine.run.prepare_run(_args(tmp_path / "b"), "run", model, torch.optim.SGD(model.parameters(), lr=0.1),
                                   "test", {}).scaler.state_dict() == {}
+
+
+def test_wandb_online_failure_falls_back_to_offline_in_one_line(tmp_path, monkeypatch, capsys):
+    import wandb
+
+    real_init = wandb.init
+
+    def no_network(**kwargs):
+        if kwargs["mode"] == "online":
+            raise ConnectionError("api.wandb.ai unreachable")
+        return real_init(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", no_network)
+    logger = engine.run.training_logger(tmp_path, _args(tmp_path, wandb="online"), "run", "gen0")
+    assert logger.wandb_run is not None and logger.wandb_run.settings.mode == "offline"
+    logger.finish()
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"W&B: online failed (ConnectionError: api.wandb.ai unreachable); fell back to offline in "
+                    f"{tmp_path / 'wandb'}; upload later with: wandb sync {tmp_path / 'wandb'}/offline-run-*")
+
+
+def test_wandb_failing_mid_run_costs_one_line_and_no_epoch(tmp_path, capsys):
+    logger = engine.run.training_logger(tmp_path, _args(tmp_path, wandb="offline"), "run", "gen0")
+    run_id, calls = logger.wandb_id, []
+
+    def broken(metrics):
+        calls.append(metrics)
+        raise ConnectionResetError("service died")
+
+    logger.wandb_run.log = broken
+    for epoch in (1, 2, 3):
+        logger.log({"epoch": epoch})
+    logger.finish()
+    assert len(calls) == 1  # no retries after the first failure
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("W&B: stopped logging after an error (ConnectionResetError: service died)")
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert logger.wandb_id == run_id  # still recorded in checkpoints, so --resume continues the same W&B run

@@ -1,0 +1,182 @@
+"""Pre-emption and crashes: SIGTERM mid-epoch or at an epoch boundary leaves a checkpoint from which
+--resume ends bit-identical to an uninterrupted run, with worker processes loading the data; a
+writer killed mid-write never damages the previous checkpoint."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import engine.checkpoint
+import engine.loop
+import engine.run
+import util
+from conftest import REPO, run_script
+from dataset import load_split
+from dataset.loaders import train_loader
+from dataset.profiles import CIFAR_NORMALIZATION
+from dataset.transforms import train_transform
+
+STEPS_PER_EPOCH = 8  # 400 synthetic images, batch 50
+
+
+class SmallNet(nn.Module):
+    """Convolution, dropout (so the global RNG matters) and a linear head: fast enough to train a
+    few epochs per test, with momentum and BatchNorm state to restore."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(F.relu(self.bn(self.conv(x))), 0.3, self.training)
+        return self.head(x.mean((2, 3)))
+
+
+def _args(folder: Path, **overrides) -> argparse.Namespace:
+    base = dict(epochs=2, learning_rate=0.05, lr_decay_epochs=[1], lr_decay_rate=0.1, cosine=False, seed=3,
+                amp="off", model_path=str(folder), tags=[], wandb="disabled", wandb_project=None, wandb_group=None,
+                resume=False, log_interval=2, eval_freq=0)
+    return argparse.Namespace(**{**base, **overrides})
+
+
+def _train(folder: Path, signal_at_step: int | None = None, resume: bool = False) -> dict[str, torch.Tensor]:
+    """Two epochs on synthetic images loaded by two persistent worker processes; SIGTERM to this
+    process during global step `signal_at_step`, as a cluster scheduler would send it."""
+    torch.manual_seed(0)
+    model = SmallNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    args = _args(folder, resume=resume)
+    state = engine.run.prepare_run(args, "run", model, optimizer, "test", {})
+    images = load_split("synthetic", None, "train")
+    loader = train_loader(images, train_transform(32, 4, CIFAR_NORMALIZATION), 50, num_workers=2, seed=args.seed)
+    calls = 0
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> engine.loop.StepResult:
+        nonlocal calls
+        calls += 1
+        if calls == signal_at_step:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step: the step must still finish
+        loss = F.cross_entropy(model(x), y)
+        return engine.loop.StepResult(loss, {"ce": loss.detach()}, None, len(x))
+
+    try:
+        engine.loop.fit(state, step, loader, args, torch.device("cpu"))
+    except util.Preempted as e:
+        # Raised without its traceback, whose frames would keep this loader's worker processes alive
+        # for the rest of the session (the real command exits instead).
+        stopped = e.with_traceback(None)
+    else:
+        return model.state_dict()
+    del loader, state
+    raise stopped
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
+    return _train(tmp_path_factory.mktemp("straight"))
+
+
+@pytest.mark.parametrize("signal_at_step, where", [(3, "epoch 1, step 3/8"), (STEPS_PER_EPOCH, "the end of epoch 1")])
+def test_sigterm_then_resume_is_bit_identical(uninterrupted, tmp_path, signal_at_step, where):
+    with pytest.raises(util.Preempted, match=f"SIGTERM at {where}; .* Continue with the same command plus --resume") \
+            as stopped:
+        _train(tmp_path, signal_at_step)
+    assert stopped.value.exit_code == 143
+    checkpoint = engine.checkpoint.load_checkpoint(tmp_path / "run" / "checkpoint.pth")
+    if signal_at_step < STEPS_PER_EPOCH:
+        assert checkpoint["epoch"] == 0 and checkpoint["partial"]["epoch"] == 1
+        assert checkpoint["partial"]["step"] == 3  # the step during which the signal came was finished
+    else:
+        assert checkpoint["epoch"] == 1 and "partial" not in checkpoint
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the loop
+    resumed = _train(tmp_path, resume=True)
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=key)
+    epochs = [line for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(epochs) == 2  # each epoch logged once
+
+
+def test_resuming_mid_epoch_with_another_number_of_processes_is_refused(tmp_path):
+    with pytest.raises(util.Preempted):
+        _train(tmp_path, 3)
+    path = tmp_path / "run" / "checkpoint.pth"
+    checkpoint = engine.checkpoint.load_checkpoint(path)
+    checkpoint["partial"]["world_size"] = 2
+    engine.checkpoint.save_checkpoint(checkpoint, path)
+    with pytest.raises(util.CheckpointError, match="stopped mid-epoch with 2 processes; resume it with the same number"):
+        _train(tmp_path, resume=True)
+
+
+def test_sigterm_to_the_training_command_with_workers(cifar_root, tmp_path):
+    """The real command with the default data loading (2 persistent workers here), its whole process
+    group signalled as SLURM does, at whatever step it has reached during epoch 2."""
+    common = ["train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--batch_size", "8",
+              "--num_workers", "2", "--device", "cpu", "--no_final_eval", "--epochs", "3", "--log_interval", "1"]
+    straight = run_script(*common, "--model_path", str(tmp_path / "a"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    process = subprocess.Popen([sys.executable, *common, "--model_path", str(tmp_path / "b")], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "WANDB_MODE": "disabled"})
+    for line in process.stdout:
+        if line.startswith("epoch=1 "):
+            break
+    time.sleep(0.5)  # somewhere in epoch 2; the test holds wherever the signal lands
+    os.killpg(process.pid, signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert process.returncode == 143, err[-3000:]
+    [message] = [line for line in err.splitlines() if line.startswith("stopped: ")]
+    assert message.startswith("stopped: SIGTERM at ") and message.endswith("Continue with the same command plus --resume")
+    assert "Traceback" not in err
+    resumed = run_script(*common, "--model_path", str(tmp_path / "b"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    [a] = (tmp_path / "a").iterdir()
+    [b] = (tmp_path / "b").iterdir()
+    one = torch.load(a / "checkpoint.pth", map_location="cpu", weights_only=True)
+    two = torch.load(b / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert one["dropblock_calls"] == two["dropblock_calls"]
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+WRITER = """
+import sys, torch
+sys.path.insert(0, {repo!r})
+from engine.checkpoint import save_checkpoint
+save_checkpoint({{"epoch": 1, "model": {{"w": torch.ones(3)}}}}, {path!r})
+print("first written", flush=True)
+save_checkpoint({{"epoch": 2, "model": {{"w": torch.zeros(150_000_000)}}}}, {path!r})  # 600 MB, slow to write
+print("second written", flush=True)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER.format(repo=str(REPO), path=str(path))],
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "first written"
+    tmp = path.with_name(f".{path.name}.tmp{writer.pid}")
+    deadline = time.monotonic() + 60
+    while not (tmp.is_file() and tmp.stat().st_size > 0) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    writer.kill()  # SIGKILL: no cleanup of any kind runs
+    writer.wait()
+    assert tmp.is_file(), "the kill did not land mid-write"
+    checkpoint = engine.checkpoint.load_checkpoint(path)
+    assert checkpoint["epoch"] == 1 and torch.equal(checkpoint["model"]["w"], torch.ones(3))
+    # The next write clears the dead writer's leftover temporary file.
+    engine.checkpoint.save_checkpoint({"epoch": 3}, path)
+    assert not tmp.exists() and engine.checkpoint.load_checkpoint(path)["epoch"] == 3

@@ -1,0 +1,93 @@
+"""SSKD: selective transfer, similarity transfer and the whole loss against hand computation on tiny
+tensors, and the objective end to end in train_distillation.py."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.sskd import (SSKDWeights, selective_rows, similarity_head_loss, similarity_logits, sskd_loss,
+                          true_class_rank)
+
+
+def test_true_class_rank_counts_classes_scored_above_the_true_one():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [0.5, 0.1, 0.9]])
+    assert true_class_rank(logits, torch.tensor([0, 0, 1])).tolist() == [0, 2, 2]
+
+
+def test_selective_transfer_keeps_correct_rows_and_the_best_ranked_wrong_ones():
+    # True class ranks per row: 0, 2, 1, 0, 3, 1 (rows 0 and 3 correct; wrong rows 1, 2, 4, 5).
+    logits = torch.tensor([[9., 1, 2, 3], [1, 9, 8, 0], [2, 9, 1, 0], [1, 2, 9, 3], [0, 3, 2, 1], [5, 1, 0, 6]])
+    targets = torch.tensor([0, 0, 0, 2, 0, 0])
+    assert true_class_rank(logits, targets).tolist() == [0, 2, 1, 0, 3, 1]
+    assert selective_rows(logits, targets, 1.0).tolist() == [0, 1, 2, 3, 4, 5]
+    # 4 wrong rows x 0.75 = 3 kept: ranks 1, 1, 2 (rows 2, 5, 1); the rank-3 row 4 goes.
+    assert selective_rows(logits, targets, 0.75).tolist() == [0, 1, 2, 3, 5]
+    # x 0.5 = 2: the two rank-1 rows.
+    assert selective_rows(logits, targets, 0.5).tolist() == [0, 2, 3, 5]
+    assert selective_rows(logits, targets, 0.0).tolist() == [0, 3]
+
+
+def test_similarity_rows_are_rotated_images_against_the_plain_batch():
+    plain = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    rotated = torch.tensor([[3.0, 0.0], [1.0, 1.0], [0.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    sim = similarity_logits(rotated, plain)
+    assert sim.shape == (6, 2)
+    r = 1 / math.sqrt(2)
+    torch.testing.assert_close(sim, torch.tensor([[1.0, 0.0], [r, r], [0.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    # The head's task: rotated row i (rotation-major) must pick plain image i % B.
+    expected = F.cross_entropy(sim, torch.tensor([0, 1, 0, 1, 0, 1]))
+    torch.testing.assert_close(similarity_head_loss(torch.cat([plain, rotated]), 2), expected)
+
+
+def _kl(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(t/T) || softmax(s/T)) * T^2, mean over rows, written out."""
+    p_t = torch.softmax(t / temperature, 1)
+    return (p_t * (p_t.log() - torch.log_softmax(s / temperature, 1))).sum(1).mean() * temperature**2
+
+
+def test_sskd_loss_equals_the_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    b, k, d = 3, 4, 5
+    s_logits, t_logits = torch.randn(4 * b, k, generator=g), torch.randn(4 * b, k, generator=g)
+    s_proj, t_proj = torch.randn(4 * b, d, generator=g), torch.randn(4 * b, d, generator=g)
+    y = torch.tensor([0, 2, 1])
+    w = SSKDWeights()
+    loss, parts = sskd_loss(s_logits, t_logits, s_proj, t_proj, y, w)
+
+    ce = F.cross_entropy(s_logits[:b], y)
+    kd = _kl(s_logits[:b], t_logits[:b], 4.0)
+    tf_rows = selective_rows(t_logits[b:], y.repeat(3), 1.0)
+    assert len(tf_rows) == 3 * b  # ratio 1.0: every rotated row
+    tf = _kl(s_logits[b:], t_logits[b:], 4.0)
+    s_sim = F.cosine_similarity(s_proj[b:, None], s_proj[None, :b], dim=2)
+    t_sim = F.cosine_similarity(t_proj[b:, None], t_proj[None, :b], dim=2)
+    ss_rows = selective_rows(t_sim, torch.arange(b).repeat(3), 0.75)
+    ss = _kl(s_sim[ss_rows], t_sim[ss_rows], 0.5)
+    for name, value in {"ce": ce, "kd": kd, "tf": tf, "ss": ss}.items():
+        torch.testing.assert_close(parts[name], value, msg=name)
+    torch.testing.assert_close(loss, 0.1 * ce + 0.9 * kd + 2.7 * tf + 10.0 * ss)
+
+
+def test_sskd_loss_is_zero_transfer_when_student_equals_teacher():
+    g = torch.Generator().manual_seed(1)
+    logits, proj = torch.randn(8, 3, generator=g), torch.randn(8, 6, generator=g)
+    _, parts = sskd_loss(logits, logits.clone(), proj, proj.clone(), torch.tensor([0, 1]))
+    for name in ("kd", "tf", "ss"):
+        assert abs(float(parts[name])) < 1e-6, name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_sskd_loss_computes_in_float32(dtype):
+    g = torch.Generator().manual_seed(2)
+    args = [torch.randn(8, 3, generator=g), torch.randn(8, 3, generator=g), torch.randn(8, 6, generator=g),
+            torch.randn(8, 6, generator=g)]
+    y = torch.tensor([0, 1])
+    low = [a.to(dtype) for a in args]
+    expected, _ = sskd_loss(*[a.float() for a in low], y)
+    with torch.autocast("cpu", dtype=dtype):
+        got, _ = sskd_loss(*low, y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
