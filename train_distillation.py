@@ -10,6 +10,10 @@ by 3, and DropBlock ramps as fast as there (`--official_ramp`).
 `--objective rfs` trains the RFS-distill baseline instead (one born-again generation as the RFS
 release runs it): a freshly initialised student, ce_weight * CE + kd_weight * KL at T = --kd_T to the
 frozen teacher (an RFS-simple model), plain images only.
+
+`--objective sskd` trains a freshly initialised student with SSKD (distill/sskd.py): CE and KD on
+the plain images, selective KD on their three rotations, and similarity transfer through projection
+heads; the teacher's head is first trained on the frozen teacher's features (--sskd_head_epochs).
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ import torch
 from torch import nn
 
 from dataset.profiles import DatasetProfile
-from distill import gen1_loss, rfs_distill_loss, rot90, rot180, rot270
-from models import ResNet12SSL, create_model, list_models
+from distill import four_rotations, gen1_loss, rfs_distill_loss, rot90, rot180, rot270
+from distill.sskd import SSKDWeights, similarity_head_loss, similarity_logits, sskd_loss
+from models import ProjectionHead, ResNet12SSL, WithProjection, create_model, list_models
 from models.dropblock import add_dropblock_calls, dropblock_calls, set_dropblock_calls
 import engine.args
 import engine.checkpoint
@@ -42,10 +47,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gamma", type=float, default=0.1,
                         help="beta, the weight of the L2 term (official per-dataset values: CIFAR-FS 0.1, FC100 0.2, "
                              "miniImageNet 0.025-0.5)")
-    parser.add_argument("--objective", default="skd", choices=["skd", "rfs"],
-                        help="skd: SKD Gen-1 (default); rfs: the RFS-distill baseline (fresh student, CE + KD)")
+    parser.add_argument("--objective", default="skd", choices=["skd", "rfs", "sskd"],
+                        help="skd: SKD Gen-1 (default); rfs: the RFS-distill baseline (fresh student, CE + KD); "
+                             "sskd: SSKD (fresh student; Xu et al., ECCV 2020)")
     parser.add_argument("--ce_weight", type=float, default=0.5, help="--objective rfs: weight of cross-entropy (-r)")
     parser.add_argument("--kd_weight", type=float, default=0.5, help="--objective rfs: weight of the KD term (-a)")
+    g = parser.add_argument_group("--objective sskd (defaults: the SSKD release's student.py)")
+    g.add_argument("--sskd_ce", type=float, default=SSKDWeights.ce, help="weight of CE on the plain images")
+    g.add_argument("--sskd_kd", type=float, default=SSKDWeights.kd, help="weight of KD on the plain images")
+    g.add_argument("--sskd_tf", type=float, default=SSKDWeights.tf, help="weight of KD on the rotated images")
+    g.add_argument("--sskd_ss", type=float, default=SSKDWeights.ss, help="weight of the similarity transfer")
+    g.add_argument("--sskd_kd_T", type=float, default=SSKDWeights.kd_T, help="temperature of KD on plain images")
+    g.add_argument("--sskd_tf_T", type=float, default=SSKDWeights.tf_T, help="temperature of KD on rotated images")
+    g.add_argument("--sskd_ss_T", type=float, default=SSKDWeights.ss_T, help="temperature of the similarity softmax")
+    g.add_argument("--sskd_tf_ratio", type=float, default=SSKDWeights.tf_ratio,
+                   help="share of the teacher's wrong rotated rows kept by selective transfer")
+    g.add_argument("--sskd_ss_ratio", type=float, default=SSKDWeights.ss_ratio,
+                   help="share of the teacher's wrong similarity rows kept by selective transfer")
+    g.add_argument("--sskd_head_epochs", type=int, default=60,
+                   help="epochs training the teacher's projection head on its frozen features (release: 60)")
+    g.add_argument("--sskd_head_lr", type=float, default=0.05,
+                   help="lr of the teacher head, decayed x0.1 at 50%% and 75%% of its epochs (release: 0.05 at 30, 45)")
     parser.add_argument("--official_quirks", action="store_true",
                         help="as the released code: forward the student on all four rotations, divide L2 by 3, "
                              "and ramp DropBlock as --official_ramp")
@@ -66,6 +88,8 @@ def run_name(args: argparse.Namespace, profile: DatasetProfile) -> str:
     --objective rfs S_<student>_T_<teacher>_<dataset>_rfs_r_<ce>_a_<kd>_kd_T_<T>_trans_<A|D>[_cosine]_trial_<t>."""
     if args.objective == "rfs":
         loss = f"rfs_r_{args.ce_weight}_a_{args.kd_weight}_kd_T_{args.kd_T}"
+    elif args.objective == "sskd":
+        loss = f"sskd_ce_{args.sskd_ce}_kd_{args.sskd_kd}_tf_{args.sskd_tf}_ss_{args.sskd_ss}"
     else:
         loss = f"kd_T_{args.kd_T}_beta_{args.gamma}" + ("_quirks" if args.official_quirks else "")
     return (f"S_{args.model_s}_T_{args.model_t}_{args.dataset}_{loss}"
@@ -153,13 +177,71 @@ def rfs_distill_step(student: ResNet12SSL, teacher: ResNet12SSL, ce_weight: floa
     return step
 
 
+def sskd_weights(args: argparse.Namespace) -> SSKDWeights:
+    return SSKDWeights(args.sskd_ce, args.sskd_kd, args.sskd_tf, args.sskd_ss, args.sskd_kd_T, args.sskd_tf_T,
+                       args.sskd_ss_T, args.sskd_tf_ratio, args.sskd_ss_ratio)
+
+
+def sskd_step(student: WithProjection, teacher: ResNet12SSL, teacher_head: ProjectionHead,
+              weights: SSKDWeights) -> engine.loop.Step:
+    """SSKD: teacher and student (with their heads) on the B plain images and their three rotations."""
+    forward = engine.distributed.wrap(student, unused=("model.rot_classifier",))
+
+    def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
+        batch, _ = four_rotations(images)
+        with torch.no_grad():
+            feature = teacher.forward_features(batch)
+            teacher_logits, teacher_proj = teacher.forward_head(feature), teacher_head(feature)
+        logits, proj = forward(batch)
+        loss, parts = sskd_loss(logits, teacher_logits, proj, teacher_proj, targets, weights)
+        correct = (logits[:len(images)].argmax(1) == targets).sum()
+        return engine.loop.StepResult(loss, {k: v.detach() for k, v in parts.items()}, correct, len(images))
+
+    return step
+
+
+def train_teacher_head(teacher: ResNet12SSL, head: ProjectionHead, loader, args: argparse.Namespace,
+                       device: torch.device) -> None:
+    """SSKD's first phase: the teacher's projection head learns, on the frozen teacher's features,
+    to match each rotated image to its own plain image among the batch's (SGD, momentum 0.9, weight
+    decay 5e-4, lr x0.1 at 50% and 75% of --sskd_head_epochs, as the release's 30 and 45 of 60)."""
+    optimizer = torch.optim.SGD(head.parameters(), lr=args.sskd_head_lr, momentum=0.9, weight_decay=5e-4)
+    forward = engine.distributed.wrap(head.train())
+    epochs = args.sskd_head_epochs
+    for epoch in range(1, epochs + 1):
+        lr = args.sskd_head_lr * 0.1 ** sum(epoch > m for m in (epochs * 0.5, epochs * 0.75))
+        engine.loop.set_learning_rate(optimizer, lr)
+        loader.sampler.set_epoch(-epoch)  # its own data order, apart from the student's epochs
+        total, found, rows = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        for images, _ in loader:
+            batch, _ = four_rotations(images.to(device, non_blocking=True))
+            with torch.no_grad(), util.autocast(device, args.amp):
+                feature = teacher.forward_features(batch)
+            proj = forward(feature.float())
+            loss = similarity_head_loss(proj, len(images))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                sim = similarity_logits(proj[len(images):], proj[:len(images)])
+                found += (sim.argmax(1) == torch.arange(len(images), device=device).repeat(3)).sum()
+            total += loss.detach() * len(images)
+            rows += len(images)
+        if not torch.isfinite(total):
+            raise util.NonFiniteLossError(f"non-finite loss training the SSKD teacher head at epoch {epoch}")
+        print(f"teacher head epoch={epoch} lr={lr:.4g} loss={float(total) / rows:.4f} "
+              f"rotated_found_own={100 * float(found) / (3 * rows):.2f}", flush=True)
+
+
 def main() -> None:
     args = get_args_parser().parse_args()
     device = engine.run.start_training_run(args)
 
-    if args.objective == "rfs" and (args.official_quirks or args.official_ramp):
-        raise util.UsageError("--official_quirks/--official_ramp: reproduce the released SKD Gen-1; they do not "
-                              "apply to --objective rfs")
+    if args.objective != "skd" and (args.official_quirks or args.official_ramp):
+        raise util.UsageError(f"--official_quirks/--official_ramp: reproduce the released SKD Gen-1; they do not "
+                              f"apply to --objective {args.objective}")
+    if args.objective == "sskd":
+        util.check_positive(args, "sskd_head_epochs")
     if args.model_s != args.model_t:
         raise util.UsageError(f"--model_s {args.model_s}: the student is a copy of the teacher, so it must be "
                               f"--model_t ({args.model_t})")
@@ -174,7 +256,7 @@ def main() -> None:
     if teacher.classifier.out_features != data.train.num_classes:
         raise util.UsageError(f"--path_t {args.path_t}: the teacher has {teacher.classifier.out_features} classes, "
                               f"the training split {data.train.source} has {data.train.num_classes}")
-    if args.objective == "rfs":  # born-again: a fresh student of the teacher's architecture
+    if args.objective in ("rfs", "sskd"):  # born-again: a fresh student of the teacher's architecture
         student = util.to_device(create_model(args.model_s, data.train.num_classes, args.dataset,
                                               image_size=data.image_size), device)
     else:
@@ -188,19 +270,35 @@ def main() -> None:
     identity = {"model": args.model_s, "dataset": args.dataset, "image_size": data.image_size,
                 "path_t": str(Path(args.path_t).resolve()), "teacher_sha256": util.file_sha256(args.path_t),
                 "objective": args.objective}
-    job_type = "rfs_distill" if args.objective == "rfs" else "skd_gen1"
+    job_type = {"rfs": "rfs_distill", "sskd": "sskd", "skd": "skd_gen1"}[args.objective]
+    heads = None
+    if args.objective == "sskd":  # a projection head each on the pooled feature, checkpointed beside "model"
+        heads = nn.ModuleDict({"student": ProjectionHead(student.feature_dim),
+                               "teacher": ProjectionHead(teacher.feature_dim)}).to(device)
+        optimizer.add_param_group({"params": list(heads["student"].parameters())})
     state = engine.run.prepare_run(args, run_name(args, data.profile), student, optimizer, job_type, identity,
-                                   data, {"path_t": str(args.path_t)})
+                                   data, {"path_t": str(args.path_t)}, {"sskd_heads": heads} if heads else None)
+    loader = engine.run.make_train_loader(data, args, device)
     if args.objective == "rfs":
         step = rfs_distill_step(student, teacher, args.ce_weight, args.kd_weight, args.kd_T)
+    elif args.objective == "sskd":
+        if state.start_epoch == 1 and state.partial is None:  # a resumed run restored the trained head
+            train_teacher_head(teacher, heads["teacher"], loader, args, device)
+        heads["teacher"].requires_grad_(False).eval()
+        teacher_before.update({f"head.{k}": v for k, v in snapshot(heads["teacher"]).items()})
+        step = sskd_step(WithProjection(student, heads["student"]), teacher, heads["teacher"], sskd_weights(args))
     else:
         step = gen1_step(student, teacher, args.gamma, args.kd_T, args.official_quirks)
     after_epoch = None
     if args.official_ramp or args.official_quirks:
         extra_calls = official_eval_calls_per_epoch(args)
         after_epoch = lambda epoch: add_dropblock_calls(student, extra_calls)  # noqa: E731
-    engine.loop.fit(state, step, engine.run.make_train_loader(data, args, device), args, device, after_epoch)
-    assert_unchanged(teacher, teacher_before, f"teacher {args.path_t}")
+    engine.loop.fit(state, step, loader, args, device, after_epoch)
+    assert_unchanged(teacher, {k: v for k, v in teacher_before.items() if not k.startswith("head.")},
+                     f"teacher {args.path_t}")
+    if heads is not None:
+        assert_unchanged(heads["teacher"], {k[len("head."):]: v for k, v in teacher_before.items()
+                                            if k.startswith("head.")}, "the teacher's projection head")
     print("teacher check: weights and BatchNorm statistics unchanged")
     engine.run.finish_training(state, data, args, device)
 

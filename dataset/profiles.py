@@ -8,7 +8,7 @@ take the CIFAR-like or ImageNet-like one by the size of their images.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Generic, TypeVar
 
 
@@ -118,6 +118,9 @@ class EvalProtocol:
 
 # The paper's rows, in its order; each method's teacher comes before it.
 METHODS = ("rfs_simple", "rfs_distill", "skd_gen0", "skd_gen1")
+# Relatives run under the same protocol (not in the paper's tables), after their teachers.
+SIBLING_METHODS = ("sskd",)
+ALL_METHODS = METHODS + SIBLING_METHODS
 
 PUBLISHED_EVAL = EvalProtocol(n_ways=Sourced(5, "SPEC 5"), shots=Sourced((1, 5), "SPEC 5, 7"),
                               n_queries=Sourced(15, "SPEC 5"), n_aug_support_samples=Sourced(5, "SPEC 5"),
@@ -161,6 +164,22 @@ _RFS_METHODS = {
         "kl_weight": Sourced(0.5, "SPEC 4 (RFS release scripts/run.sh: -a 0.5)"),
         "kd_T": Sourced(4.0, "SPEC 4 (RFS release train_distillation.py default)")}),
 }
+_SSKD = "SSKD release student.py default"
+
+
+def _sskd_weights(head_epochs: Sourced[int]) -> dict[str, Sourced[float | tuple[float, ...]]]:
+    return {"sskd_ce": Sourced(0.1, _SSKD), "sskd_kd": Sourced(0.9, _SSKD), "sskd_tf": Sourced(2.7, _SSKD),
+            "sskd_ss": Sourced(10.0, _SSKD), "sskd_kd_T": Sourced(4.0, _SSKD), "sskd_tf_T": Sourced(4.0, _SSKD),
+            "sskd_ss_T": Sourced(0.5, _SSKD), "sskd_tf_ratio": Sourced(1.0, _SSKD),
+            "sskd_ss_ratio": Sourced(0.75, _SSKD), "sskd_head_epochs": head_epochs}
+
+
+# SSKD never published few-shot settings: its student gets RFS-distill's schedule (the same training
+# budget as the born-again baseline it is compared with), its loss the SSKD release's defaults.
+_SSKD_METHOD = replace(_rfs("train_distillation.py", _sskd_weights(Sourced(60, f"{_SSKD} (t_epoch)"))),
+                       epochs=Sourced(100, "ours: RFS-distill's schedule (SSKD publishes no few-shot settings)"),
+                       lr_decay_epochs=Sourced((60, 80), "ours: RFS-distill's schedule"),
+                       learning_rate=Sourced(0.05, "ours: RFS-distill's (the SSKD release also uses 0.05)"))
 _GEN1_SCRIPT = "SPEC 4 (official run script)"
 _TIERED_GEN1 = ("not published (SPEC 4); chosen here: FC100's value, as the official run script's tieredImageNet "
                 "block is a copy of FC100's")
@@ -171,11 +190,13 @@ PUBLISHED: dict[str, PublishedDataset] = {
         **_RFS_METHODS,
         "skd_gen0": _gen0(65, (60,)),
         "skd_gen1": _gen1(Sourced(65, _GEN1_SCRIPT), Sourced((60,), _GEN1_SCRIPT), Sourced(0.1, _GEN1_SCRIPT)),
+        "sskd": _SSKD_METHOD,
     }),
     "FC100": PublishedDataset(Sourced(60 * 600, _PER_CLASS.format(60)), {
         **_RFS_METHODS,
         "skd_gen0": _gen0(65, (60,)),
         "skd_gen1": _gen1(Sourced(8, _GEN1_SCRIPT), Sourced((3,), _GEN1_SCRIPT), Sourced(0.2, _GEN1_SCRIPT)),
+        "sskd": _SSKD_METHOD,
     }),
     "miniImageNet": PublishedDataset(Sourced(64 * 600, _PER_CLASS.format(64)), {
         **_RFS_METHODS,
@@ -183,6 +204,7 @@ PUBLISHED: dict[str, PublishedDataset] = {
         "skd_gen1": _gen1(Sourced(8, _GEN1_SCRIPT), Sourced((5,), _GEN1_SCRIPT),
                           Sourced((0.025, 0.05, 0.075), "SPEC 4 (official run script runs the first three values of "
                                                         "its list; the paper gives no single value)")),
+        "sskd": _SSKD_METHOD,
     }),
     "tieredImageNet": PublishedDataset(
         Sourced(448695, "Ren et al. 2018 (the tieredImageNet paper): 448,695 train images of 351 classes, the "
@@ -190,6 +212,7 @@ PUBLISHED: dict[str, PublishedDataset] = {
             **_RFS_METHODS,
             "skd_gen0": _gen0(60, (30, 40, 50)),
             "skd_gen1": _gen1(Sourced(8, _TIERED_GEN1), Sourced((3,), _TIERED_GEN1), Sourced(0.2, _TIERED_GEN1)),
+            "sskd": _SSKD_METHOD,
         }),
 }
 
@@ -219,4 +242,5 @@ SMALL_SCALE: dict[str, PublishedSettings] = {
     "skd_gen0": _small(10, (7,), 0.02, _SMALL_LR, {"gamma": Sourced(2.0, "SPEC 3")}),
     "skd_gen1": _small(5, (4,), 0.001, "SPEC 4", {"beta": Sourced(0.1, "SPEC 4 (CIFAR-FS)"),
                                                   "kd_T": Sourced(2.0, "SPEC 4")}),
+    "sskd": _small(10, (7,), 0.02, _SMALL_LR, _sskd_weights(Sourced(5, _OURS + " (the release: 60)"))),
 }

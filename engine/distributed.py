@@ -115,7 +115,7 @@ def wrap(model: nn.Module, method: str = "forward", unused: tuple[str, ...] = ()
     if not info.enabled:
         return model if method == "forward" else getattr(model, method)  # the module itself keeps its hooks
     for name in unused:
-        getattr(model, name).requires_grad_(False)
+        model.get_submodule(name).requires_grad_(False)
     target = model if method == "forward" else _Method(model, method)
     device = next(model.parameters()).device
     return nn.parallel.DistributedDataParallel(target, device_ids=[device] if device.type == "cuda" else None)

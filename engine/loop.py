@@ -139,6 +139,9 @@ class TrainState:
     validation: Validation | None = None  # run every --eval_freq epochs and at the last
     best_val_acc: float | None = None  # of best.pth, kept across --resume
     partial: dict | None = None  # this rank's part of a mid-epoch checkpoint being resumed (engine.preemption)
+    # Trained modules besides the network (an objective's heads), each saved under its own checkpoint
+    # key so that "model" keeps exactly the official weights.
+    extra_modules: dict[str, nn.Module] = field(default_factory=dict)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -158,6 +161,7 @@ def _checkpoint(state: TrainState, epoch: int, args: argparse.Namespace) -> dict
         "args": {k: v for k, v in vars(args).items()},
         "dropblock_calls": dropblock_calls(state.model),
         "wandb_id": state.logger.wandb_id,
+        **{key: module.state_dict() for key, module in state.extra_modules.items()},
         **state.checkpoint_extra,
     }
 

@@ -142,15 +142,17 @@ class ValEvaluation:
 
 def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                 job_type: str, identity: dict[str, Any], data: TrainingData | None = None,
-                checkpoint_extra: dict | None = None) -> TrainState:
+                checkpoint_extra: dict | None = None, extra_modules: dict[str, nn.Module] | None = None) -> TrainState:
     """Create (or, with --resume, reopen) the run folder; restore the last checkpoint when resuming
     (weights, optimizer, grad scaler, DropBlock ramp), and the best val accuracy so far from best.pth.
     Under torchrun every rank restores the checkpoint; rank 0 alone writes to the folder and logs.
 
     `identity`: what a resumed run must share with the checkpoint (model, dataset, image size, the
     Gen-1 teacher); recorded in every checkpoint. `data`: the run's splits (its val split serves
-    --eval_freq; its image size and normalisation go into every checkpoint).
+    --eval_freq; its image size and normalisation go into every checkpoint). `extra_modules`: trained
+    modules besides `model` (an objective's heads), checkpointed and restored under their keys.
     """
+    extra_modules = extra_modules or {}
     validation = None
     if args.eval_freq:
         if data is None or data.val is None:
@@ -168,6 +170,10 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
         checkpoint = load_checkpoint(checkpoint_path)
         check_resume_identity(checkpoint, checkpoint_path, identity)
         load_model_weights(model, checkpoint_path, checkpoint)
+        for key, module in extra_modules.items():
+            if key not in checkpoint:
+                raise CheckpointError(f"{checkpoint_path}: has no '{key}' to resume this objective from")
+            module.load_state_dict(checkpoint[key])
         if "optimizer" not in checkpoint:
             raise CheckpointError(f"{checkpoint_path}: has no optimizer state to resume from")
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -203,7 +209,8 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
     else:
         logger = RunLogger(None, mode="disabled", project="", config={}, wandb_dir=folder)
     extra = {"identity": identity, **(data.checkpoint_extra() if data is not None else {}), **(checkpoint_extra or {})}
-    return TrainState(model, optimizer, scaler, folder, logger, start_epoch, extra, validation, best_val_acc, partial)
+    return TrainState(model, optimizer, scaler, folder, logger, start_epoch, extra, validation, best_val_acc, partial,
+                      extra_modules)
 
 
 def _partial_epoch(checkpoint: dict, path: Path) -> dict | None:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from dataset.profiles import METHODS
+from dataset.profiles import ALL_METHODS
 from eval.fewshot import EMBEDDINGS
 from eval.stats import mean_confidence_interval
 from util import ArgumentParser, UsageError, atomic_write, run_cli
@@ -59,7 +59,7 @@ PAPER: dict[str, dict[str, tuple[float, float]]] = {
 }
 PAPER_SHOTS = (1, 5)
 METHOD_LABELS = {"rfs_simple": "RFS-simple", "rfs_distill": "RFS-distill", "skd_gen0": "SKD Gen-0",
-                 "skd_gen1": "SKD Gen-1"}
+                 "skd_gen1": "SKD Gen-1", "sskd": "SSKD (ours, same protocol)"}
 DATASET_ORDER = ("miniImageNet", "tieredImageNet", "CIFAR-FS", "FC100")  # the paper's column order
 # What must be equal for results to share a column (shots and dataset are the column itself).
 PROTOCOL = ("n_ways", "n_queries", "n_episodes", "n_aug", "image_size", "checkpoint_choice")
@@ -146,7 +146,7 @@ def method_of(data: dict, train_args: dict, path: Path) -> str:
     if data.get("method"):
         return str(data["method"])
     if "path_t" in train_args:  # train_distillation.py
-        return "rfs_distill" if train_args.get("objective") == "rfs" else "skd_gen1"
+        return {"rfs": "rfs_distill", "sskd": "sskd"}.get(train_args.get("objective"), "skd_gen1")
     if "epochs" in train_args:  # train_supervised_ssl.py
         return "rfs_simple" if train_args.get("plain") else "skd_gen0"
     raise UsageError(f"{path}: cannot tell the method: no `method` key and no training arguments "
@@ -236,7 +236,7 @@ def build_table(entries: list[Entry], baseline: str | None) -> Table:
     protocols = check_protocols(entries)
     grouped = by_seed(entries)
     present = {m for m, _, _ in grouped}
-    methods = [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+    methods = [m for m in ALL_METHODS if m in present] + sorted(present - set(ALL_METHODS))
     if baseline is not None and baseline not in present:
         raise UsageError(f"--baseline {baseline}: no results of it; found {', '.join(methods)}")
     # Default: the first row, the paper's baseline (RFS-simple) when present; one row has nothing to pair with.

@@ -34,7 +34,7 @@ import train_distillation  # noqa: E402
 import train_supervised_ssl  # noqa: E402
 import util  # noqa: E402
 from dataset.catalog import DATASETS, resolve_dataset_folder  # noqa: E402
-from dataset.profiles import (METHODS, PUBLISHED, PUBLISHED_EVAL, SMALL_SCALE, PublishedDataset,  # noqa: E402
+from dataset.profiles import (ALL_METHODS, METHODS, PUBLISHED, PUBLISHED_EVAL, SMALL_SCALE, PublishedDataset,  # noqa: E402
                               PublishedSettings, Sourced, dataset_profile)
 
 
@@ -56,6 +56,10 @@ STAGES = {
     "skd_gen0": Stage(train_supervised_ssl, {"gamma": "--gamma"}, rotations=4),
     "skd_gen1": Stage(train_distillation, {"beta": "--gamma", "kd_T": "--kd_T"}, teacher="skd_gen0",
                       mode_flags=("--objective", "skd")),
+    # The student forwards the plain images and their three rotations, as in Gen-0.
+    "sskd": Stage(train_distillation, {name: f"--{name}" for name in (
+        "sskd_ce", "sskd_kd", "sskd_tf", "sskd_ss", "sskd_kd_T", "sskd_tf_T", "sskd_ss_T", "sskd_tf_ratio",
+        "sskd_ss_ratio", "sskd_head_epochs")}, teacher="skd_gen0", rotations=4, mode_flags=("--objective", "sskd")),
 }
 # The settings every training command writes out, by their flag names (shared by both scripts).
 SCHEDULE = ("epochs", "lr_decay_epochs", "learning_rate", "lr_decay_rate", "batch_size", "weight_decay", "momentum")
@@ -86,7 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True, help=f"one of {', '.join(PUBLISHED)}")
     parser.add_argument("--data_root", required=True, help="folder holding <dataset>/, as for the scripts")
     parser.add_argument("--methods", type=engine.args.comma_strings, default=list(METHODS),
-                        help=f"comma-separated, from {','.join(METHODS)} (default: all)")
+                        help=f"comma-separated, from {','.join(ALL_METHODS)} (default: the paper's rows, "
+                             f"{','.join(METHODS)})")
     parser.add_argument("--seeds", type=engine.args.comma_ints, default=[0, 1, 2],
                         help="comma-separated; each run gets --seed S --trial S")
     parser.add_argument("--episodes", type=int, default=PUBLISHED_EVAL.episodes.value, help="episodes per evaluation")
@@ -206,7 +211,7 @@ def plan(args: argparse.Namespace, passthrough: list[str]) -> list[Run]:
     runs = []
     for seed in args.seeds:
         checkpoints: dict[str, Path | None] = {}
-        for method in (m for m in METHODS if m in needed):
+        for method in (m for m in ALL_METHODS if m in needed):
             settings = published.methods[method]
             teacher = STAGES[method].teacher
             method_runs = training_runs(method, settings, seed, args, passthrough,
@@ -221,10 +226,10 @@ def plan(args: argparse.Namespace, passthrough: list[str]) -> list[Run]:
 
 def print_plan(args: argparse.Namespace, runs: list[Run]) -> None:
     published = PUBLISHED[args.dataset]
-    print(f"# {args.dataset}: {', '.join(m for m in METHODS if m in args.methods)}; seeds "
+    print(f"# {args.dataset}: {', '.join(m for m in ALL_METHODS if m in args.methods)}; seeds "
           f"{', '.join(map(str, args.seeds))}; {args.episodes} episodes per evaluation; W&B group {args.wandb_group}")
     print("# published settings [source]:")
-    for method in (m for m in METHODS if m in args.methods):
+    for method in (m for m in ALL_METHODS if m in args.methods):
         settings = published.methods[method].by_name()
         print(f"#   {method}: " + "; ".join(f"{name} {text(v.value)} [{v.source}]" for name, v in settings.items()))
     ev = PUBLISHED_EVAL
@@ -351,9 +356,9 @@ def main() -> None:
     if args.dataset not in PUBLISHED:
         raise util.UsageError(f"--dataset {args.dataset}: no published settings; known: {', '.join(PUBLISHED)}, "
                               f"and folder (small-scale settings)")
-    unknown = [m for m in args.methods if m not in METHODS]
+    unknown = [m for m in args.methods if m not in ALL_METHODS]
     if unknown or not args.methods:
-        raise util.UsageError(f"--methods {','.join(args.methods)}: expected some of {','.join(METHODS)}")
+        raise util.UsageError(f"--methods {','.join(args.methods)}: expected some of {','.join(ALL_METHODS)}")
     if not args.seeds or len(set(args.seeds)) < len(args.seeds):
         raise util.UsageError(f"--seeds {','.join(map(str, args.seeds))}: expected distinct seeds")
     util.check_positive(args, "episodes", "nproc_per_node")

@@ -303,3 +303,20 @@ def test_nproc_per_node_launches_training_with_torchrun(reproduce):
         assert flags(command)["--batch_size"] == "64"  # the global batch, as published
     evaluations = [c for c in cmds if Path(c[1]).name == "eval_fewshot.py"]
     assert len(evaluations) == 4 and len(training) + len(evaluations) == len(cmds)
+
+
+def test_sskd_is_a_method_of_the_plan_after_its_teacher(reproduce):
+    result = reproduce("--dataset", "CIFAR-FS", "--seeds", "0", "--methods", "sskd", *ARGS)
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    gen0 = [c for c in cmds if Path(c[1]).name == "train_supervised_ssl.py"]
+    sskd = [c for c in cmds if flags(c).get("--objective") == "sskd"]
+    assert len(gen0) == 1 and len(sskd) == 1 and cmds.index(gen0[0]) < cmds.index(sskd[0])
+    f = flags(sskd[0])
+    assert {k: f[k] for k in ("--sskd_ce", "--sskd_kd", "--sskd_tf", "--sskd_ss", "--sskd_ss_T", "--sskd_ss_ratio")} \
+        == {"--sskd_ce": "0.1", "--sskd_kd": "0.9", "--sskd_tf": "2.7", "--sskd_ss": "10.0", "--sskd_ss_T": "0.5",
+            "--sskd_ss_ratio": "0.75"}
+    assert f["--path_t"].endswith("resnet12_ssl_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_trial_0/checkpoint.pth")
+    assert len([c for c in cmds if Path(c[1]).name == "eval_fewshot.py"]) == 2  # the teacher is not a row here
+    default = reproduce("--dataset", "CIFAR-FS", "--seeds", "0", *ARGS)
+    assert all(flags(c).get("--objective") != "sskd" for c in commands(default.stdout))  # the paper's rows only

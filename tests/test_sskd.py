@@ -91,3 +91,39 @@ def test_sskd_loss_computes_in_float32(dtype):
         got, _ = sskd_loss(*low, y)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_sskd_objective_end_to_end(cifar_root, tmp_path):
+    """A teacher checkpoint, one SSKD epoch (the teacher head trained first), a resumed second epoch
+    (the head restored, not retrained), and the student evaluated like any checkpoint."""
+    from conftest import run_script
+    from models import create_model
+
+    torch.manual_seed(0)
+    torch.save({"model": create_model("resnet12_ssl", 6, "CIFAR-FS").state_dict()}, tmp_path / "teacher.pth")
+    common = ["train_distillation.py", "--objective", "sskd", "--path_t", str(tmp_path / "teacher.pth"),
+              "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--batch_size", "16", "--num_workers", "0",
+              "--device", "cpu", "--sskd_head_epochs", "2", "--no_final_eval", "--model_path", str(tmp_path / "save")]
+    first = run_script(*common, "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert [line.split()[2] for line in first.stdout.splitlines() if line.startswith("teacher head")] == \
+        ["epoch=1", "epoch=2"]
+    assert "teacher check: weights and BatchNorm statistics unchanged" in first.stdout
+    [folder] = (tmp_path / "save").iterdir()
+    assert folder.name.startswith("S_resnet12_ssl_T_resnet12_ssl_CIFAR-FS_sskd_ce_0.1_kd_0.9_tf_2.7_ss_10.0")
+    one = torch.load(folder / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert set(one["model"]) == set(create_model("resnet12_ssl", 6, "CIFAR-FS").state_dict())  # official keys only
+    assert set(one["sskd_heads"]) == {f"{who}.net.{i}.{p}" for who in ("student", "teacher") for i in (0, 2)
+                                      for p in ("weight", "bias")}
+    resumed = run_script(*common, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "teacher head" not in resumed.stdout  # restored from the checkpoint
+    two = torch.load(folder / "checkpoint.pth", map_location="cpu", weights_only=True)
+    for key, value in one["sskd_heads"].items():
+        same = torch.equal(two["sskd_heads"][key], value)
+        assert same if key.startswith("teacher") else not same, key  # the teacher head frozen, the student's trained
+    records = [line for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(f'"train_{k}"' in r for r in records for k in ("ce", "kd", "tf", "ss"))
+    evaluated = run_script("eval_fewshot.py", "--model_path", str(folder / "checkpoint.pth"), "--device", "cpu",
+                           "--n_test_runs", "2")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
