@@ -113,3 +113,39 @@ def test_plain_python_run_starts_no_process_group():
     model = torch.nn.Linear(2, 2)
     assert engine.distributed.wrap(model) is model  # the model itself, no DDP
     assert get_args_parser().parse_args([]).sync_bn is False
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_resumes_bit_identically(cifar_root, tmp_path):
+    """torchrun passes the signal to both ranks; they agree on the step, every rank's RNG states go into
+    the checkpoint, and a resumed torchrun run ends where an uninterrupted one does."""
+    import signal
+    import time
+
+    common = ["train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--batch_size", "8",
+              "--num_workers", "1", "--device", "cpu", "--no_final_eval", "--epochs", "3", "--log_interval", "1"]
+    straight = torchrun(*common, "--model_path", str(tmp_path / "a"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                *common, "--model_path", str(tmp_path / "b")], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    for line in process.stdout:
+        if line.startswith("epoch=1 "):
+            break
+    time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert "stopped: SIGTERM at " in err
+    [folder] = (tmp_path / "b").iterdir()
+    partial = engine.checkpoint.load_checkpoint(folder / "checkpoint.pth").get("partial")
+    assert partial is None or (partial["world_size"] == 2 and len(partial["ranks"]) == 2)
+    resumed = torchrun(*common, "--model_path", str(tmp_path / "b"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    [a] = (tmp_path / "a").iterdir()
+    one = engine.checkpoint.load_checkpoint(a / "checkpoint.pth")["model"]
+    two = engine.checkpoint.load_checkpoint(folder / "checkpoint.pth")["model"]
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=0, atol=0, msg=key)
