@@ -170,8 +170,7 @@ def check_replicas_equal(model: nn.Module) -> None:
         return
     digests = {name: hashlib.sha256(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
                for name, t in model.state_dict().items() if isinstance(t, torch.Tensor)}
-    everyone: list[dict[str, str] | None] = [None] * info.world_size
-    dist.all_gather_object(everyone, digests)
+    everyone = all_gather_objects(digests)
     differ = sorted({name for other in everyone[1:] for name, d in other.items() if everyone[0].get(name) != d})
     if differ:
         raise RuntimeError(f"DDP replicas differ after training in {len(differ)} tensors: {', '.join(differ[:5])}")

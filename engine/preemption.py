@@ -48,11 +48,11 @@ class StopRequest:
             signal.signal(s, handler)
 
     def requested(self) -> bool:
-        flag = torch.tensor(1.0 if self.signal_name else 0.0)
-        if distributed.current().enabled:
-            distributed.all_reduce_sum(flag)
-            if flag.item() and self.signal_name is None:
-                self.signal_name = "SIGTERM (on another rank)"
+        if not distributed.current().enabled:  # one process: the flag itself, no tensor per step
+            return self.signal_name is not None
+        flag = distributed.all_reduce_sum(torch.tensor(1.0 if self.signal_name else 0.0))
+        if flag.item() and self.signal_name is None:
+            self.signal_name = "SIGTERM (on another rank)"
         return bool(flag.item())
 
 
