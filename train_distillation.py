@@ -14,6 +14,11 @@ frozen teacher (an RFS-simple model), plain images only.
 `--objective sskd` trains a freshly initialised student with SSKD (distill/sskd.py): CE and KD on
 the plain images, selective KD on their three rotations, and similarity transfer through projection
 heads; the teacher's head is first trained on the frozen teacher's features (--sskd_head_epochs).
+
+`--objective dvp` is DVP's phase 2 (distill/dvp.py): teacher and student both start as the phase-1
+prior of --path_t (train_supervised_ssl.py --objective dvp); the student learns with cross-entropy
+plus, after --dvp_no_distill_epochs, the partial L2 between its stage pre-activations (through a
+1x1 conv + BN connector each) and the frozen teacher's, with margins from the teacher's BatchNorm.
 """
 from __future__ import annotations
 
@@ -26,9 +31,10 @@ import torch
 from torch import nn
 
 from dataset.profiles import DatasetProfile
-from distill import four_rotations, gen1_loss, rfs_distill_loss, rot90, rot180, rot270
+from distill import cross_entropy_loss, four_rotations, gen1_loss, rfs_distill_loss, rot90, rot180, rot270
+from distill.dvp import feature_distillation_loss, feature_margins
 from distill.sskd import SSKDWeights, similarity_head_loss, similarity_logits, sskd_loss
-from models import ProjectionHead, ResNet12SSL, WithProjection, create_model, list_models
+from models import ProjectionHead, ResNet12SSL, WithConnectors, WithProjection, connector, create_model, list_models
 from models.dropblock import add_dropblock_calls, dropblock_calls, set_dropblock_calls
 import engine.args
 import engine.checkpoint
@@ -47,9 +53,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gamma", type=float, default=0.1,
                         help="beta, the weight of the L2 term (official per-dataset values: CIFAR-FS 0.1, FC100 0.2, "
                              "miniImageNet 0.025-0.5)")
-    parser.add_argument("--objective", default="skd", choices=["skd", "rfs", "sskd"],
+    parser.add_argument("--objective", default="skd", choices=["skd", "rfs", "sskd", "dvp"],
                         help="skd: SKD Gen-1 (default); rfs: the RFS-distill baseline (fresh student, CE + KD); "
-                             "sskd: SSKD (fresh student; Xu et al., ECCV 2020)")
+                             "sskd: SSKD (fresh student; Xu et al., ECCV 2020); dvp: DVP phase 2 (student and teacher "
+                             "from a train_supervised_ssl.py --objective dvp prior; Zhao and Wen, 2020)")
     parser.add_argument("--ce_weight", type=float, default=0.5, help="--objective rfs: weight of cross-entropy (-r)")
     parser.add_argument("--kd_weight", type=float, default=0.5, help="--objective rfs: weight of the KD term (-a)")
     g = parser.add_argument_group("--objective sskd (defaults: the SSKD release's student.py)")
@@ -68,6 +75,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="epochs training the teacher's projection head on its frozen features (release: 60)")
     g.add_argument("--sskd_head_lr", type=float, default=0.05,
                    help="lr of the teacher head, decayed x0.1 at 50%% and 75%% of its epochs (release: 0.05 at 30, 45)")
+    g = parser.add_argument_group("--objective dvp (defaults: the DVP release's train_selfsup.py)")
+    g.add_argument("--dvp_weight", type=float, default=1e-4,
+                   help="weight of the feature distillation, summed over elements and averaged over images "
+                        "(release: sum / batch / 10000)")
+    g.add_argument("--dvp_no_distill_epochs", type=int, default=4,
+                   help="first epochs with cross-entropy only (release: epoch < 5, counting from 1)")
     parser.add_argument("--official_quirks", action="store_true",
                         help="as the released code: forward the student on all four rotations, divide L2 by 3, "
                              "and ramp DropBlock as --official_ramp")
@@ -90,6 +103,8 @@ def run_name(args: argparse.Namespace, profile: DatasetProfile) -> str:
         loss = f"rfs_r_{args.ce_weight}_a_{args.kd_weight}_kd_T_{args.kd_T}"
     elif args.objective == "sskd":
         loss = f"sskd_ce_{args.sskd_ce}_kd_{args.sskd_kd}_tf_{args.sskd_tf}_ss_{args.sskd_ss}"
+    elif args.objective == "dvp":
+        loss = f"dvp_w_{args.dvp_weight}_after_{args.dvp_no_distill_epochs}"
     else:
         loss = f"kd_T_{args.kd_T}_beta_{args.gamma}" + ("_quirks" if args.official_quirks else "")
     return (f"S_{args.model_s}_T_{args.model_t}_{args.dataset}_{loss}"
@@ -200,6 +215,39 @@ def sskd_step(student: WithProjection, teacher: ResNet12SSL, teacher_head: Proje
     return step
 
 
+class DistillWeight:
+    """DVP's distillation weight: 0 in the first `off_epochs` epochs, then `weight`."""
+
+    def __init__(self, weight: float, off_epochs: int) -> None:
+        self.weight, self.off_epochs, self.epoch = weight, off_epochs, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self) -> float:
+        return self.weight if self.epoch > self.off_epochs else 0.0
+
+
+def dvp_step(student: WithConnectors, teacher: ResNet12SSL, margins: list[torch.Tensor],
+             weight: DistillWeight) -> engine.loop.Step:
+    """DVP phase 2: student and frozen teacher on the plain images; CE plus weight() times the feature
+    distillation (measured and logged every step, its weight 0 in the first epochs)."""
+    forward = engine.distributed.wrap(student, unused=("model.rot_classifier",))
+
+    def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
+        with torch.no_grad():
+            teacher_maps, _ = teacher.forward_preactivations(images)
+        maps, logits = forward(images)
+        ce = cross_entropy_loss(logits, targets)
+        distill = feature_distillation_loss(maps, teacher_maps, margins)
+        # Multiplied by 0 rather than left out, so that DDP sees the connectors used in every step.
+        loss = ce + weight() * distill
+        correct = (logits.argmax(1) == targets).sum()
+        return engine.loop.StepResult(loss, {"ce": ce.detach(), "distill": distill.detach()}, correct, len(images))
+
+    return step
+
+
 def train_teacher_head(teacher: ResNet12SSL, head: ProjectionHead, loader, args: argparse.Namespace,
                        device: torch.device) -> None:
     """SSKD's first phase: the teacher's projection head learns, on the frozen teacher's features,
@@ -242,6 +290,9 @@ def main() -> None:
                               f"apply to --objective {args.objective}")
     if args.objective == "sskd":
         util.check_positive(args, "sskd_head_epochs")
+    if args.objective == "dvp" and (args.dvp_weight < 0 or args.dvp_no_distill_epochs < 0):
+        raise util.UsageError(f"--dvp_weight {args.dvp_weight}, --dvp_no_distill_epochs {args.dvp_no_distill_epochs}: "
+                              f"expected numbers >= 0")
     if args.model_s != args.model_t:
         raise util.UsageError(f"--model_s {args.model_s}: the student is a copy of the teacher, so it must be "
                               f"--model_t ({args.model_t})")
@@ -261,6 +312,8 @@ def main() -> None:
                                               image_size=data.image_size), device)
     else:
         student = clone_student(teacher)
+    if args.objective == "dvp":  # the prior's backbone with a fresh classifier, as the DVP release's student
+        student.classifier.reset_parameters()
     if args.sync_bn:
         student = engine.distributed.convert_sync_batchnorm(student)
     teacher_before = snapshot(teacher)
@@ -270,14 +323,21 @@ def main() -> None:
     identity = {"model": args.model_s, "dataset": args.dataset, "image_size": data.image_size,
                 "path_t": str(Path(args.path_t).resolve()), "teacher_sha256": util.file_sha256(args.path_t),
                 "objective": args.objective}
-    job_type = {"rfs": "rfs_distill", "sskd": "sskd", "skd": "skd_gen1"}[args.objective]
-    heads = None
+    job_type = {"rfs": "rfs_distill", "sskd": "sskd", "skd": "skd_gen1", "dvp": "dvp"}[args.objective]
+    heads, extra_modules, before_epoch = None, None, None
     if args.objective == "sskd":  # a projection head each on the pooled feature, checkpointed beside "model"
         heads = nn.ModuleDict({"student": ProjectionHead(student.feature_dim),
                                "teacher": ProjectionHead(teacher.feature_dim)}).to(device)
         optimizer.add_param_group({"params": list(heads["student"].parameters())})
+        extra_modules = {"sskd_heads": heads}
+    if args.objective == "dvp":  # one connector per stage, student to teacher channels, checkpointed beside "model"
+        connectors = nn.ModuleList([connector(s.num_features, t.num_features) for s, t in
+                                    zip(student.preactivation_batchnorms(), teacher.preactivation_batchnorms())])
+        connectors = connectors.to(device)  # DDP broadcasts rank 0's when it wraps them with the student
+        optimizer.add_param_group({"params": list(connectors.parameters())})
+        extra_modules = {"dvp_connectors": connectors}
     state = engine.run.prepare_run(args, run_name(args, data.profile), student, optimizer, job_type, identity,
-                                   data, {"path_t": str(args.path_t)}, {"sskd_heads": heads} if heads else None)
+                                   data, {"path_t": str(args.path_t)}, extra_modules)
     loader = engine.run.make_train_loader(data, args, device)
     if args.objective == "rfs":
         step = rfs_distill_step(student, teacher, args.ce_weight, args.kd_weight, args.kd_T)
@@ -287,13 +347,18 @@ def main() -> None:
         heads["teacher"].requires_grad_(False).eval()
         teacher_before.update({f"head.{k}": v for k, v in snapshot(heads["teacher"]).items()})
         step = sskd_step(WithProjection(student, heads["student"]), teacher, heads["teacher"], sskd_weights(args))
+    elif args.objective == "dvp":
+        margins = feature_margins(teacher.preactivation_batchnorms())
+        distill_weight = DistillWeight(args.dvp_weight, args.dvp_no_distill_epochs)
+        before_epoch = distill_weight.set_epoch
+        step = dvp_step(WithConnectors(student, connectors), teacher, margins, distill_weight)
     else:
         step = gen1_step(student, teacher, args.gamma, args.kd_T, args.official_quirks)
     after_epoch = None
     if args.official_ramp or args.official_quirks:
         extra_calls = official_eval_calls_per_epoch(args)
         after_epoch = lambda epoch: add_dropblock_calls(student, extra_calls)  # noqa: E731
-    engine.loop.fit(state, step, loader, args, device, after_epoch)
+    engine.loop.fit(state, step, loader, args, device, after_epoch, before_epoch)
     assert_unchanged(teacher, {k: v for k, v in teacher_before.items() if not k.startswith("head.")},
                      f"teacher {args.path_t}")
     if heads is not None:

@@ -6,16 +6,26 @@ class logits, predicts which rotation each one is:  loss = CE + gamma * L_rot.
 
 `--plain` trains the RFS-simple baseline instead (the RFS release's pre-training): cross-entropy on
 the plain images, no rotations.
+
+`--objective dvp` trains DVP's phase 1 instead, without labels: momentum contrast (a query encoder,
+its momentum copy as key encoder, a queue of earlier keys as negatives) with DVP's margin on the
+positive pair (distill/dvp.py). Its query encoder is the teacher and the starting point of
+`train_distillation.py --objective dvp`.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
+from torch import nn
 
-from distill import cross_entropy_loss, four_rotations, gen0_loss
-from models import ResNet12SSL, create_model, list_models
 from dataset.profiles import DatasetProfile
+from dataset.transforms import TwoViews, contrastive_transform
+from distill import cross_entropy_loss, four_rotations, gen0_loss
+from distill.dvp import KeyQueue, grouped_forward, margin_contrastive_logits, margin_contrastive_loss, momentum_update
+from models import ProjectedFeatures, ProjectionHead, ResNet12SSL, create_model, list_models
+from models.dropblock import dropblock_calls, set_dropblock_calls
 import engine.args
 import engine.distributed
 import engine.loop
@@ -29,13 +39,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gamma", type=float, default=2.0, help="weight of the rotation loss")
     parser.add_argument("--plain", action="store_true",
                         help="RFS-simple baseline: cross-entropy on the plain images only (no rotations, no --gamma)")
+    parser.add_argument("--objective", default="skd", choices=["skd", "dvp"],
+                        help="skd: SKD Gen-0 (default; with --plain RFS-simple); dvp: DVP phase 1, a momentum-contrast "
+                             "prior trained without labels (Zhao and Wen, 2020)")
+    g = parser.add_argument_group("--objective dvp (defaults: the DVP release's MoCo command; scripts/reproduce.py "
+                                  "also sets its schedule: lr 0.03, weight decay 1e-4, batch 256, 200 epochs)")
+    g.add_argument("--dvp_dim", type=int, default=128, help="dimension of the contrastive embedding")
+    g.add_argument("--dvp_head", default="linear", choices=["linear", "mlp"],
+                   help="projection head on the pooled feature: linear (MoCo v1, the release's command) or mlp (MoCo v2)")
+    g.add_argument("--dvp_queue", type=int, default=16384,
+                   help="negative keys K; fewer than the training images (the release's 65,536 exceeds CIFAR-FS's and "
+                        "miniImageNet's 38,400)")
+    g.add_argument("--dvp_momentum", type=float, default=0.999, help="momentum m of the key encoder")
+    g.add_argument("--dvp_temperature", type=float, default=0.07, help="softmax temperature")
+    g.add_argument("--dvp_margin", type=float, default=0.4, help="margin subtracted from the positive cosine")
+    g.add_argument("--dvp_key_groups", type=int, default=2,
+                   help="keys are forwarded shuffled in this many groups, so that BatchNorm statistics cannot tell "
+                        "which key matches a query (MoCo's shuffle BN across GPUs; 1: off)")
     engine.args.add_training_script_args(parser, learning_rate=0.05, lr_decay_epochs="60", tags="gen0,ssl")
     return parser
 
 
 def run_name(args: argparse.Namespace, profile: DatasetProfile) -> str:
-    """The official run-folder name: <model>_<dataset>_lr_<lr>_decay_<wd>_trans_<A|D>[_plain][_cosine]_trial_<t>."""
+    """The official run-folder name: <model>_<dataset>_lr_<lr>_decay_<wd>_trans_<A|D>[_plain][_cosine]_trial_<t>
+    (--objective dvp: _dvp_margin_<m>_K_<K>_m_<momentum>_T_<T> in place of _plain)."""
     plain = "_plain" if args.plain else ""
+    if args.objective == "dvp":
+        plain = f"_dvp_margin_{args.dvp_margin}_K_{args.dvp_queue}_m_{args.dvp_momentum}_T_{args.dvp_temperature}"
     return (f"{args.model}_{args.dataset}_lr_{args.learning_rate}_decay_{args.weight_decay}"
             f"_trans_{profile.transform_letter}{plain}{engine.args.run_name_suffix(args)}")
 
@@ -65,22 +95,92 @@ def plain_step(model: ResNet12SSL) -> engine.loop.Step:
     return step
 
 
+class MomentumContrast(nn.Module):
+    """What DVP's phase 1 trains besides the network: the query's projection head, the key encoder
+    (a momentum copy of network + head, never trained by gradients) and the queue of negatives.
+    Checkpointed under "dvp_prior", so "model" keeps the official ResNet-12 keys."""
+
+    def __init__(self, model: ResNet12SSL, args: argparse.Namespace) -> None:
+        super().__init__()
+        dim = model.feature_dim
+        self.query_head = (nn.Linear(dim, args.dvp_dim) if args.dvp_head == "linear"
+                           else ProjectionHead(dim, args.dvp_dim))
+        self.key = copy.deepcopy(ProjectedFeatures(model, self.query_head)).requires_grad_(False)
+        self.queue = KeyQueue(args.dvp_queue, args.dvp_dim, torch.Generator().manual_seed(args.seed))
+
+
+def dvp_prior_step(model: ResNet12SSL, prior: MomentumContrast, args: argparse.Namespace) -> engine.loop.Step:
+    """Each image comes as two views (B, 2, 3, H, W); the labels are never read."""
+    query = ProjectedFeatures(model, prior.query_head)
+    # The classifier and the rotation head are not part of the contrastive task.
+    forward = engine.distributed.wrap(query, unused=("model.classifier", "model.rot_classifier"))
+
+    def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
+        q = forward(images[:, 0])
+        with torch.no_grad():
+            momentum_update(query, prior.key, args.dvp_momentum)  # after the previous step's update, as MoCo
+            # The key encoder drops as much as the query encoder at this point of the DropBlock ramp (its own
+            # counters are not checkpointed and would count each key group).
+            set_dropblock_calls(prior.key, dropblock_calls(model))
+            k = grouped_forward(prior.key, images[:, 1], args.dvp_key_groups)
+        negatives = prior.queue.keys.clone()
+        loss = margin_contrastive_loss(q, k, negatives, args.dvp_margin, args.dvp_temperature)
+        with torch.no_grad():  # how often the positive (margin included) beats every negative
+            logits = margin_contrastive_logits(q, k, negatives, args.dvp_margin, args.dvp_temperature)
+            found = (logits.argmax(1) == 0).float().mean() * 100
+        prior.queue.enqueue(engine.distributed.all_gather_tensor(k))  # every rank's keys: one queue on all ranks
+        return engine.loop.StepResult(loss, {"instance_acc": found}, None, len(images))
+
+    return step
+
+
+def check_dvp_args(args: argparse.Namespace, train_images: int) -> None:
+    if args.plain:
+        raise util.UsageError("--plain: trains RFS-simple; it does not combine with --objective dvp")
+    util.check_positive(args, "dvp_dim", "dvp_queue", "dvp_key_groups")
+    if not 0 <= args.dvp_momentum < 1:
+        raise util.UsageError(f"--dvp_momentum: expected a number in [0, 1), got {args.dvp_momentum}")
+    if not args.dvp_temperature > 0:
+        raise util.UsageError(f"--dvp_temperature: expected a positive number, got {args.dvp_temperature}")
+    if not args.batch_size <= args.dvp_queue < train_images:
+        raise util.UsageError(f"--dvp_queue {args.dvp_queue}: expected at least --batch_size ({args.batch_size}) and "
+                              f"fewer than the {train_images} training images (else the queue holds earlier keys of "
+                              f"an image as its own negatives)")
+    if engine.distributed.per_rank_batch_size(args.batch_size) < args.dvp_key_groups:
+        raise util.UsageError(f"--dvp_key_groups {args.dvp_key_groups}: more groups than images per step and rank")
+
+
 def main() -> None:
     args = get_args_parser().parse_args()
     device = engine.run.start_training_run(args)
 
     data = engine.run.load_training_data(args)
+    dvp = args.objective == "dvp"
+    if dvp:
+        check_dvp_args(args, len(data.train))
     model = util.to_device(create_model(args.model, data.train.num_classes, args.dataset, image_size=data.image_size),
                            device)
     if args.sync_bn:
         model = engine.distributed.convert_sync_batchnorm(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    identity = {"model": args.model, "dataset": args.dataset, "image_size": data.image_size, "plain": args.plain}
-    state = engine.run.prepare_run(args, run_name(args, data.profile), model, optimizer,
-                                   "rfs_simple" if args.plain else "skd_gen0", identity, data)
-    step = plain_step(model) if args.plain else gen0_step(model, args.gamma)
-    engine.loop.fit(state, step, engine.run.make_train_loader(data, args, device), args, device)
+    identity = {"model": args.model, "dataset": args.dataset, "image_size": data.image_size, "plain": args.plain,
+                "objective": args.objective}
+    prior = None
+    if dvp:
+        prior = MomentumContrast(model, args).to(device)
+        engine.distributed.broadcast_module(prior)  # the key encoder starts as rank 0's query encoder, as DDP's
+        optimizer.add_param_group({"params": list(prior.query_head.parameters())})
+    job_type = "dvp_prior" if dvp else "rfs_simple" if args.plain else "skd_gen0"
+    state = engine.run.prepare_run(args, run_name(args, data.profile), model, optimizer, job_type, identity, data,
+                                   extra_modules={"dvp_prior": prior} if prior is not None else None)
+    if dvp:
+        views = TwoViews(contrastive_transform(data.image_size, data.norm))
+        step, loader = dvp_prior_step(model, prior, args), engine.run.make_train_loader(data, args, device, views)
+    else:
+        step = plain_step(model) if args.plain else gen0_step(model, args.gamma)
+        loader = engine.run.make_train_loader(data, args, device)
+    engine.loop.fit(state, step, loader, args, device)
     engine.run.finish_training(state, data, args, device)
 
 

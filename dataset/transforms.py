@@ -59,6 +59,32 @@ def train_transform(image_size: int, padding: int, norm: Normalization) -> trans
     ])
 
 
+def contrastive_transform(image_size: int, norm: Normalization) -> transforms.Compose:
+    """DVP phase 1's view of an image: the MoCo v1 augmentation its release trains with (random
+    resized crop of 20-100% of the area, grayscale with p 0.2, colour jitter 0.4 with hue 0.4, flip),
+    at the run's image size."""
+    return transforms.Compose([
+        Image.fromarray,
+        transforms.RandomResizedCrop(image_size, scale=(0.2, 1.0)),
+        transforms.RandomGrayscale(p=0.2),
+        transforms.ColorJitter(0.4, 0.4, 0.4, 0.4),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(norm.mean, norm.std),
+    ])
+
+
+class TwoViews:
+    """Two independent draws of `transform` of one image, stacked: (2, 3, H, W); a batch of them is
+    (B, 2, 3, H, W), the query view first."""
+
+    def __init__(self, transform: transforms.Compose) -> None:
+        self.transform = transform
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return torch.stack([self.transform(image), self.transform(image)])
+
+
 def normalize_batch(images: torch.Tensor, norm: Normalization) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W), the same values as ToTensor + Normalize."""
     x = images.permute(0, 3, 1, 2).float().div_(255)

@@ -11,7 +11,8 @@ conv + BN connector per stage, with the "partial L2" of feature-overhaul distill
 teacher activation at or below its channel's margin (the expected value of the BatchNorm output
 given that it is negative) only asks the student to stay below that margin.
 
-The training scripts do not run DVP yet; these functions and their tests are the first part.
+`train_supervised_ssl.py --objective dvp` runs phase 1 and `train_distillation.py --objective dvp`
+phase 2 with these functions.
 """
 from __future__ import annotations
 
@@ -54,9 +55,10 @@ class KeyQueue(nn.Module):
     """The negatives: the last `size` keys, oldest overwritten first (a ring buffer, kept as buffers
     so that checkpoints carry it)."""
 
-    def __init__(self, size: int, dim: int) -> None:
+    def __init__(self, size: int, dim: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
+        # Random unit vectors until real keys replace them, as in MoCo.
+        self.register_buffer("keys", F.normalize(torch.randn(size, dim, generator=generator), dim=1))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
@@ -65,6 +67,19 @@ class KeyQueue(nn.Module):
         slots = (self.pointer + torch.arange(n, device=keys.device)) % size
         self.keys[slots] = F.normalize(keys.detach().to(self.keys.dtype), dim=1)
         self.pointer.copy_((self.pointer + n) % size)
+
+
+@torch.no_grad()
+def grouped_forward(encoder: nn.Module, images: torch.Tensor, groups: int) -> torch.Tensor:
+    """encoder(images) with the batch shuffled (global torch RNG) and forwarded in `groups` parts,
+    rows returned in the input order. A stand-in on one process for MoCo's shuffle BN across GPUs:
+    a key's BatchNorm statistics come from other images than its query's, so the contrast cannot
+    be solved by matching batch statistics."""
+    if groups <= 1:
+        return encoder(images)
+    order = torch.randperm(len(images), device=images.device)
+    out = torch.cat([encoder(part) for part in images[order].tensor_split(groups)])
+    return out[torch.argsort(order)]
 
 
 def batchnorm_margin(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -88,6 +103,11 @@ def partial_l2(student: torch.Tensor, teacher: torch.Tensor, margin: torch.Tenso
     return ((student - target).pow(2) * mask).sum()
 
 
+def feature_margins(batchnorms: list[nn.BatchNorm2d]) -> list[torch.Tensor]:
+    """batchnorm_margin of each stage's BatchNorm before its activation (the teacher's), float32."""
+    return [batchnorm_margin(bn.weight, bn.bias).float() for bn in batchnorms]
+
+
 def stage_weights(stages: int) -> list[float]:
     """1 / 2^(stages - 1 - i): each stage counts twice the one before it, the last one 1."""
     return [1.0 / 2 ** (stages - 1 - i) for i in range(stages)]
@@ -99,6 +119,6 @@ def feature_distillation_loss(student_stages: list[torch.Tensor], teacher_stages
     """DVP's phase-2 distillation term, per image: sum over stages of stage_weights * partial_l2 of
     the connected student maps and the (detached) teacher maps, divided by the batch size."""
     weights = stage_weights(len(student_stages))
-    total = sum(w * partial_l2(s, t.detach(), m)
+    total = sum(w * partial_l2(s, t.detach(), m)  # partial_l2 upcasts each stage's maps to float32
                 for w, s, t, m in zip(weights, student_stages, teacher_stages, margins, strict=True))
     return total / student_stages[0].shape[0]

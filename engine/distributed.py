@@ -161,6 +161,26 @@ def broadcast_buffers(model: nn.Module) -> None:
             dist.broadcast(buffer.data, src=0)
 
 
+def broadcast_module(module: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank: for modules DDP does not wrap (a momentum
+    encoder, a queue) whose initial values were drawn per rank."""
+    if current().enabled:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+@torch.no_grad()
+def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` concatenated along dim 0 in rank order (no gradient); the tensor itself
+    outside torchrun. All ranks must pass the same shape."""
+    info = current()
+    if not info.enabled:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
 def check_replicas_equal(model: nn.Module) -> None:
     """Raise unless every parameter and buffer is bit-identical on all ranks (compared by sha256 of
     their bytes): the guarantee DDP gives, checked at the end of training as MoCo v3 checks a frozen

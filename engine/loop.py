@@ -212,9 +212,10 @@ def _stop(stop: StopRequest, state: TrainState, epoch: int, step: int | None, st
 
 
 def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device: torch.device,
-        after_epoch: Callable[[int], None] | None = None) -> None:
+        after_epoch: Callable[[int], None] | None = None, before_epoch: Callable[[int], None] | None = None) -> None:
     """Train from state.start_epoch to args.epochs: one checkpoint and one log line per epoch.
-    `after_epoch(epoch)` runs after an epoch's steps, before its checkpoint is written. With
+    `before_epoch(epoch)` runs before an epoch's first step (also a resumed one's), `after_epoch(epoch)`
+    after its steps, before its checkpoint is written. With
     state.validation, every --eval_freq epochs and at the last the val metrics join the log line and
     best.pth is rewritten whenever val_acc improves.
 
@@ -223,6 +224,8 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
     """
     with StopRequest() as stop:
         for epoch in range(state.start_epoch, args.epochs + 1):
+            if before_epoch is not None:
+                before_epoch(epoch)
             _train_epoch(state, step, loader, args, device, epoch, stop, after_epoch)
             if stop.requested():  # arrived during the epoch's last step, its evaluation or its save
                 raise _stop(stop, state, epoch, None, 0)

@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -259,10 +259,12 @@ def load_training_data(args: argparse.Namespace, norm: Normalization | None = No
     return TrainingData(train, val, norm)
 
 
-def make_train_loader(data: TrainingData, args: argparse.Namespace, device: torch.device):
+def make_train_loader(data: TrainingData, args: argparse.Namespace, device: torch.device,
+                      transform: Callable | None = None):
     """Shuffled, augmented batches; under torchrun each rank reads its DistributedSampler shard in
-    batches of --batch_size / world size."""
-    transform = train_transform(data.image_size, data.profile.crop_padding, data.norm)
+    batches of --batch_size / world size. `transform`: of each image (default: the Gen-0/Gen-1
+    training augmentation of the dataset's profile)."""
+    transform = transform or train_transform(data.image_size, data.profile.crop_padding, data.norm)
     ranks = distributed.current()
     shard = (ranks.rank, ranks.world_size) if ranks.enabled else None
     return train_loader(data.train, transform, distributed.per_rank_batch_size(args.batch_size), args.num_workers,

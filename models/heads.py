@@ -7,11 +7,12 @@ from torch import nn
 
 
 class ProjectionHead(nn.Module):
-    """SSKD's projection head: Linear(d, d) -> ReLU -> Linear(d, d) on the pooled feature."""
+    """A two-layer projection head on the pooled feature: Linear(d, d) -> ReLU -> Linear(d, out_dim)
+    (SSKD: out_dim = d; MoCo v2's head: 128)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, out_dim: int | None = None) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out_dim or dim))
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         return self.net(feature)
@@ -29,3 +30,41 @@ class WithProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature = self.model.forward_features(x)
         return self.model.forward_head(feature), self.head(feature)
+
+
+class ProjectedFeatures(nn.Module):
+    """A backbone's pooled feature through a projection head, and nothing else (no class logits):
+    the query (or key) encoder of momentum contrast."""
+
+    def __init__(self, model: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.model.forward_features(x))
+
+
+def connector(in_channels: int, out_channels: int) -> nn.Sequential:
+    """DVP's connector from a student stage to the teacher's: 1x1 conv (He-normal over its outputs)
+    then BatchNorm (weight 1, bias 0), as in the DVP release."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # N(0, 2 / (1 * 1 * out))
+    bn = nn.BatchNorm2d(out_channels)
+    nn.init.ones_(bn.weight)
+    nn.init.zeros_(bn.bias)
+    return nn.Sequential(conv, bn)
+
+
+class WithConnectors(nn.Module):
+    """A network whose stage pre-activations pass through one connector each: one forward returns
+    (connected maps, class logits). As one module it can be wrapped by DDP and trained as a unit."""
+
+    def __init__(self, model: nn.Module, connectors: nn.ModuleList) -> None:
+        super().__init__()
+        self.model = model
+        self.connectors = connectors
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        maps, logits = self.model.forward_preactivations(x)
+        return [c(m) for c, m in zip(self.connectors, maps, strict=True)], logits

@@ -42,14 +42,21 @@ class BasicBlock(nn.Module):
         # Stages 1-2 use plain dropout, stages 3-4 DropBlock (dropblock_size given).
         self.dropblock = DropBlock(dropblock_size, drop_rate) if dropblock_size else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the block's last activation: bn3(conv3(...)) plus the shortcut, full resolution."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        out = self.maxpool(self.relu(out + self.downsample(x)))
+        return self.bn3(self.conv3(out)) + self.downsample(x)
+
+    def finish(self, pre_activation: torch.Tensor) -> torch.Tensor:
+        """Activation, 2x2 max-pool, then dropout or DropBlock."""
+        out = self.maxpool(self.relu(pre_activation))
         if self.dropblock is not None:
             return self.dropblock(out)
         return F.dropout(out, p=self.drop_rate, training=self.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.pre_activation(x))
 
 
 class SSLOutput(NamedTuple):
@@ -97,6 +104,23 @@ class ResNet12SSL(nn.Module):
             x = stage(x)
             maps.append(x)
         return maps
+
+    def forward_preactivations(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(each stage's pre-activation map, the class logits) in one pass: the map is the input of the
+        stage's last activation (its last block's bn3 output plus the shortcut, before the activation
+        and the max-pool), what DVP's feature distillation compares."""
+        maps = []
+        for stage in self.stages:
+            for block in stage:
+                pre = block.pre_activation(x)
+                x = block.finish(pre)
+            maps.append(pre)
+        return maps, self.forward_head(self.avgpool(x).flatten(1))
+
+    def preactivation_batchnorms(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm before each stage's last activation (the last block's bn3), whose statistics
+        give DVP's per-channel margins."""
+        return [stage[-1].bn3 for stage in self.stages]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, 640) pooled features."""
