@@ -118,8 +118,9 @@ class EvalProtocol:
 
 # The paper's rows, in its order; each method's teacher comes before it.
 METHODS = ("rfs_simple", "rfs_distill", "skd_gen0", "skd_gen1")
-# Relatives run under the same protocol (not in the paper's tables), after their teachers.
-SIBLING_METHODS = ("sskd",)
+# Relatives run under the same protocol (not in the paper's tables), after their teachers: SSKD, and
+# DVP's two phases (dvp_prior, the self-supervised teacher; dvp, the distilled student).
+SIBLING_METHODS = ("sskd", "dvp_prior", "dvp")
 ALL_METHODS = METHODS + SIBLING_METHODS
 
 PUBLISHED_EVAL = EvalProtocol(n_ways=Sourced(5, "SPEC 5"), shots=Sourced((1, 5), "SPEC 5, 7"),
@@ -180,6 +181,43 @@ _SSKD_METHOD = replace(_rfs("train_distillation.py", _sskd_weights(Sourced(60, f
                        epochs=Sourced(100, "ours: RFS-distill's schedule (SSKD publishes no few-shot settings)"),
                        lr_decay_epochs=Sourced((60, 80), "ours: RFS-distill's schedule"),
                        learning_rate=Sourced(0.05, "ours: RFS-distill's (the SSKD release also uses 0.05)"))
+_DVP_MOCO = "DVP release moco/main_moco.py default"
+_DVP_COMMAND = "DVP release README's phase-1 command"
+_DVP_STUDENT = "DVP release sup_train_distill/train_selfsup.py"
+
+
+def _dvp_prior_weights(queue: Sourced[int], momentum: Sourced[float]) -> dict[str, Sourced[float | tuple[float, ...]]]:
+    return {"dvp_margin": Sourced(0.4, f"{_DVP_MOCO} (--small_margin)"),
+            "dvp_temperature": Sourced(0.07, f"{_DVP_MOCO} (--moco-t; the command sets no other)"),
+            "dvp_momentum": momentum, "dvp_dim": Sourced(128, f"{_DVP_MOCO} (--moco-dim)"), "dvp_queue": queue,
+            "dvp_key_groups": Sourced(2, "ours: shuffle BN on one process (the release shuffles keys across GPUs)")}
+
+
+# DVP's phase 1 with its release's MoCo schedule and loss; only the queue is ours (the release's 65,536 keys
+# exceed the 38,400 training images of CIFAR-FS, FC100 and miniImageNet).
+_DVP_PRIOR = PublishedSettings(
+    epochs=Sourced(200, f"{_DVP_MOCO} (--epochs)"), lr_decay_epochs=Sourced((120, 160), f"{_DVP_MOCO} (--schedule)"),
+    learning_rate=Sourced(0.03, f"{_DVP_COMMAND} (--lr 0.03)"),
+    lr_decay_rate=Sourced(0.1, f"{_DVP_MOCO} (x0.1 per milestone)"),
+    batch_size=Sourced(256, f"{_DVP_COMMAND} (--batch-size 256)"), weight_decay=Sourced(1e-4, f"{_DVP_MOCO} (--wd)"),
+    momentum=Sourced(0.9, f"{_DVP_MOCO} (--momentum)"),
+    weights=_dvp_prior_weights(Sourced(16384, "ours: fewer than any dataset's training images (the release's 65,536 exceed the "
+                                              "36,000-38,400 of CIFAR-FS, FC100 and miniImageNet)"),
+                               Sourced(0.999, f"{_DVP_MOCO} (--moco-m)")))
+
+
+def _dvp_student_weights(off_epochs: Sourced[int]) -> dict[str, Sourced[float | tuple[float, ...]]]:
+    return {"dvp_weight": Sourced(1e-4, f"{_DVP_STUDENT} (distillation sum / batch / 10000)"),
+            "dvp_no_distill_epochs": off_epochs}
+
+
+# DVP's phase 2 publishes no few-shot settings: its student gets RFS-distill's schedule, as SSKD's.
+_DVP_METHOD = replace(_rfs("train_distillation.py", _dvp_student_weights(
+                           Sourced(4, f"{_DVP_STUDENT} (epoch < --no_distill_epoch 5, counting from 1)"))),
+                      epochs=Sourced(100, "ours: RFS-distill's schedule (DVP publishes no few-shot settings)"),
+                      lr_decay_epochs=Sourced((60, 80), "ours: RFS-distill's schedule"),
+                      learning_rate=Sourced(0.05, "ours: RFS-distill's (the DVP release: 0.1 at batch 256)"))
+_SIBLINGS = {"sskd": _SSKD_METHOD, "dvp_prior": _DVP_PRIOR, "dvp": _DVP_METHOD}
 _GEN1_SCRIPT = "SPEC 4 (official run script)"
 _TIERED_GEN1 = ("not published (SPEC 4); chosen here: FC100's value, as the official run script's tieredImageNet "
                 "block is a copy of FC100's")
@@ -190,13 +228,13 @@ PUBLISHED: dict[str, PublishedDataset] = {
         **_RFS_METHODS,
         "skd_gen0": _gen0(65, (60,)),
         "skd_gen1": _gen1(Sourced(65, _GEN1_SCRIPT), Sourced((60,), _GEN1_SCRIPT), Sourced(0.1, _GEN1_SCRIPT)),
-        "sskd": _SSKD_METHOD,
+        **_SIBLINGS,
     }),
     "FC100": PublishedDataset(Sourced(60 * 600, _PER_CLASS.format(60)), {
         **_RFS_METHODS,
         "skd_gen0": _gen0(65, (60,)),
         "skd_gen1": _gen1(Sourced(8, _GEN1_SCRIPT), Sourced((3,), _GEN1_SCRIPT), Sourced(0.2, _GEN1_SCRIPT)),
-        "sskd": _SSKD_METHOD,
+        **_SIBLINGS,
     }),
     "miniImageNet": PublishedDataset(Sourced(64 * 600, _PER_CLASS.format(64)), {
         **_RFS_METHODS,
@@ -204,7 +242,7 @@ PUBLISHED: dict[str, PublishedDataset] = {
         "skd_gen1": _gen1(Sourced(8, _GEN1_SCRIPT), Sourced((5,), _GEN1_SCRIPT),
                           Sourced((0.025, 0.05, 0.075), "SPEC 4 (official run script runs the first three values of "
                                                         "its list; the paper gives no single value)")),
-        "sskd": _SSKD_METHOD,
+        **_SIBLINGS,
     }),
     "tieredImageNet": PublishedDataset(
         Sourced(448695, "Ren et al. 2018 (the tieredImageNet paper): 448,695 train images of 351 classes, the "
@@ -212,7 +250,7 @@ PUBLISHED: dict[str, PublishedDataset] = {
             **_RFS_METHODS,
             "skd_gen0": _gen0(60, (30, 40, 50)),
             "skd_gen1": _gen1(Sourced(8, _TIERED_GEN1), Sourced((3,), _TIERED_GEN1), Sourced(0.2, _TIERED_GEN1)),
-            "sskd": _SSKD_METHOD,
+            **_SIBLINGS,
         }),
 }
 
@@ -243,4 +281,11 @@ SMALL_SCALE: dict[str, PublishedSettings] = {
     "skd_gen1": _small(5, (4,), 0.001, "SPEC 4", {"beta": Sourced(0.1, "SPEC 4 (CIFAR-FS)"),
                                                   "kd_T": Sourced(2.0, "SPEC 4")}),
     "sskd": _small(10, (7,), 0.02, _SMALL_LR, _sskd_weights(Sourced(5, _OURS + " (the release: 60)"))),
+    # The prior trains without labels on 2 views (not 4 rotations) per image: 30 epochs cost about Gen-0's 10.
+    "dvp_prior": replace(_small(30, (20, 25), 0.03, "the DVP release's (at batch 256)", _dvp_prior_weights(
+        Sourced(1024, _OURS + ": 78% of the 1,312 images an epoch draws"),
+        Sourced(0.99, _OURS + ": the release's 0.999 lags ~1000 steps, 24 of these epochs"))),
+        weight_decay=Sourced(1e-4, _DVP_MOCO)),
+    "dvp": _small(10, (7,), 0.02, _SMALL_LR, _dvp_student_weights(
+        Sourced(1, _OURS + ": the release's first 4 of 100 epochs, scaled to 10"))),
 }

@@ -59,7 +59,9 @@ PAPER: dict[str, dict[str, tuple[float, float]]] = {
 }
 PAPER_SHOTS = (1, 5)
 METHOD_LABELS = {"rfs_simple": "RFS-simple", "rfs_distill": "RFS-distill", "skd_gen0": "SKD Gen-0",
-                 "skd_gen1": "SKD Gen-1", "sskd": "SSKD (ours, same protocol)"}
+                 "skd_gen1": "SKD Gen-1", "sskd": "SSKD (ours, same protocol)",
+                 "dvp_prior": "DVP phase 1, self-supervised prior (ours, same protocol)",
+                 "dvp": "DVP (ours, same protocol)"}
 DATASET_ORDER = ("miniImageNet", "tieredImageNet", "CIFAR-FS", "FC100")  # the paper's column order
 # What must be equal for results to share a column (shots and dataset are the column itself).
 PROTOCOL = ("n_ways", "n_queries", "n_episodes", "n_aug", "image_size", "checkpoint_choice")
@@ -146,8 +148,10 @@ def method_of(data: dict, train_args: dict, path: Path) -> str:
     if data.get("method"):
         return str(data["method"])
     if "path_t" in train_args:  # train_distillation.py
-        return {"rfs": "rfs_distill", "sskd": "sskd"}.get(train_args.get("objective"), "skd_gen1")
+        return {"rfs": "rfs_distill", "sskd": "sskd", "dvp": "dvp"}.get(train_args.get("objective"), "skd_gen1")
     if "epochs" in train_args:  # train_supervised_ssl.py
+        if train_args.get("objective") == "dvp":
+            return "dvp_prior"
         return "rfs_simple" if train_args.get("plain") else "skd_gen0"
     raise UsageError(f"{path}: cannot tell the method: no `method` key and no training arguments "
                      f"(args.json beside the checkpoint {data.get('checkpoint')})")

@@ -46,6 +46,7 @@ class Stage:
     weight_flags: dict[str, str]
     teacher: str | None = None
     rotations: int = 1  # forwards per training image (Gen-0 trains on all four rotations, SPEC 3)
+    copies: str = "rotations"  # what those forwards are
     mode_flags: tuple[str, ...] = ()
 
 
@@ -60,6 +61,12 @@ STAGES = {
     "sskd": Stage(train_distillation, {name: f"--{name}" for name in (
         "sskd_ce", "sskd_kd", "sskd_tf", "sskd_ss", "sskd_kd_T", "sskd_tf_T", "sskd_ss_T", "sskd_tf_ratio",
         "sskd_ss_ratio", "sskd_head_epochs")}, teacher="skd_gen0", rotations=4, mode_flags=("--objective", "sskd")),
+    # DVP: phase 1 forwards two views of each image (query and key), phase 2 the plain images (student and teacher).
+    "dvp_prior": Stage(train_supervised_ssl, {name: f"--{name}" for name in (
+        "dvp_margin", "dvp_temperature", "dvp_momentum", "dvp_dim", "dvp_queue", "dvp_key_groups")}, rotations=2,
+        copies="views", mode_flags=("--objective", "dvp")),
+    "dvp": Stage(train_distillation, {"dvp_weight": "--dvp_weight", "dvp_no_distill_epochs": "--dvp_no_distill_epochs"},
+                 teacher="dvp_prior", mode_flags=("--objective", "dvp")),
 }
 # The settings every training command writes out, by their flag names (shared by both scripts).
 SCHEDULE = ("epochs", "lr_decay_epochs", "learning_rate", "lr_decay_rate", "batch_size", "weight_decay", "momentum")
@@ -148,13 +155,14 @@ def check_passthrough(stage: Stage, planned: list[str], passthrough: list[str]) 
                                   f"script's --dataset, --data_root, --seeds and --output")
 
 
-def images_processed(epochs: int, batch_size: int, train_images: int, rotations: int, use_trainval: bool) -> str:
-    """The training images a run draws (and, for Gen-0, the rotated copies it forwards)."""
+def images_processed(epochs: int, batch_size: int, train_images: int, rotations: int, use_trainval: bool,
+                     copies: str = "rotations") -> str:
+    """The training images a run draws (and, for Gen-0, SSKD and DVP's prior, the copies it forwards)."""
     if use_trainval:
         return "images processed: unknown (--use_trainval: the trainval split's size is not in the table)"
     per_epoch = train_images // batch_size * batch_size  # the loaders drop the last incomplete batch
     total = epochs * per_epoch
-    forwarded = f", x{rotations} rotations = {rotations * total:,} forwarded" if rotations > 1 else ""
+    forwarded = f", x{rotations} {copies} = {rotations * total:,} forwarded" if rotations > 1 else ""
     return f"{epochs} epochs x {per_epoch:,} images = {total:,} images{forwarded}"
 
 
@@ -194,7 +202,7 @@ def training_runs(method: str, settings: PublishedSettings, seed: int, args: arg
         splits = ("val", "test") if swept else ("test",)
         sweep = "".join(f", {n} {chosen[n]} of {text(weights[n])} (swept, decided on val)" for n in swept)
         images = images_processed(parsed.epochs, parsed.batch_size, PUBLISHED[args.dataset].train_images.value,
-                                  stage.rotations, parsed.use_trainval)
+                                  stage.rotations, parsed.use_trainval, stage.copies)
         runs.append(Run(method, seed, f"{method} seed {seed}{sweep}: {images}",
                         [*python_command(Path(stage.module.__file__).name, args.nproc_per_node), *argv], parsed.epochs,
                         checkpoint,
