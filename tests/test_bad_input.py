@@ -145,6 +145,8 @@ CASES = [
     Case("Gen-1 teacher of another class count", gen1("ckpt.pth"),
          r"--path_t .*ckpt\.pth: the teacher has 9 classes, the training split .* has 6", checkpoint({"model": model_state(9)})),
     Case("missing Gen-1 teacher", gen1("missing.pth"), r"--path_t .*missing\.pth: checkpoint not found"),
+    Case("DVP queue of as many keys as training images", train("--objective", "dvp", "--dvp_queue", "48"),
+         r"--dvp_queue 48: expected at least --batch_size \(16\) and fewer than the 48 training images"),
     Case("output folder that cannot be written", lambda root, tmp: [*TRAIN, *cifar(root, tmp), "--model_path",
                                                                     str(tmp / "a_file" / "save")],
          r"--model_path .*a_file/save: .*a_file is a file, expected a folder",

@@ -1,16 +1,20 @@
 """DVP's pieces against hand computation on tiny tensors: the margin moves only the positive logit,
-the momentum update and the queue order, the BatchNorm margins, the partial L2 and its stage weights."""
+the momentum update and the queue order, the BatchNorm margins, the partial L2 and its stage weights;
+ResNet-12's pre-activation maps; and both phases end to end through the scripts."""
 from __future__ import annotations
 
+import json
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
-from distill.dvp import (KeyQueue, batchnorm_margin, feature_distillation_loss, margin_contrastive_logits,
-                         margin_contrastive_loss, momentum_update, partial_l2, stage_weights)
+from distill.dvp import (KeyQueue, batchnorm_margin, feature_distillation_loss, feature_margins, grouped_forward,
+                         margin_contrastive_logits, margin_contrastive_loss, momentum_update, partial_l2, stage_weights)
+from models import WithConnectors, connector, create_model
 
 
 def test_the_margin_changes_only_the_positive_logit():
@@ -89,3 +93,118 @@ def test_stage_weights_double_towards_the_last_stage_and_the_loss_is_per_image()
     margins = [torch.full((3,), -0.5) for _ in range(4)]
     expected = sum(w * partial_l2(s, t, m) for w, s, t, m in zip(stage_weights(4), student, teacher, margins)) / 2
     torch.testing.assert_close(feature_distillation_loss(student, teacher, margins), expected)
+
+
+def test_partial_l2_equals_the_three_cases_of_feature_overhaul_distillation():
+    """The release's form: (s - m)^2 where s > m >= t; (s - t)^2 where s > t and m < t <= 0; (s - t)^2 where t > 0."""
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 3, 5, 5, generator=g), torch.randn(2, 3, 5, 5, generator=g)
+    margin = torch.tensor([-0.2, -0.7, -1.5])
+    m = margin.view(1, 3, 1, 1)
+    expected = ((s - m).pow(2) * ((s > m) & (t <= m)) + (s - t).pow(2) * ((s > t) & (t > m) & (t <= 0))
+                + (s - t).pow(2) * (t > 0)).sum()
+    torch.testing.assert_close(partial_l2(s, t, margin), expected)
+
+
+def test_preactivations_are_the_input_of_each_stages_last_activation():
+    torch.manual_seed(0)
+    model = create_model("resnet12_ssl", 5, "CIFAR-FS").eval()
+    x = torch.randn(2, 3, 32, 32)
+    maps, logits = model.forward_preactivations(x)
+    assert [tuple(m.shape) for m in maps] == [(2, 64, 32, 32), (2, 160, 16, 16), (2, 320, 8, 8), (2, 640, 4, 4)]
+    assert torch.equal(logits, model(x))  # the same pass as the plain forward, bit for bit
+    stages = model.forward_stages(x)
+    for pre, out in zip(maps, stages):  # in eval mode a stage's output is max-pool(LeakyReLU(pre))
+        assert torch.equal(F.max_pool2d(F.leaky_relu(pre, 0.1), 2), out)
+    assert model.preactivation_batchnorms() == [model.layer1[0].bn3, model.layer2[0].bn3, model.layer3[0].bn3,
+                                                model.layer4[0].bn3]
+    margins = feature_margins(model.preactivation_batchnorms())
+    # Fresh BatchNorm (weight 1, bias 0): E[x | x < 0] of a standard normal, -sqrt(2 / pi), in every channel.
+    torch.testing.assert_close(margins[2], torch.full((320,), -math.sqrt(2 / math.pi)))
+
+
+def test_connectors_map_student_stages_to_the_teachers_channels():
+    torch.manual_seed(0)
+    c = connector(160, 320)
+    assert c[0].weight.shape == (320, 160, 1, 1) and c[0].bias is None
+    assert abs(float(c[0].weight.detach().std()) - math.sqrt(2 / 320)) < 0.005  # He-normal over the outputs, as the release
+    assert torch.equal(c[1].weight, torch.ones(320)) and torch.equal(c[1].bias, torch.zeros(320))
+    model = create_model("resnet12_ssl", 5, "CIFAR-FS")
+    connectors = nn.ModuleList([connector(w, w) for w in (64, 160, 320, 640)])
+    maps, logits = WithConnectors(model, connectors)(torch.randn(2, 3, 32, 32))
+    assert [m.shape[1] for m in maps] == [64, 160, 320, 640] and logits.shape == (2, 5)
+
+
+def test_grouped_forward_returns_rows_in_order_and_splits_batchnorm_statistics():
+    torch.manual_seed(0)
+    x = torch.randn(8, 3)
+    linear = nn.Linear(3, 2)
+    torch.testing.assert_close(grouped_forward(linear, x, 4), linear(x))  # no BatchNorm: the same rows, in order
+    bn = nn.BatchNorm1d(3).train()
+    torch.manual_seed(1)
+    grouped = grouped_forward(bn, x, 2)
+    torch.manual_seed(1)
+    order = torch.randperm(8)  # the permutation grouped_forward drew
+    halves = [bn(part) for part in x[order].chunk(2)]
+    torch.testing.assert_close(grouped, torch.cat(halves)[torch.argsort(order)])
+    assert not torch.allclose(grouped, bn(x))  # each group normalised by its own statistics
+    torch.testing.assert_close(grouped_forward(bn, x, 1), bn(x))
+
+
+def test_the_distillation_weight_is_off_for_the_first_epochs():
+    from train_distillation import DistillWeight
+
+    weight = DistillWeight(1e-4, off_epochs=2)
+    seen = []
+    for epoch in (1, 2, 3, 4):
+        weight.set_epoch(epoch)
+        seen.append(weight())
+    assert seen == [0.0, 0.0, 1e-4, 1e-4]
+
+
+def test_dvp_both_phases_end_to_end(cifar_root, tmp_path):
+    """Phase 1 (one epoch, then a resumed second), phase 2 from its checkpoint (frozen teacher, CE only in its first
+    epoch), and both checkpoints evaluated like any other."""
+    from conftest import run_script
+
+    data = ["--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--batch_size", "16", "--num_workers", "0",
+            "--device", "cpu", "--no_final_eval"]
+    prior = ["train_supervised_ssl.py", "--objective", "dvp", "--dvp_queue", "32", "--dvp_momentum", "0.9", *data,
+             "--model_path", str(tmp_path / "prior")]
+    first = run_script(*prior, "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    [folder] = (tmp_path / "prior").iterdir()
+    assert folder.name.endswith("_dvp_margin_0.4_K_32_m_0.9_T_0.07_trial_1")
+    one = torch.load(folder / "checkpoint.pth", map_location="cpu", weights_only=True)
+    official = set(create_model("resnet12_ssl", 6, "CIFAR-FS").state_dict())
+    assert set(one["model"]) == official  # official keys only; the rest under dvp_prior
+    assert {k.split(".")[0] for k in one["dvp_prior"]} == {"query_head", "key", "queue"}
+    # The key encoder is a momentum average of the query encoder: close to it, not equal, never trained itself.
+    q, k = one["model"]["layer1.0.conv1.weight"], one["dvp_prior"]["key.model.layer1.0.conv1.weight"]
+    assert not torch.equal(q, k) and (q - k).abs().max() < (q.abs().max())
+    assert int(one["dvp_prior"]["queue.pointer"]) == (3 * 16) % 32  # 48 images: three steps of 16 keys enqueued
+    # The classifier is not part of the contrastive task: still at its initial value after training.
+    resumed = run_script(*prior, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    two = torch.load(folder / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert torch.equal(two["model"]["classifier.weight"], one["model"]["classifier.weight"])
+    assert not torch.equal(two["dvp_prior"]["queue.keys"], one["dvp_prior"]["queue.keys"])
+    record = json.loads((folder / "log.jsonl").read_text().splitlines()[-1])
+    assert record["epoch"] == 2 and "train_instance_acc" in record and "train_acc" not in record  # no labels used
+
+    student = run_script("train_distillation.py", "--objective", "dvp", "--path_t", str(folder / "checkpoint.pth"),
+                         "--dvp_no_distill_epochs", "1", "--epochs", "2", *data, "--model_path", str(tmp_path / "dvp"))
+    assert student.returncode == 0, student.stderr[-3000:]
+    assert "teacher check: weights and BatchNorm statistics unchanged" in student.stdout
+    [run] = (tmp_path / "dvp").iterdir()
+    assert "_dvp_w_0.0001_after_1_" in run.name
+    checkpoint = torch.load(run / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert set(checkpoint["model"]) == official
+    assert set(checkpoint["dvp_connectors"]) == {f"{i}.{p}" for i in range(4) for p in (
+        "0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked")}
+    epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert epochs[0]["train_loss"] == pytest.approx(epochs[0]["train_ce"])  # epoch 1: cross-entropy only
+    assert epochs[1]["train_loss"] == pytest.approx(epochs[1]["train_ce"] + 1e-4 * epochs[1]["train_distill"])
+    for path in (folder / "checkpoint.pth", run / "checkpoint.pth"):
+        evaluated = run_script("eval_fewshot.py", "--model_path", str(path), "--device", "cpu", "--n_test_runs", "2")
+        assert evaluated.returncode == 0, evaluated.stderr[-2000:]

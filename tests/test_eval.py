@@ -394,7 +394,8 @@ def test_table_methods_of_eval_results_and_duplicates(tmp_path):
 
     # eval_fewshot.py outputs: the method and seed come from args.json beside the checkpoint.
     for name, train_args in (("simple", {**_gen0(3), "plain": True}), ("distill", {**_gen1(3), "objective": "rfs"}),
-                             ("sskd", {**_gen1(3), "objective": "sskd"})):
+                             ("sskd", {**_gen1(3), "objective": "sskd"}), ("dvp", {**_gen1(3), "objective": "dvp"}),
+                             ("prior", {**_gen0(3), "objective": "dvp"})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "args.json").write_text(json.dumps(train_args))
         _results(tmp_path / name, {"model_path": str(tmp_path / name / "last.pth"), "seed": 0},
@@ -405,8 +406,9 @@ def test_table_methods_of_eval_results_and_duplicates(tmp_path):
     for copy in ("copy", "copy_again"):  # the same evaluation twice: counted once
         _results(tmp_path / copy, _gen1(0), {1: _accuracies(7)})
     result = table.main([str(tmp_path), "--out", str(tmp_path / "t"), "--wandb", "disabled"])
-    # SSKD is a row after the paper's, as the sibling methods are.
-    assert result.methods == ["rfs_simple", "rfs_distill", "skd_gen1", "sskd"] and result.baseline == "rfs_simple"
+    # SSKD and DVP's two phases are rows after the paper's, as the sibling methods are.
+    assert result.methods == ["rfs_simple", "rfs_distill", "skd_gen1", "sskd", "dvp_prior", "dvp"]
+    assert result.baseline == "rfs_simple"
     assert result.cells[("rfs_simple", "CIFAR-FS", 1)].seeds == 1
     # Seed 0 (the copies) and an unknown seed (`named`: no training arguments).
     assert result.cells[("skd_gen1", "CIFAR-FS", 1)].seeds == 2

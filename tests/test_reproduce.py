@@ -320,3 +320,24 @@ def test_sskd_is_a_method_of_the_plan_after_its_teacher(reproduce):
     assert len([c for c in cmds if Path(c[1]).name == "eval_fewshot.py"]) == 2  # the teacher is not a row here
     default = reproduce("--dataset", "CIFAR-FS", "--seeds", "0", *ARGS)
     assert all(flags(c).get("--objective") != "sskd" for c in commands(default.stdout))  # the paper's rows only
+
+
+def test_dvp_runs_its_prior_first_and_distils_from_it(reproduce):
+    result = reproduce("--dataset", "miniImageNet", "--seeds", "0", "--methods", "dvp", *ARGS)
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    prior = [c for c in cmds if Path(c[1]).name == "train_supervised_ssl.py"]
+    student = [c for c in cmds if Path(c[1]).name == "train_distillation.py"]
+    assert len(prior) == 1 and len(student) == 1 and cmds.index(prior[0]) < cmds.index(student[0])
+    p, s = flags(prior[0]), flags(student[0])
+    # Phase 1 with the DVP release's MoCo settings, phase 2 with its distillation weight and warm-up.
+    assert {k: p[k] for k in ("--objective", "--dvp_margin", "--dvp_temperature", "--dvp_momentum", "--dvp_dim",
+                              "--learning_rate", "--batch_size", "--weight_decay", "--epochs", "--lr_decay_epochs")} \
+        == {"--objective": "dvp", "--dvp_margin": "0.4", "--dvp_temperature": "0.07", "--dvp_momentum": "0.999",
+            "--dvp_dim": "128", "--learning_rate": "0.03", "--batch_size": "256", "--weight_decay": "0.0001",
+            "--epochs": "200", "--lr_decay_epochs": "120,160"}
+    assert int(p["--dvp_queue"]) < 38400  # fewer keys than training images
+    assert (s["--objective"], s["--dvp_weight"], s["--dvp_no_distill_epochs"]) == ("dvp", "0.0001", "4")
+    assert s["--path_t"].endswith("_dvp_margin_0.4_K_16384_m_0.999_T_0.07_trial_0/checkpoint.pth")
+    assert "x2 views = " in result.stdout
+    assert len([c for c in cmds if Path(c[1]).name == "eval_fewshot.py"]) == 2  # the prior is not a row here
