@@ -24,7 +24,7 @@ from dataset.profiles import DatasetProfile
 from dataset.transforms import TwoViews, contrastive_transform
 from distill import cross_entropy_loss, four_rotations, gen0_loss
 from distill.dvp import KeyQueue, grouped_forward, margin_contrastive_logits, margin_contrastive_loss, momentum_update
-from models import ProjectedFeatures, ProjectionHead, ResNet12SSL, create_model, list_models
+from models import ProjectedFeatures, ResNet12SSL, create_model, list_models
 from models.dropblock import dropblock_calls, set_dropblock_calls
 import engine.args
 import engine.distributed
@@ -45,11 +45,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("--objective dvp (defaults: the DVP release's MoCo command; scripts/reproduce.py "
                                   "also sets its schedule: lr 0.03, weight decay 1e-4, batch 256, 200 epochs)")
     g.add_argument("--dvp_dim", type=int, default=128, help="dimension of the contrastive embedding")
-    g.add_argument("--dvp_head", default="linear", choices=["linear", "mlp"],
-                   help="projection head on the pooled feature: linear (MoCo v1, the release's command) or mlp (MoCo v2)")
-    g.add_argument("--dvp_queue", type=int, default=16384,
-                   help="negative keys K; fewer than the training images (the release's 65,536 exceeds CIFAR-FS's and "
-                        "miniImageNet's 38,400)")
+    g.add_argument("--dvp_head", default="bn_linear", choices=["bn_linear", "linear"],
+                   help="projection head on the pooled feature: bn_linear, BatchNorm then Linear (ours: with the "
+                        "release's linear head ResNet-12 collapses, every embedding the same; see README) or linear "
+                        "(MoCo v1, the release's command)")
+    g.add_argument("--dvp_queue", type=int, default=4096,
+                   help="negative keys K, a small share of the training images, so that an image's own earlier key is "
+                        "rarely among its negatives (the release's 65,536 exceed CIFAR-FS's and miniImageNet's 38,400)")
     g.add_argument("--dvp_momentum", type=float, default=0.999, help="momentum m of the key encoder")
     g.add_argument("--dvp_temperature", type=float, default=0.07, help="softmax temperature")
     g.add_argument("--dvp_margin", type=float, default=0.4, help="margin subtracted from the positive cosine")
@@ -103,8 +105,10 @@ class MomentumContrast(nn.Module):
     def __init__(self, model: ResNet12SSL, args: argparse.Namespace) -> None:
         super().__init__()
         dim = model.feature_dim
-        self.query_head = (nn.Linear(dim, args.dvp_dim) if args.dvp_head == "linear"
-                           else ProjectionHead(dim, args.dvp_dim))
+        # The pooled features of ResNet-12 (after LeakyReLU and max-pool) share a large positive common part,
+        # which a linear head turns into one direction shared by every embedding; BatchNorm removes it first.
+        linear = nn.Linear(dim, args.dvp_dim)
+        self.query_head = linear if args.dvp_head == "linear" else nn.Sequential(nn.BatchNorm1d(dim), linear)
         self.key = copy.deepcopy(ProjectedFeatures(model, self.query_head)).requires_grad_(False)
         self.queue = KeyQueue(args.dvp_queue, args.dvp_dim, torch.Generator().manual_seed(args.seed))
 

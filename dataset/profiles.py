@@ -190,7 +190,8 @@ def _dvp_prior_weights(queue: Sourced[int], momentum: Sourced[float]) -> dict[st
     return {"dvp_margin": Sourced(0.4, f"{_DVP_MOCO} (--small_margin)"),
             "dvp_temperature": Sourced(0.07, f"{_DVP_MOCO} (--moco-t; the command sets no other)"),
             "dvp_momentum": momentum, "dvp_dim": Sourced(128, f"{_DVP_MOCO} (--moco-dim)"), "dvp_queue": queue,
-            "dvp_key_groups": Sourced(2, "ours: shuffle BN on one process (the release shuffles keys across GPUs)")}
+            "dvp_key_groups": Sourced(2, "ours: shuffle BN on one process (the release shuffles keys across GPUs)"),
+            "dvp_head": Sourced("bn_linear", "ours: the release's linear head collapses on ResNet-12 (README)")}
 
 
 # DVP's phase 1 with its release's MoCo schedule and loss; only the queue is ours (the release's 65,536 keys
@@ -201,8 +202,8 @@ _DVP_PRIOR = PublishedSettings(
     lr_decay_rate=Sourced(0.1, f"{_DVP_MOCO} (x0.1 per milestone)"),
     batch_size=Sourced(256, f"{_DVP_COMMAND} (--batch-size 256)"), weight_decay=Sourced(1e-4, f"{_DVP_MOCO} (--wd)"),
     momentum=Sourced(0.9, f"{_DVP_MOCO} (--momentum)"),
-    weights=_dvp_prior_weights(Sourced(16384, "ours: fewer than any dataset's training images (the release's 65,536 exceed the "
-                                              "36,000-38,400 of CIFAR-FS, FC100 and miniImageNet)"),
+    weights=_dvp_prior_weights(Sourced(4096, "ours: ~11% of an epoch of 38,400 images, so an image's own earlier key "
+                                             "is rarely its negative (the release's 65,536 exceed the training sets)"),
                                Sourced(0.999, f"{_DVP_MOCO} (--moco-m)")))
 
 
@@ -281,9 +282,9 @@ SMALL_SCALE: dict[str, PublishedSettings] = {
     "skd_gen1": _small(5, (4,), 0.001, "SPEC 4", {"beta": Sourced(0.1, "SPEC 4 (CIFAR-FS)"),
                                                   "kd_T": Sourced(2.0, "SPEC 4")}),
     "sskd": _small(10, (7,), 0.02, _SMALL_LR, _sskd_weights(Sourced(5, _OURS + " (the release: 60)"))),
-    # The prior trains without labels on 2 views (not 4 rotations) per image: 30 epochs cost about Gen-0's 10.
-    "dvp_prior": replace(_small(30, (20, 25), 0.03, "the DVP release's (at batch 256)", _dvp_prior_weights(
-        Sourced(1024, _OURS + ": 78% of the 1,312 images an epoch draws"),
+    # The prior trains without labels on 2 views (not 4 rotations) per image: 20 epochs cost about 2/3 of Gen-0's 10.
+    "dvp_prior": replace(_small(20, (14, 17), 0.03, "the DVP release's (at batch 256)", _dvp_prior_weights(
+        Sourced(256, _OURS + ": ~20% of the 1,312 images an epoch draws"),
         Sourced(0.99, _OURS + ": the release's 0.999 lags ~1000 steps, 24 of these epochs"))),
         weight_decay=Sourced(1e-4, _DVP_MOCO)),
     "dvp": _small(10, (7,), 0.02, _SMALL_LR, _dvp_student_weights(

@@ -181,15 +181,17 @@ def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def check_replicas_equal(model: nn.Module) -> None:
-    """Raise unless every parameter and buffer is bit-identical on all ranks (compared by sha256 of
-    their bytes): the guarantee DDP gives, checked at the end of training as MoCo v3 checks a frozen
-    network."""
+def check_replicas_equal(model: nn.Module, extra_modules: dict[str, nn.Module] | None = None) -> None:
+    """Raise unless every parameter and buffer of `model` and of `extra_modules` (an objective's heads,
+    key encoder, queue) is bit-identical on all ranks (compared by sha256 of their bytes): the
+    guarantee DDP gives, checked at the end of training as MoCo v3 checks a frozen network."""
     info = current()
     if not info.enabled:
         return
+    tensors = {**model.state_dict(), **{f"{key}.{name}": t for key, module in (extra_modules or {}).items()
+                                        for name, t in module.state_dict().items()}}
     digests = {name: hashlib.sha256(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
-               for name, t in model.state_dict().items() if isinstance(t, torch.Tensor)}
+               for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     everyone = all_gather_objects(digests)
     differ = sorted({name for other in everyone[1:] for name, d in other.items() if everyone[0].get(name) != d})
     if differ:

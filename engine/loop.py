@@ -230,7 +230,7 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
             if stop.requested():  # arrived during the epoch's last step, its evaluation or its save
                 raise _stop(stop, state, epoch, None, 0)
     distributed.barrier()  # every rank may read best.pth or checkpoint.pth next
-    distributed.check_replicas_equal(state.model)
+    distributed.check_replicas_equal(state.model, state.extra_modules)
 
 
 def _train_epoch(state: TrainState, step: Step, loader, args: argparse.Namespace, device: torch.device, epoch: int,
@@ -269,7 +269,10 @@ def _train_epoch(state: TrainState, step: Step, loader, args: argparse.Namespace
             _save_partial(state, epoch, i, meter, args)
             raise _stop(stop, state, epoch, i, steps)
     finite.check(epoch, last_good)
-    distributed.broadcast_buffers(state.model)  # every rank evaluates and rank 0 saves the same network
+    # Every rank evaluates and rank 0 saves the same network; modules outside DDP (a momentum key
+    # encoder) also kept BatchNorm statistics of their own rank's images.
+    for module in (state.model, *state.extra_modules.values()):
+        distributed.broadcast_buffers(module)
     if after_epoch is not None:
         after_epoch(epoch)
     averages, images = meter.averages()

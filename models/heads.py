@@ -7,12 +7,11 @@ from torch import nn
 
 
 class ProjectionHead(nn.Module):
-    """A two-layer projection head on the pooled feature: Linear(d, d) -> ReLU -> Linear(d, out_dim)
-    (SSKD: out_dim = d; MoCo v2's head: 128)."""
+    """SSKD's projection head: Linear(d, d) -> ReLU -> Linear(d, d) on the pooled feature."""
 
-    def __init__(self, dim: int, out_dim: int | None = None) -> None:
+    def __init__(self, dim: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out_dim or dim))
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         return self.net(feature)

@@ -63,7 +63,7 @@ STAGES = {
         "sskd_ss_ratio", "sskd_head_epochs")}, teacher="skd_gen0", rotations=4, mode_flags=("--objective", "sskd")),
     # DVP: phase 1 forwards two views of each image (query and key), phase 2 the plain images (student and teacher).
     "dvp_prior": Stage(train_supervised_ssl, {name: f"--{name}" for name in (
-        "dvp_margin", "dvp_temperature", "dvp_momentum", "dvp_dim", "dvp_queue", "dvp_key_groups")}, rotations=2,
+        "dvp_margin", "dvp_temperature", "dvp_momentum", "dvp_dim", "dvp_queue", "dvp_key_groups", "dvp_head")}, rotations=2,
         copies="views", mode_flags=("--objective", "dvp")),
     "dvp": Stage(train_distillation, {"dvp_weight": "--dvp_weight", "dvp_no_distill_epochs": "--dvp_no_distill_epochs"},
                  teacher="dvp_prior", mode_flags=("--objective", "dvp")),

@@ -338,6 +338,6 @@ def test_dvp_runs_its_prior_first_and_distils_from_it(reproduce):
             "--epochs": "200", "--lr_decay_epochs": "120,160"}
     assert int(p["--dvp_queue"]) < 38400  # fewer keys than training images
     assert (s["--objective"], s["--dvp_weight"], s["--dvp_no_distill_epochs"]) == ("dvp", "0.0001", "4")
-    assert s["--path_t"].endswith("_dvp_margin_0.4_K_16384_m_0.999_T_0.07_trial_0/checkpoint.pth")
+    assert s["--path_t"].endswith("_dvp_margin_0.4_K_4096_m_0.999_T_0.07_trial_0/checkpoint.pth")
     assert "x2 views = " in result.stdout
     assert len([c for c in cmds if Path(c[1]).name == "eval_fewshot.py"]) == 2  # the prior is not a row here
