@@ -149,3 +149,23 @@ def test_sigterm_under_torchrun_resumes_bit_identically(cifar_root, tmp_path):
     two = engine.checkpoint.load_checkpoint(folder / "checkpoint.pth")["model"]
     for key, value in one.items():
         torch.testing.assert_close(two[key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_dvp_both_phases_under_torchrun(cifar_root, tmp_path):
+    """DVP's momentum encoder and queue live outside DDP: the queue takes every rank's keys, the key
+    encoder follows the (identical) query encoder, and the replica check covers both; phase 2's
+    connectors train inside DDP with the student."""
+    prior = torchrun("train_supervised_ssl.py", *FAST, "--objective", "dvp", "--dvp_queue", "32",
+                     "--data_root", str(cifar_root), "--model_path", str(tmp_path / "prior"))
+    assert prior.returncode == 0, prior.stderr[-3000:]
+    assert "replicas check: parameters and buffers identical on 2 ranks" in prior.stdout
+    [folder] = list((tmp_path / "prior").iterdir())
+    checkpoint = engine.checkpoint.load_checkpoint(folder / "checkpoint.pth")
+    assert int(checkpoint["dvp_prior"]["queue.pointer"]) == 48 % 32  # 3 steps x 2 ranks x 8 keys, gathered
+    student = torchrun("train_distillation.py", *FAST, "--objective", "dvp", "--path_t", str(folder / "checkpoint.pth"),
+                       "--dvp_no_distill_epochs", "0", "--data_root", str(cifar_root),
+                       "--model_path", str(tmp_path / "dvp"))
+    assert student.returncode == 0, student.stderr[-3000:]
+    assert "replicas check: parameters and buffers identical on 2 ranks" in student.stdout
+    assert "teacher check: weights and BatchNorm statistics unchanged" in student.stdout

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import engine.checkpoint
-from conftest import run_script
+from conftest import CPU_AMP, run_script
 from dataset import load_split
 from eval.fewshot import EpisodeSetting, evaluate
 
 pytestmark = pytest.mark.slow
 
-DATA = ["--dataset", "folder", "--image_size", "28", "--device", "cpu", "--amp", "bf16"]
+DATA = ["--dataset", "folder", "--image_size", "28", "--device", "cpu", "--amp", CPU_AMP]
 TRAIN = [*DATA, "--num_workers", "0", "--batch_size", "32", "--no_final_eval"]
 CHANCE = 20.0
 

@@ -93,6 +93,7 @@ def test_sskd_loss_computes_in_float32(dtype):
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 def test_sskd_objective_end_to_end(cifar_root, tmp_path):
     """A teacher checkpoint, one SSKD epoch (the teacher head trained first), a resumed second epoch
     (the head restored, not retrained), and the student evaluated like any checkpoint."""

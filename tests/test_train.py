@@ -17,7 +17,7 @@ import engine.logger
 import engine.loop
 import engine.run
 import util
-from conftest import make_cifar_package, run_script, write_pickle
+from conftest import CPU_AMP, make_cifar_package, run_script, write_pickle
 from distill import gen0_loss, gen1_loss, kd_loss, rfs_distill_loss, rot180
 from models import create_model
 from models.dropblock import add_dropblock_calls, dropblock_calls
@@ -87,10 +87,11 @@ def test_gen0_resume_reproduces_an_uninterrupted_run(gen0_run, cifar_root, tmp_p
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 def test_gen0_one_epoch_on_synthetic_reloads_and_resumes(tmp_path):
     """The default first run: built-in data, no files. Its checkpoint loads into a fresh model and
     --resume continues it."""
-    common = ["--batch_size", "64", "--num_workers", "0", "--device", "cpu", "--amp", "bf16", "--no_final_eval",
+    common = ["--batch_size", "64", "--num_workers", "0", "--device", "cpu", "--amp", CPU_AMP, "--no_final_eval",
               "--model_path", str(tmp_path)]
     first = run_script("train_supervised_ssl.py", *common, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -337,6 +338,7 @@ def test_official_ramp_counts_the_released_per_epoch_evaluation():
     assert dropblock_calls(model) == [1200, 1200]
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 def test_cosine_and_trainval_in_a_real_run(tmp_path):
     root = make_cifar_package(tmp_path / "CIFAR-FS")
     train, val = (pickle.load(open(root / f"{s}.pickle", "rb")) for s in ("train", "val"))
@@ -392,6 +394,7 @@ def test_gen0_step_rotates_the_batch_and_computes_the_spec_loss():
 
 # ----------------------------------------------------------------------------- model selection on val (--eval_freq)
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 def test_eval_freq_trains_bit_identically_and_never_opens_the_test_split(gen0_run, tmp_path):
     """Per-epoch val evaluation leaves training as it was (gen0_run trained the same 2 epochs without
     it), and a run that does not report never reads the test file."""
@@ -419,6 +422,7 @@ def test_eval_freq_trains_bit_identically_and_never_opens_the_test_split(gen0_ru
     assert not (folder / "results.json").exists()
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 def test_best_checkpoint_is_selected_on_val_reported_and_kept_across_resume(cifar_root, tmp_path, monkeypatch):
     import sys
 
