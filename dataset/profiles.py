@@ -194,8 +194,8 @@ def _dvp_prior_weights(queue: Sourced[int], momentum: Sourced[float]) -> dict[st
             "dvp_head": Sourced("bn_linear", "ours: the release's linear head collapses on ResNet-12 (README)")}
 
 
-# DVP's phase 1 with its release's MoCo schedule and loss; only the queue is ours (the release's 65,536 keys
-# exceed the 38,400 training images of CIFAR-FS, FC100 and miniImageNet).
+# DVP's phase 1 with its release's MoCo schedule and loss; ours: the queue (the release's 65,536 keys exceed
+# the 38,400 training images of CIFAR-FS, FC100 and miniImageNet), the BatchNorm head and the key groups.
 _DVP_PRIOR = PublishedSettings(
     epochs=Sourced(200, f"{_DVP_MOCO} (--epochs)"), lr_decay_epochs=Sourced((120, 160), f"{_DVP_MOCO} (--schedule)"),
     learning_rate=Sourced(0.03, f"{_DVP_COMMAND} (--lr 0.03)"),
