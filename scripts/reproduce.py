@@ -5,10 +5,11 @@ when a script's default changes.
     python scripts/reproduce.py --dataset CIFAR-FS --data_root DIR --dry_run
     python scripts/reproduce.py --dataset FC100 --data_root DIR --dry_run -- --epochs 1    # a smoke run
 
-Flags this script does not know (after `--` or not) are appended to every training command, where
-argparse's last-one-wins makes them override the published values; the data, seeds and run folders
-stay the plan's (--dataset, --data_root, --seeds, --output). This version prints the plan
-(--dry_run); running it comes next.
+Flags this script does not know (after `--` or not) are appended to every training command whose
+script accepts them, where argparse's last-one-wins makes them override the published values
+(`-- --dvp_margin 0` reaches train_supervised_ssl.py's runs only); a flag no script of the plan
+accepts is refused. The data, seeds and run folders stay the plan's (--dataset, --data_root,
+--seeds, --output).
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ class Run:
     checkpoint: Path
     swept: bool = False  # one candidate of a sweep: evaluated on val, and on test only if val picks it
     evaluations: tuple[list[str], ...] = ()
+    passthrough: tuple[tuple[str, ...], ...] = ()  # the passthrough flags (with their values) its script accepted
 
     @property
     def label(self) -> str:
@@ -93,7 +95,7 @@ class Run:
 def get_args_parser() -> argparse.ArgumentParser:
     # No abbreviations: `--seed 3` must pass through to the training scripts, not become --seeds.
     parser = util.ArgumentParser("Reproduce one dataset's table of the paper; other flags go to every training "
-                                     "command", allow_abbrev=False)
+                                     "command that accepts them", allow_abbrev=False)
     parser.add_argument("--dataset", required=True, help=f"one of {', '.join(PUBLISHED)}")
     parser.add_argument("--data_root", required=True, help="folder holding <dataset>/, as for the scripts")
     parser.add_argument("--methods", type=engine.args.comma_strings, default=list(METHODS),
@@ -141,9 +143,31 @@ def parse_training(stage: Stage, argv: list[str]) -> argparse.Namespace:
     except argparse.ArgumentError as e:
         raise util.UsageError(f"{script}: {e}") from None
     if unknown:
-        raise util.UsageError(f"{script} does not accept {shlex.join(unknown)} (flags this script does not know go "
-                              f"to every training command)")
+        raise util.UsageError(f"{script} does not accept {shlex.join(unknown)}")
     return parsed
+
+
+def flag_groups(passthrough: list[str]) -> list[list[str]]:
+    """The passthrough flags one by one, each with the values after it (`--epochs 1`, `--lr_decay_epochs=3,4`)."""
+    groups: list[list[str]] = []
+    for token in passthrough:
+        if token.startswith("--") or not groups:
+            groups.append([token])
+        else:
+            groups[-1].append(token)
+    return groups
+
+
+def accepts(stage: Stage, planned: list[str], group: list[str]) -> bool:
+    """Whether the stage's script knows the flag of `group` (a known flag with a bad value counts as known:
+    parse_training then names the value)."""
+    parser = stage.module.get_args_parser()
+    parser.exit_on_error = False
+    try:
+        _, unknown = parser.parse_known_args(planned + group)
+    except argparse.ArgumentError:
+        return True
+    return not unknown
 
 
 def check_passthrough(stage: Stage, planned: list[str], passthrough: list[str]) -> None:
@@ -193,8 +217,9 @@ def training_runs(method: str, settings: PublishedSettings, seed: int, args: arg
                 "--wandb_group", args.wandb_group,
                 # Evaluation is the eval_fewshot.py commands below, so training never opens val or test.
                 "--no_final_eval", *device_flags(args)]
-        check_passthrough(stage, argv, passthrough)
-        argv += passthrough
+        mine = tuple(tuple(group) for group in flag_groups(passthrough) if accepts(stage, argv, group))
+        check_passthrough(stage, argv, [token for group in mine for token in group])
+        argv += [token for group in mine for token in group]
         parsed = parse_training(stage, argv)
         name = stage.module.run_name(parsed, dataset_profile(parsed.dataset, parsed.image_size or args.folder_image_size))
         checkpoint = engine.run.run_folder(parsed, name) / engine.checkpoint.CHECKPOINT_NAME
@@ -207,7 +232,7 @@ def training_runs(method: str, settings: PublishedSettings, seed: int, args: arg
                         [*python_command(Path(stage.module.__file__).name, args.nproc_per_node), *argv], parsed.epochs,
                         checkpoint,
                         bool(swept), tuple(evaluation(args, checkpoint, split, shots) for split in splits
-                                           for shots in PUBLISHED_EVAL.shots.value)))
+                                           for shots in PUBLISHED_EVAL.shots.value), mine))
     return runs
 
 
@@ -229,6 +254,11 @@ def plan(args: argparse.Namespace, passthrough: list[str]) -> list[Run]:
             if method not in args.methods:  # a teacher the table does not show: trained (or found done), not evaluated
                 method_runs = [replace(run, evaluations=()) for run in method_runs]
             runs += method_runs
+    for group in flag_groups(passthrough):
+        if not any(tuple(group) in run.passthrough for run in runs):
+            scripts = sorted({Path(STAGES[run.method].module.__file__).name for run in runs})
+            raise util.UsageError(f"{shlex.join(group)}: no training script of the plan accepts it "
+                                  f"({', '.join(scripts)})")
     return runs
 
 

@@ -193,10 +193,26 @@ def test_passthrough_flags_override_every_training_command(reproduce):
         in result.stdout.splitlines()
 
 
+def test_a_flag_goes_only_to_the_scripts_that_accept_it(reproduce):
+    result = reproduce("--dataset", "CIFAR-FS", "--seeds", "0", "--methods", "dvp_prior,dvp", *ARGS,
+                       "--", "--dvp_margin", "0", "--epochs=2", "--dvp_weight", "0.5")
+    assert result.returncode == 0, result.stderr
+    training = [c for c in commands(result.stdout) if Path(c[1]).name != "eval_fewshot.py"]
+    assert [Path(c[1]).name for c in training] == ["train_supervised_ssl.py", "train_distillation.py"]
+    prior, student = training
+    assert prior[-3:] == ["--dvp_margin", "0", "--epochs=2"] and "--dvp_weight" not in prior
+    assert student[-3:] == ["--epochs=2", "--dvp_weight", "0.5"] and "--dvp_margin" not in student
+    # The prior's run folder, and so the student's teacher, follow the margin it was given.
+    assert "_dvp_margin_0.0_" in flags(student)["--path_t"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--data_root", "DATA"], "DATA: --data_root folder not found"),
-    ([*ARGS, "--official_quirks"], "train_supervised_ssl.py does not accept --official_quirks (flags this script "
-                                   "does not know go to every training command)"),
+    ([*ARGS, "--no_such_flag", "3"], "--no_such_flag 3: no training script of the plan accepts it "
+                                     "(train_distillation.py, train_supervised_ssl.py)"),
+    # Gen-1's flag with Gen-0 alone in the plan.
+    ([*ARGS, "--methods", "skd_gen0", "--official_quirks"], "--official_quirks: no training script of the plan "
+                                                            "accepts it (train_supervised_ssl.py)"),
     # Not taken for an abbreviation of --seeds: it passes through, and the plan refuses it.
     ([*ARGS, "--seed", "3"], "--seed 3: changes --seed, which the plan sets; use this script's --dataset, "
                              "--data_root, --seeds and --output"),
