@@ -127,6 +127,16 @@ def check_teacher_matches_run(args: argparse.Namespace, checkpoint: dict, image_
         if value is not None and value != given[what] and not args.allow_teacher_mismatch:
             raise util.UsageError(f"--path_t {args.path_t}: the teacher was trained with {what} {value}, this run "
                                   f"has {given[what]}; pass --allow_teacher_mismatch if that is intended")
+    # DVP distils features from a label-free prior whose classifier never trained; the other objectives
+    # distil a classifier's logits, so each needs its own kind of teacher.
+    teacher_objective = train_args.get("objective")
+    if (teacher_objective is not None and (teacher_objective == "dvp") != (args.objective == "dvp")
+            and not args.allow_teacher_mismatch):
+        needed = ("a DVP prior (train_supervised_ssl.py --objective dvp)" if args.objective == "dvp"
+                  else "a teacher trained with labels, not a DVP prior")
+        raise util.UsageError(f"--path_t {args.path_t}: --objective {args.objective} needs {needed}; the teacher was "
+                              f"trained with --objective {teacher_objective}; pass --allow_teacher_mismatch if that "
+                              f"is intended")
 
 
 def official_eval_calls_per_epoch(args: argparse.Namespace) -> int:

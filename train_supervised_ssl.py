@@ -138,7 +138,7 @@ def dvp_prior_step(model: ResNet12SSL, prior: MomentumContrast, args: argparse.N
     return step
 
 
-def check_dvp_args(args: argparse.Namespace, train_images: int) -> None:
+def check_dvp_args(args: argparse.Namespace) -> None:
     if args.plain:
         raise util.UsageError("--plain: trains RFS-simple; it does not combine with --objective dvp")
     util.check_positive(args, "dvp_dim", "dvp_queue", "dvp_key_groups")
@@ -146,22 +146,25 @@ def check_dvp_args(args: argparse.Namespace, train_images: int) -> None:
         raise util.UsageError(f"--dvp_momentum: expected a number in [0, 1), got {args.dvp_momentum}")
     if not args.dvp_temperature > 0:
         raise util.UsageError(f"--dvp_temperature: expected a positive number, got {args.dvp_temperature}")
-    if not args.batch_size <= args.dvp_queue < train_images:
-        raise util.UsageError(f"--dvp_queue {args.dvp_queue}: expected at least --batch_size ({args.batch_size}) and "
-                              f"fewer than the {train_images} training images (else the queue holds earlier keys of "
-                              f"an image as its own negatives)")
-    if engine.distributed.per_rank_batch_size(args.batch_size) < args.dvp_key_groups:
-        raise util.UsageError(f"--dvp_key_groups {args.dvp_key_groups}: more groups than images per step and rank")
+    # A queue of more keys than training images (the release's 65,536 on its ~50,000) is allowed: every
+    # query then meets earlier keys of its own image among its negatives (README, DVP settings).
+    if args.dvp_queue < args.batch_size:
+        raise util.UsageError(f"--dvp_queue {args.dvp_queue}: expected at least --batch_size ({args.batch_size}), "
+                              f"the keys one step enqueues")
+    per_rank = engine.distributed.per_rank_batch_size(args.batch_size)
+    if per_rank < 2 * args.dvp_key_groups:  # BatchNorm in train mode needs 2 images per group
+        raise util.UsageError(f"--dvp_key_groups {args.dvp_key_groups}: expected at least 2 images per group, "
+                              f"got {per_rank} images per step and rank")
 
 
 def main() -> None:
     args = get_args_parser().parse_args()
     device = engine.run.start_training_run(args)
 
-    data = engine.run.load_training_data(args)
     dvp = args.objective == "dvp"
     if dvp:
-        check_dvp_args(args, len(data.train))
+        check_dvp_args(args)
+    data = engine.run.load_training_data(args)
     model = util.to_device(create_model(args.model, data.train.num_classes, args.dataset, image_size=data.image_size),
                            device)
     if args.sync_bn:

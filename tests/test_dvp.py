@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 from distill.dvp import (KeyQueue, batchnorm_margin, feature_distillation_loss, feature_margins, grouped_forward,
                          margin_contrastive_logits, margin_contrastive_loss, momentum_update, partial_l2, stage_weights)
 from models import WithConnectors, connector, create_model
+from util import UsageError
 
 
 def test_the_margin_changes_only_the_positive_logit():
@@ -163,6 +165,43 @@ def test_the_distillation_weight_is_off_for_the_first_epochs():
 
 
 @pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
+@pytest.mark.parametrize("changes, message", [
+    ({"dvp_queue": 8}, "--dvp_queue 8: expected at least --batch_size (16)"),
+    ({"dvp_key_groups": 9}, "--dvp_key_groups 9: expected at least 2 images per group, got 16"),
+    ({"dvp_queue": 100_000}, None),  # more keys than training images, as the release's 65,536: allowed
+    ({"dvp_key_groups": 8}, None),
+])
+def test_dvp_phase_1_flags(changes, message):
+    import train_supervised_ssl
+
+    args = train_supervised_ssl.get_args_parser().parse_args(["--objective", "dvp", "--batch_size", "16"])
+    vars(args).update(changes)
+    if message is None:
+        train_supervised_ssl.check_dvp_args(args)
+    else:
+        with pytest.raises(UsageError, match=re.escape(message)):
+            train_supervised_ssl.check_dvp_args(args)
+
+
+@pytest.mark.parametrize("objective, teacher_objective, refused", [
+    ("dvp", "dvp", False), ("dvp", "skd", True), ("skd", "dvp", True), ("rfs", "dvp", True), ("sskd", "skd", False),
+    ("dvp", None, False),  # an official checkpoint records no arguments
+])
+def test_each_objective_needs_its_kind_of_teacher(objective, teacher_objective, refused):
+    import train_distillation
+
+    argv = ["--path_t", "prior.pth", "--objective", objective]
+    checkpoint = {"args": {"objective": teacher_objective} if teacher_objective else None}
+    args = train_distillation.get_args_parser().parse_args(argv)
+    if refused:
+        with pytest.raises(UsageError, match=f"--objective {objective} needs"):
+            train_distillation.check_teacher_matches_run(args, checkpoint, 32)
+    else:
+        train_distillation.check_teacher_matches_run(args, checkpoint, 32)
+    args = train_distillation.get_args_parser().parse_args([*argv, "--allow_teacher_mismatch"])
+    train_distillation.check_teacher_matches_run(args, checkpoint, 32)
+
+
 def test_dvp_both_phases_end_to_end(cifar_root, tmp_path):
     """Phase 1 (one epoch, then a resumed second), phase 2 from its checkpoint (frozen teacher, CE only in its first
     epoch), and both checkpoints evaluated like any other."""
