@@ -76,6 +76,7 @@ def test_gen1_under_torchrun(ddp_gen0, cifar_root, tmp_path):
     assert "replicas check: parameters and buffers identical on 2 ranks" in done.stdout
 
 
+@pytest.mark.slow  # a minute on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 def test_sharded_evaluation_equals_one_process(ddp_gen0, cifar_root, tmp_path):
     """5-shot with 5 augmentations: 16 episodes per chunk, so 17 episodes make 2 chunks (one per rank),
     and the 100 val images 4 embedding batches of 32 (two per rank)."""
