@@ -164,7 +164,6 @@ def test_the_distillation_weight_is_off_for_the_first_epochs():
     assert seen == [0.0, 0.0, 1e-4, 1e-4]
 
 
-@pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 @pytest.mark.parametrize("changes, message", [
     ({"dvp_queue": 8}, "--dvp_queue 8: expected at least --batch_size (16)"),
     ({"dvp_key_groups": 9}, "--dvp_key_groups 9: expected at least 2 images per group, got 16"),
@@ -202,6 +201,7 @@ def test_each_objective_needs_its_kind_of_teacher(objective, teacher_objective, 
     train_distillation.check_teacher_matches_run(args, checkpoint, 32)
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 def test_dvp_both_phases_end_to_end(cifar_root, tmp_path):
     """Phase 1 (one epoch, then a resumed second), phase 2 from its checkpoint (frozen teacher, CE only in its first
     epoch), and both checkpoints evaluated like any other."""
