@@ -218,8 +218,9 @@ def training_runs(method: str, settings: PublishedSettings, seed: int, args: arg
                 # Evaluation is the eval_fewshot.py commands below, so training never opens val or test.
                 "--no_final_eval", *device_flags(args)]
         mine = tuple(tuple(group) for group in flag_groups(passthrough) if accepts(stage, argv, group))
-        check_passthrough(stage, argv, [token for group in mine for token in group])
-        argv += [token for group in mine for token in group]
+        accepted = [token for group in mine for token in group]
+        check_passthrough(stage, argv, accepted)
+        argv += accepted
         parsed = parse_training(stage, argv)
         name = stage.module.run_name(parsed, dataset_profile(parsed.dataset, parsed.image_size or args.folder_image_size))
         checkpoint = engine.run.run_folder(parsed, name) / engine.checkpoint.CHECKPOINT_NAME
