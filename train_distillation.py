@@ -324,8 +324,8 @@ def main() -> None:
         student = clone_student(teacher)
     if args.objective == "dvp":  # the prior's backbone with a fresh classifier, as the DVP release's student
         student.classifier.reset_parameters()
-    if args.sync_bn:
-        student = engine.distributed.convert_sync_batchnorm(student)
+    if args.bn_stats == "global":
+        student = engine.distributed.use_global_batch_statistics(student)
     teacher_before = snapshot(teacher)
 
     optimizer = torch.optim.SGD(student.parameters(), lr=args.learning_rate, momentum=args.momentum,

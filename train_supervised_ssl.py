@@ -167,8 +167,6 @@ def main() -> None:
     data = engine.run.load_training_data(args)
     model = util.to_device(create_model(args.model, data.train.num_classes, args.dataset, image_size=data.image_size),
                            device)
-    if args.sync_bn:
-        model = engine.distributed.convert_sync_batchnorm(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     identity = {"model": args.model, "dataset": args.dataset, "image_size": data.image_size, "plain": args.plain,
@@ -178,6 +176,8 @@ def main() -> None:
         prior = MomentumContrast(model, args).to(device)
         engine.distributed.broadcast_module(prior)  # the key encoder starts as rank 0's query encoder, as DDP's
         optimizer.add_param_group({"params": list(prior.query_head.parameters())})
+    if args.bn_stats == "global":  # after the key encoder's copy, which keeps per-rank statistics (shuffle BN)
+        model = engine.distributed.use_global_batch_statistics(model)
     job_type = "dvp_prior" if dvp else "rfs_simple" if args.plain else "skd_gen0"
     state = engine.run.prepare_run(args, run_name(args, data.profile), model, optimizer, job_type, identity, data,
                                    extra_modules={"dvp_prior": prior} if prior is not None else None)

@@ -97,14 +97,19 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g.add_argument("--wandb_group", default=None,
                    help="W&B group (default: the run-folder name); evaluations of the checkpoint join it")
     g.add_argument("--log_interval", type=int, default=20,
-                   help="steps between progress-bar updates and non-finite loss checks (each reads the GPU once)")
+                   help="steps between progress-bar updates, non-finite loss checks and, under torchrun, the ranks' "
+                        "check for a stop signal (each reads the GPU once): SIGTERM stops within this many steps")
     g.add_argument("--no_final_eval", action="store_true", help="skip the few-shot report at the end of training")
 
 
 def add_distributed_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("distributed (launch with torchrun; --batch_size stays the global batch)")
+    g.add_argument("--bn_stats", default="global", choices=["global", "per_rank"],
+                   help="under torchrun: global = BatchNorm statistics and DropBlock's rescale over the global batch, "
+                        "so N ranks take the step one process takes at --batch_size (SyncBatchNorm on GPUs); "
+                        "per_rank = each rank's share only (plain DDP, no extra communication)")
     g.add_argument("--sync_bn", action="store_true",
-                   help="under torchrun on GPUs: BatchNorm statistics over the global batch instead of each rank's share")
+                   help="accepted for older command lines: global BatchNorm statistics are the default (--bn_stats)")
 
 
 def add_training_script_args(parser: argparse.ArgumentParser, learning_rate: float, lr_decay_epochs: str,

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from engine.global_batchnorm import convert_to_global_batchnorm
+from models.dropblock import DropBlock
 from util import UsageError, resolve_device
 
 
@@ -45,7 +47,10 @@ def setup(device_name: str | None) -> tuple[Distributed, torch.device]:
     node (so `--device cuda`, or the default, means one GPU per rank) and joins with NCCL; on CPU
     the ranks join with gloo. Outside torchrun: (rank 0 of 1, resolve_device(device_name))."""
     if not launched_by_torchrun():
-        return Distributed(), resolve_device(device_name)
+        device = resolve_device(device_name)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # what a bare torch.cuda call (RNG state, streams) means from now on
+        return Distributed(), device
     rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     device = resolve_device(device_name)
     if device.type == "cuda":
@@ -121,15 +126,21 @@ def wrap(model: nn.Module, method: str = "forward", unused: tuple[str, ...] = ()
     return nn.parallel.DistributedDataParallel(target, device_ids=[device] if device.type == "cuda" else None)
 
 
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """BatchNorm layers that normalise over the global batch (--sync_bn): the same parameters and
-    buffers, so the optimizer, the module names and the checkpoint keys are unchanged. A no-op
-    outside torchrun; CUDA only (PyTorch synchronises BatchNorm on GPUs)."""
+def use_global_batch_statistics(model: nn.Module) -> nn.Module:
+    """Make N ranks at global batch B compute what one process computes at batch B (--bn_stats
+    global, the default under torchrun): BatchNorm normalises over the global batch (PyTorch's
+    SyncBatchNorm on CUDA, engine.global_batchnorm on the CPU, where SyncBatchNorm refuses to run),
+    and DropBlock rescales by the share of activations kept over the global batch. Parameters,
+    buffers and names are unchanged, so the optimizer and the checkpoint keys are too. A no-op
+    outside torchrun. Call it before building the optimizer or any copy of the model."""
     if not current().enabled:
         return model
-    if next(model.parameters()).device.type != "cuda":
-        raise UsageError("--sync_bn: PyTorch synchronises BatchNorm on CUDA only; drop it on CPU")
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for module in model.modules():
+        if isinstance(module, DropBlock):
+            module.sum_over_ranks = all_reduce_sum
+    if next(model.parameters()).device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return convert_to_global_batchnorm(model)
 
 
 class _Method(nn.Module):
@@ -144,12 +155,39 @@ class _Method(nn.Module):
         return getattr(self.model, self.method)(x)
 
 
+def group_device() -> torch.device:
+    """The device the default process group's collectives take tensors on: this rank's GPU under
+    NCCL, which serves CUDA tensors only, the CPU under gloo. Every collective of the project goes
+    through the helpers below, which move their tensors there and back: a tensor made without a
+    device (on the CPU) beside an NCCL group fails with "No backend type associated with device
+    type cpu"."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def on_group_device(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` on group_device() (itself when it is there already)."""
+    return tensor.to(group_device())
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum over ranks (in place); the tensor itself outside torchrun. A NaN or inf on any rank
-    makes the sum non-finite on every rank, so all ranks stop together."""
-    if current().enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+    """The sum over ranks, on `tensor`'s device (in place when that is the group's device); the
+    tensor itself outside torchrun. A NaN or inf on any rank makes the sum non-finite on every
+    rank, so all ranks stop together."""
+    if not current().enabled:
+        return tensor
+    shared = on_group_device(tensor)
+    dist.all_reduce(shared, op=dist.ReduceOp.SUM)
+    return shared.to(tensor.device)
+
+
+def _broadcast_in_place(tensors: list[torch.Tensor]) -> None:
+    for tensor in tensors:
+        shared = on_group_device(tensor.data)
+        dist.broadcast(shared, src=0)
+        if shared.data_ptr() != tensor.data.data_ptr():
+            tensor.data.copy_(shared)
 
 
 def broadcast_buffers(model: nn.Module) -> None:
@@ -157,28 +195,27 @@ def broadcast_buffers(model: nn.Module) -> None:
     before each forward, so after an epoch's last step each rank holds statistics updated with its
     own images; evaluation and checkpoints must all see rank 0's, the ones it saves."""
     if current().enabled:
-        for buffer in model.buffers():
-            dist.broadcast(buffer.data, src=0)
+        _broadcast_in_place(list(model.buffers()))
 
 
 def broadcast_module(module: nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every rank: for modules DDP does not wrap (a momentum
     encoder, a queue) whose initial values were drawn per rank."""
     if current().enabled:
-        for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=0)
+        _broadcast_in_place([*module.parameters(), *module.buffers()])
 
 
 @torch.no_grad()
 def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank's `tensor` concatenated along dim 0 in rank order (no gradient); the tensor itself
-    outside torchrun. All ranks must pass the same shape."""
+    """Every rank's `tensor` concatenated along dim 0 in rank order (no gradient), on `tensor`'s
+    device; the tensor itself outside torchrun. All ranks must pass the same shape."""
     info = current()
     if not info.enabled:
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
+    shared = on_group_device(tensor).contiguous()
+    parts = [torch.empty_like(shared) for _ in range(info.world_size)]
+    dist.all_gather(parts, shared)
+    return torch.cat(parts).to(tensor.device)
 
 
 def check_replicas_equal(model: nn.Module, extra_modules: dict[str, nn.Module] | None = None) -> None:

@@ -222,7 +222,7 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
     Under torchrun `step` calls the DDP-wrapped network (engine.distributed.wrap), every rank runs
     the loop and the (sharded) val evaluation, and rank 0 alone writes checkpoints and logs.
     """
-    with StopRequest() as stop:
+    with StopRequest(args.log_interval) as stop:
         for epoch in range(state.start_epoch, args.epochs + 1):
             if before_epoch is not None:
                 before_epoch(epoch)
@@ -263,7 +263,7 @@ def _train_epoch(state: TrainState, step: Step, loader, args: argparse.Namespace
         finite.add(i, result)
         if i % args.log_interval == 0:
             progress.set_postfix(loss=f"{finite.check(epoch, last_good):.3f}")
-        if i < steps and stop.requested():
+        if i < steps and stop.requested(i):
             finite.check(epoch, last_good)  # never checkpoint a non-finite state
             progress.close()
             _save_partial(state, epoch, i, meter, args)

@@ -20,14 +20,19 @@ from engine import distributed
 
 
 class StopRequest:
-    """Within `with StopRequest() as stop:`, SIGTERM and SIGINT set a flag instead of killing the
-    process; `stop.requested()` says whether any rank received one (all ranks agree, so they stop
-    at the same step). The previous handlers are restored on exit."""
+    """Within `with StopRequest(interval) as stop:`, SIGTERM and SIGINT set a flag instead of killing
+    the process; `stop.requested(step)` says whether any rank received one (all ranks agree, so they
+    stop at the same step). One process reads its own flag at every step, for free. Under torchrun
+    the ranks agree through an all-reduce, which waits for the GPU, so they compare flags only at
+    every `interval`-th step (and whenever `step` is None, at an epoch's end): a signal then stops
+    training within `interval` steps (--log_interval, 20 by default). The previous handlers are
+    restored on exit."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
+    def __init__(self, interval: int = 1) -> None:
         self.signal_name: str | None = None
+        self.interval = max(int(interval), 1)
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -47,13 +52,16 @@ class StopRequest:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
-    def requested(self) -> bool:
+    def requested(self, step: int | None = None) -> bool:
         if not distributed.current().enabled:  # one process: the flag itself, no tensor per step
             return self.signal_name is not None
-        flag = distributed.all_reduce_sum(torch.tensor(1.0 if self.signal_name else 0.0))
-        if flag.item() and self.signal_name is None:
+        if step is not None and step % self.interval:
+            return False
+        flag = torch.tensor(1.0 if self.signal_name else 0.0, device=distributed.group_device())
+        stop = bool(distributed.all_reduce_sum(flag).item())
+        if stop and self.signal_name is None:
             self.signal_name = "SIGTERM (on another rank)"
-        return bool(flag.item())
+        return stop
 
 
 def rng_state() -> dict:
@@ -63,7 +71,9 @@ def rng_state() -> dict:
              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
              "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # The training GPU's stream only (torch.cuda.set_device selects it), so that a run resumes on
+        # a node that shows fewer GPUs.
+        state["cuda"] = [torch.cuda.get_rng_state()]
     return state
 
 
@@ -74,4 +84,8 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # Checkpoints before the fix hold every visible GPU's stream: take the training GPU's if it
+        # is there, else the first.
+        states = state["cuda"]
+        index = torch.cuda.current_device()
+        torch.cuda.set_rng_state(states[index] if index < len(states) else states[0])

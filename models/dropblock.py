@@ -6,6 +6,8 @@ zeroes rows i..i+b-1 and columns j..j+b-1) on any device.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +32,9 @@ class DropBlock(nn.Module):
         self.drop_rate = drop_rate
         self.ramp_steps = ramp_steps
         self.num_calls = 0
+        # Under torchrun, a sum over the ranks (engine.distributed.use_global_batch_statistics): the
+        # rescale then uses the share kept over the global batch, as one process at that batch does.
+        self.sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def keep_rate(self) -> float:
         return max(1.0 - self.drop_rate * self.num_calls / self.ramp_steps, 1.0 - self.drop_rate)
@@ -62,7 +67,10 @@ class DropBlock(nn.Module):
         seeds = torch.bernoulli(torch.full(grid, gamma, device=x.device, dtype=torch.float32))
         mask = self.block_mask(seeds, b)
         # Rescale so the expected activation is unchanged; clamp guards the all-dropped case.
-        scale = mask.numel() / mask.sum().clamp_min(1.0)
+        counts = torch.stack([mask.sum(), mask.new_tensor(float(mask.numel()))])
+        if self.sum_over_ranks is not None:
+            counts = self.sum_over_ranks(counts)
+        scale = counts[1] / counts[0].clamp_min(1.0)
         return x * (mask * scale).to(x.dtype)
 
     def extra_repr(self) -> str:

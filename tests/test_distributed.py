@@ -113,7 +113,7 @@ def test_plain_python_run_starts_no_process_group():
     assert not info.enabled and info.is_main and device == torch.device("cpu")
     model = torch.nn.Linear(2, 2)
     assert engine.distributed.wrap(model) is model  # the model itself, no DDP
-    assert get_args_parser().parse_args([]).sync_bn is False
+    assert get_args_parser().parse_args([]).bn_stats == "global"  # the step of one process, also under torchrun
 
 
 @pytest.mark.slow
@@ -170,3 +170,29 @@ def test_dvp_both_phases_under_torchrun(cifar_root, tmp_path):
     assert student.returncode == 0, student.stderr[-3000:]
     assert "replicas check: parameters and buffers identical on 2 ranks" in student.stdout
     assert "teacher check: weights and BatchNorm statistics unchanged" in student.stdout
+
+
+def test_two_ranks_take_the_step_of_one_process(tmp_path):
+    """BatchNorm over the global batch (--bn_stats global, the default) and DDP's gradient average:
+    2 ranks with 8 images each take the Gen-0 and the Gen-1 step that one process takes with the 16.
+    Float noise (1e-6) in the forward moves a few near-ties of the 2x2 max-pools, which route their
+    gradient elsewhere, so each weight update is compared to within 1% of its norm; with each rank's
+    own statistics (plain DDP) the updates differ by 30-60%. Dropout and DropBlock are off (their masks
+    are drawn per rank); DropBlock's global rescale is tested in test_models.py."""
+    script = str(REPO / "tests" / "ddp_one_step.py")
+    done = torchrun(script, str(tmp_path / "two.pth"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = subprocess.run([sys.executable, script, str(tmp_path / "one.pth")], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    two, one = torch.load(tmp_path / "two.pth"), torch.load(tmp_path / "one.pth")
+    initial = one["initial"]
+    for stage in ("gen0", "gen1"):
+        for key, value in one[stage].items():
+            if "running" in key:  # the statistics themselves: forward arithmetic only
+                torch.testing.assert_close(two[stage][key], value, rtol=1e-4, atol=1e-6, msg=f"{stage} {key}")
+            elif value.is_floating_point():
+                update, other = value - initial[key], two[stage][key] - initial[key]
+                # (Gen-1 leaves the rotation head alone, in both runs)
+                assert (other - update).norm() <= 0.01 * update.norm(), f"{stage} {key}"
+        assert one[stage]["layer1.0.conv1.weight"].ne(initial["layer1.0.conv1.weight"]).any()

@@ -235,6 +235,21 @@ def test_dropblock_forward_applies_the_mask_with_one_batch_wide_rescale(monkeypa
     torch.testing.assert_close(y, x * mask * (mask.numel() / kept), rtol=1e-6, atol=1e-6)
 
 
+def test_dropblock_rescale_under_torchrun_is_over_the_global_batch(monkeypatch):
+    """With sum_over_ranks (set under torchrun), the rescale is numel / kept of all ranks' masks together,
+    as one process at the global batch computes it: here another rank kept all of its 150 activations."""
+    seeds = hand_seeds()
+    _fake_bernoulli(monkeypatch, seeds)
+    block = DropBlock(block_size=5, drop_rate=0.1).train()
+    block.num_calls = 19_999
+    other_rank = torch.tensor([150.0, 150.0])  # (kept, numel) of the other rank's mask
+    block.sum_over_ranks = lambda counts: counts + other_rank
+    x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    mask = loop_block_mask(seeds, 5)
+    expected = x * mask * ((mask.numel() + 150) / (int(mask.sum()) + 150))
+    torch.testing.assert_close(block(x), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_dropblock_all_dropped_gives_zeros_not_nan(monkeypatch):
     _fake_bernoulli(monkeypatch, torch.ones(2, 3, 5, 5))
     block = DropBlock(block_size=5, drop_rate=0.1).train()
