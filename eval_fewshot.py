@@ -17,7 +17,6 @@ from dataset import load_split
 from dataset.profiles import NAMED_NORMALIZATIONS, Normalization, dataset_profile
 from dataset.transforms import data_normalization
 from eval import CLASSIFIERS, EpisodeSetting, evaluate, summary_metrics, write_results
-from eval.fewshot import PRECISION
 from models import list_models
 import engine.args
 import engine.checkpoint
@@ -37,8 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="LR: batched logistic regression (scikit-learn's problem); sklearn: scikit-learn itself")
     parser.add_argument("--output", default=None, help="write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the support augmentations")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
-    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast while embedding")
+    engine.args.add_device_args(parser, amp_help="autocast while embedding")
     parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                         help="log the results to a W&B run of their own (job type eval), in the training run's group")
     parser.add_argument("--wandb_dir", default=None,
@@ -101,7 +99,7 @@ def evaluation_normalization(args: argparse.Namespace, checkpoint: dict, image_s
     return NAMED_NORMALIZATIONS[args.normalization], f"--normalization {args.normalization}"
 
 
-def eval_logger(args: argparse.Namespace, checkpoint: dict) -> engine.logger.RunLogger | None:
+def eval_logger(args: argparse.Namespace, checkpoint: dict, run_facts: dict[str, str]) -> engine.logger.RunLogger | None:
     """A W&B run of its own (job type eval), in the group of the run that trained the checkpoint;
     it never resumes that run and writes nothing into the checkpoint's folder."""
     if args.wandb == "disabled":
@@ -111,7 +109,7 @@ def eval_logger(args: argparse.Namespace, checkpoint: dict) -> engine.logger.Run
     project = train_args.get("wandb_project") or (Path(train_args["model_path"]).name if train_args.get("model_path")
                                                    else "skd")
     wandb_dir = Path(args.wandb_dir or (Path(args.output).parent if args.output else Path.cwd()))
-    config = {**vars(args), "trained_with": {k: train_args.get(k) for k in ("dataset", "epochs", "seed", "trial")}}
+    config = {**vars(args), **run_facts, "trained_with": {k: train_args.get(k) for k in ("dataset", "epochs", "seed", "trial")}}
     return engine.logger.RunLogger(None, mode=args.wandb, project=project, config=config, wandb_dir=wandb_dir,
                                    tags=["eval"], group=train_args.get("wandb_group") or run_name, job_type="eval",
                                    name=f"eval_{run_name}_{args.split}_{args.n_shots}shot")
@@ -124,12 +122,12 @@ def main() -> None:
     if args.output:
         util.check_writable_folder(Path(args.output).parent, "--output")
     ranks, device = engine.distributed.setup(args.device)  # torchrun: the episodes are shared out over the ranks
-    util.autocast(device, args.amp)  # validates --amp against the device before any work
+    precision = util.setup_precision(args, device)  # --amp auto decided, --tf32 applied, --amp checked
     if not Path(args.model_path).is_file():
         raise util.UsageError(f"--model_path {args.model_path}: checkpoint not found")
     checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
     resolve_setting(args, checkpoint)
-    util.print_run_header(args)
+    util.print_run_header(args, device)
 
     images = load_split(args.dataset, args.data_root, args.split, args.image_size)
     model = engine.checkpoint.model_from_checkpoint(args.model, args.model_path, checkpoint, args.dataset, images.image_size)
@@ -149,7 +147,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     for result in results:
         print(result.line())
-    print(f"evaluated in {seconds:.1f} s on {device} ({PRECISION[args.amp]})"
+    print(f"evaluated in {seconds:.1f} s on {device} ({precision})"
           + (f" x {ranks.world_size} processes" if ranks.enabled else ""))
     if not ranks.is_main:
         engine.distributed.cleanup()
@@ -158,9 +156,12 @@ def main() -> None:
         write_results(results, Path(args.output), {"checkpoint": str(args.model_path), "dataset": args.dataset,
                                                    "checkpoint_choice": checkpoint_choice(checkpoint),
                                                    "git": util.git_sha(), "seconds": seconds,
+                                                   "device": util.describe_device(device, args.device),
+                                                   "precision": precision,
                                                    "normalization": norm_source, "args": vars(args)})
         print(f"results: {args.output}")
-    logger = eval_logger(args, checkpoint)
+    logger = eval_logger(args, checkpoint, {"device_name": util.describe_device(device, args.device),
+                                            "precision": precision})
     if logger is not None:
         logger.summary(summary_metrics(results))
         logger.finish()

@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -86,6 +87,24 @@ def check_writable_folder(folder: str | Path, flag: str) -> None:
 
 # ----------------------------------------------------------------------------- device, precision, seeds
 
+def cuda_unavailable_reason() -> str:
+    """Why torch sees no usable GPU, in a few words (for the device line and --device cuda's error)."""
+    if torch.version.cuda is None and torch.version.hip is None:
+        return f"this torch, {torch.__version__}, is a CPU build"
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return f"no CUDA device visible: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.is_available()
+    for warning in caught:  # torch says why the driver refused, e.g. "The NVIDIA driver on your system is too old"
+        text = str(warning.message).split("\n")[0].strip()
+        if "driver" in text.lower():
+            return f"CUDA driver too old for this torch build ({torch.__version__}): {text}"
+        if text:
+            return f"CUDA unusable: {text}"
+    return "no CUDA device visible"
+
+
 def resolve_device(name: str | None) -> torch.device:
     """The device to run on: `name`, or cuda when available, else cpu."""
     if name is None:
@@ -94,15 +113,80 @@ def resolve_device(name: str | None) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device: expected cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device: expected cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+        raise UsageError(f"--device {name}: no usable GPU ({cuda_unavailable_reason()})")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine shows {torch.cuda.device_count()} GPU(s)")
     return device
+
+
+def describe_device(device: torch.device, requested: str | None = None) -> str:
+    """One line on the device and why it was chosen, e.g. `cuda:0 NVIDIA H100 80GB HBM3, capability 9.0,
+    torch 2.14.1+cu130` or `cpu (no CUDA device visible), torch 2.14.1+cu130, 2 threads`."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        return (f"cuda:{index} {torch.cuda.get_device_name(index)}, capability {major}.{minor}, "
+                f"torch {torch.__version__}")
+    why = "--device cpu" if requested is not None else cuda_unavailable_reason()
+    return f"cpu ({why}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def cpu_has_native_bf16() -> bool:
+    """avx512_bf16 or AMX: without either, CPU bf16 autocast is emulated, about 25x slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """--amp auto: bf16 where the device computes it natively (CUDA capability 8.0 and newer, CPUs with
+    avx512_bf16 or AMX), else fp16 with the grad scaler on older GPUs, else off (fp32) on the CPU."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "off"
+
+
+def configure_tf32(device: torch.device, tf32: bool) -> None:
+    """--tf32: let cuDNN convolutions and cuBLAS matmuls round fp32 inputs to TF32 on Ampere and newer
+    (PyTorch's default for convolutions). Off, fp32 means fp32, as results.json then says."""
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def precision_name(device: torch.device, amp: str) -> str:
+    """What the network really computes in: bf16 or fp16 under autocast; tf32 for fp32 on a GPU that
+    rounds to TF32 (capability 8.0 and newer, TF32 allowed); fp32 otherwise."""
+    if amp in ("bf16", "fp16"):
+        return amp
+    if (device.type == "cuda" and torch.backends.cudnn.allow_tf32
+            and torch.cuda.get_device_capability(device)[0] >= 8):
+        return "tf32"
+    return "fp32"
+
+
+def setup_precision(args: argparse.Namespace, device: torch.device) -> str:
+    """Decide --amp (auto resolved, in `args`, so that the argument dump and checkpoints record what ran),
+    apply --tf32, check --amp against the device; returns the precision's name (precision_name)."""
+    args.amp = resolve_amp(args.amp, device)
+    configure_tf32(device, getattr(args, "tf32", False))
+    autocast(device, args.amp)  # fp16 on a CPU is refused here, before any work
+    return precision_name(device, args.amp)
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """An autocast context for `--amp`; a no-op when amp is off."""
     if amp == "off":
         return contextlib.nullcontext()
+    if amp == "auto":
+        raise ValueError("--amp auto must be resolved first (util.resolve_amp)")
     if amp == "fp16" and device.type != "cuda":
         raise UsageError("--amp fp16: needs a CUDA device; use --amp bf16 on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
@@ -132,8 +216,10 @@ def git_sha() -> str:
         return "unknown"
 
 
-def print_run_header(args: argparse.Namespace) -> None:
+def print_run_header(args: argparse.Namespace, device: torch.device | None = None) -> None:
     print(f"git: {git_sha()}")
+    if device is not None:
+        print(f"device: {describe_device(device, args.device)}")
     print("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
 
 

@@ -43,10 +43,12 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--reference_episodes", type=int, default=30)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
+    parser.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"])
     parser.add_argument("--batch_size", type=int, default=256)
     args = parser.parse_args()
     device = util.resolve_device(args.device)
+    precision = util.setup_precision(args, device)
+    print(f"device: {util.describe_device(device, args.device)}")
 
     if args.dataset:
         images = load_split(args.dataset, args.data_root, args.split)
@@ -63,7 +65,7 @@ def main() -> None:
         model = create_model("resnet12_ssl", 64, image_size=images.image_size)
     model = util.to_device(model, device).eval()
 
-    print(f"device={device} threads={torch.get_num_threads()} amp={args.amp} data={images.source} "
+    print(f"device={device} threads={torch.get_num_threads()} amp={args.amp} ({precision}) data={images.source} "
           f"({images.num_classes} classes, {len(images)} images, {images.image_size}px) "
           f"model={args.model_path or 'random init'}")
     print("| 5-way | episodes | ours (s) | reference (s) | speed-up | ours acc | reference acc (same episodes) |")

@@ -44,8 +44,11 @@ class TransformedImages(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         if isinstance(item, tuple):
             index, seed = item
-            with torch.random.fork_rng(devices=[]):  # torchvision's random transforms draw from torch's RNG
-                torch.manual_seed(seed)
+            with torch.random.fork_rng(devices=[]):  # torchvision's random transforms draw from torch's CPU RNG
+                # The CPU generator alone: torch.manual_seed would also (lazily) re-seed every GPU's stream,
+                # which costs a stack trace per image and, loading in the main process, would reset the
+                # dropout and DropBlock masks' stream to the last image's seed.
+                torch.default_generator.manual_seed(seed)
                 image = self.transform(self.images.images[index])
         else:
             index = item

@@ -20,8 +20,15 @@ def comma_strings(text: str) -> list[str]:
 
 
 def default_num_workers() -> int:
-    """Data-loading workers: one per core up to 8 (more rarely helps one GPU at these image sizes)."""
-    return min(8, os.cpu_count() or 1)
+    """Data-loading workers: the cores this process may run on (its CPU affinity, which SLURM and
+    containers narrow, not the machine's core count) shared among the ranks torchrun starts on the
+    node, at most 8 (more rarely helps one GPU at these image sizes)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    ranks_on_node = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return min(8, cores // ranks_on_node)
 
 
 def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "synthetic",
@@ -34,7 +41,8 @@ def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None =
                    help="folder holding <dataset>/ (official layout) or the dataset folder itself")
     if loader:
         g.add_argument("--num_workers", type=int, default=default_num_workers(),
-                       help="data-loading worker processes (default: min(8, cores))")
+                       help="data-loading worker processes (default: the cores this process may use / ranks on the node, "
+                            "at most 8; 0 loads in the main process)")
     g.add_argument("--image_size", type=int, default=None,
                    help="resize images to N x N (default: the data's own size)")
     g.add_argument("--normalization", default="auto", choices=NORMALIZATIONS,
@@ -50,6 +58,19 @@ def add_fewshot_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n_test_runs", type=int, default=600, help="episodes per evaluation")
     g.add_argument("--n_aug_support_samples", type=int, default=5, help="augmented copies of each support image")
     g.add_argument("--eval_batch_size", type=int, default=256, help="images per forward pass when embedding")
+
+
+def add_device_args(g: argparse._ActionsContainer, amp_help: str = "autocast precision of the network") -> None:
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N (default: cuda when a usable GPU is visible, else cpu; the run prints "
+                        "which and why)")
+    g.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"],
+                   help=f"{amp_help}: off (fp32, or tf32 with --tf32), bf16, fp16 (CUDA, with loss scaling), auto "
+                        "(bf16 where the device runs it natively, else fp16 on a GPU, else off); losses, softmaxes "
+                        "and statistics stay float32")
+    g.add_argument("--tf32", action="store_true",
+                   help="CUDA, capability 8.0+: let fp32 convolutions and matmuls round to TF32 (faster; results then "
+                        "say tf32). Off by default, so that fp32 is fp32")
 
 
 def add_training_args(parser: argparse.ArgumentParser, learning_rate: float, lr_decay_epochs: str) -> None:
@@ -84,9 +105,7 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g.add_argument("--tags", type=comma_strings, default=comma_strings(tags), help="comma-separated W&B tags")
     g.add_argument("-t", "--trial", default="1", help="experiment id, part of the run-folder name")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
-    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
-                   help="autocast precision (fp16 needs CUDA)")
+    add_device_args(g)
     g.add_argument("--deterministic", action="store_true",
                    help="CUDA: deterministic cuDNN/cuBLAS algorithms and no cuDNN autotuning, so that a run (or a resumed "
                         "run) repeats bit for bit; slower. CPU runs are deterministic without it")

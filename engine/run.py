@@ -26,8 +26,8 @@ from engine.loop import TrainState
 from eval.fewshot import EpisodeSetting, evaluate
 from eval.report import REPORT_SHOTS, final_report
 from models.dropblock import set_dropblock_calls
-from util import (CheckpointError, UsageError, atomic_write, autocast, check_positive, check_writable_folder, git_sha,
-                  print_run_header, seed_everything)
+from util import (CheckpointError, UsageError, atomic_write, check_positive, check_writable_folder, describe_device,
+                  git_sha, precision_name, print_run_header, seed_everything, setup_precision)
 
 
 def start_training_run(args: argparse.Namespace) -> torch.device:
@@ -44,7 +44,7 @@ def start_training_run(args: argparse.Namespace) -> torch.device:
     if args.final_checkpoint == "best" and not args.eval_freq:
         raise UsageError("--final_checkpoint best: needs --eval_freq, which keeps best.pth by val accuracy")
     ranks, device = distributed.setup(args.device)
-    autocast(device, args.amp)  # validates --amp against the device before any work
+    setup_precision(args, device)  # --amp auto decided, --tf32 applied, --amp checked against the device
     distributed.per_rank_batch_size(args.batch_size)  # validates the global batch against the ranks
     if device.type == "cuda" and args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for deterministic GEMMs
@@ -53,7 +53,7 @@ def start_training_run(args: argparse.Namespace) -> torch.device:
     elif device.type == "cuda":
         # Fixed input shapes every step: let cuDNN pick its fastest convolution algorithms once.
         torch.backends.cudnn.benchmark = True
-    print_run_header(args)
+    print_run_header(args, device)
     if ranks.enabled:
         print(f"distributed: {ranks.world_size} processes ({torch.distributed.get_backend()}), global batch "
               f"{args.batch_size} = {ranks.world_size} x {args.batch_size // ranks.world_size}")
@@ -66,13 +66,15 @@ def run_folder(args: argparse.Namespace, name: str) -> Path:
     return Path(args.model_path) / name
 
 
-def training_logger(folder: Path, args: argparse.Namespace, name: str, job_type: str,
+def training_logger(folder: Path, args: argparse.Namespace, name: str, job_type: str, device: torch.device,
                     run_id: str | None = None) -> RunLogger:
     """W&B (project: --wandb_project or the last part of --model_path; group: --wandb_group or the
-    run-folder name) and `log.jsonl` in the run folder."""
+    run-folder name; config: the arguments, the device and the precision that ran) and `log.jsonl`
+    in the run folder."""
     project = args.wandb_project or Path(args.model_path).name or "skd"
-    return RunLogger(folder / LOG_NAME, mode=args.wandb, project=project,
-                     config=dict(vars(args)), wandb_dir=folder, tags=args.tags, run_id=run_id,
+    config = {**vars(args), "device_name": describe_device(device, args.device),
+              "precision": precision_name(device, args.amp)}
+    return RunLogger(folder / LOG_NAME, mode=args.wandb, project=project, config=config, wandb_dir=folder, tags=args.tags, run_id=run_id,
                      group=args.wandb_group or name, job_type=job_type, name=name)
 
 
@@ -205,7 +207,7 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(args_file) as tmp:
             tmp.write_text(json.dumps(vars(args), indent=2, default=str) + "\n")
-        logger = training_logger(folder, args, name, job_type, wandb_id)
+        logger = training_logger(folder, args, name, job_type, next(model.parameters()).device, wandb_id)
     else:
         logger = RunLogger(None, mode="disabled", project="", config={}, wandb_dir=folder)
     extra = {"identity": identity, **(data.checkpoint_extra() if data is not None else {}), **(checkpoint_extra or {})}
@@ -289,7 +291,8 @@ def finish_training(state: TrainState, data: TrainingData, args: argparse.Namesp
         print(f"final evaluation: {path} ({choice})", flush=True)
         splits = {"val": data.val, "test": load_eval_split(args, "test", data.image_size)}
         extra = {"checkpoint": str(path), "checkpoint_choice": choice, "epoch": epoch,
-                 "dataset": args.dataset, "git": git_sha(), "args": vars(args)}
+                 "dataset": args.dataset, "git": git_sha(), "device": describe_device(device, args.device),
+                 "precision": precision_name(device, args.amp), "args": vars(args)}
         final_report(state.model, splits, data.norm, device, args, args.amp, state.logger,
                      state.folder / "results.json" if distributed.is_main_process() else None, extra)
     state.logger.finish()

@@ -22,9 +22,9 @@ from eval import sharding
 from eval.classifiers import classify
 from eval.embed import embed
 from eval.stats import mean_confidence_interval
+from util import precision_name
 
 EMBEDDINGS = ("feature", "logit")
-PRECISION = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}  # --amp -> the name printed beside accuracies
 SUPPORT_IMAGES_PER_CHUNK = 2048  # supports embedded (and episodes solved) per batch of episodes
 
 
@@ -45,7 +45,7 @@ class FewShotResult:
     classifier: str
     accuracies: np.ndarray  # per episode, in [0, 1]
     predictions: np.ndarray | None = None  # (episodes, queries) predicted episode labels, class-major
-    precision: str = "fp32"  # what the network embedded in: fp32, bf16 or fp16 (--amp)
+    precision: str = "fp32"  # what the network embedded in: fp32, tf32, bf16 or fp16 (util.precision_name)
     fingerprint: str | None = None  # of the episode set: equal fingerprints = identical episodes (episode_fingerprint)
     image_size: int | None = None  # of the evaluated images, part of the protocol a results table compares
 
@@ -150,7 +150,7 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
             predictions = torch.cat([chunk[(emb, clf)] for chunk in chunk_predictions])
             accuracies = (predictions == query_labels.cpu()).double().mean(1).numpy()
             results.append(FewShotResult(split, setting, emb, clf, accuracies, predictions.numpy().astype(np.int8),
-                                         PRECISION[amp], fingerprint, images.image_size))
+                                         precision_name(device, amp), fingerprint, images.image_size))
     return results
 
 

@@ -17,7 +17,8 @@ from dataset.imageset import ImageSet
 from dataset.transforms import Normalization, crop_flip_batch
 from eval.classifiers import sklearn_logistic_regression
 from eval.embed import embed
-from eval.fewshot import (EMBEDDINGS, PRECISION, EpisodeSetting, FewShotResult, episode_fingerprint, episode_generator,
+from util import precision_name
+from eval.fewshot import (EMBEDDINGS, EpisodeSetting, FewShotResult, episode_fingerprint, episode_generator,
                           l2_normalize)
 
 
@@ -41,5 +42,5 @@ def evaluate_reference(model: nn.Module, images: ImageSet, split: str, setting: 
         predictions = sklearn_logistic_regression(l2_normalize(support)[None], support_labels[None],
                                                   l2_normalize(query)[None])[0]
         accuracies.append((predictions == query_labels).double().mean().item())
-    return FewShotResult(split, setting, embedding, "sklearn", np.array(accuracies), precision=PRECISION[amp],
+    return FewShotResult(split, setting, embedding, "sklearn", np.array(accuracies), precision=precision_name(device, amp),
                          fingerprint=episode_fingerprint(images, setting, seed), image_size=images.image_size)

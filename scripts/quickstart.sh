@@ -26,15 +26,8 @@ mkdir -p "$OUT" && touch "$OUT/$MARKER"
 export WANDB_MODE="${WANDB_MODE:-offline}"  # no account needed; `wandb sync` uploads later
 export WANDB_SILENT="${WANDB_SILENT:-true}"
 
-# bf16 autocast where the hardware runs it natively (about 2x on such CPUs), fp32 elsewhere.
-AMP="${AMP:-$($PY -c '
-import torch
-if torch.cuda.is_available():
-    print("bf16" if torch.cuda.is_bf16_supported() else "off")
-else:
-    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
-    print("bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "off")
-')}"
+# --amp auto: bf16 where the hardware runs it natively (about 2x on such CPUs), fp16 on older GPUs, fp32 elsewhere.
+AMP="${AMP:-auto}"
 COMMON=(--dataset synthetic --model_path "$OUT" --batch_size 32 --amp "$AMP" --no_final_eval)
 EVAL=(--dataset synthetic --n_shots 1 --n_test_runs 200 --amp "$AMP")
 

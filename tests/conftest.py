@@ -14,20 +14,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cpu_has_native_bf16() -> bool:
-    """avx512_bf16 or AMX: without either, CPU bf16 autocast is emulated and runs about 25x slower
-    than fp32 (measured on an AMD EPYC without AVX-512), too slow for the suite's time budget."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-# The precision CPU end-to-end tests train in: bf16 where the CPU computes it natively (as the
-# quickstart picks), otherwise fp32.
-CPU_AMP = "bf16" if _cpu_has_native_bf16() else "off"
 sys.path.insert(0, str(REPO))
+import util  # noqa: E402
+
+# The precision CPU end-to-end tests train in: bf16 where the CPU computes it natively (--amp auto, as
+# the quickstart runs), otherwise fp32.
+CPU_AMP = util.resolve_amp("auto", torch.device("cpu"))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 

@@ -238,8 +238,9 @@ def test_eval_logs_to_its_own_wandb_run_in_the_training_group(small_model, cifar
     path = _our_checkpoint(small_model, tmp_path / "save" / "run", cifar_root)
     args = eval_fewshot.get_args_parser().parse_args(["--model_path", str(path), "--wandb", "offline",
                                                       "--output", str(tmp_path / "out" / "r.json")])
-    eval_fewshot.eval_logger(args, engine.checkpoint.load_checkpoint(path))
+    eval_fewshot.eval_logger(args, engine.checkpoint.load_checkpoint(path), {"device_name": "cpu", "precision": "fp32"})
     (kwargs,) = calls
+    assert kwargs["config"]["device_name"] == "cpu" and kwargs["config"]["precision"] == "fp32"
     assert kwargs["job_type"] == "eval" and kwargs["group"] == "table-1" and kwargs["id"] is None
     assert kwargs["resume"] is None and kwargs["project"] == "save" and kwargs["dir"] == str(tmp_path / "out")
 

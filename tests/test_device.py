@@ -1,0 +1,128 @@
+"""The device and the precision are never a surprise: the line each script prints, the refusal of
+--device cuda without a GPU, --amp auto, TF32 named as such; data loading seeds the CPU generator
+only; the default number of loader workers follows the CPU affinity and the ranks on the node."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import engine.args
+import util
+from conftest import run_script
+from dataset.imageset import ImageSet
+from dataset.loaders import TransformedImages, augmentation_seed
+from dataset.profiles import CIFAR_NORMALIZATION
+from dataset.transforms import train_transform
+
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture
+def tf32_flags():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_cpu_device_line_says_why():
+    assert util.describe_device(torch.device("cpu"), "cpu").startswith("cpu (--device cpu), torch ")
+    assert f"torch {torch.__version__}" in util.describe_device(torch.device("cpu"))
+
+
+def test_cuda_unavailable_reasons(monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert util.cuda_unavailable_reason() == "no CUDA device visible: CUDA_VISIBLE_DEVICES=''"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+
+    def old_driver() -> bool:
+        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 12020).")
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", old_driver)
+    reason = util.cuda_unavailable_reason()
+    assert reason.startswith("CUDA driver too old for this torch build") and "found version 12020" in reason
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert util.cuda_unavailable_reason().endswith("is a CPU build")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
+    done = run_script("train_supervised_ssl.py", "--device", "cuda", "--model_path", str(tmp_path / "save"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --device cuda: no usable GPU (") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "save").exists()
+
+
+def test_amp_auto(monkeypatch):
+    assert util.resolve_amp("auto", torch.device("cpu")) == ("bf16" if util.cpu_has_native_bf16() else "off")
+    assert util.resolve_amp("fp16", CUDA) == "fp16"  # only auto is decided
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert util.resolve_amp("auto", CUDA) == "fp16"  # a T4: bf16 emulated only
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert util.resolve_amp("auto", CUDA) == "bf16"
+
+
+def test_precision_names_tf32(monkeypatch, tf32_flags):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    util.configure_tf32(CUDA, True)
+    assert util.precision_name(CUDA, "off") == "tf32" and util.precision_name(CUDA, "bf16") == "bf16"
+    util.configure_tf32(CUDA, False)  # the default: fp32 is fp32
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert util.precision_name(CUDA, "off") == "fp32"
+    util.configure_tf32(CUDA, True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))  # a V100 has no TF32
+    assert util.precision_name(CUDA, "off") == "fp32"
+    assert util.precision_name(torch.device("cpu"), "off") == "fp32"
+
+
+def test_a_training_run_prints_and_records_its_device_and_precision(cifar_root, tmp_path):
+    done = run_script("train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--epochs",
+                      "1", "--batch_size", "16", "--num_workers", "0", "--device", "cpu", "--n_test_runs", "2",
+                      "--model_path", str(tmp_path), "--tf32")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("device: cpu (--device cpu), torch ") == 1
+    [folder] = tmp_path.iterdir()
+    results = json.loads((folder / "results.json").read_text())
+    assert results["device"].startswith("cpu (--device cpu)") and results["precision"] == "fp32"  # no TF32 on a CPU
+    assert {r["precision"] for r in results["results"]} == {"fp32"}
+
+
+def _images() -> ImageSet:
+    rng = np.random.RandomState(0)
+    return ImageSet(rng.randint(0, 256, (6, 32, 32, 3)).astype(np.uint8), np.arange(6) % 3, "memory")
+
+
+def test_augmentation_seeds_the_cpu_generator_only(monkeypatch):
+    """The same images bit for bit as seeding with torch.manual_seed, and no GPU stream touched."""
+    dataset = TransformedImages(_images(), train_transform(32, 4, CIFAR_NORMALIZATION))
+    expected = []
+    for index in range(6):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(augmentation_seed(0, 1, index))
+            expected.append(dataset.transform(dataset.images.images[index]))
+
+    def no_gpu_seeding(*args, **kwargs):
+        raise AssertionError("data loading re-seeded the GPU's random stream")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", no_gpu_seeding)
+    monkeypatch.setattr(torch.cuda, "manual_seed", no_gpu_seeding)
+    before = torch.get_rng_state()
+    for index in range(6):
+        image, _ = dataset[index, augmentation_seed(0, 1, index)]
+        assert torch.equal(image, expected[index])
+    assert torch.equal(torch.get_rng_state(), before)  # the training stream (dropout masks) is left alone
+
+
+@pytest.mark.parametrize("cores, ranks, workers", [(2, None, 2), (64, None, 8), (16, "4", 4), (2, "4", 0)])
+def test_default_workers_follow_the_affinity_and_the_ranks_on_the_node(monkeypatch, cores, ranks, workers):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    if ranks is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+    assert engine.args.default_num_workers() == workers
