@@ -1,7 +1,11 @@
 """Training throughput (dataset images per second, before rotations) of one SGD step of Gen-0 and
-Gen-1 (default and --official_quirks), fp32 and bf16 autocast, on random data.
+Gen-1 (default and --official_quirks) in each precision, on random data already on the device:
+the step alone, the ceiling the training scripts approach (bench/bench_loader.py times the input
+pipeline). On CUDA as the scripts run it: cuDNN autotuning on, TF32 only in the `tf32` rows, and
+--warmup steps (autotuning, allocator) before the timing.
 
     python bench/bench_train.py --device cpu --image_size 32 --batch_size 64 --steps 5 [--contiguous]
+    python bench/bench_train.py --device cuda --amp off,tf32,bf16,fp16 --steps 50 --warmup 20
     torchrun --nproc_per_node 2 bench/bench_train.py ...   # DDP: --batch_size is global, images/s over all ranks
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ from train_supervised_ssl import gen0_step  # noqa: E402
 def time_steps(step: engine.loop.Step, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
                device: torch.device, amp: str, steps: int, warmup: int) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")  # as the scripts: its step reads the GPU
     model.train()
     for i in range(warmup + steps):
         if i == warmup:
@@ -35,8 +40,9 @@ def time_steps(step: engine.loop.Step, model: torch.nn.Module, images: torch.Ten
         with util.autocast(device, amp):
             result = step(images, targets)
         optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
-        optimizer.step()
+        scaler.scale(result.loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     if device.type == "cuda":
         torch.cuda.synchronize()
     engine.distributed.barrier()  # the slowest rank ends the timing
@@ -50,12 +56,15 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_classes", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--amp", default="off,bf16", help="comma-separated: off, bf16, fp16")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning, allocator)")
+    parser.add_argument("--amp", default="off,bf16",
+                        help="comma-separated: off (fp32), tf32 (fp32 with TF32 convolutions, CUDA), bf16, fp16")
     parser.add_argument("--contiguous", action="store_true",
                         help="plain NCHW layout instead of the scripts' channels-last (to measure what it buys)")
     args = parser.parse_args()
     ranks, device = engine.distributed.setup(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the training scripts: fixed shapes, autotuned convolutions
     torch.manual_seed(0)
     layout = torch.contiguous_format if args.contiguous else torch.channels_last
     per_rank = engine.distributed.per_rank_batch_size(args.batch_size)
@@ -67,12 +76,16 @@ def main() -> None:
         net = create_model("resnet12_ssl", args.num_classes, image_size=args.image_size)
         return net.to(device) if args.contiguous else util.to_device(net, device)
 
+    print(f"device: {util.describe_device(device, args.device)}")
     print(f"device={device} threads={torch.get_num_threads()} layout={'NCHW' if args.contiguous else 'channels-last'} "
           f"image_size={args.image_size} "
           f"batch_size={args.batch_size} steps={args.steps} processes={ranks.world_size}"
           + (f" ({torch.distributed.get_backend()})" if ranks.enabled else ""))
-    print("| stage | amp | images/s |\n|---|---|---|")
-    for amp in args.amp.split(","):
+    print("| stage | precision | images/s |\n|---|---|---|")
+    for mode in args.amp.split(","):
+        amp = "off" if mode == "tf32" else mode
+        util.configure_tf32(device, mode == "tf32")
+        precision = util.precision_name(device, amp)
         teacher = model().eval().requires_grad_(False)
         stages = {
             "gen0": lambda: (m := model(), gen0_step(m, 2.0)),
@@ -82,7 +95,7 @@ def main() -> None:
         for name, build in stages.items():
             m, step = build()
             rate = time_steps(step, m, images, targets, device, amp, args.steps, args.warmup)
-            print(f"| {name} | {amp} | {rate:.1f} |", flush=True)
+            print(f"| {name} | {precision} | {rate:.1f} |", flush=True)
     engine.distributed.cleanup()
 
 

@@ -44,16 +44,23 @@ def true_class_rank(teacher_logits: torch.Tensor, targets: torch.Tensor) -> torc
     return (teacher_logits > true_score).sum(1)
 
 
-def selective_rows(teacher_logits: torch.Tensor, targets: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Sorted indices of the rows transferred: every row the teacher classifies correctly, plus
+def selective_mask(teacher_logits: torch.Tensor, targets: torch.Tensor, ratio: float) -> torch.Tensor:
+    """(N,) bool, the rows transferred: every row the teacher classifies correctly, plus
     int(wrong * ratio) of its wrong rows, those whose true class it ranks highest (ties broken by
-    row order, so the choice is deterministic)."""
+    row order, so the choice is deterministic). Computed on the device with shapes that do not
+    depend on the data, so that a training step never waits to read how many rows were kept."""
     rank = true_class_rank(teacher_logits, targets)
-    correct = (rank == 0).nonzero().flatten()
-    wrong = (rank > 0).nonzero().flatten()
-    keep = int(len(wrong) * ratio)
-    order = torch.sort(rank[wrong], stable=True).indices[:keep]
-    return torch.sort(torch.cat([correct, wrong[order]])).values
+    wrong = (rank > 0).sum()
+    keep = (wrong.double() * ratio).floor().long()
+    # A stable sort by rank lists the correct rows (rank 0) first, then the wrong ones best-ranked first.
+    order = torch.sort(rank, stable=True).indices
+    position = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
+    return position < len(rank) - wrong + keep
+
+
+def selective_rows(teacher_logits: torch.Tensor, targets: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Sorted indices of the rows selective_mask keeps (for reading; the loss uses the mask)."""
+    return selective_mask(teacher_logits, targets, ratio).nonzero().flatten()
 
 
 def similarity_logits(rotated: torch.Tensor, plain: torch.Tensor) -> torch.Tensor:
@@ -69,11 +76,13 @@ def rotation_sources(batch: int, device: torch.device) -> torch.Tensor:
 @float32_loss
 def selective_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
                  temperature: float, ratio: float) -> torch.Tensor:
-    """KD (T^2-scaled, batch-mean over the kept rows) on the rows selective transfer keeps; 0 if none."""
-    rows = selective_rows(teacher_logits, targets, ratio)
-    if len(rows) == 0:
-        return student_logits.sum() * 0.0
-    return kd_loss(student_logits[rows], teacher_logits[rows], temperature)
+    """KD (T^2-scaled, batch-mean over the kept rows) on the rows selective transfer keeps; 0 if none.
+    kd_loss on those rows, as a masked mean over all rows."""
+    kept = selective_mask(teacher_logits, targets, ratio)
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    p_t = F.softmax(teacher_logits / temperature, dim=1)
+    per_row = F.kl_div(log_p_s, p_t, reduction="none").sum(1)
+    return torch.where(kept, per_row, 0.0).sum() * temperature**2 / kept.sum().clamp_min(1)
 
 
 @float32_loss

@@ -66,14 +66,14 @@ def run_folder(args: argparse.Namespace, name: str) -> Path:
     return Path(args.model_path) / name
 
 
-def training_logger(folder: Path, args: argparse.Namespace, name: str, job_type: str, device: torch.device,
-                    run_id: str | None = None) -> RunLogger:
+def training_logger(folder: Path, args: argparse.Namespace, name: str, job_type: str, run_id: str | None = None,
+                    device: torch.device = torch.device("cpu")) -> RunLogger:
     """W&B (project: --wandb_project or the last part of --model_path; group: --wandb_group or the
     run-folder name; config: the arguments, the device and the precision that ran) and `log.jsonl`
     in the run folder."""
     project = args.wandb_project or Path(args.model_path).name or "skd"
-    config = {**vars(args), "device_name": describe_device(device, args.device),
-              "precision": precision_name(device, args.amp)}
+    config = {**vars(args), "device_name": describe_device(device, getattr(args, "device", None)),
+              "precision": precision_name(device, getattr(args, "amp", "off"))}
     return RunLogger(folder / LOG_NAME, mode=args.wandb, project=project, config=config, wandb_dir=folder, tags=args.tags, run_id=run_id,
                      group=args.wandb_group or name, job_type=job_type, name=name)
 
@@ -207,7 +207,7 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(args_file) as tmp:
             tmp.write_text(json.dumps(vars(args), indent=2, default=str) + "\n")
-        logger = training_logger(folder, args, name, job_type, next(model.parameters()).device, wandb_id)
+        logger = training_logger(folder, args, name, job_type, wandb_id, device=next(model.parameters()).device)
     else:
         logger = RunLogger(None, mode="disabled", project="", config={}, wandb_dir=folder)
     extra = {"identity": identity, **(data.checkpoint_extra() if data is not None else {}), **(checkpoint_extra or {})}

@@ -67,7 +67,7 @@ class DropBlock(nn.Module):
         seeds = torch.bernoulli(torch.full(grid, gamma, device=x.device, dtype=torch.float32))
         mask = self.block_mask(seeds, b)
         # Rescale so the expected activation is unchanged; clamp guards the all-dropped case.
-        counts = torch.stack([mask.sum(), mask.new_tensor(float(mask.numel()))])
+        counts = torch.stack([mask.sum(), mask.new_full((), float(mask.numel()))])  # a fill, no host copy
         if self.sum_over_ranks is not None:
             counts = self.sum_over_ranks(counts)
         scale = counts[1] / counts[0].clamp_min(1.0)

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.sskd import (SSKDWeights, selective_rows, similarity_head_loss, similarity_logits, sskd_loss,
-                          true_class_rank)
+from distill.losses import kd_loss
+from distill.sskd import (SSKDWeights, selective_kd, selective_rows, similarity_head_loss, similarity_logits,
+                          sskd_loss, true_class_rank)
 
 
 def test_true_class_rank_counts_classes_scored_above_the_true_one():
@@ -28,6 +29,29 @@ def test_selective_transfer_keeps_correct_rows_and_the_best_ranked_wrong_ones():
     # x 0.5 = 2: the two rank-1 rows.
     assert selective_rows(logits, targets, 0.5).tolist() == [0, 2, 3, 5]
     assert selective_rows(logits, targets, 0.0).tolist() == [0, 3]
+
+
+def _rows_by_sorting(teacher_logits: torch.Tensor, targets: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Selective transfer as first written (and as the release): index the wrong rows, sort them."""
+    rank = true_class_rank(teacher_logits, targets)
+    correct, wrong = (rank == 0).nonzero().flatten(), (rank > 0).nonzero().flatten()
+    order = torch.sort(rank[wrong], stable=True).indices[:int(len(wrong) * ratio)]
+    return torch.sort(torch.cat([correct, wrong[order]])).values
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.75, 1.0])
+def test_selective_kd_as_a_mask_equals_kd_on_the_selected_rows(seed, ratio):
+    """The step computes selective transfer as a mask (no data-dependent shapes, so no host wait); it
+    keeps the rows, ties included, that indexing and sorting keep, and gives their KD."""
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randint(0, 4, (24, 5), generator=g).float()  # small integers: many tied ranks
+    student = torch.randn(24, 5, generator=g)
+    targets = torch.randint(0, 5, (24,), generator=g)
+    rows = _rows_by_sorting(teacher, targets, ratio)
+    assert torch.equal(selective_rows(teacher, targets, ratio), rows)
+    expected = kd_loss(student[rows], teacher[rows], 4.0) if len(rows) else torch.tensor(0.0)
+    torch.testing.assert_close(selective_kd(student, teacher, targets, 4.0, ratio), expected)
 
 
 def test_similarity_rows_are_rotated_images_against_the_plain_batch():

@@ -288,7 +288,7 @@ def test_device_and_amp_flags():
     with pytest.raises(util.UsageError, match="--device: expected cpu, cuda or cuda:N"):
         util.resolve_device("gpu0")
     if not torch.cuda.is_available():
-        with pytest.raises(util.UsageError, match="CUDA is not available"):
+        with pytest.raises(util.UsageError, match="--device cuda: no usable GPU"):
             util.resolve_device("cuda")
         with pytest.raises(util.UsageError, match="--amp fp16: needs a CUDA device"):
             util.autocast(torch.device("cpu"), "fp16")
