@@ -159,6 +159,11 @@ def check_dvp_args(args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = get_args_parser().parse_args()
+    if args.objective == "dvp":  # its two views come from torchvision in loader workers
+        if args.augment == "device":
+            raise util.UsageError("--augment device: DVP's two-view augmentation runs on loader workers only; "
+                                  "use --augment workers (or auto)")
+        args.augment = "workers"
     device = engine.run.start_training_run(args)
 
     dvp = args.objective == "dvp"

@@ -69,12 +69,13 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
-    def _mine(self) -> torch.Tensor:
+    def indices(self) -> torch.Tensor:
+        """This rank's image indices of the epoch in training order, after the skipped ones."""
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        return order[: self.n - self.n % self.world][self.rank::self.world]
+        return order[: self.n - self.n % self.world][self.rank::self.world][self.skip:]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in self._mine()[self.skip:].tolist():
+        for index in self.indices().tolist():
             yield index, augmentation_seed(self.seed, self.epoch, index)
 
     def __len__(self) -> int:

@@ -87,26 +87,41 @@ class TwoViews:
 
 def normalize_batch(images: torch.Tensor, norm: Normalization) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W), the same values as ToTensor + Normalize."""
-    x = images.permute(0, 3, 1, 2).float().div_(255)
+    return normalize_pixels(images.permute(0, 3, 1, 2).float(), norm)
+
+
+def normalize_pixels(x: torch.Tensor, norm: Normalization) -> torch.Tensor:
+    """Integer-valued float32 (N, 3, H, W) in [0, 255] -> normalised, ToTensor's and Normalize's float32
+    operations (divide by 255, subtract the mean, divide by the std), so the same bits. In place."""
     mean = torch.tensor(norm.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(norm.std, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+    return x.div_(255).sub_(mean).div_(std)
 
 
 def crop_flip_batch(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """RandomCrop(size, padding) with zero fill + RandomHorizontalFlip, on a uint8 (N, H, W, 3) batch."""
-    n, h, w, _ = images.shape
-    padded = F.pad(images.permute(0, 3, 1, 2), (padding,) * 4)  # zeros, like PIL's fill=0
-    top = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
-    left = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
-    flip = torch.rand(n, 1, generator=generator) < 0.5
-    rows = top + torch.arange(h)
-    cols = left + torch.arange(w)
-    cols = torch.where(flip, cols.flip(1), cols)
-    batch = torch.arange(n).view(n, 1, 1, 1)
-    channel = torch.arange(3).view(1, 3, 1, 1)
-    out = padded[batch, channel, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
-    return out.permute(0, 2, 3, 1)
+    """RandomCrop(size, padding) with zero fill + RandomHorizontalFlip, on a uint8 (N, H, W, 3) batch
+    (CPU), the offsets and flips drawn from `generator`."""
+    n = len(images)
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return crop_flip_with(images, padding, top, left, flip)
+
+
+def crop_flip_with(images: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor,
+                   flip: torch.Tensor) -> torch.Tensor:
+    """The crop of each zero-padded image at (top[i], left[i]), mirrored where flip[i]: one gather of
+    whole pixels, on the images' device; uint8 (N, H, W, 3) in and out."""
+    n, h, w, c = images.shape
+    device = images.device
+    padded = F.pad(images, (0, 0, padding, padding, padding, padding))  # zeros, like PIL's fill=0
+    wp = w + 2 * padding
+    rows = top.view(n, 1) + torch.arange(h, device=device)
+    cols = left.view(n, 1) + torch.arange(w, device=device)
+    cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
+    image_start = torch.arange(n, device=device).view(n, 1, 1) * ((h + 2 * padding) * wp)
+    pixel = (image_start + rows.view(n, h, 1) * wp + cols.view(n, 1, w)).view(-1)
+    return padded.reshape(-1, c).index_select(0, pixel).view(n, h, w, c)
 
 
 def to_tensor_uint8(images: np.ndarray) -> torch.Tensor:

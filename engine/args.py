@@ -5,6 +5,7 @@ import argparse
 import os
 
 from dataset import dataset_names
+from dataset.device_loader import AUGMENT_CHOICES
 from dataset.transforms import NORMALIZATIONS
 
 
@@ -40,9 +41,14 @@ def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None =
     g.add_argument("--data_root", default=None,
                    help="folder holding <dataset>/ (official layout) or the dataset folder itself")
     if loader:
+        g.add_argument("--augment", default="auto", choices=AUGMENT_CHOICES,
+                       help="where the training augmentation runs: device = the split held on the training device as "
+                            "uint8, each batch augmented there at once (bit-exact torchvision arithmetic, per-image "
+                            "draws); workers = torchvision on PIL in --num_workers loader processes, the official path; "
+                            "auto = device (DVP's two-view augmentation always runs on workers)")
         g.add_argument("--num_workers", type=int, default=default_num_workers(),
                        help="data-loading worker processes (default: the cores this process may use / ranks on the node, "
-                            "at most 8; 0 loads in the main process)")
+                            "at most 8; 0 loads in the main process; --augment workers only)")
     g.add_argument("--image_size", type=int, default=None,
                    help="resize images to N x N (default: the data's own size)")
     g.add_argument("--normalization", default="auto", choices=NORMALIZATIONS,

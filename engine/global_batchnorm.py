@@ -1,14 +1,31 @@
 """BatchNorm over the global batch of a torchrun job on the CPU, where PyTorch's SyncBatchNorm
 refuses to run (it serves GPUs only). In training mode each rank's per-channel sums, sums of
-squares and counts are added over the ranks with an autograd-aware all-reduce, so the forward and
-the backward are those of one BatchNorm over all ranks' images; eval mode is plain BatchNorm.
+squares and counts are added over the ranks with an all-reduce whose backward all-reduces the
+gradients, so the forward and the backward are those of one BatchNorm over all ranks' images; eval
+mode is plain BatchNorm. Used under gloo, whose tensors are the CPU's (engine.distributed).
 Statistics compute in float32 whatever the input's precision."""
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """The sum of a tensor over the ranks; its gradient is the sum of the ranks' gradients (each
+    rank's loss depends on every rank's contribution)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -21,7 +38,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         xf = x.float()
         local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)),
                            xf.new_full((1,), float(x.numel() // x.shape[1]))])
-        total = dist_fn.all_reduce(local, op=dist.ReduceOp.SUM)
+        total = _SumOverRanks.apply(local)
         c = self.num_features
         count = total[2 * c]
         mean = total[:c] / count

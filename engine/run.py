@@ -16,6 +16,7 @@ from torch import nn
 from dataset import ImageSet, load_split
 from dataset.episodes import check_episode_feasible
 from dataset.errors import DataError
+from dataset.device_loader import DeviceBatches, resolve_augment
 from dataset.loaders import train_loader
 from dataset.transforms import Normalization, choose_normalization, train_transform
 from dataset.profiles import DatasetProfile
@@ -45,6 +46,7 @@ def start_training_run(args: argparse.Namespace) -> torch.device:
         raise UsageError("--final_checkpoint best: needs --eval_freq, which keeps best.pth by val accuracy")
     ranks, device = distributed.setup(args.device)
     setup_precision(args, device)  # --amp auto decided, --tf32 applied, --amp checked against the device
+    args.augment = resolve_augment(args.augment, device)
     distributed.per_rank_batch_size(args.batch_size)  # validates the global batch against the ranks
     if device.type == "cuda" and args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for deterministic GEMMs
@@ -263,14 +265,19 @@ def load_training_data(args: argparse.Namespace, norm: Normalization | None = No
 
 def make_train_loader(data: TrainingData, args: argparse.Namespace, device: torch.device,
                       transform: Callable | None = None):
-    """Shuffled, augmented batches; under torchrun each rank reads its DistributedSampler shard in
-    batches of --batch_size / world size. `transform`: of each image (default: the Gen-0/Gen-1
-    training augmentation of the dataset's profile)."""
-    transform = transform or train_transform(data.image_size, data.profile.crop_padding, data.norm)
+    """Shuffled, augmented batches; under torchrun each rank reads its share of every epoch's order
+    in batches of --batch_size / world size. With --augment device (and the default transform), the
+    split is held on `device` and augmented there in batches (dataset.device_loader); otherwise a
+    DataLoader applies `transform` (default: the Gen-0/Gen-1 training augmentation of the dataset's
+    profile) to each image in --num_workers processes."""
     ranks = distributed.current()
     shard = (ranks.rank, ranks.world_size) if ranks.enabled else None
-    return train_loader(data.train, transform, distributed.per_rank_batch_size(args.batch_size), args.num_workers,
-                        args.seed, pin_memory=device.type == "cuda", shard=shard)
+    batch_size = distributed.per_rank_batch_size(args.batch_size)
+    if transform is None and args.augment == "device":
+        return DeviceBatches(data.train, batch_size, args.seed, data.profile.crop_padding, data.norm, device, shard)
+    transform = transform or train_transform(data.image_size, data.profile.crop_padding, data.norm)
+    return train_loader(data.train, transform, batch_size, args.num_workers, args.seed,
+                        pin_memory=device.type == "cuda", shard=shard)
 
 
 def final_weights(state: TrainState, args: argparse.Namespace) -> tuple[Path, str, int]:

@@ -22,6 +22,7 @@ import engine.run
 import util
 from conftest import REPO, run_script
 from dataset import load_split
+from dataset.device_loader import DeviceBatches
 from dataset.loaders import train_loader
 from dataset.profiles import CIFAR_NORMALIZATION
 from dataset.transforms import train_transform
@@ -51,16 +52,21 @@ def _args(folder: Path, **overrides) -> argparse.Namespace:
     return argparse.Namespace(**{**base, **overrides})
 
 
-def _train(folder: Path, signal_at_step: int | None = None, resume: bool = False) -> dict[str, torch.Tensor]:
-    """Two epochs on synthetic images loaded by two persistent worker processes; SIGTERM to this
-    process during global step `signal_at_step`, as a cluster scheduler would send it."""
+def _train(folder: Path, signal_at_step: int | None = None, resume: bool = False,
+           augment: str = "workers") -> dict[str, torch.Tensor]:
+    """Two epochs on synthetic images loaded by two persistent worker processes (or augmented in
+    batches, --augment device); SIGTERM to this process during global step `signal_at_step`, as a
+    cluster scheduler would send it."""
     torch.manual_seed(0)
     model = SmallNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     args = _args(folder, resume=resume)
     state = engine.run.prepare_run(args, "run", model, optimizer, "test", {})
     images = load_split("synthetic", None, "train")
-    loader = train_loader(images, train_transform(32, 4, CIFAR_NORMALIZATION), 50, num_workers=2, seed=args.seed)
+    if augment == "device":
+        loader = DeviceBatches(images, 50, args.seed, 4, CIFAR_NORMALIZATION, torch.device("cpu"))
+    else:
+        loader = train_loader(images, train_transform(32, 4, CIFAR_NORMALIZATION), 50, num_workers=2, seed=args.seed)
     calls = 0
 
     def step(x: torch.Tensor, y: torch.Tensor) -> engine.loop.StepResult:
@@ -106,6 +112,15 @@ def test_sigterm_then_resume_is_bit_identical(uninterrupted, tmp_path, signal_at
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=key)
     epochs = [line for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(epochs) == 2  # each epoch logged once
+
+
+def test_sigterm_then_resume_is_bit_identical_with_device_augmentation(tmp_path):
+    straight = _train(tmp_path / "straight", augment="device")
+    with pytest.raises(util.Preempted, match="SIGTERM at epoch 2, step 3/8"):
+        _train(tmp_path / "stopped", STEPS_PER_EPOCH + 3, augment="device")
+    resumed = _train(tmp_path / "stopped", resume=True, augment="device")
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=key)
 
 
 def test_resuming_mid_epoch_with_another_number_of_processes_is_refused(tmp_path):

@@ -1,0 +1,102 @@
+"""--augment device: the batched augmentation gives torchvision's PIL result on every pixel, to the
+bit, for the same parameters; its parameters have torchvision's distributions, drawn per image;
+they depend on (seed, epoch, index) alone, so batches, ranks and resumption do not change them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+from torchvision.transforms import functional as TF
+
+from dataset.batch_augment import BRIGHTNESS, CONTRAST, ORDERS, SATURATION, augment_batch, draw_params
+from dataset.device_loader import DeviceBatches
+from dataset.imageset import ImageSet
+from dataset.profiles import CIFAR_NORMALIZATION, IMAGENET_NORMALIZATION
+
+PIL_JITTER = {BRIGHTNESS: TF.adjust_brightness, CONTRAST: TF.adjust_contrast, SATURATION: TF.adjust_saturation}
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Random pixels, a quarter of them posterised (flat regions, ties in the luma mean's rounding)
+    and a few saturated at 0 and 255 (clipping)."""
+    rng = np.random.RandomState(seed)
+    images = rng.randint(0, 256, (n, size, size, 3)).astype(np.uint8)
+    images[: n // 4] = (images[: n // 4] // 64) * 60 + 10
+    images[n // 4: n // 4 + 4] = rng.choice([0, 255], (4, size, size, 3)).astype(np.uint8)
+    return images
+
+
+def _torchvision(image: np.ndarray, params, i: int, padding: int, norm) -> torch.Tensor:
+    """train_transform's steps, each with image i's parameters instead of a random draw."""
+    size = image.shape[0]
+    pil = TF.crop(TF.pad(Image.fromarray(image), padding), int(params.top[i]), int(params.left[i]), size, size)
+    for op in params.order[i].tolist():
+        pil = PIL_JITTER[op](pil, float(params.factors[i, op]))
+    if params.flip[i]:
+        pil = TF.hflip(pil)
+    return TF.normalize(TF.to_tensor(pil), norm.mean, norm.std)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size, padding, norm", [(32, 4, CIFAR_NORMALIZATION), (84, 8, IMAGENET_NORMALIZATION)])
+def test_every_pixel_is_torchvisions_to_the_bit(device, size, padding, norm):
+    images = _images(96, size)
+    params = draw_params(0, 1, torch.arange(96, device=device), padding)
+    ours = augment_batch(torch.from_numpy(images).to(device), params, padding, norm).cpu()
+    assert ours.shape == (96, 3, size, size) and ours.dtype == torch.float32
+    for i in range(96):
+        assert torch.equal(ours[i], _torchvision(images[i], params, i, padding, norm)), f"image {i}"
+
+
+def test_parameters_have_torchvisions_distributions_drawn_per_image():
+    """One batch of 60,000 images: a wrong range, a per-batch draw or a skewed order fails a test."""
+    n, padding = 60_000, 4
+    p = draw_params(7, 3, torch.arange(n), padding)
+    for offsets in (p.top, p.left):  # uniform on 0..2p: chi-square over the 9 values
+        counts = torch.bincount(offsets, minlength=2 * padding + 1).numpy()
+        assert len(counts) == 2 * padding + 1 and stats.chisquare(counts).pvalue > 1e-4
+    flips = int(p.flip.sum())
+    assert stats.binomtest(flips, n, 0.5).pvalue > 1e-4
+    for j in range(3):
+        factors = p.factors[:, j].double().numpy()
+        assert factors.min() >= 0.6 and factors.max() < 1.4
+        assert stats.kstest(factors, stats.uniform(0.6, 0.8).cdf).pvalue > 1e-4
+    order_ids = (p.order[:, None, :] == ORDERS[None]).all(2).float().argmax(1)
+    assert stats.chisquare(torch.bincount(order_ids, minlength=6).numpy()).pvalue > 1e-4
+    # Independent across images and across parameters, not one draw per batch.
+    assert abs(np.corrcoef(p.factors[:-1, 0].numpy(), p.factors[1:, 0].numpy())[0, 1]) < 0.02
+    assert abs(np.corrcoef(p.factors[:, 0].numpy(), p.factors[:, 1].numpy())[0, 1]) < 0.02
+
+
+def test_parameters_depend_on_seed_epoch_and_index_only():
+    everyone = draw_params(0, 5, torch.arange(100), 4)
+    some = torch.tensor([97, 3, 41])
+    picked = draw_params(0, 5, some, 4)
+    assert torch.equal(picked.factors, everyone.factors[some]) and torch.equal(picked.order, everyone.order[some])
+    assert torch.equal(picked.top, everyone.top[some]) and torch.equal(picked.flip, everyone.flip[some])
+    assert not torch.equal(draw_params(0, 6, torch.arange(100), 4).factors, everyone.factors)
+    assert not torch.equal(draw_params(1, 5, torch.arange(100), 4).factors, everyone.factors)
+
+
+def _epoch(loader: DeviceBatches, epoch: int, skip: int = 0) -> dict[int, torch.Tensor]:
+    """{image index: its augmented tensor} over one epoch of `loader` (images tagged by their label)."""
+    loader.sampler.set_epoch(epoch, skip)
+    return {int(label): image for images, labels in loader for image, label in zip(images, labels)}
+
+
+def test_device_batches_augment_each_image_the_same_whatever_the_batch_size_ranks_or_resumption():
+    images = ImageSet(_images(48, 32), np.arange(48), "memory")  # the label is the image's index
+    cpu = torch.device("cpu")
+    whole = _epoch(DeviceBatches(images, 16, 3, 4, CIFAR_NORMALIZATION, cpu), 2)
+    assert len(whole) == 48
+    for batch in (8, 12):
+        other = _epoch(DeviceBatches(images, batch, 3, 4, CIFAR_NORMALIZATION, cpu), 2)
+        assert all(torch.equal(other[i], whole[i]) for i in other)
+    shards = [_epoch(DeviceBatches(images, 8, 3, 4, CIFAR_NORMALIZATION, cpu, shard=(r, 2)), 2) for r in (0, 1)]
+    assert sorted([*shards[0], *shards[1]]) == list(range(48))
+    assert all(torch.equal(t, whole[i]) for shard in shards for i, t in shard.items())
+    resumed = _epoch(DeviceBatches(images, 16, 3, 4, CIFAR_NORMALIZATION, cpu), 2, skip=16)
+    assert len(resumed) == 32 and all(torch.equal(t, whole[i]) for i, t in resumed.items())
