@@ -134,9 +134,10 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) ->
 
 
 def augment_batch(images: torch.Tensor, params: AugmentParams, padding: int, norm: Normalization) -> torch.Tensor:
-    """uint8 (N, H, W, 3) images -> normalised float32 (N, 3, H, W), as train_transform would give
-    for each image with its parameters; on the images' device, channels-last."""
+    """uint8 (N, H, W, 3) images -> normalised float32 (N, 3, H, W), contiguous as a DataLoader's batch
+    of train_transform's outputs (the training step lays out its rotated batch itself), each image
+    with its parameters; on the images' device."""
     cropped = crop_flip_with(images, padding, params.top, params.left, params.flip)  # uint8 (N, H, W, 3)
     x = cropped.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)  # planes: fast luma
     x = color_jitter(x, params.factors, params.order)
-    return normalize_pixels(x, norm).contiguous(memory_format=torch.channels_last)
+    return normalize_pixels(x, norm)
