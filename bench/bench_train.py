@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning, allocator)")
     parser.add_argument("--amp", default="off,bf16",
                         help="comma-separated: off (fp32), tf32 (fp32 with TF32 convolutions, CUDA), bf16, fp16")
+    parser.add_argument("--compile", action="store_true", help="each step through torch.compile, as --compile")
     parser.add_argument("--contiguous", action="store_true",
                         help="plain NCHW layout instead of the scripts' channels-last (to measure what it buys)")
     args = parser.parse_args()
@@ -78,7 +79,7 @@ def main() -> None:
 
     print(f"device: {util.describe_device(device, args.device)}")
     print(f"device={device} threads={torch.get_num_threads()} layout={'NCHW' if args.contiguous else 'channels-last'} "
-          f"image_size={args.image_size} "
+          f"image_size={args.image_size} compile={args.compile} "
           f"batch_size={args.batch_size} steps={args.steps} processes={ranks.world_size}"
           + (f" ({torch.distributed.get_backend()})" if ranks.enabled else ""))
     print("| stage | precision | images/s |\n|---|---|---|")
@@ -94,6 +95,8 @@ def main() -> None:
         }
         for name, build in stages.items():
             m, step = build()
+            if args.compile:
+                step = torch.compile(step)
             rate = time_steps(step, m, images, targets, device, amp, args.steps, args.warmup)
             print(f"| {name} | {precision} | {rate:.1f} |", flush=True)
     engine.distributed.cleanup()

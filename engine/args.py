@@ -115,6 +115,10 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g.add_argument("--deterministic", action="store_true",
                    help="CUDA: deterministic cuDNN/cuBLAS algorithms and no cuDNN autotuning, so that a run (or a resumed "
                         "run) repeats bit for bit; slower. CPU runs are deterministic without it")
+    g.add_argument("--compile", action="store_true",
+                   help="run the training step (forward and losses; backward follows) through torch.compile: fewer "
+                        "kernel launches per step; the first steps compile (minutes on a small CPU). Checkpoints are "
+                        "the same format")
     g.add_argument("--resume", action="store_true", help="continue the run in the run folder from its last checkpoint")
     g.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="W&B mode; auto: online when logged in, otherwise offline")

@@ -222,6 +222,8 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
     Under torchrun `step` calls the DDP-wrapped network (engine.distributed.wrap), every rank runs
     the loop and the (sharded) val evaluation, and rank 0 alone writes checkpoints and logs.
     """
+    if getattr(args, "compile", False):
+        step = torch.compile(step)  # the closure's network and losses become one graph (or a few)
     with StopRequest(args.log_interval) as stop:
         for epoch in range(state.start_epoch, args.epochs + 1):
             if before_epoch is not None:

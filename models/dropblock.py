@@ -56,6 +56,9 @@ class DropBlock(nn.Module):
         dropped = F.max_pool2d(F.pad(seeds, (b - 1, b - 1, b - 1, b - 1)), kernel_size=b, stride=1)
         return 1.0 - dropped
 
+    # Not traced by torch.compile (--compile): the ramp counter is a Python int that changes every call,
+    # which would recompile every step; the block runs eagerly between compiled graphs.
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.drop_rate == 0:
             return x
