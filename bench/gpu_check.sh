@@ -10,7 +10,8 @@
 # 2. a torchrun smoke run of Gen-0 then Gen-1 on the built-in data, one process, and two with 2+ GPUs;
 # 3. bench_train.py at 32 and 84 px in fp32, TF32, bf16 and fp16 (cuDNN autotuning, 20 warm-up steps);
 # 4. the training loader alone with the default workers at 32 and 84 px;
-# 5. bench_eval.py, 1- and 5-shot, 600 episodes.
+# 5. bench_eval.py, 1- and 5-shot, 600 episodes;
+# 6. the training scripts end to end with --augment device and workers at 32 and 84 px (bench_scripts.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$(command -v python || command -v python3)}"
@@ -65,6 +66,12 @@ done
 
 section "5. few-shot evaluation (bench/bench_eval.py, 600 episodes)"
 run eval "$PY" bench/bench_eval.py --device cuda --shots 1,5 --episodes 600 --reference_episodes 10
+
+section "6. the training scripts end to end, --augment device vs workers (bench/bench_scripts.py)"
+run scripts_32px "$PY" bench/bench_scripts.py --device cuda --image_size 32 --images 38400 --epochs 2 --batch_size 64 \
+    --amp auto --repeats 1
+run scripts_84px "$PY" bench/bench_scripts.py --device cuda --image_size 84 --images 12800 --epochs 2 --batch_size 64 \
+    --amp auto --repeats 1
 
 section "done: $([ "$FAILED" -eq 0 ] && echo "all sections passed" || echo "SOME SECTIONS FAILED (see above)")"
 exit "$FAILED"

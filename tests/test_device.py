@@ -126,3 +126,25 @@ def test_default_workers_follow_the_affinity_and_the_ranks_on_the_node(monkeypat
     else:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
     assert engine.args.default_num_workers() == workers
+
+
+def test_resume_restores_the_training_gpus_stream_on_a_node_with_fewer_gpus(monkeypatch):
+    """A checkpoint of a 4-GPU node (every GPU's stream, as checkpoints before the fix kept) resumes on a
+    node with one GPU; a new checkpoint keeps the training GPU's stream only."""
+    from engine import preemption
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.full((4,), 7, dtype=torch.uint8))
+    state = preemption.rng_state()
+    assert [s.tolist() for s in state["cuda"]] == [[7, 7, 7, 7]]
+    state["cuda"] = [torch.full((4,), i, dtype=torch.uint8) for i in range(4)]  # saved on GPUs 0-3
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    preemption.set_rng_state(state)
+    assert restored[-1].tolist() == [2, 2, 2, 2]  # this rank's GPU index had a saved stream
+    state["cuda"] = state["cuda"][:1]
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # GPU 3 of a node that saved one stream
+    preemption.set_rng_state(state)
+    assert restored[-1].tolist() == [0, 0, 0, 0]
