@@ -19,6 +19,7 @@ the three operations equally likely.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from itertools import permutations
 
@@ -68,11 +69,22 @@ def _key(*values: int) -> int:
     return key
 
 
+@functools.lru_cache(maxsize=16)
+def _stream_keys(seed: int, epoch: int, streams: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(S, 2) int64 keys on `device`, made once per epoch: a host-to-GPU copy per batch would make the
+    host wait for the GPU's queued work."""
+    return torch.tensor([[_key(seed, epoch, s), _key(s, seed)] for s in streams], dtype=torch.int64, device=device)
+
+
+@functools.lru_cache(maxsize=4)
+def _orders_on(device: torch.device) -> torch.Tensor:
+    return ORDERS.to(device)
+
+
 def counter_uniform(seed: int, epoch: int, streams: list[int], index: torch.Tensor) -> torch.Tensor:
     """(N, len(streams)) float32 in [0, 1), 24 random bits each, for each entry of `index` (int64, any
     device): a pure function of (seed, epoch, stream, index)."""
-    keys = torch.tensor([[_key(seed, epoch, s), _key(s, seed)] for s in streams], dtype=torch.int64,
-                        device=index.device)  # (S, 2)
+    keys = _stream_keys(seed, epoch, tuple(streams), index.device)
     h = _mix32((index.to(torch.int64) & _MASK32).view(-1, 1) ^ keys[:, 0])
     h = _mix32(h ^ keys[:, 1])
     return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
@@ -99,7 +111,7 @@ def draw_params(seed: int, epoch: int, index: torch.Tensor, padding: int) -> Aug
     top = (u["top"] * offsets).long().clamp_max(offsets - 1)
     left = (u["left"] * offsets).long().clamp_max(offsets - 1)
     factors = torch.stack([1 - JITTER + 2 * JITTER * u[name] for name in ("brightness", "contrast", "saturation")], 1)
-    order = ORDERS.to(index.device)[(u["order"] * len(ORDERS)).long().clamp_max(len(ORDERS) - 1)]
+    order = _orders_on(index.device)[(u["order"] * len(ORDERS)).long().clamp_max(len(ORDERS) - 1)]
     return AugmentParams(top, left, u["flip"] < 0.5, factors, order)
 
 

@@ -6,6 +6,8 @@ uint8 batches as tensors: it is the hot path there, and a batched crop/flip/norm
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -93,9 +95,16 @@ def normalize_batch(images: torch.Tensor, norm: Normalization) -> torch.Tensor:
 def normalize_pixels(x: torch.Tensor, norm: Normalization) -> torch.Tensor:
     """Integer-valued float32 (N, 3, H, W) in [0, 255] -> normalised, ToTensor's and Normalize's float32
     operations (divide by 255, subtract the mean, divide by the std), so the same bits. In place."""
-    mean = torch.tensor(norm.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(norm.std, device=x.device).view(1, 3, 1, 1)
+    mean, std = _norm_tensors(norm, x.device)
     return x.div_(255).sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=8)
+def _norm_tensors(norm: Normalization, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as (1, 3, 1, 1) float32 on `device`, made once: a host-to-GPU copy per batch would
+    make the host wait for the GPU's queued work."""
+    return (torch.tensor(norm.mean, device=device).view(1, 3, 1, 1),
+            torch.tensor(norm.std, device=device).view(1, 3, 1, 1))
 
 
 def crop_flip_batch(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:

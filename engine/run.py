@@ -46,7 +46,7 @@ def start_training_run(args: argparse.Namespace) -> torch.device:
         raise UsageError("--final_checkpoint best: needs --eval_freq, which keeps best.pth by val accuracy")
     ranks, device = distributed.setup(args.device)
     setup_precision(args, device)  # --amp auto decided, --tf32 applied, --amp checked against the device
-    args.augment = resolve_augment(args.augment, device)
+    args.augment = resolve_augment(args.augment)
     distributed.per_rank_batch_size(args.batch_size)  # validates the global batch against the ranks
     if device.type == "cuda" and args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for deterministic GEMMs
