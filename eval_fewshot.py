@@ -26,11 +26,11 @@ import util
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = util.ArgumentParser("SKD few-shot evaluation")
-    parser.add_argument("--model", default="resnet12_ssl", choices=list_models())
+    parser = util.ArgumentParser(description="SKD few-shot evaluation")
+    parser.add_argument("--model", default="resnet12_ssl", choices=list_models(), help="network architecture")
     parser.add_argument("--model_path", required=True,
                         help="checkpoint: ours, the official {'model': state_dict}, a bare or a DataParallel state dict")
-    parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--split", default="test", choices=["val", "test"], help="split the episodes come from")
     parser.add_argument("--use_logit", action="store_true", help="embed with the logits instead of the 640-d feature")
     parser.add_argument("--classifier", default="LR", choices=CLASSIFIERS,
                         help="LR: batched logistic regression (scikit-learn's problem); sklearn: scikit-learn itself")
@@ -40,9 +40,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                         help="log the results to a W&B run of their own (job type eval), in the training run's group")
     parser.add_argument("--wandb_dir", default=None,
-                        help="where W&B keeps its files (default: beside --output, else the current folder)")
+                        help="where W&B keeps its files (default: beside --output, else ~/.cache/skd/eval; never the "
+                             "current folder)")
     # Evaluation reads a split's arrays in-process and augments supports as batched tensor ops, so
-    # the official --num_workers and --test_batch_size have nothing to set (README, "Evaluation").
+    # the official --num_workers and --test_batch_size have nothing to set (docs/options.md).
     engine.args.add_data_args(parser, dataset_default=None,
                               dataset_help="dataset (default: the one the checkpoint was trained on)", loader=False)
     engine.args.add_fewshot_args(parser)
@@ -108,7 +109,9 @@ def eval_logger(args: argparse.Namespace, checkpoint: dict, run_facts: dict[str,
     run_name = Path(args.model_path).resolve().parent.name
     project = train_args.get("wandb_project") or (Path(train_args["model_path"]).name if train_args.get("model_path")
                                                    else "skd")
-    wandb_dir = Path(args.wandb_dir or (Path(args.output).parent if args.output else Path.cwd()))
+    # Never the current folder (a clone's root) nor the checkpoint's: beside --output, else the user's cache.
+    default = Path(args.output).parent if args.output else Path.home() / ".cache" / "skd" / "eval"
+    wandb_dir = Path(args.wandb_dir or default)
     config = {**vars(args), **run_facts, "trained_with": {k: train_args.get(k) for k in ("dataset", "epochs", "seed", "trial")}}
     return engine.logger.RunLogger(None, mode=args.wandb, project=project, config=config, wandb_dir=wandb_dir,
                                    tags=["eval"], group=train_args.get("wandb_group") or run_name, job_type="eval",

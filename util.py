@@ -62,7 +62,11 @@ def run_cli(main: Callable[[], Any]) -> None:
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line, like every other error of the CLI: `error: <what>`, exit 2
-    (argparse's own prints the whole usage first)."""
+    (argparse's own prints the whole usage first), and whose --help shows every flag's default."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (--help lists the flags)\n")
@@ -217,10 +221,14 @@ def git_sha() -> str:
 
 
 def print_run_header(args: argparse.Namespace, device: torch.device | None = None) -> None:
+    """The git sha, the device chosen and why, the precision, then every argument on one line (as
+    resolved: --amp auto shows what it chose; results.json and args.json keep them too)."""
     print(f"git: {git_sha()}")
     if device is not None:
         print(f"device: {describe_device(device, args.device)}")
-    print("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
+        print(f"precision: {precision_name(device, getattr(args, 'amp', 'off'))}")
+    shown = {k: v for k, v in sorted(vars(args).items()) if not (k == "device" and device is not None)}
+    print("args: " + " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in shown.items()))
 
 
 # ----------------------------------------------------------------------------- files

@@ -23,8 +23,9 @@ import engine.distributed  # noqa: E402
 import engine.loop  # noqa: E402
 import util  # noqa: E402
 from models import create_model  # noqa: E402
-from train_distillation import gen1_step  # noqa: E402
-from train_supervised_ssl import gen0_step  # noqa: E402
+from models.dropblock import keep_dropblock_eager  # noqa: E402
+from methods.skd_gen0 import gen0_step  # noqa: E402
+from methods.skd_gen1 import gen1_step  # noqa: E402
 
 
 def time_steps(step: engine.loop.Step, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
@@ -96,6 +97,7 @@ def main() -> None:
         for name, build in stages.items():
             m, step = build()
             if args.compile:
+                keep_dropblock_eager()
                 step = torch.compile(step)
             rate = time_steps(step, m, images, targets, device, amp, args.steps, args.warmup)
             print(f"| {name} | {precision} | {rate:.1f} |", flush=True)

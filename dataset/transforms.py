@@ -7,12 +7,15 @@ uint8 batches as tensors: it is the hot path there, and a batched crop/flip/norm
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision import transforms
+
+if TYPE_CHECKING:
+    from torchvision import transforms
 
 from dataset.profiles import NAMED_NORMALIZATIONS, Normalization, dataset_profile
 
@@ -51,6 +54,10 @@ def choose_normalization(choice: str, dataset: str, train_images: np.ndarray) ->
 def train_transform(image_size: int, padding: int, norm: Normalization) -> transforms.Compose:
     """Gen-0/Gen-1 training augmentation: crop with padding (the dataset profile's), colour jitter,
     flip, normalise."""
+    # Imported here, not at the top: importing torchvision pulls in torch._dynamo, about 2 s of every
+    # command's start-up, and only the workers path needs it.
+    from torchvision import transforms
+
     return transforms.Compose([
         Image.fromarray,
         transforms.RandomCrop(image_size, padding=padding),
@@ -65,6 +72,8 @@ def contrastive_transform(image_size: int, norm: Normalization) -> transforms.Co
     """DVP phase 1's view of an image: the MoCo v1 augmentation its release trains with (random
     resized crop of 20-100% of the area, grayscale with p 0.2, colour jitter 0.4 with hue 0.4, flip),
     at the run's image size."""
+    from torchvision import transforms
+
     return transforms.Compose([
         Image.fromarray,
         transforms.RandomResizedCrop(image_size, scale=(0.2, 1.0)),

@@ -81,15 +81,15 @@ def add_device_args(g: argparse._ActionsContainer, amp_help: str = "autocast pre
 
 def add_training_args(parser: argparse.ArgumentParser, learning_rate: float, lr_decay_epochs: str) -> None:
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=65)
+    g.add_argument("--epochs", type=int, default=65, help="training epochs")
     g.add_argument("--batch_size", type=int, default=64,
                    help="images per step before rotations, global: under torchrun each of N ranks takes batch_size/N")
-    g.add_argument("--learning_rate", type=float, default=learning_rate)
+    g.add_argument("--learning_rate", type=float, default=learning_rate, help="SGD learning rate at the start")
     g.add_argument("--lr_decay_epochs", type=comma_ints, default=comma_ints(lr_decay_epochs),
                    help="comma-separated epochs after which lr is multiplied by --lr_decay_rate")
-    g.add_argument("--lr_decay_rate", type=float, default=0.1)
-    g.add_argument("--weight_decay", type=float, default=5e-4)
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--lr_decay_rate", type=float, default=0.1, help="lr factor at each decay epoch")
+    g.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--cosine", action="store_true", help="cosine annealing instead of step decay")
 
 
@@ -110,7 +110,8 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g.add_argument("--model_path", default="save", help="parent folder of run folders; its last part names the W&B project")
     g.add_argument("--tags", type=comma_strings, default=comma_strings(tags), help="comma-separated W&B tags")
     g.add_argument("-t", "--trial", default="1", help="experiment id, part of the run-folder name")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds initialisation, data order, augmentation and dropout (per rank under torchrun)")
     add_device_args(g)
     g.add_argument("--deterministic", action="store_true",
                    help="CUDA: deterministic cuDNN/cuBLAS algorithms and no cuDNN autotuning, so that a run (or a resumed "

@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 LOG_NAME = "log.jsonl"  # the run folder's per-epoch JSON lines
@@ -63,15 +64,21 @@ class RunLogger:
         for attempt in ([mode, "offline"] if mode == "online" else [mode]):
             try:
                 # A short init timeout: an unreachable server must not stall the run for minutes.
+                # silent: W&B's own dozen lines of start-up and shutdown chatter go; the one line below says
+                # where the run is (WANDB_SILENT=false brings them back).
+                silent = os.environ.get("WANDB_SILENT", "true").lower() != "false"
                 run = wandb.init(project=project, tags=tags, config=config, dir=str(wandb_dir), mode=attempt,
                                  id=run_id, resume="allow" if run_id else None, group=group, job_type=job_type,
-                                 name=name, reinit="finish_previous", settings=wandb.Settings(init_timeout=30))
+                                 name=name, reinit="finish_previous",
+                                 settings=wandb.Settings(init_timeout=30, silent=silent))
             except Exception as e:  # W&B must never stop training
                 failure = failure or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 continue
             if attempt != mode:
                 print(f"W&B: online failed ({failure}); fell back to offline in {wandb_dir / 'wandb'}; {sync}",
                       file=sys.stderr)
+            elif attempt == "online":
+                print(f"W&B: {getattr(run, 'url', None) or project}")
             return run
         print(f"W&B: off for this run ({failure}); metrics go to the console and log.jsonl only", file=sys.stderr)
         return None
@@ -106,3 +113,19 @@ class RunLogger:
         if self.wandb_run is not None:
             with contextlib.suppress(Exception):
                 self.wandb_run.finish()
+
+
+class ProgressLines:
+    """Progress for output that is not a terminal (a SLURM log, a file), where tqdm's bar is off: a
+    line at most every `every` seconds, so that a long epoch or evaluation is not silence."""
+
+    def __init__(self, enabled: bool = True, every: float = 60.0) -> None:
+        self.enabled = enabled and not sys.stdout.isatty()
+        self.every = every
+        self.last = time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        now = time.perf_counter()
+        if self.enabled and now - self.last >= self.every:
+            print(text, flush=True)
+            self.last = now

@@ -17,8 +17,8 @@ from tqdm import tqdm
 from engine import distributed
 from engine.preemption import StopRequest, rng_state, set_rng_state
 from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, save_checkpoint
-from engine.logger import RunLogger
-from models.dropblock import dropblock_calls
+from engine.logger import ProgressLines, RunLogger
+from models.dropblock import dropblock_calls, keep_dropblock_eager
 from util import NonFiniteLossError, Preempted, autocast
 
 
@@ -223,6 +223,7 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
     the loop and the (sharded) val evaluation, and rank 0 alone writes checkpoints and logs.
     """
     if getattr(args, "compile", False):
+        keep_dropblock_eager()
         step = torch.compile(step)  # the closure's network and losses become one graph (or a few)
     with StopRequest(args.log_interval) as stop:
         for epoch in range(state.start_epoch, args.epochs + 1):
@@ -252,6 +253,7 @@ def _train_epoch(state: TrainState, step: Step, loader, args: argparse.Namespace
     if resumed is not None:  # the RNG streams and metric sums exactly as they were after step `skip`
         set_rng_state(resumed["rng"])
         meter.load_state_dict(resumed["meter"], device)
+    lines = ProgressLines(main)
     for i, (images, targets) in enumerate(progress, start=skip + 1):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -264,7 +266,10 @@ def _train_epoch(state: TrainState, step: Step, loader, args: argparse.Namespace
         meter.update(result)
         finite.add(i, result)
         if i % args.log_interval == 0:
-            progress.set_postfix(loss=f"{finite.check(epoch, last_good):.3f}")
+            loss = finite.check(epoch, last_good)
+            progress.set_postfix(loss=f"{loss:.3f}")
+            lines(f"epoch {epoch}/{args.epochs} step {i}/{steps} loss={loss:.4g} "
+                  f"seconds={time.perf_counter() - start:.0f}")
         if i < steps and stop.requested(i):
             finite.check(epoch, last_good)  # never checkpoint a non-finite state
             progress.close()

@@ -31,9 +31,15 @@ from util import (CheckpointError, UsageError, atomic_write, check_positive, che
                   git_sha, precision_name, print_run_header, seed_everything, setup_precision)
 
 
-def start_training_run(args: argparse.Namespace) -> torch.device:
+def start_training_run(args: argparse.Namespace, device_augment_refusal: str | None = None) -> torch.device:
     """Validate the flags, join the torchrun process group when launched by torchrun, pick the
-    (per-rank) device, print the git sha and every argument, seed everything (per rank)."""
+    (per-rank) device, print the git sha and every argument, seed everything (per rank).
+    `device_augment_refusal`: why the method's augmentation cannot run with --augment device (it
+    then runs on loader workers, and an explicit --augment device is refused)."""
+    if device_augment_refusal is not None:
+        if args.augment == "device":
+            raise UsageError(f"--augment device: {device_augment_refusal}; use --augment workers (or auto)")
+        args.augment = "workers"
     check_positive(args, "epochs", "batch_size", "n_ways", "n_shots", "n_queries", "n_test_runs",
                    "n_aug_support_samples", "eval_batch_size", "log_interval", "val_episodes")
     for name in ("learning_rate", "lr_decay_rate"):
@@ -62,6 +68,16 @@ def start_training_run(args: argparse.Namespace) -> torch.device:
     # Model initialisation may differ per rank: DDP broadcasts rank 0's weights when it wraps them.
     seed_everything(distributed.rank_seed(args.seed))
     return device
+
+
+def sgd(model: nn.Module, extra_parameters: list[nn.Parameter], args: argparse.Namespace) -> torch.optim.SGD:
+    """SGD on the network (the first parameter group) and on what the method trains beside it (a
+    second group, when there is any), with the run's lr, momentum and weight decay."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    if extra_parameters:
+        optimizer.add_param_group({"params": extra_parameters})
+    return optimizer
 
 
 def run_folder(args: argparse.Namespace, name: str) -> Path:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from dataset.episodes import sample_episodes
 from dataset.imageset import ImageSet
 from dataset.transforms import Normalization, crop_flip_batch
+from engine.logger import ProgressLines
 from eval import sharding
 from eval.classifiers import classify
 from eval.embed import embed
@@ -124,6 +125,7 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
     starts = range(0, len(episodes), per_chunk)
     bar = tqdm(total=len(sharding.my_pieces(len(starts))), desc=f"{split} {s.n_shots}-shot", leave=False,
                disable=None if progress and sharding.is_main() else True)
+    lines = ProgressLines(progress and sharding.is_main())
 
     def predict_chunk(chunk: int) -> dict[tuple[str, str], torch.Tensor]:
         start = starts[chunk]
@@ -139,6 +141,7 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
             for clf in classifiers:
                 out[(emb, clf)] = classify(clf, support, labels, query, s.n_ways).cpu()
         bar.update()
+        lines(f"{split} {s.n_shots}-shot: episodes {min(start + per_chunk, len(episodes))}/{len(episodes)}")
         return out
 
     chunk_predictions = sharding.compute_sharded(len(starts), predict_chunk)

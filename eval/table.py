@@ -1,4 +1,4 @@
-"""The paper's results table from many runs and seeds (SPEC section 7): rows = methods, columns =
+"""The paper's results table from many runs and seeds : rows = methods, columns =
 dataset x shots, ours beside the paper's numbers.
 
     python -m eval.table RUN_DIR... [--baseline METHOD] [--out PREFIX]
@@ -12,7 +12,7 @@ A cell over several seeds (each seed one training run, evaluated on n episodes):
   - ours = the mean over seeds of the per-seed mean accuracies; the protocol check below makes every
     seed contribute the same number of episodes, so this is also the mean over all episodes pooled.
   - its 95% interval = t.ppf(0.975, N - 1) * sem over all N = seeds x n episodes pooled: the kind of
-    interval the paper reports (SPEC 5), as if one model had been evaluated on N episodes. It
+    interval the paper reports, as if one model had been evaluated on N episodes. It
     measures episode sampling only, not training noise (and seeds evaluated on the same episodes,
     as scripts/reproduce.py does, make it optimistic); hence the seed spread beside it: the sample
     standard deviation (ddof 1) of the per-seed means, with the number of seeds. A gap to the paper
@@ -40,28 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from dataset.profiles import ALL_METHODS
+import methods
 from eval.fewshot import EMBEDDINGS
 from eval.stats import mean_confidence_interval
 from util import ArgumentParser, UsageError, atomic_write, run_cli
 
-PAPER_SOURCE = "SPEC 7 / paper Table"
-# 5-way accuracy (%), ResNet-12: method -> dataset -> (1-shot, 5-shot). Source: PAPER_SOURCE.
-PAPER: dict[str, dict[str, tuple[float, float]]] = {
-    "rfs_simple": {"miniImageNet": (62.02, 79.64), "tieredImageNet": (69.74, 84.41), "CIFAR-FS": (71.5, 86.0),
-                   "FC100": (42.6, 59.1)},
-    "rfs_distill": {"miniImageNet": (64.82, 82.14), "tieredImageNet": (71.52, 86.03), "CIFAR-FS": (73.9, 86.9),
-                    "FC100": (44.6, 60.9)},
-    "skd_gen0": {"miniImageNet": (65.93, 83.15), "tieredImageNet": (71.69, 86.66), "CIFAR-FS": (74.5, 88.0),
-                 "FC100": (45.3, 62.2)},
-    "skd_gen1": {"miniImageNet": (67.04, 83.54), "tieredImageNet": (72.03, 86.50), "CIFAR-FS": (76.9, 88.9),
-                 "FC100": (46.5, 63.1)},
-}
+PAPER_SOURCE = "the SKD paper's table: 5-way accuracy (%), ResNet-12"
 PAPER_SHOTS = (1, 5)
-METHOD_LABELS = {"rfs_simple": "RFS-simple", "rfs_distill": "RFS-distill", "skd_gen0": "SKD Gen-0",
-                 "skd_gen1": "SKD Gen-1", "sskd": "SSKD (ours, same protocol)",
-                 "dvp_prior": "DVP phase 1, self-supervised prior (ours, same protocol)",
-                 "dvp": "DVP (ours, same protocol)"}
 DATASET_ORDER = ("miniImageNet", "tieredImageNet", "CIFAR-FS", "FC100")  # the paper's column order
 # What must be equal for results to share a column (shots and dataset are the column itself).
 PROTOCOL = ("n_ways", "n_queries", "n_episodes", "n_aug", "image_size", "checkpoint_choice")
@@ -147,12 +132,11 @@ def method_of(data: dict, train_args: dict, path: Path) -> str:
     """`method` when the file names it (the reproduction driver), else from the training script's args."""
     if data.get("method"):
         return str(data["method"])
-    if "path_t" in train_args:  # train_distillation.py
-        return {"rfs": "rfs_distill", "sskd": "sskd", "dvp": "dvp"}.get(train_args.get("objective"), "skd_gen1")
-    if "epochs" in train_args:  # train_supervised_ssl.py
-        if train_args.get("objective") == "dvp":
-            return "dvp_prior"
-        return "rfs_simple" if train_args.get("plain") else "skd_gen0"
+    if "epochs" in train_args:  # written by a training script
+        try:
+            return methods.method_of_training_args(train_args).name
+        except UsageError as e:
+            raise UsageError(f"{path}: its training arguments select no method ({e})") from None
     raise UsageError(f"{path}: cannot tell the method: no `method` key and no training arguments "
                      f"(args.json beside the checkpoint {data.get('checkpoint')})")
 
@@ -240,11 +224,12 @@ def build_table(entries: list[Entry], baseline: str | None) -> Table:
     protocols = check_protocols(entries)
     grouped = by_seed(entries)
     present = {m for m, _, _ in grouped}
-    methods = [m for m in ALL_METHODS if m in present] + sorted(present - set(ALL_METHODS))
+    registered = methods.method_names()
+    rows = [m for m in registered if m in present] + sorted(present - set(registered))
     if baseline is not None and baseline not in present:
-        raise UsageError(f"--baseline {baseline}: no results of it; found {', '.join(methods)}")
+        raise UsageError(f"--baseline {baseline}: no results of it; found {', '.join(rows)}")
     # Default: the first row, the paper's baseline (RFS-simple) when present; one row has nothing to pair with.
-    baseline = (baseline or methods[0]) if len(methods) > 1 else None
+    baseline = (baseline or rows[0]) if len(rows) > 1 else None
     order = {d: i for i, d in enumerate(DATASET_ORDER)}
     columns = sorted(protocols, key=lambda c: (order.get(c[0], len(order)), c[0], c[1]))
     paired = {}
@@ -255,18 +240,19 @@ def build_table(entries: list[Entry], baseline: str | None) -> Table:
                 if result is not None:
                     paired[(m, d, k)] = result
     cells = {key: cell_stats(seeds) for key, seeds in grouped.items()}
-    return Table(columns, methods, cells, protocols, baseline, paired)
+    return Table(columns, rows, cells, protocols, baseline, paired)
 
 
 def paper_value(method: str, dataset: str, shots: int) -> float | None:
-    published = PAPER.get(method, {}).get(dataset)
+    """The paper's accuracy of `method` (a registered one) on `dataset` at `shots`, if it reports one."""
+    published = methods.get_method(method).paper.get(dataset) if method in methods.method_names() else None
     return published[PAPER_SHOTS.index(shots)] if published and shots in PAPER_SHOTS else None
 
 
 # ----------------------------------------------------------------------------- output
 
 def _label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    return methods.get_method(method).label if method in methods.method_names() else method
 
 
 def _num(x: float | None, signed: bool = False) -> str:
@@ -409,11 +395,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="folders searched recursively for results.json and results_*.json (or such files)")
     parser.add_argument("--baseline", default=None,
                         help="the method every other row is paired with (default: the first row)")
-    parser.add_argument("--out", default="results_table", help="writes PREFIX.md, PREFIX.csv and PREFIX.tex")
-    parser.add_argument("--split", default="test", choices=["val", "test"])
-    parser.add_argument("--embedding", default="feature", choices=EMBEDDINGS)
-    parser.add_argument("--classifier", default="LR")
-    parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"])
+    parser.add_argument("--out", default=None,
+                        help="writes PREFIX.md, PREFIX.csv and PREFIX.tex (default: RUN_DIR/results_table of the first RUN_DIR, "
+                             "never the current folder)")
+    parser.add_argument("--split", default="test", choices=["val", "test"], help="which results to tabulate")
+    parser.add_argument("--embedding", default="feature", choices=EMBEDDINGS, help="which embedding's results")
+    parser.add_argument("--classifier", default="LR", help="which classifier's results")
+    parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
+                        help="log the table to W&B; auto: online when logged in, otherwise offline")
     parser.add_argument("--wandb_project", default=None,
                         help="default: the first RUN_DIR's name, the training scripts' project for that --model_path")
     return parser
@@ -426,12 +415,14 @@ def main(argv: list[str] | None = None) -> Table:
     table = build_table(entries, args.baseline)
     what = f"{args.split} split, {args.embedding}, {args.classifier}"
     text = markdown(table, what) + sweep_section(args.run_dirs)
-    prefix = Path(args.out)
+    first = Path(args.run_dirs[0])
+    prefix = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "results_table"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     for suffix, content in ((".md", text), (".csv", csv_text(table)), (".tex", latex(table))):
         with atomic_write(prefix.with_name(prefix.name + suffix)) as tmp:
             tmp.write_text(content)
     print(text, end="")
+    print(f"table: {prefix}.md, .csv, .tex")
     if args.wandb != "disabled":
         log_wandb(table, args.wandb, args.wandb_project or Path(args.run_dirs[0]).resolve().name, what,
                   prefix.parent)

@@ -56,9 +56,6 @@ class DropBlock(nn.Module):
         dropped = F.max_pool2d(F.pad(seeds, (b - 1, b - 1, b - 1, b - 1)), kernel_size=b, stride=1)
         return 1.0 - dropped
 
-    # Not traced by torch.compile (--compile): the ramp counter is a Python int that changes every call,
-    # which would recompile every step; the block runs eagerly between compiled graphs.
-    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.drop_rate == 0:
             return x
@@ -78,6 +75,16 @@ class DropBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"block_size={self.block_size}, drop_rate={self.drop_rate}, ramp_steps={self.ramp_steps}"
+
+
+def keep_dropblock_eager() -> None:
+    """Leave DropBlock out of torch.compile's graphs (--compile): its ramp counter is a Python int
+    that changes every call and would recompile every step, so the block runs eagerly between
+    compiled graphs. Applied when a run compiles, not as a decorator: torch.compiler.disable imports
+    torch._dynamo, about 2 s of every command's start-up."""
+    if not getattr(DropBlock, "eager_under_compile", False):
+        DropBlock.forward = torch.compiler.disable(DropBlock.forward)
+        DropBlock.eager_under_compile = True
 
 
 def dropblock_calls(model: nn.Module) -> list[int]:

@@ -1,5 +1,5 @@
-"""Reproduce one of the paper's tables (SPEC 7): every method, seed and few-shot evaluation of one dataset,
-each command with every published setting of dataset/profiles.py written out, so that it stays right
+"""Reproduce one of the paper's tables : every method, seed and few-shot evaluation of one dataset,
+each command with every published setting of its method (methods/) written out, so that it stays right
 when a script's default changes.
 
     python scripts/reproduce.py --dataset CIFAR-FS --data_root DIR --dry_run
@@ -31,44 +31,20 @@ sys.path.insert(0, str(REPO))  # the stage scripts and the packages live at the 
 import engine.args  # noqa: E402
 import engine.checkpoint  # noqa: E402
 import engine.run  # noqa: E402
+import methods  # noqa: E402
 import train_distillation  # noqa: E402
 import train_supervised_ssl  # noqa: E402
 import util  # noqa: E402
 from dataset.catalog import DATASETS, resolve_dataset_folder  # noqa: E402
-from dataset.profiles import (ALL_METHODS, METHODS, PUBLISHED, PUBLISHED_EVAL, SMALL_SCALE, PublishedDataset,  # noqa: E402
-                              PublishedSettings, Sourced, dataset_profile)
+from dataset.profiles import dataset_profile  # noqa: E402
+from methods.settings import PUBLISHED_EVAL, TRAIN_IMAGES, PublishedSettings, Sourced  # noqa: E402
+
+# The training script of each method, by the file name the method names.
+SCRIPTS: dict[str, ModuleType] = {Path(m.__file__).name: m for m in (train_supervised_ssl, train_distillation)}
+ALL_METHODS = tuple(methods.method_names())  # teachers before their students
+PAPER_METHODS = tuple(m for m in ALL_METHODS if methods.get_method(m).in_paper)  # the paper's rows
 
 
-@dataclass(frozen=True)
-class Stage:
-    """How a method runs: its script, the flags that select the method, the script flag of each loss weight,
-    and the method that trains its teacher."""
-    module: ModuleType
-    weight_flags: dict[str, str]
-    teacher: str | None = None
-    rotations: int = 1  # forwards per training image (Gen-0 trains on all four rotations, SPEC 3)
-    copies: str = "rotations"  # what those forwards are
-    mode_flags: tuple[str, ...] = ()
-
-
-STAGES = {
-    "rfs_simple": Stage(train_supervised_ssl, {}, mode_flags=("--plain",)),
-    "rfs_distill": Stage(train_distillation, {"ce_weight": "--ce_weight", "kl_weight": "--kd_weight", "kd_T": "--kd_T"},
-                         teacher="rfs_simple", mode_flags=("--objective", "rfs")),
-    "skd_gen0": Stage(train_supervised_ssl, {"gamma": "--gamma"}, rotations=4),
-    "skd_gen1": Stage(train_distillation, {"beta": "--gamma", "kd_T": "--kd_T"}, teacher="skd_gen0",
-                      mode_flags=("--objective", "skd")),
-    # The student forwards the plain images and their three rotations, as in Gen-0.
-    "sskd": Stage(train_distillation, {name: f"--{name}" for name in (
-        "sskd_ce", "sskd_kd", "sskd_tf", "sskd_ss", "sskd_kd_T", "sskd_tf_T", "sskd_ss_T", "sskd_tf_ratio",
-        "sskd_ss_ratio", "sskd_head_epochs")}, teacher="skd_gen0", rotations=4, mode_flags=("--objective", "sskd")),
-    # DVP: phase 1 forwards two views of each image (query and key), phase 2 the plain images (student and teacher).
-    "dvp_prior": Stage(train_supervised_ssl, {name: f"--{name}" for name in (
-        "dvp_margin", "dvp_temperature", "dvp_momentum", "dvp_dim", "dvp_queue", "dvp_key_groups", "dvp_head")}, rotations=2,
-        copies="views", mode_flags=("--objective", "dvp")),
-    "dvp": Stage(train_distillation, {"dvp_weight": "--dvp_weight", "dvp_no_distill_epochs": "--dvp_no_distill_epochs"},
-                 teacher="dvp_prior", mode_flags=("--objective", "dvp")),
-}
 # The settings every training command writes out, by their flag names (shared by both scripts).
 SCHEDULE = ("epochs", "lr_decay_epochs", "learning_rate", "lr_decay_rate", "batch_size", "weight_decay", "momentum")
 # What identifies a run of the plan; passthrough flags must leave it alone.
@@ -94,13 +70,13 @@ class Run:
 
 def get_args_parser() -> argparse.ArgumentParser:
     # No abbreviations: `--seed 3` must pass through to the training scripts, not become --seeds.
-    parser = util.ArgumentParser("Reproduce one dataset's table of the paper; other flags go to every training "
+    parser = util.ArgumentParser(description="Reproduce one dataset's table of the paper; other flags go to every training "
                                      "command that accepts them", allow_abbrev=False)
-    parser.add_argument("--dataset", required=True, help=f"one of {', '.join(PUBLISHED)}")
+    parser.add_argument("--dataset", required=True, help=f"one of {', '.join(TRAIN_IMAGES)}, or folder")
     parser.add_argument("--data_root", required=True, help="folder holding <dataset>/, as for the scripts")
-    parser.add_argument("--methods", type=engine.args.comma_strings, default=list(METHODS),
+    parser.add_argument("--methods", type=engine.args.comma_strings, default=list(PAPER_METHODS),
                         help=f"comma-separated, from {','.join(ALL_METHODS)} (default: the paper's rows, "
-                             f"{','.join(METHODS)})")
+                             f"{','.join(PAPER_METHODS)})")
     parser.add_argument("--seeds", type=engine.args.comma_ints, default=[0, 1, 2],
                         help="comma-separated; each run gets --seed S --trial S")
     parser.add_argument("--episodes", type=int, default=PUBLISHED_EVAL.episodes.value, help="episodes per evaluation")
@@ -132,12 +108,12 @@ def device_flags(args: argparse.Namespace) -> list[str]:
     return [*(["--device", args.device] if args.device else []), *(["--amp", args.amp] if args.amp else [])]
 
 
-def parse_training(stage: Stage, argv: list[str]) -> argparse.Namespace:
-    """`argv` read by the stage script's own parser: the run name, and so the checkpoint path, is then the
+def parse_training(method: type[methods.Method], argv: list[str]) -> argparse.Namespace:
+    """`argv` read by the method's script's own parser: the run name, and so the checkpoint path, is then the
     script's, passthrough flags included; a flag the script lacks fails here, not hours into a plan."""
-    parser = stage.module.get_args_parser()
+    parser = SCRIPTS[method.script].get_args_parser()
     parser.exit_on_error = False
-    script = Path(stage.module.__file__).name
+    script = method.script
     try:
         parsed, unknown = parser.parse_known_args(argv)
     except argparse.ArgumentError as e:
@@ -158,10 +134,10 @@ def flag_groups(passthrough: list[str]) -> list[list[str]]:
     return groups
 
 
-def accepts(stage: Stage, planned: list[str], group: list[str]) -> bool:
-    """Whether the stage's script knows the flag of `group` (a known flag with a bad value counts as known:
+def accepts(method: type[methods.Method], planned: list[str], group: list[str]) -> bool:
+    """Whether the method's script knows the flag of `group` (a known flag with a bad value counts as known:
     parse_training then names the value)."""
-    parser = stage.module.get_args_parser()
+    parser = SCRIPTS[method.script].get_args_parser()
     parser.exit_on_error = False
     try:
         _, unknown = parser.parse_known_args(planned + group)
@@ -170,9 +146,9 @@ def accepts(stage: Stage, planned: list[str], group: list[str]) -> bool:
     return not unknown
 
 
-def check_passthrough(stage: Stage, planned: list[str], passthrough: list[str]) -> None:
+def check_passthrough(method: type[methods.Method], planned: list[str], passthrough: list[str]) -> None:
     """Passthrough flags may change any setting but the plan's own: which data, which seed, where runs go."""
-    with_passthrough, without = parse_training(stage, planned + passthrough), parse_training(stage, planned)
+    with_passthrough, without = parse_training(method, planned + passthrough), parse_training(method, planned)
     for name in PLAN_OWNED:
         if getattr(with_passthrough, name, None) != getattr(without, name, None):
             raise util.UsageError(f"{shlex.join(passthrough)}: changes --{name}, which the plan sets; use this "
@@ -200,10 +176,16 @@ def evaluation(args: argparse.Namespace, checkpoint: Path, split: str, shots: in
             "--output", str(checkpoint.parent / f"results_{split}_{shots}shot.json"), *device_flags(args)]
 
 
-def training_runs(method: str, settings: PublishedSettings, seed: int, args: argparse.Namespace,
-                  passthrough: list[str], teacher: Path | None) -> list[Run]:
-    """The runs of `method` for one seed: one per combination of swept values (a sweep is decided on val)."""
-    stage = STAGES[method]
+def settings_of(method: type[methods.Method], args: argparse.Namespace) -> PublishedSettings:
+    """The method's published settings on --dataset; a `folder` dataset has none: its small-scale ones."""
+    return method.small_scale if args.dataset == "folder" else method.published[args.dataset]
+
+
+def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: list[str],
+                  teacher: Path | None) -> list[Run]:
+    """The runs of method `name` for one seed: one per combination of swept values (a sweep is decided on val)."""
+    stage = methods.get_method(name)
+    settings = settings_of(stage, args)
     weights = {name: settings.weights[name].value for name in stage.weight_flags}
     swept = [name for name, value in weights.items() if isinstance(value, tuple)]
     runs = []
@@ -222,15 +204,16 @@ def training_runs(method: str, settings: PublishedSettings, seed: int, args: arg
         check_passthrough(stage, argv, accepted)
         argv += accepted
         parsed = parse_training(stage, argv)
-        name = stage.module.run_name(parsed, dataset_profile(parsed.dataset, parsed.image_size or args.folder_image_size))
-        checkpoint = engine.run.run_folder(parsed, name) / engine.checkpoint.CHECKPOINT_NAME
+        script = SCRIPTS[stage.script]
+        folder = script.run_name(parsed, dataset_profile(parsed.dataset, parsed.image_size or args.folder_image_size))
+        checkpoint = engine.run.run_folder(parsed, folder) / engine.checkpoint.CHECKPOINT_NAME
         # Swept runs are also evaluated on val, which alone decides between them.
         splits = ("val", "test") if swept else ("test",)
         sweep = "".join(f", {n} {chosen[n]} of {text(weights[n])} (swept, decided on val)" for n in swept)
-        images = images_processed(parsed.epochs, parsed.batch_size, PUBLISHED[args.dataset].train_images.value,
-                                  stage.rotations, parsed.use_trainval, stage.copies)
-        runs.append(Run(method, seed, f"{method} seed {seed}{sweep}: {images}",
-                        [*python_command(Path(stage.module.__file__).name, args.nproc_per_node), *argv], parsed.epochs,
+        images = images_processed(parsed.epochs, parsed.batch_size, args.train_images.value,
+                                  stage.forwards_per_image, parsed.use_trainval, stage.forwarded_copies)
+        runs.append(Run(stage.name, seed, f"{stage.name} seed {seed}{sweep}: {images}",
+                        [*python_command(stage.script, args.nproc_per_node), *argv], parsed.epochs,
                         checkpoint,
                         bool(swept), tuple(evaluation(args, checkpoint, split, shots) for split in splits
                                            for shots in PUBLISHED_EVAL.shots.value), mine))
@@ -240,16 +223,13 @@ def training_runs(method: str, settings: PublishedSettings, seed: int, args: arg
 def plan(args: argparse.Namespace, passthrough: list[str]) -> list[Run]:
     """Every run of the table in dependency order: per seed, each method after the method that trains its teacher
     (computed, for its checkpoint path, also when only the student is asked for)."""
-    published = PUBLISHED[args.dataset]
-    needed = set(args.methods) | {STAGES[m].teacher for m in args.methods if m in STAGES and STAGES[m].teacher}
+    needed = set(args.methods) | {methods.get_method(m).teacher for m in args.methods if methods.get_method(m).teacher}
     runs = []
     for seed in args.seeds:
         checkpoints: dict[str, Path | None] = {}
         for method in (m for m in ALL_METHODS if m in needed):
-            settings = published.methods[method]
-            teacher = STAGES[method].teacher
-            method_runs = training_runs(method, settings, seed, args, passthrough,
-                                        checkpoints[teacher] if teacher else None)
+            teacher = methods.get_method(method).teacher
+            method_runs = training_runs(method, seed, args, passthrough, checkpoints[teacher] if teacher else None)
             # A swept teacher would need the sweep decided first; no published teacher is swept.
             checkpoints[method] = method_runs[0].checkpoint
             if method not in args.methods:  # a teacher the table does not show: trained (or found done), not evaluated
@@ -257,26 +237,25 @@ def plan(args: argparse.Namespace, passthrough: list[str]) -> list[Run]:
             runs += method_runs
     for group in flag_groups(passthrough):
         if not any(tuple(group) in run.passthrough for run in runs):
-            scripts = sorted({Path(STAGES[run.method].module.__file__).name for run in runs})
+            scripts = sorted({methods.get_method(run.method).script for run in runs})
             raise util.UsageError(f"{shlex.join(group)}: no training script of the plan accepts it "
                                   f"({', '.join(scripts)})")
     return runs
 
 
 def print_plan(args: argparse.Namespace, runs: list[Run]) -> None:
-    published = PUBLISHED[args.dataset]
     print(f"# {args.dataset}: {', '.join(m for m in ALL_METHODS if m in args.methods)}; seeds "
           f"{', '.join(map(str, args.seeds))}; {args.episodes} episodes per evaluation; W&B group {args.wandb_group}")
     print("# published settings [source]:")
     for method in (m for m in ALL_METHODS if m in args.methods):
-        settings = published.methods[method].by_name()
+        settings = settings_of(methods.get_method(method), args).by_name()
         print(f"#   {method}: " + "; ".join(f"{name} {text(v.value)} [{v.source}]" for name, v in settings.items()))
     ev = PUBLISHED_EVAL
     print(f"#   evaluation: {ev.n_ways.value}-way [{ev.n_ways.source}], shots {text(ev.shots.value)} "
           f"[{ev.shots.source}], {ev.n_queries.value} queries [{ev.n_queries.source}], "
           f"{ev.n_aug_support_samples.value} augmented support copies [{ev.n_aug_support_samples.source}], "
           f"classifier {ev.classifier.value} [{ev.classifier.source}]")
-    print(f"#   train split: {published.train_images.value:,} images [{published.train_images.source}]")
+    print(f"#   train split: {args.train_images.value:,} images [{args.train_images.source}]")
     for run in runs:
         print(f"# {run.what}")
         print(shlex.join(run.command))
@@ -375,13 +354,12 @@ def first_image_size(data_root: str) -> int:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def folder_settings(data_root: str) -> PublishedDataset:
-    """A `folder` dataset has no published settings: the small-scale ones, with its training images counted."""
+def count_folder_images(data_root: str) -> Sourced[int]:
+    """A `folder` dataset's training images, counted (it has no published size)."""
     train = Path(data_root) / "train"
     if not train.is_dir():
         raise util.UsageError(f"{train}: not found (--dataset folder reads --data_root/train/<class>/*.png|jpg)")
-    count = sum(1 for p in train.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    return PublishedDataset(Sourced(count, f"counted in {train}"), SMALL_SCALE)
+    return Sourced(sum(1 for p in train.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES), f"counted in {train}")
 
 
 def main() -> None:
@@ -390,10 +368,12 @@ def main() -> None:
         passthrough = passthrough[1:]
     args.folder_image_size = None
     if args.dataset == "folder":
-        PUBLISHED["folder"] = folder_settings(args.data_root)
+        args.train_images = count_folder_images(args.data_root)
         args.folder_image_size = first_image_size(args.data_root)
-    if args.dataset not in PUBLISHED:
-        raise util.UsageError(f"--dataset {args.dataset}: no published settings; known: {', '.join(PUBLISHED)}, "
+    elif args.dataset in TRAIN_IMAGES:
+        args.train_images = TRAIN_IMAGES[args.dataset]
+    else:
+        raise util.UsageError(f"--dataset {args.dataset}: no published settings; known: {', '.join(TRAIN_IMAGES)}, "
                               f"and folder (small-scale settings)")
     unknown = [m for m in args.methods if m not in ALL_METHODS]
     if unknown or not args.methods:

@@ -1,10 +1,15 @@
 """Shared fixtures: tiny datasets written in the official file formats."""
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import pickle
+import select
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +78,61 @@ def cifar_root(tmp_path_factory) -> Path:
     return root
 
 
+class ScriptServer:
+    """The client of tests/script_server.py: each command runs in a forked copy of an interpreter that
+    has imported torch once, instead of a new interpreter importing it again (~3 s a command)."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> subprocess.Popen:
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen([sys.executable, str(REPO / "tests" / "script_server.py")], cwd=REPO,
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return self.process
+
+    def _reply(self, server: subprocess.Popen, timeout: float | None) -> dict | None:
+        ready, _, _ = select.select([server.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = server.stdout.readline()
+        if not line:
+            raise RuntimeError("tests/script_server.py exited")
+        return json.loads(line)
+
+    def run(self, args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+        server = self.start()
+        with tempfile.TemporaryDirectory() as scratch:
+            out, err = Path(scratch) / "stdout", Path(scratch) / "stderr"
+            request = {"argv": args, "cwd": str(REPO), "env": env, "stdout": str(out), "stderr": str(err)}
+            server.stdin.write(json.dumps(request) + "\n")
+            server.stdin.flush()
+            pid = self._reply(server, 60)["pid"]
+            reply = self._reply(server, timeout)
+            if reply is None:  # as subprocess.run(timeout=...): kill it (and its loader workers), then raise
+                os.killpg(pid, signal.SIGKILL)
+                self._reply(server, None)
+                raise subprocess.TimeoutExpired([sys.executable, *args], timeout, out.read_text(), err.read_text())
+            return subprocess.CompletedProcess([sys.executable, *args], reply["returncode"], out.read_text(),
+                                               err.read_text())
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+
+
+SCRIPT_SERVER = ScriptServer()
+atexit.register(SCRIPT_SERVER.stop)
+
+
 def run_script(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run one of the top-level scripts as a user would."""
+    """Run one of the top-level scripts as a user would: its own process, argv, environment and exit
+    code. Scripts (`*.py`) run in a fork of tests/script_server.py where the OS can fork; anything else
+    (`-m module`) in a new interpreter."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    if args and args[0].endswith(".py") and hasattr(os, "fork"):
+        return SCRIPT_SERVER.run(list(args), full_env, timeout)
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=full_env,
                           timeout=timeout)
 

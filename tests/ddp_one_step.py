@@ -12,8 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine.distributed  # noqa: E402
 from models import create_model  # noqa: E402
-from train_distillation import clone_student, gen1_step  # noqa: E402
-from train_supervised_ssl import gen0_step  # noqa: E402
+from methods.base import clone_student  # noqa: E402
+from methods.skd_gen0 import gen0_step  # noqa: E402
+from methods.skd_gen1 import gen1_step  # noqa: E402
 
 
 def one_step(model: torch.nn.Module, step, images: torch.Tensor, targets: torch.Tensor) -> dict:

@@ -26,8 +26,12 @@ from dataset.transforms import train_transform
 from distill.dvp import feature_margins
 from distill.sskd import SSKDWeights
 from models import ProjectionHead, WithConnectors, WithProjection, connector
-from train_distillation import DistillWeight, clone_student, dvp_step, gen1_step, sskd_step
-from train_supervised_ssl import MomentumContrast, dvp_prior_step, gen0_step
+from methods.base import clone_student
+from methods.dvp import DistillWeight, dvp_step
+from methods.dvp_prior import MomentumContrast, dvp_prior_step
+from methods.skd_gen0 import gen0_step
+from methods.skd_gen1 import gen1_step
+from methods.sskd import sskd_step
 import util
 
 pytestmark = pytest.mark.cuda

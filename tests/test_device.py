@@ -3,7 +3,6 @@
 only; the default number of loader workers follows the CPU affinity and the ranks on the node."""
 from __future__ import annotations
 
-import json
 import warnings
 
 import numpy as np
@@ -78,18 +77,6 @@ def test_precision_names_tf32(monkeypatch, tf32_flags):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))  # a V100 has no TF32
     assert util.precision_name(CUDA, "off") == "fp32"
     assert util.precision_name(torch.device("cpu"), "off") == "fp32"
-
-
-def test_a_training_run_prints_and_records_its_device_and_precision(cifar_root, tmp_path):
-    done = run_script("train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--epochs",
-                      "1", "--batch_size", "16", "--num_workers", "0", "--device", "cpu", "--n_test_runs", "2",
-                      "--model_path", str(tmp_path), "--tf32")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("device: cpu (--device cpu), torch ") == 1
-    [folder] = tmp_path.iterdir()
-    results = json.loads((folder / "results.json").read_text())
-    assert results["device"].startswith("cpu (--device cpu)") and results["precision"] == "fp32"  # no TF32 on a CPU
-    assert {r["precision"] for r in results["results"]} == {"fp32"}
 
 
 def _images() -> ImageSet:

@@ -63,6 +63,7 @@ def test_gen0_under_torchrun(ddp_gen0):
     assert checkpoint["dropblock_calls"] == [3, 3]
 
 
+@pytest.mark.slow
 def test_gen1_under_torchrun(ddp_gen0, cifar_root, tmp_path):
     teacher, _ = ddp_gen0
     done = torchrun("train_distillation.py", *FAST, "--data_root", str(cifar_root), "--model_path", str(tmp_path),
@@ -172,6 +173,7 @@ def test_dvp_both_phases_under_torchrun(cifar_root, tmp_path):
     assert "teacher check: weights and BatchNorm statistics unchanged" in student.stdout
 
 
+@pytest.mark.slow
 def test_two_ranks_take_the_step_of_one_process(tmp_path):
     """BatchNorm over the global batch (--bn_stats global, the default) and DDP's gradient average:
     2 ranks with 8 images each take the Gen-0 and the Gen-1 step that one process takes with the 16.

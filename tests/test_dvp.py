@@ -154,7 +154,7 @@ def test_grouped_forward_returns_rows_in_order_and_splits_batchnorm_statistics()
 
 
 def test_the_distillation_weight_is_off_for_the_first_epochs():
-    from train_distillation import DistillWeight
+    from methods.dvp import DistillWeight
 
     weight = DistillWeight(1e-4, off_epochs=2)
     seen = []
@@ -171,15 +171,17 @@ def test_the_distillation_weight_is_off_for_the_first_epochs():
     ({"dvp_key_groups": 8}, None),
 ])
 def test_dvp_phase_1_flags(changes, message):
+    import methods
     import train_supervised_ssl
 
     args = train_supervised_ssl.get_args_parser().parse_args(["--objective", "dvp", "--batch_size", "16"])
     vars(args).update(changes)
+    prior = methods.get_method("dvp_prior")
     if message is None:
-        train_supervised_ssl.check_dvp_args(args)
+        prior.check_args(args)
     else:
         with pytest.raises(UsageError, match=re.escape(message)):
-            train_supervised_ssl.check_dvp_args(args)
+            prior.check_args(args)
 
 
 @pytest.mark.parametrize("objective, teacher_objective, refused", [
@@ -187,18 +189,20 @@ def test_dvp_phase_1_flags(changes, message):
     ("dvp", None, False),  # an official checkpoint records no arguments
 ])
 def test_each_objective_needs_its_kind_of_teacher(objective, teacher_objective, refused):
+    import methods
     import train_distillation
 
     argv = ["--path_t", "prior.pth", "--objective", objective]
     checkpoint = {"args": {"objective": teacher_objective} if teacher_objective else None}
     args = train_distillation.get_args_parser().parse_args(argv)
+    method = methods.select_method(methods.DISTILL_SCRIPT, args)
     if refused:
         with pytest.raises(UsageError, match=f"--objective {objective} needs"):
-            train_distillation.check_teacher_matches_run(args, checkpoint, 32)
+            train_distillation.check_teacher_matches_run(args, method, checkpoint, 32)
     else:
-        train_distillation.check_teacher_matches_run(args, checkpoint, 32)
+        train_distillation.check_teacher_matches_run(args, method, checkpoint, 32)
     args = train_distillation.get_args_parser().parse_args([*argv, "--allow_teacher_mismatch"])
-    train_distillation.check_teacher_matches_run(args, checkpoint, 32)
+    train_distillation.check_teacher_matches_run(args, method, checkpoint, 32)
 
 
 @pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)

@@ -134,6 +134,7 @@ def test_resuming_mid_epoch_with_another_number_of_processes_is_refused(tmp_path
         _train(tmp_path, resume=True)
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 def test_sigterm_to_the_training_command_with_workers(cifar_root, tmp_path):
     """The real command with the default data loading (2 persistent workers here), its whole process
     group signalled as SLURM does, at whatever step it has reached during epoch 2."""

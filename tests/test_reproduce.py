@@ -17,11 +17,15 @@ from conftest import REPO
 
 OUT = "runs_out"  # --output; a dry run writes nothing there
 
-# From SPEC 3 (Gen-0) and SPEC 4 (Gen-1, from the official run script; tieredImageNet: FC100's, our choice).
+# The SKD paper and release (Gen-0) and its run script (Gen-1; tieredImageNet: FC100's, our choice).
 GEN0 = {"CIFAR-FS": ("65", "60"), "FC100": ("65", "60"), "miniImageNet": ("65", "60"),
         "tieredImageNet": ("60", "30,40,50")}
 GEN1 = {"CIFAR-FS": ("65", "60", ["0.1"]), "FC100": ("8", "3", ["0.2"]),
         "miniImageNet": ("8", "5", ["0.025", "0.05", "0.075"]), "tieredImageNet": ("8", "3", ["0.2"])}
+# The RFS rows: an RFS author's per-dataset recipes (github.com/WangYueFt/rfs/issues/5); miniImageNet the release's
+# defaults.
+RFS = {"CIFAR-FS": ("90", "45,60,75"), "FC100": ("90", "45,60,75"), "miniImageNet": ("100", "60,80"),
+       "tieredImageNet": ("60", "30,40,50")}
 LETTER = {"CIFAR-FS": "D", "FC100": "D", "miniImageNet": "A", "tieredImageNet": "A"}
 COMMON = {"--lr_decay_rate": "0.1", "--batch_size": "64", "--weight_decay": "0.0005", "--momentum": "0.9",
           "--no_final_eval": True}
@@ -102,19 +106,20 @@ def test_dry_run_lists_the_published_settings(reproduce, dataset):
     rfs_distill = [(pos, f) for pos, f in distilled if f["--objective"] == "rfs"]
     evals = script_runs(cmds, "eval_fewshot.py")
 
-    # RFS rows (the RFS release's schedule for every dataset): RFS-simple, then RFS-distill from it.
+    # RFS rows (the RFS recipe of each dataset): RFS-simple, then RFS-distill from it.
+    rfs_epochs, rfs_decay = RFS[dataset]
     simple_checkpoints = {}
     for pos, f in rfs_simple:
-        assert f == {"--plain": True, "--dataset": dataset, "--data_root": "DATA", "--epochs": "100",
-                     "--lr_decay_epochs": "60,80", "--learning_rate": "0.05", **COMMON, "--model_path": OUT,
+        assert f == {"--plain": True, "--dataset": dataset, "--data_root": "DATA", "--epochs": rfs_epochs,
+                     "--lr_decay_epochs": rfs_decay, "--learning_rate": "0.05", **COMMON, "--model_path": OUT,
                      "--seed": f["--seed"], "--trial": f["--seed"], "--wandb_group": "g"}
         simple_checkpoints[f["--seed"]] = (pos, f"{OUT}/{script_folder(cmds[pos])}/checkpoint.pth")
     assert sorted(simple_checkpoints) == ["0", "1", "2"]
     for pos, f in rfs_distill:
         teacher_pos, teacher = simple_checkpoints[f["--seed"]]
         assert teacher_pos < pos
-        assert f == {"--objective": "rfs", "--dataset": dataset, "--data_root": "DATA", "--epochs": "100",
-                     "--lr_decay_epochs": "60,80", "--learning_rate": "0.05", **COMMON, "--ce_weight": "0.5",
+        assert f == {"--objective": "rfs", "--dataset": dataset, "--data_root": "DATA", "--epochs": rfs_epochs,
+                     "--lr_decay_epochs": rfs_decay, "--learning_rate": "0.05", **COMMON, "--ce_weight": "0.5",
                      "--kd_weight": "0.5", "--kd_T": "4.0", "--path_t": teacher, "--model_path": OUT,
                      "--seed": f["--seed"], "--trial": f["--seed"], "--wandb_group": "g"}
     assert len(rfs_distill) == 3
@@ -155,7 +160,8 @@ def test_dry_run_lists_the_published_settings(reproduce, dataset):
         assert sorted(what for _, what in evaluated[ckpt]) == sorted((s, k) for s in splits for k in ("1", "5"))
         assert all(eval_pos > pos for eval_pos, _ in evaluated[ckpt])
 
-    assert result.stdout.count(": 100 epochs x ") == 6  # the RFS rows' image counts
+    assert result.stdout.count(f": {rfs_epochs} epochs x ") == 6 + 3 * (dataset == "tieredImageNet")  # RFS rows
+    assert "github.com/WangYueFt/rfs/issues/5" in result.stdout or dataset == "miniImageNet"  # the recipe's source
 
 
 def test_dry_run_counts_the_images_each_run_processes(reproduce):

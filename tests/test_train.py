@@ -21,13 +21,18 @@ from conftest import CPU_AMP, make_cifar_package, run_script, write_pickle
 from distill import gen0_loss, gen1_loss, kd_loss, rfs_distill_loss, rot180
 from models import create_model
 from models.dropblock import add_dropblock_calls, dropblock_calls
-from train_supervised_ssl import gen0_step, plain_step
-from train_distillation import (assert_unchanged, check_teacher_matches_run, clone_student, gen1_step,
-                                official_eval_calls_per_epoch, rfs_distill_step, snapshot)
+import methods
+from methods.base import assert_unchanged, clone_student, snapshot
+from methods.rfs_distill import rfs_distill_step
+from methods.rfs_simple import plain_step
+from methods.skd_gen0 import gen0_step
+from methods.skd_gen1 import gen1_step, official_eval_calls_per_epoch
+from train_distillation import check_teacher_matches_run
 
 FAST = ["--dataset", "CIFAR-FS", "--batch_size", "16", "--num_workers", "0", "--n_test_runs", "2",
         "--eval_batch_size", "128", "--device", "cpu"]
 GEN0_NAME = "resnet12_ssl_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_trial_1"
+SKD_GEN1 = methods.get_method("skd_gen1")
 
 
 def _checkpoint(folder: Path) -> dict:
@@ -38,11 +43,13 @@ def _checkpoint(folder: Path) -> dict:
 def gen0_run(cifar_root, tmp_path_factory) -> Path:
     """A 2-epoch Gen-0 run with the end-of-training report; returns its run folder."""
     save = tmp_path_factory.mktemp("save")
+    # --tf32 asks for TF32, which a CPU does not have: the run must say fp32 (test_gen0_run_folder_...).
     done = run_script("train_supervised_ssl.py", *FAST, "--data_root", str(cifar_root), "--model_path", str(save),
-                      "--epochs", "2")
+                      "--epochs", "2", "--tf32")
     assert done.returncode == 0, done.stderr[-3000:]
     folder = save / GEN0_NAME
     assert f"checkpoint: {folder / 'checkpoint.pth'}" in done.stdout
+    (save / "stdout.txt").write_text(done.stdout)
     return folder
 
 
@@ -66,8 +73,12 @@ def test_gen0_run_folder_checkpoint_log_and_report(gen0_run):
     assert {r["precision"] for r in results} == {"fp32"}
     report = json.loads((gen0_run / "results.json").read_text())
     assert report["checkpoint_choice"] == "last epoch" and report["epoch"] == 2 and report["dataset"] == "CIFAR-FS"
+    # The device line once, and results.json records the device and the precision that ran (no TF32 on a CPU).
+    assert (gen0_run.parent / "stdout.txt").read_text().count("device: cpu (--device cpu), torch ") == 1
+    assert report["device"].startswith("cpu (--device cpu)") and report["precision"] == "fp32"
 
 
+@pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 def test_gen0_resume_reproduces_an_uninterrupted_run(gen0_run, cifar_root, tmp_path):
     common = [*FAST, "--data_root", str(cifar_root), "--model_path", str(tmp_path), "--no_final_eval"]
     first = run_script("train_supervised_ssl.py", *common, "--epochs", "1")
@@ -320,14 +331,14 @@ def test_gen1_teacher_of_another_dataset_or_size_is_refused_unless_allowed():
     args = argparse.Namespace(path_t="t.pth", dataset="CIFAR-FS", allow_teacher_mismatch=False)
     with pytest.raises(util.UsageError, match="--path_t t.pth: the teacher was trained with --dataset FC100, this "
                                               "run has CIFAR-FS; pass --allow_teacher_mismatch"):
-        check_teacher_matches_run(args, checkpoint, 32)
+        check_teacher_matches_run(args, SKD_GEN1, checkpoint, 32)
     args.dataset = "FC100"
     with pytest.raises(util.UsageError, match="trained with image size 32, this run has 84"):
-        check_teacher_matches_run(args, checkpoint, 84)
-    check_teacher_matches_run(args, checkpoint, 32)
-    check_teacher_matches_run(args, {"model": {}}, 84)  # official checkpoints record neither
+        check_teacher_matches_run(args, SKD_GEN1, checkpoint, 84)
+    check_teacher_matches_run(args, SKD_GEN1, checkpoint, 32)
+    check_teacher_matches_run(args, SKD_GEN1, {"model": {}}, 84)  # official checkpoints record neither
     args.allow_teacher_mismatch = True
-    check_teacher_matches_run(args, checkpoint, 84)
+    check_teacher_matches_run(args, SKD_GEN1, checkpoint, 84)
 
 
 def test_official_ramp_counts_the_released_per_epoch_evaluation():

@@ -1,0 +1,167 @@
+"""What a training method is: one class per method, registered by name, owning everything about it.
+
+A method says, as class attributes, which script trains it and how it is selected on that script's
+command line (`--objective`, and for a method that shares its objective, a switch of its own such as
+`--plain`), its W&B job type (its name), its teacher, its published settings and its row in the
+paper's table; as class methods, its flags and their checks and its part of the run-folder name. An
+instance is one run of it: built from the run's arguments, data, device and network (Gen-0) or frozen
+teacher (distillation), it holds the network checkpointed as "model", the modules checkpointed beside
+it, the training step, the per-epoch hooks, and the checks that the frozen modules stayed frozen.
+The losses stay pure functions in `distill/`.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+import engine.distributed
+import engine.loop
+import util
+from engine.run import TrainingData
+from methods.settings import PublishedSettings
+from models import create_model
+from models.dropblock import dropblock_calls, set_dropblock_calls
+
+GEN0_SCRIPT = "train_supervised_ssl.py"
+DISTILL_SCRIPT = "train_distillation.py"
+
+
+class Method:
+    name: ClassVar[str]  # registry key, W&B job type, reproduce.py and eval.table name
+    label: ClassVar[str]  # its row in the results table
+    kind: ClassVar[str]  # what its network is, in error messages ("a DVP prior")
+    script: ClassVar[str]  # GEN0_SCRIPT or DISTILL_SCRIPT
+    objective: ClassVar[str]  # its --objective value
+    objective_help: ClassVar[str]  # --objective's help for this value
+    default: ClassVar[bool] = False  # what its script trains without --objective
+    switch: ClassVar[str | None] = None  # a store_true flag selecting it among methods of the same --objective
+    # Flags that belong to this method only: set with another method, they are refused (one line).
+    exclusive_flags: ClassVar[tuple[str, ...]] = ()
+    exclusive_reason: ClassVar[str] = ""  # "...; {they} ... --objective {objective}"
+    uses_labels: ClassVar[bool] = True  # DVP's prior trains without them
+    teacher: ClassVar[str | None] = None  # the method that trains its teacher (reproduce.py's order)
+    in_paper: ClassVar[bool] = False  # one of the paper's rows
+    paper: ClassVar[dict[str, tuple[float, float]]] = {}  # the paper's 5-way accuracy: dataset -> (1-shot, 5-shot)
+    # How reproduce.py writes its commands: its published loss weights by name -> the flag setting each,
+    # the flags selecting it, and what each training image costs (forwards, and what they are).
+    weight_flags: ClassVar[dict[str, str]] = {}
+    mode_flags: ClassVar[tuple[str, ...]] = ()
+    forwards_per_image: ClassVar[int] = 1
+    forwarded_copies: ClassVar[str] = "rotations"
+    published: ClassVar[dict[str, PublishedSettings]] = {}  # dataset -> settings
+    small_scale: ClassVar[PublishedSettings]  # `folder` datasets (the CPU study)
+    # Why --augment device is refused (None: it is not); such a method's augmentation runs on loader workers.
+    device_augment_refusal: ClassVar[str | None] = None
+
+    # ----------------------------------------------------------------- the method itself (no run)
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the method's own flags (an argument group named after it)."""
+
+    @classmethod
+    def check_args(cls, args: argparse.Namespace) -> None:
+        """Refuse bad values of the method's flags in one line (util.UsageError); called after the
+        process group is joined, so per-rank quantities are known."""
+
+    @classmethod
+    def run_name_part(cls, args: argparse.Namespace) -> str:
+        """The method's part of the official run-folder name."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- one run of it
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, data: TrainingData,
+                 teacher: nn.Module | None = None) -> None:
+        self.args, self.device, self.data, self.teacher = args, device, data, teacher
+        self.extra_modules: dict[str, nn.Module] = {}  # trained modules checkpointed beside "model", by key
+        self._frozen: list[tuple[nn.Module, dict[str, torch.Tensor], str]] = []
+        self.model = self.create_network()  # checkpointed under "model", with the official keys
+        self.create_extra_modules()
+        # After the extra modules, which may copy the network and keep per-rank statistics (DVP's key encoder).
+        if args.bn_stats == "global":
+            self.model = engine.distributed.use_global_batch_statistics(self.model)
+        if teacher is not None:
+            self.freeze(teacher, f"teacher {args.path_t}")
+
+    def create_network(self) -> nn.Module:
+        """The network to train, on the run's device; default: freshly initialised."""
+        return self.fresh_network()
+
+    def fresh_network(self) -> nn.Module:
+        a, data = self.args, self.data
+        name = getattr(a, "model_s", None) or a.model
+        return util.to_device(create_model(name, data.train.num_classes, a.dataset, image_size=data.image_size),
+                              self.device)
+
+    def create_extra_modules(self) -> None:
+        """Modules trained beside the network, into self.extra_modules (on the run's device)."""
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained besides the network's (the optimizer's second group)."""
+        return []
+
+    def train_transform(self) -> Callable | None:
+        """The loader's per-image transform (None: the Gen-0/Gen-1 augmentation, on the device or workers)."""
+        return None
+
+    def make_step(self, state: engine.loop.TrainState, loader: Any) -> engine.loop.Step:
+        """The training step; may first run a phase of its own on the loader (a fresh run only)."""
+        raise NotImplementedError
+
+    def before_epoch(self, epoch: int) -> None:
+        """Before an epoch's first step (also a resumed one's)."""
+
+    def after_epoch(self, epoch: int) -> None:
+        """After an epoch's steps, before its checkpoint."""
+
+    def freeze(self, module: nn.Module, what: str) -> None:
+        """Record `module` as frozen: `check_frozen` fails if any weight or buffer of it changes."""
+        self._frozen.append((module, snapshot(module), what))
+
+    def check_frozen(self) -> None:
+        """Raise if a frozen module changed during training; say so when there are some."""
+        for module, before, what in self._frozen:
+            assert_unchanged(module, before, what)
+        if self._frozen:
+            print("teacher check: weights and BatchNorm statistics unchanged")
+
+
+class Gen0Method(Method):
+    """A method of train_supervised_ssl.py: a network trained from scratch on the training split."""
+
+    script = GEN0_SCRIPT
+
+
+class DistillationMethod(Method):
+    """A method of train_distillation.py: a student trained against the frozen teacher of --path_t."""
+
+    script = DISTILL_SCRIPT
+    teacher_uses_labels: ClassVar[bool] = True  # whether its teacher must be a model trained with labels
+
+    def clone_teacher(self) -> nn.Module:
+        return clone_student(self.teacher)
+
+
+def clone_student(teacher: nn.Module) -> nn.Module:
+    """The teacher's exact weights and BatchNorm statistics ("clones"), trainable, with a DropBlock
+    ramp starting at 0 (the official student is a fresh model loading the weights)."""
+    student = copy.deepcopy(teacher).requires_grad_(True)
+    set_dropblock_calls(student, [0] * len(dropblock_calls(student)))
+    return student
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer (BatchNorm statistics included)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor], what: str) -> None:
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    if changed:
+        raise RuntimeError(f"{what} changed during training: {', '.join(changed[:5])}"
+                           + (f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""))

@@ -1,0 +1,74 @@
+"""RFS-distill, the RFS release's born-again generation (Tian et al., 2020): a freshly initialised
+student, ce_weight * CE + kd_weight * KL at T = --kd_T to the frozen teacher (an RFS-simple model),
+plain images only."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+import engine.distributed
+import engine.loop
+from distill import rfs_distill_loss
+from methods.base import DistillationMethod
+from methods.registry import register_method
+from methods.settings import DATASETS, SMALL_LR, Sourced, rfs_settings, small_scale
+from models import ResNet12SSL
+
+SCRIPT = "train_distillation.py"  # the RFS release's script of this stage
+RUN_SH = "RFS release scripts/run.sh"
+
+
+@register_method
+class RFSDistill(DistillationMethod):
+    name = "rfs_distill"
+    label = "RFS-distill"
+    kind = "an RFS-distill student"
+    objective = "rfs"
+    objective_help = "the RFS-distill baseline (fresh student, CE + KD)"
+    teacher = "rfs_simple"
+    in_paper = True
+    paper = {"miniImageNet": (64.82, 82.14), "tieredImageNet": (71.52, 86.03), "CIFAR-FS": (73.9, 86.9),
+             "FC100": (44.6, 60.9)}
+    weight_flags = {"ce_weight": "--ce_weight", "kl_weight": "--kd_weight", "kd_T": "--kd_T"}
+    mode_flags = ("--objective", "rfs")
+    published = {dataset: rfs_settings(dataset, SCRIPT, {
+        "ce_weight": Sourced(0.5, f"SKD paper ({RUN_SH}: -r 0.5)"),
+        "kl_weight": Sourced(0.5, f"SKD paper ({RUN_SH}: -a 0.5; 1.0 there before github.com/WangYueFt/rfs/issues/5)"),
+        "kd_T": Sourced(4.0, f"RFS release {SCRIPT} default")}) for dataset in DATASETS}
+    small_scale = small_scale(10, (7,), 0.02, SMALL_LR, {
+        "ce_weight": Sourced(0.5, RUN_SH), "kl_weight": Sourced(0.5, RUN_SH), "kd_T": Sourced(4.0, "RFS release")})
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("RFS-distill (--objective rfs)")
+        g.add_argument("--ce_weight", type=float, default=0.5, help="weight of cross-entropy (the release's -r)")
+        g.add_argument("--kd_weight", type=float, default=0.5, help="weight of the KD term (the release's -a)")
+
+    @classmethod
+    def run_name_part(cls, args: argparse.Namespace) -> str:
+        return f"rfs_r_{args.ce_weight}_a_{args.kd_weight}_kd_T_{args.kd_T}"
+
+    def create_network(self) -> nn.Module:
+        return self.fresh_network()  # born-again: a fresh student of the teacher's architecture
+
+    def make_step(self, state: engine.loop.TrainState, loader) -> engine.loop.Step:
+        a = self.args
+        return rfs_distill_step(self.model, self.teacher, a.ce_weight, a.kd_weight, a.kd_T)
+
+
+def rfs_distill_step(student: ResNet12SSL, teacher: ResNet12SSL, ce_weight: float, kd_weight: float,
+                     temperature: float) -> engine.loop.Step:
+    """Student and teacher on the plain images; CE to the labels plus KD to the teacher."""
+    forward = engine.distributed.wrap(student, unused=("rot_classifier",))
+
+    def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        logits = forward(images)
+        loss, ce, kd = rfs_distill_loss(logits, teacher_logits, targets, ce_weight, kd_weight, temperature)
+        correct = (logits.argmax(1) == targets).sum()
+        return engine.loop.StepResult(loss, {"ce": ce.detach(), "kd": kd.detach()}, correct, len(images))
+
+    return step

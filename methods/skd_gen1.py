@@ -1,0 +1,129 @@
+"""SKD generation 1: self-supervised knowledge distillation.
+
+The student starts as an exact copy of the frozen Gen-0 teacher. Each batch x is seen by the teacher
+(logits p_t) and by the student on x and on its 180-degree rotation:
+    loss = KL(p_s(x), p_t(x)) at temperature T  +  beta * mean ||p_s(x180) - p_s(x)||_2
+There is no cross-entropy term. `--official_quirks` reproduces the released code instead: the
+student is forwarded on all four rotations (BatchNorm sees 4B images), the L2 term is divided by 3,
+and DropBlock ramps as fast as there (`--official_ramp`).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+from torch import nn
+
+import engine.distributed
+import engine.loop
+from distill import gen1_loss, rot90, rot180, rot270
+from methods.base import DistillationMethod
+from methods.registry import register_method
+from methods.settings import SKD_GEN1, SKD_RUN_SCRIPT, PublishedSettings, Sourced, small_scale
+from models import ResNet12SSL
+from models.dropblock import add_dropblock_calls
+
+TIERED = ("not published; chosen here: FC100's value, as the official run script's tieredImageNet block is a copy "
+          "of FC100's")
+
+
+def gen1_settings(epochs: Sourced[int], lr_decay_epochs: Sourced[tuple[int, ...]],
+                  beta: Sourced[float | tuple[float, ...]]) -> PublishedSettings:
+    return PublishedSettings(
+        epochs=epochs, lr_decay_epochs=lr_decay_epochs,
+        learning_rate=Sourced(0.001, f"{SKD_GEN1}: the release's default, which its run script keeps"),
+        lr_decay_rate=Sourced(0.1, "SKD release default (train_distillation.py --lr_decay_rate)"),
+        batch_size=Sourced(64, SKD_GEN1), weight_decay=Sourced(5e-4, SKD_GEN1), momentum=Sourced(0.9, SKD_GEN1),
+        weights={"beta": beta, "kd_T": Sourced(2.0, SKD_GEN1)})
+
+
+def run_script(value):
+    return Sourced(value, SKD_RUN_SCRIPT)
+
+
+@register_method
+class SKDGen1(DistillationMethod):
+    name = "skd_gen1"
+    label = "SKD Gen-1"
+    kind = "an SKD Gen-1 student"
+    objective = "skd"
+    default = True
+    objective_help = "SKD Gen-1 (default)"
+    exclusive_flags = ("official_quirks", "official_ramp")
+    exclusive_reason = "reproduce the released SKD Gen-1; they do not apply to --objective {objective}"
+    teacher = "skd_gen0"
+    in_paper = True
+    paper = {"miniImageNet": (67.04, 83.54), "tieredImageNet": (72.03, 86.50), "CIFAR-FS": (76.9, 88.9),
+             "FC100": (46.5, 63.1)}
+    weight_flags = {"beta": "--gamma", "kd_T": "--kd_T"}
+    mode_flags = ("--objective", "skd")
+    published = {
+        "CIFAR-FS": gen1_settings(run_script(65), run_script((60,)), run_script(0.1)),
+        "FC100": gen1_settings(run_script(8), run_script((3,)), run_script(0.2)),
+        "miniImageNet": gen1_settings(run_script(8), run_script((5,)), Sourced(
+            (0.025, 0.05, 0.075), f"{SKD_RUN_SCRIPT}: it runs the first three values of its list; the paper gives "
+                                  f"no single value")),
+        "tieredImageNet": gen1_settings(Sourced(8, TIERED), Sourced((3,), TIERED), Sourced(0.2, TIERED)),
+    }
+    small_scale = small_scale(5, (4,), 0.001, SKD_GEN1, {"beta": Sourced(0.1, f"{SKD_GEN1} (CIFAR-FS)"),
+                                                         "kd_T": Sourced(2.0, SKD_GEN1)})
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("SKD Gen-1 (--objective skd)")
+        g.add_argument("--gamma", type=float, default=0.1,
+                       help="beta, the weight of the L2 term (official per-dataset values: CIFAR-FS 0.1, FC100 0.2, "
+                            "miniImageNet 0.025-0.5)")
+        g.add_argument("--official_quirks", action="store_true",
+                       help="as the released code: forward the student on all four rotations, divide L2 by 3, "
+                            "and ramp DropBlock as --official_ramp")
+        g.add_argument("--official_ramp", action="store_true",
+                       help="ramp DropBlock as the released code does, whose counter also counts the 2 forwards per "
+                            "test episode of its per-epoch evaluation (about 3x faster); no test data is read")
+        g.add_argument("--test_batch_size", type=int, default=1,
+                       help="--official_ramp: episodes per batch of the released per-epoch evaluation whose forwards "
+                            "the ramp counts (official default 1)")
+
+    @classmethod
+    def run_name_part(cls, args: argparse.Namespace) -> str:
+        return f"kd_T_{args.kd_T}_beta_{args.gamma}" + ("_quirks" if args.official_quirks else "")
+
+    def create_network(self) -> nn.Module:
+        return self.clone_teacher()
+
+    def make_step(self, state: engine.loop.TrainState, loader) -> engine.loop.Step:
+        a = self.args
+        return gen1_step(self.model, self.teacher, a.gamma, a.kd_T, a.official_quirks)
+
+    def after_epoch(self, epoch: int) -> None:
+        if self.args.official_ramp or self.args.official_quirks:
+            add_dropblock_calls(self.model, official_eval_calls_per_epoch(self.args))
+
+
+def gen1_step(student: ResNet12SSL, teacher: ResNet12SSL, beta: float, temperature: float,
+              official_quirks: bool) -> engine.loop.Step:
+    """Teacher on x, student on x and x180 (all four rotations with the released code's quirks)."""
+    forward = engine.distributed.wrap(student, unused=("rot_classifier",))  # DDP under torchrun
+
+    def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
+        b = len(images)
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        if official_quirks:
+            # The released code's order; BatchNorm statistics span all 4B images.
+            logits = forward(torch.cat([images, rot180(images), rot90(images), rot270(images)]))
+        else:
+            logits = forward(torch.cat([images, rot180(images)]))
+        loss, kd, l2 = gen1_loss(logits[:b], logits[b:2 * b], teacher_logits, beta, temperature,
+                                 l2_divisor=3.0 if official_quirks else 1.0)
+        correct = (logits[:b].argmax(1) == targets).sum()
+        return engine.loop.StepResult(loss, {"kd": kd.detach(), "l2": l2.detach()}, correct, b)
+
+    return step
+
+
+def official_eval_calls_per_epoch(args: argparse.Namespace) -> int:
+    """DropBlock counter steps the released Gen-1 adds per epoch outside training: it evaluates the
+    test split after every epoch, two forwards (support, query) per batch of episodes."""
+    return 2 * math.ceil(args.n_test_runs / args.test_batch_size)

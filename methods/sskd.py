@@ -1,0 +1,152 @@
+"""SSKD (Xu et al., ECCV 2020) under the few-shot protocol: a freshly initialised student learns with
+CE and KD on the plain images, selective KD on their three rotations, and similarity transfer
+through projection heads (distill/sskd.py); the teacher's head is first trained on the frozen
+teacher's features (--sskd_head_epochs)."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+import engine.distributed
+import engine.loop
+import util
+from distill import four_rotations
+from distill.sskd import SSKDWeights, similarity_head_loss, similarity_logits, sskd_loss
+from methods.base import DistillationMethod
+from methods.registry import register_method
+from methods.settings import DATASETS, SMALL_LR, OURS_SMALL, Sourced, rfs_settings, small_scale
+from models import ProjectionHead, ResNet12SSL, WithProjection
+
+RELEASE = "SSKD release student.py default"
+
+
+def sskd_weights(head_epochs: Sourced[int]) -> dict[str, Sourced]:
+    return {"sskd_ce": Sourced(0.1, RELEASE), "sskd_kd": Sourced(0.9, RELEASE), "sskd_tf": Sourced(2.7, RELEASE),
+            "sskd_ss": Sourced(10.0, RELEASE), "sskd_kd_T": Sourced(4.0, RELEASE), "sskd_tf_T": Sourced(4.0, RELEASE),
+            "sskd_ss_T": Sourced(0.5, RELEASE), "sskd_tf_ratio": Sourced(1.0, RELEASE),
+            "sskd_ss_ratio": Sourced(0.75, RELEASE), "sskd_head_epochs": head_epochs}
+
+
+@register_method
+class SSKD(DistillationMethod):
+    name = "sskd"
+    label = "SSKD (ours, same protocol)"
+    kind = "an SSKD student"
+    objective = "sskd"
+    objective_help = "SSKD (fresh student; Xu et al., ECCV 2020)"
+    teacher = "skd_gen0"
+    weight_flags = {name: f"--{name}" for name in sskd_weights(Sourced(0, "")).keys()}
+    mode_flags = ("--objective", "sskd")
+    forwards_per_image = 4  # the plain images and their three rotations, as in Gen-0
+    # SSKD never published few-shot settings: its student gets RFS-distill's schedule (the same training
+    # budget as the born-again baseline it is compared with), its loss the SSKD release's defaults.
+    published = {dataset: rfs_settings(dataset, "train_distillation.py", sskd_weights(Sourced(60, f"{RELEASE} (t_epoch)")),
+                                       Sourced(0.05, "ours: RFS-distill's (the SSKD release also uses 0.05)"),
+                                       "RFS-distill's schedule, SSKD publishes no few-shot settings")
+                 for dataset in DATASETS}
+    small_scale = small_scale(10, (7,), 0.02, SMALL_LR, sskd_weights(Sourced(5, OURS_SMALL + " (the release: 60)")))
+
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("--objective sskd (defaults: the SSKD release's student.py)")
+        g.add_argument("--sskd_ce", type=float, default=SSKDWeights.ce, help="weight of CE on the plain images")
+        g.add_argument("--sskd_kd", type=float, default=SSKDWeights.kd, help="weight of KD on the plain images")
+        g.add_argument("--sskd_tf", type=float, default=SSKDWeights.tf, help="weight of KD on the rotated images")
+        g.add_argument("--sskd_ss", type=float, default=SSKDWeights.ss, help="weight of the similarity transfer")
+        g.add_argument("--sskd_kd_T", type=float, default=SSKDWeights.kd_T, help="temperature of KD on plain images")
+        g.add_argument("--sskd_tf_T", type=float, default=SSKDWeights.tf_T, help="temperature of KD on rotated images")
+        g.add_argument("--sskd_ss_T", type=float, default=SSKDWeights.ss_T, help="temperature of the similarity softmax")
+        g.add_argument("--sskd_tf_ratio", type=float, default=SSKDWeights.tf_ratio,
+                       help="share of the teacher's wrong rotated rows kept by selective transfer")
+        g.add_argument("--sskd_ss_ratio", type=float, default=SSKDWeights.ss_ratio,
+                       help="share of the teacher's wrong similarity rows kept by selective transfer")
+        g.add_argument("--sskd_head_epochs", type=int, default=60,
+                       help="epochs training the teacher's projection head on its frozen features (release: 60)")
+        g.add_argument("--sskd_head_lr", type=float, default=0.05,
+                       help="lr of the teacher head, decayed x0.1 at 50%% and 75%% of its epochs (release: 0.05 at 30, "
+                            "45)")
+
+    @classmethod
+    def check_args(cls, args: argparse.Namespace) -> None:
+        util.check_positive(args, "sskd_head_epochs")
+
+    @classmethod
+    def run_name_part(cls, args: argparse.Namespace) -> str:
+        return f"sskd_ce_{args.sskd_ce}_kd_{args.sskd_kd}_tf_{args.sskd_tf}_ss_{args.sskd_ss}"
+
+    def create_network(self) -> nn.Module:
+        return self.fresh_network()  # born-again: a fresh student of the teacher's architecture
+
+    def create_extra_modules(self) -> None:
+        """A projection head each on the pooled feature, checkpointed beside "model"."""
+        self.heads = nn.ModuleDict({"student": ProjectionHead(self.model.feature_dim),
+                                    "teacher": ProjectionHead(self.teacher.feature_dim)}).to(self.device)
+        self.extra_modules["sskd_heads"] = self.heads
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        return list(self.heads["student"].parameters())
+
+    def make_step(self, state: engine.loop.TrainState, loader) -> engine.loop.Step:
+        """Train the teacher's head first (a fresh run), then freeze it."""
+        teacher, teacher_head = self.teacher, self.heads["teacher"]
+        if state.start_epoch == 1 and state.partial is None:  # a resumed run restored the trained head
+            train_teacher_head(teacher, teacher_head, loader, self.args, self.device)
+        teacher_head.requires_grad_(False).eval()
+        self.freeze(teacher_head, "the teacher's projection head")
+        a = self.args
+        weights = SSKDWeights(a.sskd_ce, a.sskd_kd, a.sskd_tf, a.sskd_ss, a.sskd_kd_T, a.sskd_tf_T, a.sskd_ss_T,
+                              a.sskd_tf_ratio, a.sskd_ss_ratio)
+        return sskd_step(WithProjection(self.model, self.heads["student"]), teacher, teacher_head, weights)
+
+
+def sskd_step(student: WithProjection, teacher: ResNet12SSL, teacher_head: ProjectionHead,
+              weights: SSKDWeights) -> engine.loop.Step:
+    """Teacher and student (with their heads) on the B plain images and their three rotations."""
+    forward = engine.distributed.wrap(student, unused=("model.rot_classifier",))
+
+    def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
+        batch, _ = four_rotations(images)
+        with torch.no_grad():
+            feature = teacher.forward_features(batch)
+            teacher_logits, teacher_proj = teacher.forward_head(feature), teacher_head(feature)
+        logits, proj = forward(batch)
+        loss, parts = sskd_loss(logits, teacher_logits, proj, teacher_proj, targets, weights)
+        correct = (logits[:len(images)].argmax(1) == targets).sum()
+        return engine.loop.StepResult(loss, {k: v.detach() for k, v in parts.items()}, correct, len(images))
+
+    return step
+
+
+def train_teacher_head(teacher: ResNet12SSL, head: ProjectionHead, loader, args: argparse.Namespace,
+                       device: torch.device) -> None:
+    """SSKD's first phase: the teacher's projection head learns, on the frozen teacher's features,
+    to match each rotated image to its own plain image among the batch's (SGD, momentum 0.9, weight
+    decay 5e-4, lr x0.1 at 50% and 75% of --sskd_head_epochs, as the release's 30 and 45 of 60)."""
+    optimizer = torch.optim.SGD(head.parameters(), lr=args.sskd_head_lr, momentum=0.9, weight_decay=5e-4)
+    forward = engine.distributed.wrap(head.train())
+    epochs = args.sskd_head_epochs
+    for epoch in range(1, epochs + 1):
+        lr = args.sskd_head_lr * 0.1 ** sum(epoch > m for m in (epochs * 0.5, epochs * 0.75))
+        engine.loop.set_learning_rate(optimizer, lr)
+        loader.sampler.set_epoch(-epoch)  # its own data order, apart from the student's epochs
+        total, found, rows = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        for images, _ in loader:
+            batch, _ = four_rotations(images.to(device, non_blocking=True))
+            with torch.no_grad(), util.autocast(device, args.amp):
+                feature = teacher.forward_features(batch)
+            proj = forward(feature.float())
+            loss = similarity_head_loss(proj, len(images))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                sim = similarity_logits(proj[len(images):], proj[:len(images)])
+                found += (sim.argmax(1) == torch.arange(len(images), device=device).repeat(3)).sum()
+            total += loss.detach() * len(images)
+            rows += len(images)
+        if not torch.isfinite(total):
+            raise util.NonFiniteLossError(f"non-finite loss training the SSKD teacher head at epoch {epoch}")
+        print(f"teacher head epoch={epoch} lr={lr:.4g} loss={float(total) / rows:.4f} "
+              f"rotated_found_own={100 * float(found) / (3 * rows):.2f}", flush=True)
