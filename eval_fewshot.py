@@ -9,6 +9,7 @@ Dataset, data root, image size and normalisation default to what the checkpoint 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,31 +23,36 @@ import engine.args
 import engine.checkpoint
 import engine.distributed
 import engine.logger
+import engine.official_flags
 import util
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = util.ArgumentParser(description="SKD few-shot evaluation")
-    parser.add_argument("--model", default="resnet12_ssl", choices=list_models(), help="network architecture")
-    parser.add_argument("--model_path", required=True,
-                        help="checkpoint: ours, the official {'model': state_dict}, a bare or a DataParallel state dict")
-    parser.add_argument("--split", default="test", choices=["val", "test"], help="split the episodes come from")
-    parser.add_argument("--use_logit", action="store_true", help="embed with the logits instead of the 640-d feature")
-    parser.add_argument("--classifier", default="LR", choices=CLASSIFIERS,
-                        help="LR: batched logistic regression (scikit-learn's problem); sklearn: scikit-learn itself")
-    parser.add_argument("--output", default=None, help="write the results to this JSON file")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the support augmentations")
-    engine.args.add_device_args(parser, amp_help="autocast while embedding")
-    parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
-                        help="log the results to a W&B run of their own (job type eval), in the training run's group")
-    parser.add_argument("--wandb_dir", default=None,
-                        help="where W&B keeps its files (default: beside --output, else ~/.cache/skd/eval; never the "
-                             "current folder)")
-    # Evaluation reads a split's arrays in-process and augments supports as batched tensor ops, so
-    # the official --num_workers and --test_batch_size have nothing to set (docs/options.md).
+    g = parser.add_argument_group("checkpoint and model")
+    g.add_argument("--model_path", required=True,
+                   help="checkpoint: ours, the official {'model': state_dict}, a bare or a DataParallel state dict")
+    g.add_argument("--model", default="resnet12_ssl", choices=list_models(), help="network architecture")
+    g = parser.add_argument_group("evaluation")
+    g.add_argument("--split", default="test", choices=["val", "test"], help="split the episodes come from")
+    g.add_argument("--use_logit", action="store_true", help="embed with the logits instead of the 640-d feature")
+    g.add_argument("--classifier", default="LR", choices=CLASSIFIERS,
+                   help="LR: batched logistic regression (scikit-learn's problem); sklearn: scikit-learn itself")
+    g.add_argument("--seed", type=int, default=0, help="seed of the support augmentations")
     engine.args.add_data_args(parser, dataset_default=None,
                               dataset_help="dataset (default: the one the checkpoint was trained on)", loader=False)
     engine.args.add_fewshot_args(parser)
+    g = parser.add_argument_group("runtime and logging")
+    engine.args.add_device_args(g, amp_help="autocast while embedding")
+    g.add_argument("--output", default=None, help="write the results to this JSON file")
+    g.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
+                   help="log the results to a W&B run of their own (job type eval), in the training run's group")
+    g.add_argument("--wandb_dir", default=None,
+                   help="where W&B keeps its files (default: beside --output, else ~/.cache/skd/eval; never the "
+                        "current folder)")
+    # Evaluation reads a split's arrays in-process and augments supports as batched tensor ops: the release's
+    # --num_workers, --test_batch_size and --batch_size have nothing to set (engine/official_flags.py).
+    engine.official_flags.add_official_flags(parser, "eval_fewshot.py")
     return parser
 
 
@@ -130,6 +136,8 @@ def main() -> None:
         raise util.UsageError(f"--model_path {args.model_path}: checkpoint not found")
     checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
     resolve_setting(args, checkpoint)
+    for note in engine.official_flags.apply_official_flags(args):
+        print(f"note: {note}", file=sys.stderr)
     util.print_run_header(args, device)
 
     images = load_split(args.dataset, args.data_root, args.split, args.image_size)

@@ -16,6 +16,7 @@ from models import ResNet12SSL, list_models
 import engine.args
 import engine.checkpoint
 import engine.loop
+import engine.official_flags
 import engine.run
 import methods
 import util
@@ -35,6 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "than this run needs")
     methods.add_method_args(parser, SCRIPT)
     engine.args.add_training_script_args(parser, learning_rate=0.001, lr_decay_epochs="60", tags="gen1,skd")
+    engine.official_flags.add_official_flags(parser, SCRIPT)
     return parser
 
 

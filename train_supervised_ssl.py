@@ -14,6 +14,7 @@ from dataset.profiles import DatasetProfile
 from models import list_models
 import engine.args
 import engine.loop
+import engine.official_flags
 import engine.run
 import methods
 import util
@@ -23,9 +24,11 @@ SCRIPT = methods.GEN0_SCRIPT
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = util.ArgumentParser(description="SKD generation 0: supervised training with rotation self-supervision")
-    parser.add_argument("--model", default="resnet12_ssl", choices=list_models(), help="network architecture")
+    parser.add_argument_group("model").add_argument("--model", default="resnet12_ssl", choices=list_models(),
+                                                    help="network architecture")
     methods.add_method_args(parser, SCRIPT)
     engine.args.add_training_script_args(parser, learning_rate=0.05, lr_decay_epochs="60", tags="gen0,ssl")
+    engine.official_flags.add_official_flags(parser, SCRIPT)
     return parser
 
 

@@ -7,6 +7,7 @@ import os
 from dataset import dataset_names
 from dataset.device_loader import AUGMENT_CHOICES
 from dataset.transforms import NORMALIZATIONS
+from engine.official_flags import official_bool
 
 
 def comma_ints(text: str) -> list[int]:
@@ -34,8 +35,9 @@ def default_num_workers() -> int:
 
 def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "synthetic",
                   dataset_help: str = "dataset; 'synthetic' is built in and needs no files",
-                  loader: bool = True) -> None:
-    """`loader`: the script reads images through a DataLoader (training), so --num_workers applies."""
+                  loader: bool = True) -> argparse._ArgumentGroup:
+    """`loader`: the script reads images through a DataLoader (training), so --num_workers applies.
+    Returns the group, for a script's own data flags."""
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default=dataset_default, choices=dataset_names(), help=dataset_help)
     g.add_argument("--data_root", default=None,
@@ -54,6 +56,7 @@ def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None =
     g.add_argument("--normalization", default="auto", choices=NORMALIZATIONS,
                    help="per-channel normalisation: auto = official constants for the benchmarks and the training "
                         "images' statistics for --dataset folder; evaluation uses what the checkpoint was trained with")
+    return g
 
 
 def add_fewshot_args(parser: argparse.ArgumentParser) -> None:
@@ -145,8 +148,9 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> None:
 def add_training_script_args(parser: argparse.ArgumentParser, learning_rate: float, lr_decay_epochs: str,
                              tags: str) -> None:
     """Everything both training scripts accept besides their stage's own flags."""
-    parser.add_argument("--use_trainval", action="store_true", help="train on train+val (the trainval split)")
-    add_data_args(parser)
+    data = add_data_args(parser)
+    data.add_argument("--use_trainval", nargs="?", const=True, default=False, type=official_bool,
+                      help="train on train+val (the trainval split); the release's `--use_trainval True` is accepted")
     add_training_args(parser, learning_rate, lr_decay_epochs)
     add_fewshot_args(parser)
     add_selection_args(parser)

@@ -41,7 +41,8 @@ def add_method_args(parser: argparse.ArgumentParser, script: str) -> None:
     objectives = list(dict.fromkeys([default, *(m.objective for m in methods)]))
     ordered = sorted(methods, key=lambda m: objectives.index(m.objective))
     help_lines = "; ".join(f"{m.objective}: {m.objective_help}" for m in ordered if m.objective_help)
-    parser.add_argument("--objective", default=default, choices=objectives, help=help_lines)
+    parser.add_argument_group("method").add_argument("--objective", default=default, choices=objectives,
+                                                     help=help_lines)
     for method in methods:
         method.add_args(parser)
 

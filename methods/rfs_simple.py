@@ -37,8 +37,9 @@ class RFSSimple(Gen0Method):
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--plain", action="store_true",
-                            help="RFS-simple baseline: cross-entropy on the plain images only (no rotations, no --gamma)")
+        g = parser.add_argument_group("RFS-simple (--plain)")
+        g.add_argument("--plain", action="store_true",
+                       help="RFS-simple baseline: cross-entropy on the plain images only (no rotations, no --gamma)")
 
     @classmethod
     def run_name_part(cls, args: argparse.Namespace) -> str:

@@ -72,7 +72,7 @@ class SKDGen1(DistillationMethod):
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("SKD Gen-1 (--objective skd)")
-        g.add_argument("--gamma", type=float, default=0.1,
+        g.add_argument("-r", "--gamma", type=float, default=0.1,
                        help="beta, the weight of the L2 term (official per-dataset values: CIFAR-FS 0.1, FC100 0.2, "
                             "miniImageNet 0.025-0.5)")
         g.add_argument("--official_quirks", action="store_true",

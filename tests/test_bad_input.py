@@ -1,6 +1,6 @@
 """Bad input, one table: every row runs a command as a user would and expects one line on stderr that
 names the file or flag and what was expected, exit code 2 (1 for a diverging run), and nothing
-written. The README's "Bad input" table lists the same rows; a test keeps the two in step."""
+written. The "Bad input" table of docs/reliability.md lists the same rows; a test keeps the two in step."""
 from __future__ import annotations
 
 import re
@@ -177,8 +177,8 @@ def test_bad_input_is_one_line(case, tmp_path):
     shutil.rmtree(tmp_path)
 
 
-def test_readme_table_lists_every_case():
-    readme = (REPO / "README.md").read_text()
-    table = readme.split("### Bad input\n", 1)[1].split("\n\n", 2)[1]
+def test_docs_table_lists_every_case():
+    page = (REPO / "docs" / "reliability.md").read_text()
+    table = page.split("## Bad input\n", 1)[1].split("\n\n", 2)[1]
     rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
     assert rows == [c.name for c in CASES]
