@@ -80,7 +80,7 @@ FLAGS = (
     OfficialFlag(("--ssl",), TRAINING, {"type": official_bool},
                  _refuse_unless(lambda v: v, "--ssl False: SKD is trained with the rotation self-supervision; for "
                                          "cross-entropy alone use train_supervised_ssl.py --plain (RFS-simple)")),
-    OfficialFlag(("--simclr",), TRAINING, {"type": official_bool},
+    OfficialFlag(("--simclr",), TRAINING + EVAL, {"type": official_bool},
                  _refuse_unless(lambda v: not v, "--simclr True: the release's unused SimCLR option is not part of "
                                              "SKD and is not implemented")),
     OfficialFlag(("--distill",), ("train_distillation.py",), {},
@@ -108,8 +108,24 @@ FLAGS = (
 )
 
 
+# Every flag of the release's scripts (their parse_option), marked in --help; those this implementation has
+# no use for are the FLAGS above.
+_SHARED = {"--model_path", "--dataset", "--data_root", "--transform", "--simclr", "--n_test_runs", "--n_ways",
+           "--n_shots", "--n_queries", "--n_aug_support_samples", "--num_workers", "--test_batch_size", "--batch_size"}
+_TRAINING = _SHARED | {"--eval_freq", "--print_freq", "--tb_freq", "--save_freq", "--epochs", "--learning_rate",
+                       "--lr_decay_epochs", "--lr_decay_rate", "--weight_decay", "--momentum", "--ssl", "--tags",
+                       "--cosine", "--tb_path", "--trial"}
+RELEASE_FLAGS = {
+    "train_supervised_ssl.py": _TRAINING | {"--adam", "--model", "--use_trainval", "--gamma"},
+    "train_distillation.py": _TRAINING | {"--model_s", "--model_t", "--path_t", "--distill", "--gamma", "--alpha",
+                                          "--beta", "--kd_T", "--feat_dim", "--nce_k", "--nce_t", "--nce_m"},
+    "eval_fewshot.py": _SHARED | {"--model"},
+}
+
+
 def add_official_flags(parser: argparse.ArgumentParser, script: str) -> None:
-    """The release's flags of `script` that have no meaning of their own here, in a group of their own."""
+    """The release's flags of `script` that have no meaning of their own here, in a group of their own;
+    then every flag the release has is marked so in --help."""
     g = parser.add_argument_group("official flags (accepted so that the release's command lines run; each says what "
                                   "replaces it, or refuses a value that would change the method)")
     taken = {s for action in parser._actions for s in action.option_strings}
@@ -119,8 +135,11 @@ def add_official_flags(parser: argparse.ArgumentParser, script: str) -> None:
             if not names:
                 continue
             kwargs = {**flag.kwargs, "default": argparse.SUPPRESS}  # absent from args unless given
-            g.add_argument(*names, dest=f"official_{flag.flags[-1].lstrip('-')}", help="the release's flag",
+            g.add_argument(*names, dest=f"official_{flag.flags[-1].lstrip('-')}", help="accepted for the release's command lines",
                            **kwargs)
+    for action in parser._actions:
+        if RELEASE_FLAGS[script] & set(action.option_strings):
+            action.help = f"{action.help} [release flag]"
 
 
 def apply_official_flags(args: argparse.Namespace) -> list[str]:

@@ -20,7 +20,7 @@ TRAIN = ["train_supervised_ssl.py", "--num_workers", "0", "--device", "cpu", "--
 
 @dataclass(frozen=True)
 class Case:
-    name: str  # the README row's first cell
+    name: str  # the first cell of its row in docs/reliability.md
     command: Callable[[Path, Path], list[str]]  # (data root, scratch folder) -> argv
     message: str  # a regular expression the one stderr line must contain
     prepare: Callable[[Path, Path], None] = lambda root, tmp: None

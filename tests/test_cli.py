@@ -91,3 +91,14 @@ def test_a_refused_release_flag_is_one_line_before_anything_is_printed(cifar_roo
     assert done.stderr.splitlines() == ["error: --adam: the paper trains with SGD (momentum 0.9); Adam would change the "
                                         "method and is not implemented"]
     assert not (tmp_path / "save").exists()
+
+
+def test_help_marks_the_release_flags_and_only_them():
+    from engine.official_flags import RELEASE_FLAGS
+
+    for script, parser in _parsers().items():
+        if script not in RELEASE_FLAGS:
+            continue
+        for action in parser._actions:
+            released = bool(RELEASE_FLAGS[script] & set(action.option_strings))
+            assert action.help.endswith("[release flag]") == released, (script, action.option_strings)
