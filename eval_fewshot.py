@@ -9,7 +9,6 @@ Dataset, data root, image size and normalisation default to what the checkpoint 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -136,8 +135,7 @@ def main() -> None:
         raise util.UsageError(f"--model_path {args.model_path}: checkpoint not found")
     checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
     resolve_setting(args, checkpoint)
-    for note in engine.official_flags.apply_official_flags(args):
-        print(f"note: {note}", file=sys.stderr)
+    engine.official_flags.report_official_flags(args)
     util.print_run_header(args, device)
 
     images = load_split(args.dataset, args.data_root, args.split, args.image_size)

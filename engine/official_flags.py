@@ -9,6 +9,7 @@ flags) are the scripts' own and mean what they meant there.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -140,6 +141,12 @@ def add_official_flags(parser: argparse.ArgumentParser, script: str) -> None:
     for action in parser._actions:
         if RELEASE_FLAGS[script] & set(action.option_strings):
             action.help = f"{action.help} [release flag]"
+
+
+def report_official_flags(args: argparse.Namespace) -> None:
+    """apply_official_flags, its notes one `note:` line each on stderr (before the run's header)."""
+    for note in apply_official_flags(args):
+        print(f"note: {note}", file=sys.stderr)
 
 
 def apply_official_flags(args: argparse.Namespace) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +23,7 @@ from dataset.profiles import DatasetProfile
 from engine import distributed
 from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, load_model_weights, training_args
 from engine.logger import LOG_NAME, RunLogger
-from engine.official_flags import apply_official_flags
+from engine.official_flags import report_official_flags
 from engine.loop import TrainState
 from eval.fewshot import EpisodeSetting, evaluate
 from eval.report import REPORT_SHOTS, final_report
@@ -38,8 +37,7 @@ def start_training_run(args: argparse.Namespace, device_augment_refusal: str | N
     (per-rank) device, print the git sha and every argument, seed everything (per rank).
     `device_augment_refusal`: why the method's augmentation cannot run with --augment device (it
     then runs on loader workers, and an explicit --augment device is refused)."""
-    for note in apply_official_flags(args):  # refusals first: nothing is printed before a bad flag fails
-        print(f"note: {note}", file=sys.stderr)
+    report_official_flags(args)  # a refusal comes before anything is printed
     if device_augment_refusal is not None:
         if args.augment == "device":
             raise UsageError(f"--augment device: {device_augment_refusal}; use --augment workers (or auto)")

@@ -38,7 +38,7 @@ def gen1_settings(epochs: Sourced[int], lr_decay_epochs: Sourced[tuple[int, ...]
         weights={"beta": beta, "kd_T": Sourced(2.0, SKD_GEN1)})
 
 
-def run_script(value):
+def from_run_script(value):
     return Sourced(value, SKD_RUN_SCRIPT)
 
 
@@ -59,9 +59,9 @@ class SKDGen1(DistillationMethod):
     weight_flags = {"beta": "--gamma", "kd_T": "--kd_T"}
     mode_flags = ("--objective", "skd")
     published = {
-        "CIFAR-FS": gen1_settings(run_script(65), run_script((60,)), run_script(0.1)),
-        "FC100": gen1_settings(run_script(8), run_script((3,)), run_script(0.2)),
-        "miniImageNet": gen1_settings(run_script(8), run_script((5,)), Sourced(
+        "CIFAR-FS": gen1_settings(from_run_script(65), from_run_script((60,)), from_run_script(0.1)),
+        "FC100": gen1_settings(from_run_script(8), from_run_script((3,)), from_run_script(0.2)),
+        "miniImageNet": gen1_settings(from_run_script(8), from_run_script((5,)), Sourced(
             (0.025, 0.05, 0.075), f"{SKD_RUN_SCRIPT}: it runs the first three values of its list; the paper gives "
                                   f"no single value")),
         "tieredImageNet": gen1_settings(Sourced(8, TIERED), Sourced((3,), TIERED), Sourced(0.2, TIERED)),

@@ -120,6 +120,7 @@ class ScriptServer:
         if self.process is not None and self.process.poll() is None:
             self.process.stdin.close()
             self.process.wait(timeout=30)
+            self.process.stdout.close()
 
 
 SCRIPT_SERVER = ScriptServer()
