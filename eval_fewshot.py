@@ -31,7 +31,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("checkpoint and model")
     g.add_argument("--model_path", required=True,
                    help="checkpoint: ours, the official {'model': state_dict}, a bare or a DataParallel state dict")
-    g.add_argument("--model", default="resnet12_ssl", choices=list_models(), help="network architecture")
+    g.add_argument("--model", choices=list_models(),
+                   help="network architecture (default: the checkpoint's; resnet12_ssl where it records none)")
     g = parser.add_argument_group("evaluation")
     g.add_argument("--split", default="test", choices=["val", "test"], help="split the episodes come from")
     g.add_argument("--use_logit", action="store_true", help="embed with the logits instead of the 640-d feature")
@@ -63,8 +64,8 @@ def trained_with(checkpoint: dict) -> dict[str, Any]:
 
 
 def resolve_setting(args: argparse.Namespace, checkpoint: dict) -> None:
-    """Fill --dataset, --data_root and --image_size from the checkpoint where not given; say in one line
-    each which value is used when it is not simply the checkpoint's."""
+    """Fill --dataset, --data_root, --image_size and --model from the checkpoint where not given; say in
+    one line each which value is used when it is not simply the checkpoint's."""
     recorded = trained_with(checkpoint)
     for name in ("dataset", "data_root", "image_size"):
         given, trained = getattr(args, name), recorded[name]
@@ -74,6 +75,10 @@ def resolve_setting(args: argparse.Namespace, checkpoint: dict) -> None:
                 print(f"{name}: {trained} (from the checkpoint)")
         elif trained is not None and given != trained:
             print(f"{name}: {given} (--{name}; the checkpoint was trained with {trained})")
+    if args.model is None:
+        args.model = engine.checkpoint.recorded_model(checkpoint)
+        if args.model != engine.checkpoint.DEFAULT_MODEL:
+            print(f"model: {args.model} (from the checkpoint)")
     if args.dataset is None:
         raise util.UsageError(f"--dataset: {args.model_path} does not record the dataset it was trained on; "
                               f"pass --dataset")

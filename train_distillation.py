@@ -27,8 +27,9 @@ SCRIPT = methods.DISTILL_SCRIPT
 def get_args_parser() -> argparse.ArgumentParser:
     parser = util.ArgumentParser(description="SKD generation 1: self-supervised knowledge distillation")
     g = parser.add_argument_group("student and teacher")
-    g.add_argument("--model_s", default="resnet12_ssl", choices=list_models(), help="student architecture")
-    g.add_argument("--model_t", default="resnet12_ssl", choices=list_models(), help="teacher architecture")
+    g.add_argument("--model_s", choices=list_models(), help="student architecture (default: --model_t's)")
+    g.add_argument("--model_t", choices=list_models(),
+                   help="teacher architecture (default: the one --path_t records; resnet12_ssl where it records none)")
     g.add_argument("--path_t", required=True, help="the teacher's checkpoint (checkpoint.pth of a Gen-0 run)")
     g.add_argument("--kd_T", type=float, default=2.0, help="distillation temperature T")
     g.add_argument("--allow_teacher_mismatch", action="store_true",
@@ -82,19 +83,31 @@ def check_teacher_matches_run(args: argparse.Namespace, method: type[methods.Dis
                               f"that is intended")
 
 
-def check_teacher_flags(args: argparse.Namespace) -> None:
-    """What can be refused before the run starts (and prints its header)."""
+def read_teacher(args: argparse.Namespace) -> dict:
+    """Read --path_t before the run starts (and prints its header), refusing a missing or unreadable
+    one in one line, and fill --model_t and --model_s from it where not given."""
+    if not Path(args.path_t).is_file():
+        raise util.UsageError(f"--path_t {args.path_t}: checkpoint not found (the Gen-0 teacher's checkpoint.pth)")
+    checkpoint = engine.checkpoint.load_checkpoint(args.path_t)
+    resolve_architectures(args, engine.checkpoint.recorded_model(checkpoint))
+    return checkpoint
+
+
+def resolve_architectures(args: argparse.Namespace, teacher_model: str) -> None:
+    """--model_t where not given: `teacher_model`, the one the teacher's checkpoint records; --model_s:
+    --model_t's. The student is a copy of the teacher, so the two must agree."""
+    args.model_t = args.model_t or teacher_model
+    args.model_s = args.model_s or args.model_t
     if args.model_s != args.model_t:
         raise util.UsageError(f"--model_s {args.model_s}: the student is a copy of the teacher, so it must be "
                               f"--model_t ({args.model_t})")
-    if not Path(args.path_t).is_file():
-        raise util.UsageError(f"--path_t {args.path_t}: checkpoint not found (the Gen-0 teacher's checkpoint.pth)")
 
 
-def teacher_for_run(args: argparse.Namespace, method: type[methods.DistillationMethod], device) -> tuple[nn.Module, dict]:
-    """Read --path_t (refusing a wrong one in one line) and the run's data; return the frozen teacher
-    and the run's TrainingData (normalised as the teacher was trained, unless --normalization says otherwise)."""
-    checkpoint = engine.checkpoint.load_checkpoint(args.path_t)
+def teacher_for_run(args: argparse.Namespace, method: type[methods.DistillationMethod], checkpoint: dict,
+                    device) -> tuple[nn.Module, dict]:
+    """Check the teacher (`checkpoint`, the content of --path_t) against the run, refusing a wrong one in
+    one line, and load the run's data; return the frozen teacher and the run's TrainingData
+    (normalised as the teacher was trained, unless --normalization says otherwise)."""
     teacher_norm = engine.checkpoint.checkpoint_normalization(checkpoint) if args.normalization == "auto" else None
     data = engine.run.load_training_data(args, teacher_norm)
     check_teacher_matches_run(args, method, checkpoint, data.image_size)
@@ -108,10 +121,11 @@ def teacher_for_run(args: argparse.Namespace, method: type[methods.DistillationM
 def main() -> None:
     args = get_args_parser().parse_args()
     method = methods.select_method(SCRIPT, args)
-    check_teacher_flags(args)
+    checkpoint = read_teacher(args)
     device = engine.run.start_training_run(args, method.device_augment_refusal)
     method.check_args(args)
-    teacher, data = teacher_for_run(args, method, device)
+    teacher, data = teacher_for_run(args, method, checkpoint, device)
+    del checkpoint  # the teacher's whole file (its optimizer state too) is not needed past here
     run = method(args, device, data, teacher)
     optimizer = engine.run.sgd(run.model, run.extra_parameters(), args)
     identity = {"model": args.model_s, "dataset": args.dataset, "image_size": data.image_size,

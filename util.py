@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -60,12 +61,25 @@ def run_cli(main: Callable[[], Any]) -> None:
         sys.exit(130)
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each flag's default to its help, unless the help already says what the default is
+    (`default: the checkpoint's`) or there is none (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default" in (action.help or "") or action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line, like every other error of the CLI: `error: <what>`, exit 2
-    (argparse's own prints the whole usage first), and whose --help shows every flag's default."""
+    (argparse's own prints the whole usage first), and whose --help shows every flag's default.
+    Flags are never abbreviated: `--model` given to a script that has `--model_s` and `--model_t` is
+    an unknown flag, not a guess (scripts/reproduce.py routes flags by which script knows them)."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -91,35 +105,48 @@ def check_writable_folder(folder: str | Path, flag: str) -> None:
 
 # ----------------------------------------------------------------------------- device, precision, seeds
 
+@functools.lru_cache(maxsize=1)
+def _cuda_probe() -> tuple[bool, str]:
+    """(torch.cuda.is_available(), the first line of what torch warned while answering), asked once:
+    torch says why a driver refused ("The NVIDIA driver on your system is too old") on its first
+    call only, since the device count is cached after it, so the reason is kept from that call."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    return available, next((line for w in caught if (line := str(w.message).split("\n")[0].strip())), "")
+
+
+def cuda_usable() -> bool:
+    """Whether torch can run on a GPU here; torch's warning when it cannot goes into
+    cuda_unavailable_reason(), not to stderr."""
+    return _cuda_probe()[0]
+
+
 def cuda_unavailable_reason() -> str:
     """Why torch sees no usable GPU, in a few words (for the device line and --device cuda's error)."""
     if torch.version.cuda is None and torch.version.hip is None:
         return f"this torch, {torch.__version__}, is a CPU build"
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return f"no CUDA device visible: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.is_available()
-    for warning in caught:  # torch says why the driver refused, e.g. "The NVIDIA driver on your system is too old"
-        text = str(warning.message).split("\n")[0].strip()
-        if "driver" in text.lower():
-            return f"CUDA driver too old for this torch build ({torch.__version__}): {text}"
-        if text:
-            return f"CUDA unusable: {text}"
+    warned = _cuda_probe()[1]
+    if "driver" in warned.lower():
+        return f"CUDA driver too old for this torch build ({torch.__version__}): {warned}"
+    if warned:
+        return f"CUDA unusable: {warned}"
     return "no CUDA device visible"
 
 
 def resolve_device(name: str | None) -> torch.device:
     """The device to run on: `name`, or cuda when available, else cpu."""
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda_usable() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device: expected cpu, cuda or cuda:N, got {name!r}") from None
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device: expected cpu, cuda or cuda:N, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not cuda_usable():
         raise UsageError(f"--device {name}: no usable GPU ({cuda_unavailable_reason()})")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"--device {name}: this machine shows {torch.cuda.device_count()} GPU(s)")

@@ -46,9 +46,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30, help="timed batches per path and size")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    for device in devices:
-        print(f"device: {util.describe_device(device, device.type)}")
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if util.cuda_usable() else [])
+    print(f"device: cpu (every path on one core, the table's unit), torch {torch.__version__}")
+    if len(devices) > 1:
+        print(f"device: {util.describe_device(devices[1], 'cuda')}")
     print("| image size | workers path, 1 core | device path, 1 core | ratio |"
           + (" device path, CUDA |" if len(devices) > 1 else ""))
     print("|---|---|---|---|" + ("---|" if len(devices) > 1 else ""))

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import util  # noqa: E402
 
 
 def write_split(folder: Path, images: int, size: int, classes: int) -> None:
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--amp", default="off")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    print(f"device: {util.describe_device(util.resolve_device(args.device), args.device)}")  # the scripts' own
     work = Path(tempfile.mkdtemp(prefix="bench_scripts_"))
     write_split(work / "data" / "CIFAR-FS", args.images, args.image_size, 64)
     common = ["--dataset", "CIFAR-FS", "--data_root", str(work / "data"), "--epochs", str(args.epochs),

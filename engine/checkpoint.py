@@ -102,6 +102,16 @@ def model_from_checkpoint(name: str, path: str | Path, checkpoint: dict, dataset
     return model
 
 
+DEFAULT_MODEL = "resnet12_ssl"  # the paper's network, and what a checkpoint that records none (official) holds
+
+
+def recorded_model(checkpoint: dict) -> str:
+    """The architecture of the network in `checkpoint`: as its run recorded it (a Gen-1 run's --model_s,
+    a Gen-0 run's --model), else ResNet-12."""
+    args = training_args(checkpoint)
+    return args.get("model_s") or args.get("model") or DEFAULT_MODEL
+
+
 def training_args(checkpoint: dict) -> dict:
     """The arguments of the run that wrote `checkpoint` (ours record them; official checkpoints do not: {})."""
     args = checkpoint.get("args")

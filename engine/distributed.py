@@ -140,7 +140,7 @@ def use_global_batch_statistics(model: nn.Module) -> nn.Module:
             module.sum_over_ranks = all_reduce_sum
     if next(model.parameters()).device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return convert_to_global_batchnorm(model)
+    return convert_to_global_batchnorm(model, all_reduce_sum)
 
 
 class _Method(nn.Module):
@@ -237,7 +237,9 @@ def check_replicas_equal(model: nn.Module, extra_modules: dict[str, nn.Module] |
 
 
 def all_gather_objects(obj: object) -> list:
-    """[rank 0's obj, rank 1's, ...] on every rank (pickled; keep tensors on the CPU); [obj] outside torchrun."""
+    """[rank 0's obj, rank 1's, ...] on every rank (pickled; keep tensors on the CPU); [obj] outside torchrun.
+    torch moves the pickled bytes to the group's device itself (under NCCL this rank's GPU, which
+    setup() made the current device)."""
     info = current()
     if not info.enabled:
         return [obj]

@@ -2,13 +2,18 @@
 refuses to run (it serves GPUs only). In training mode each rank's per-channel sums, sums of
 squares and counts are added over the ranks with an all-reduce whose backward all-reduces the
 gradients, so the forward and the backward are those of one BatchNorm over all ranks' images; eval
-mode is plain BatchNorm. Used under gloo, whose tensors are the CPU's (engine.distributed).
-Statistics compute in float32 whatever the input's precision."""
+mode is plain BatchNorm. Used under gloo (engine.distributed, which passes in its all-reduce helper,
+the one every collective of the project goes through). Statistics compute in float32 whatever the
+input's precision."""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+SumOverRanks = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -16,21 +21,20 @@ class _SumOverRanks(torch.autograd.Function):
     rank's loss depends on every rank's contribution)."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        total = tensor.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
+    def forward(ctx, tensor: torch.Tensor, sum_over_ranks: SumOverRanks) -> torch.Tensor:
+        ctx.sum_over_ranks = sum_over_ranks
+        return sum_over_ranks(tensor.clone())  # the helper may sum in place
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        total = grad.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ctx.sum_over_ranks(grad.clone()), None
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d with the same parameters, buffers and state-dict keys, whose training-mode
-    statistics are those of the global batch."""
+    statistics are those of the global batch, summed over the ranks by `sum_over_ranks`."""
+
+    sum_over_ranks: SumOverRanks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized()):
@@ -38,7 +42,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         xf = x.float()
         local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)),
                            xf.new_full((1,), float(x.numel() // x.shape[1]))])
-        total = _SumOverRanks.apply(local)
+        total = _SumOverRanks.apply(local, self.sum_over_ranks)
         c = self.num_features
         count = total[2 * c]
         mean = total[:c] / count
@@ -56,8 +60,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         return out.to(x.dtype)
 
 
-def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
-    """`module` with every BatchNorm2d replaced by a GlobalBatchNorm2d holding the same tensors."""
+def convert_to_global_batchnorm(module: nn.Module, sum_over_ranks: SumOverRanks) -> nn.Module:
+    """`module` with every BatchNorm2d replaced by a GlobalBatchNorm2d holding the same tensors and
+    summing its statistics over the ranks with `sum_over_ranks`."""
     if type(module) is nn.BatchNorm2d:
         reference = next(module.buffers())
         converted = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
@@ -66,7 +71,8 @@ def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
         if module.affine:  # the very Parameter objects, so an optimizer built before keeps working
             converted.weight, converted.bias = module.weight, module.bias
         converted.train(module.training)
+        converted.sum_over_ranks = sum_over_ranks
         return converted
     for name, child in module.named_children():
-        module.add_module(name, convert_to_global_batchnorm(child))
+        module.add_module(name, convert_to_global_batchnorm(child, sum_over_ranks))
     return module

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-import torch.distributed as dist
+import engine.distributed
 
 T = TypeVar("T")
 
 
 def world() -> tuple[int, int]:
     """(rank, number of ranks); (0, 1) outside torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    info = engine.distributed.current()
+    return info.rank, info.world_size
 
 
 def is_main() -> bool:
@@ -34,7 +33,6 @@ def compute_sharded(n_pieces: int, compute: Callable[[int], T]) -> list[T]:
     mine = {i: compute(i) for i in my_pieces(n_pieces)}
     if world()[1] == 1:
         return [mine[i] for i in range(n_pieces)]
-    gathered: list[dict[int, T] | None] = [None] * world()[1]
-    dist.all_gather_object(gathered, mine)
+    gathered: list[dict[int, T]] = engine.distributed.all_gather_objects(mine)
     merged = {i: piece for part in gathered for i, piece in part.items()}
     return [merged[i] for i in range(n_pieces)]

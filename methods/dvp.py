@@ -77,6 +77,8 @@ class DVP(DistillationMethod):
         self.connectors = nn.ModuleList([
             connector(s.num_features, t.num_features) for s, t in
             zip(self.model.preactivation_batchnorms(), self.teacher.preactivation_batchnorms())]).to(self.device)
+        if self.args.bn_stats == "global":  # their BatchNorms, as the student's, over the global batch
+            self.connectors = engine.distributed.use_global_batch_statistics(self.connectors)
         self.extra_modules["dvp_connectors"] = self.connectors  # DDP broadcasts rank 0's with the student
         self.distill_weight = DistillWeight(self.args.dvp_weight, self.args.dvp_no_distill_epochs)
 

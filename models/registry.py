@@ -6,7 +6,7 @@ from typing import Callable
 from torch import nn
 
 from dataset.profiles import dataset_profile
-from models.resnet12 import ResNet12SSL
+from models.resnet12 import WIDTHS, ResNet12SSL
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -42,3 +42,12 @@ def create_model(name: str, num_classes: int, dataset: str | None = None, image_
 @register_model("resnet12_ssl")
 def resnet12_ssl(num_classes: int, dropblock_size: int, drop_rate: float = 0.1) -> ResNet12SSL:
     return ResNet12SSL(num_classes, drop_rate=drop_rate, dropblock_size=dropblock_size)
+
+
+@register_model("resnet12_ssl_narrow")
+def resnet12_ssl_narrow(num_classes: int, dropblock_size: int, drop_rate: float = 0.1) -> ResNet12SSL:
+    """ResNet-12 at a quarter of each stage's width (16, 40, 80, 160; about 1/16 of the compute): the
+    same blocks, heads and checkpoint keys, for tests and smoke runs that are not about the network.
+    Not the paper's model."""
+    return ResNet12SSL(num_classes, drop_rate=drop_rate, dropblock_size=dropblock_size,
+                       widths=tuple(w // 4 for w in WIDTHS))

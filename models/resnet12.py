@@ -1,4 +1,4 @@
-"""ResNet-12 with a rotation head (`resnet12_ssl`), as in SPEC section 1.
+"""ResNet-12 with a rotation head (`resnet12_ssl`), as in the paper and the official release.
 
 Module names match the official checkpoints (`layer1.0.conv1.weight`, ...,
 `classifier.weight`, `rot_classifier.weight`) so state dicts move both ways with strict=True.
@@ -63,7 +63,7 @@ class SSLOutput(NamedTuple):
     """Everything one forward pass can return."""
 
     stages: list[torch.Tensor]  # feature maps after each of the four stages
-    feature: torch.Tensor  # (B, 640) globally pooled feature
+    feature: torch.Tensor  # (B, feature_dim) globally pooled feature (640 for ResNet-12)
     logits: torch.Tensor  # (B, num_classes)
     rot_logits: torch.Tensor  # (B, 4), predicted from the class logits
 
@@ -71,15 +71,15 @@ class SSLOutput(NamedTuple):
 class ResNet12SSL(nn.Module):
     """ResNet-12 backbone, linear classifier, and a rotation head on the class logits."""
 
-    feature_dim = WIDTHS[-1]
-
-    def __init__(self, num_classes: int, drop_rate: float = 0.1, dropblock_size: int = 5) -> None:
+    def __init__(self, num_classes: int, drop_rate: float = 0.1, dropblock_size: int = 5,
+                 widths: tuple[int, int, int, int] = WIDTHS) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
+        self.feature_dim = widths[-1]
         inplanes = 3
-        for stage, planes in enumerate(WIDTHS, start=1):
+        for stage, planes in enumerate(widths, start=1):
             block = BasicBlock(inplanes, planes, drop_rate, dropblock_size if stage >= 3 else None)
             self.add_module(f"layer{stage}", nn.Sequential(block))
             inplanes = planes
@@ -123,7 +123,7 @@ class ResNet12SSL(nn.Module):
         return [stage[-1].bn3 for stage in self.stages]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) images -> (B, 640) pooled features."""
+        """(B, 3, H, W) images -> (B, feature_dim) pooled features (640 for ResNet-12)."""
         return self.avgpool(self.forward_stages(x)[-1]).flatten(1)
 
     def forward_head(self, feature: torch.Tensor) -> torch.Tensor:

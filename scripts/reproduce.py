@@ -58,6 +58,7 @@ class Run:
     command: list[str]
     epochs: int
     checkpoint: Path
+    model: str  # the architecture it trains (a student's teacher has the same)
     swept: bool = False  # one candidate of a sweep: evaluated on val, and on test only if val picks it
     evaluations: tuple[list[str], ...] = ()
     passthrough: tuple[tuple[str, ...], ...] = ()  # the passthrough flags (with their values) its script accepted
@@ -182,7 +183,7 @@ def settings_of(method: type[methods.Method], args: argparse.Namespace) -> Publi
 
 
 def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: list[str],
-                  teacher: Path | None) -> list[Run]:
+                  teacher: Run | None) -> list[Run]:
     """The runs of method `name` for one seed: one per combination of swept values (a sweep is decided on val)."""
     stage = methods.get_method(name)
     settings = settings_of(stage, args)
@@ -194,7 +195,7 @@ def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: l
         argv = [*stage.mode_flags, "--dataset", args.dataset, "--data_root", args.data_root,
                 *itertools.chain.from_iterable((f"--{name}", text(getattr(settings, name).value)) for name in SCHEDULE),
                 *itertools.chain.from_iterable((flag, text(chosen[name])) for name, flag in stage.weight_flags.items()),
-                *(["--path_t", str(teacher)] if teacher else []),
+                *(["--path_t", str(teacher.checkpoint)] if teacher else []),
                 "--model_path", args.output, "--seed", str(seed), "--trial", str(seed),
                 "--wandb_group", args.wandb_group,
                 # Evaluation is the eval_fewshot.py commands below, so training never opens val or test.
@@ -204,6 +205,8 @@ def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: l
         check_passthrough(stage, argv, accepted)
         argv += accepted
         parsed = parse_training(stage, argv)
+        if teacher:  # the architecture the student's script reads from the teacher's checkpoint
+            train_distillation.resolve_architectures(parsed, teacher.model)
         script = SCRIPTS[stage.script]
         folder = script.run_name(parsed, dataset_profile(parsed.dataset, parsed.image_size or args.folder_image_size))
         checkpoint = engine.run.run_folder(parsed, folder) / engine.checkpoint.CHECKPOINT_NAME
@@ -214,7 +217,7 @@ def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: l
                                   stage.forwards_per_image, parsed.use_trainval, stage.forwarded_copies)
         runs.append(Run(stage.name, seed, f"{stage.name} seed {seed}{sweep}: {images}",
                         [*python_command(stage.script, args.nproc_per_node), *argv], parsed.epochs,
-                        checkpoint,
+                        checkpoint, getattr(parsed, "model_s", None) or parsed.model,
                         bool(swept), tuple(evaluation(args, checkpoint, split, shots) for split in splits
                                            for shots in PUBLISHED_EVAL.shots.value), mine))
     return runs
@@ -226,12 +229,12 @@ def plan(args: argparse.Namespace, passthrough: list[str]) -> list[Run]:
     needed = set(args.methods) | {methods.get_method(m).teacher for m in args.methods if methods.get_method(m).teacher}
     runs = []
     for seed in args.seeds:
-        checkpoints: dict[str, Path | None] = {}
+        trained: dict[str, Run] = {}  # each method's first run: the teacher of the methods distilling it
         for method in (m for m in ALL_METHODS if m in needed):
             teacher = methods.get_method(method).teacher
-            method_runs = training_runs(method, seed, args, passthrough, checkpoints[teacher] if teacher else None)
+            method_runs = training_runs(method, seed, args, passthrough, trained[teacher] if teacher else None)
             # A swept teacher would need the sweep decided first; no published teacher is swept.
-            checkpoints[method] = method_runs[0].checkpoint
+            trained[method] = method_runs[0]
             if method not in args.methods:  # a teacher the table does not show: trained (or found done), not evaluated
                 method_runs = [replace(run, evaluations=()) for run in method_runs]
             runs += method_runs

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, make_cifar_package, run_script, write_pickle
+from conftest import REPO, TEST_MODEL, make_cifar_package, run_script, write_pickle
 
 TRAIN = ["train_supervised_ssl.py", "--num_workers", "0", "--device", "cpu", "--epochs", "1", "--batch_size", "16"]
 
@@ -155,7 +155,7 @@ CASES = [
          r"--model_path .*a_file/save: .*a_file is a file, expected a folder",
          lambda root, tmp: write(tmp / "a_file", b"not a folder")),
     Case("--resume with nothing to resume", train("--resume"), r"--resume given but the run folder has no checkpoint"),
-    Case("non-finite loss (lr 1e12)", train("--learning_rate", "1e12", "--epochs", "2"),
+    Case("non-finite loss (lr 1e12)", train("--learning_rate", "1e12", "--epochs", "2", "--model", TEST_MODEL),
          r"non-finite loss \(\w+\) at epoch \d+, step \d+", exit_code=1),
 ]
 

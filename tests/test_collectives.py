@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.distributed.distributed_c10d as c10d
 from torch import nn
 
+from conftest import TEST_MODEL
 from distill.dvp import KeyQueue
 from engine import distributed
 from engine.loop import FinitenessCheck, Meter, StepResult, _save_partial
@@ -73,7 +74,7 @@ def cpu_only_group(monkeypatch):
 
 def _model() -> nn.Module:
     with torch.device("cpu"):
-        return create_model("resnet12_ssl", 5, "CIFAR-FS", image_size=32)
+        return create_model(TEST_MODEL, 5, "CIFAR-FS", image_size=32)
 
 
 def test_the_stop_check(cpu_only_group):
@@ -137,3 +138,9 @@ def test_global_batch_statistics_in_a_training_step(cpu_only_group):
     x = torch.randn(4, 3, 32, 32, device="cpu")
     model(x).sum().backward()
     assert cpu_only_group.count("all_reduce") >= 16 + 2  # 16 BatchNorms and 2 DropBlocks (backward adds more)
+
+
+def test_batchnorm_over_the_global_batch(cpu_only_group):
+    model = distributed.use_global_batch_statistics(_model()).train()
+    model(torch.randn(2, 3, 32, 32, device="cpu")).sum().backward()  # statistics summed forward and backward
+    assert cpu_only_group.count("all_reduce") >= 2

@@ -38,12 +38,23 @@ def test_cuda_unavailable_reasons(monkeypatch):
     assert util.cuda_unavailable_reason() == "no CUDA device visible: CUDA_VISIBLE_DEVICES=''"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
 
-    def old_driver() -> bool:
-        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 12020).")
+    asked = []
+
+    def old_driver() -> bool:  # as torch: the warning on the first call only (the device count is cached)
+        if not asked:
+            warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 12020).")
+        asked.append(1)
         return False
 
     monkeypatch.setattr(torch.cuda, "is_available", old_driver)
-    reason = util.cuda_unavailable_reason()
+    util._cuda_probe.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch's warning is kept for the device line, not printed
+            assert util.resolve_device(None) == torch.device("cpu")  # the first call: the default device
+        reason = util.cuda_unavailable_reason()
+    finally:
+        util._cuda_probe.cache_clear()  # later tests ask the real torch
     assert reason.startswith("CUDA driver too old for this torch build") and "found version 12020" in reason
     monkeypatch.setattr(torch.version, "cuda", None)
     assert util.cuda_unavailable_reason().endswith("is a CPU build")

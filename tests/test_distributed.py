@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import engine.checkpoint
-from conftest import REPO
+from conftest import REPO, TEST_MODEL
 from dataset import load_split
 from dataset.profiles import CIFAR_NORMALIZATION
 from eval import EpisodeSetting, evaluate
@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 
 FAST = ["--dataset", "CIFAR-FS", "--batch_size", "16", "--num_workers", "0", "--device", "cpu", "--epochs", "1",
         "--no_final_eval"]
-GEN0_NAME = "resnet12_ssl_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_trial_1"
+GEN0 = [*FAST, "--model", TEST_MODEL]  # Gen-1 runs take the teacher's architecture
+GEN0_NAME = f"{TEST_MODEL}_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_trial_1"
 
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -37,7 +38,7 @@ def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def ddp_gen0(cifar_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     save = tmp_path_factory.mktemp("ddp")
-    done = torchrun("train_supervised_ssl.py", *FAST, "--data_root", str(cifar_root), "--model_path", str(save))
+    done = torchrun("train_supervised_ssl.py", *GEN0, "--data_root", str(cifar_root), "--model_path", str(save))
     assert done.returncode == 0, done.stderr[-3000:]
     return save / GEN0_NAME, done
 
@@ -90,7 +91,7 @@ def test_sharded_evaluation_equals_one_process(ddp_gen0, cifar_root, tmp_path):
     assert "x 2 processes" in done.stdout
     [sharded] = json.loads(output.read_text())["results"]
     checkpoint = engine.checkpoint.load_checkpoint(folder / "checkpoint.pth")
-    model = engine.checkpoint.model_from_checkpoint("resnet12_ssl", folder, checkpoint, "CIFAR-FS", 32)
+    model = engine.checkpoint.model_from_checkpoint(TEST_MODEL, folder, checkpoint, "CIFAR-FS", 32)
     [single] = evaluate(model.to(memory_format=torch.channels_last), load_split("CIFAR-FS", cifar_root, "val"), "val",
                         EpisodeSetting(5, 5, 15, 17, 5), CIFAR_NORMALIZATION, torch.device("cpu"), batch_size=32,
                         progress=False)
@@ -100,7 +101,7 @@ def test_sharded_evaluation_equals_one_process(ddp_gen0, cifar_root, tmp_path):
 
 
 def test_global_batch_must_divide_over_ranks(cifar_root, tmp_path):
-    done = torchrun("train_supervised_ssl.py", *FAST, "--batch_size", "15", "--data_root", str(cifar_root),
+    done = torchrun("train_supervised_ssl.py", *GEN0, "--batch_size", "15", "--data_root", str(cifar_root),
                     "--model_path", str(tmp_path))
     assert done.returncode != 0
     assert "error: --batch_size 15: the global batch must divide evenly over 2 processes" in done.stderr
@@ -122,10 +123,10 @@ def test_sigterm_under_torchrun_resumes_bit_identically(cifar_root, tmp_path):
     """torchrun passes the signal to both ranks; they agree on the step, every rank's RNG states go into
     the checkpoint, and a resumed torchrun run ends where an uninterrupted one does."""
     import signal
-    import time
 
     common = ["train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--batch_size", "8",
-              "--num_workers", "1", "--device", "cpu", "--no_final_eval", "--epochs", "3", "--log_interval", "1"]
+              "--num_workers", "1", "--device", "cpu", "--no_final_eval", "--epochs", "3", "--log_interval", "1",
+              "--model", TEST_MODEL]
     straight = torchrun(*common, "--model_path", str(tmp_path / "a"))
     assert straight.returncode == 0, straight.stderr[-3000:]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
@@ -133,9 +134,8 @@ def test_sigterm_under_torchrun_resumes_bit_identically(cifar_root, tmp_path):
                                 *common, "--model_path", str(tmp_path / "b")], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     for line in process.stdout:
-        if line.startswith("epoch=1 "):
+        if line.startswith("epoch=1 "):  # epoch 1 is done: the signal lands in epoch 2 or 3, at whatever step
             break
-    time.sleep(0.3)
     os.killpg(process.pid, signal.SIGTERM)
     _, err = process.communicate(timeout=300)
     if process.returncode == 0:
@@ -158,7 +158,7 @@ def test_dvp_both_phases_under_torchrun(cifar_root, tmp_path):
     """DVP's momentum encoder and queue live outside DDP: the queue takes every rank's keys, the key
     encoder follows the (identical) query encoder, and the replica check covers both; phase 2's
     connectors train inside DDP with the student."""
-    prior = torchrun("train_supervised_ssl.py", *FAST, "--objective", "dvp", "--dvp_queue", "32",
+    prior = torchrun("train_supervised_ssl.py", *GEN0, "--objective", "dvp", "--dvp_queue", "32",
                      "--data_root", str(cifar_root), "--model_path", str(tmp_path / "prior"))
     assert prior.returncode == 0, prior.stderr[-3000:]
     assert "replicas check: parameters and buffers identical on 2 ranks" in prior.stdout

@@ -209,18 +209,18 @@ def test_each_objective_needs_its_kind_of_teacher(objective, teacher_objective, 
 def test_dvp_both_phases_end_to_end(cifar_root, tmp_path):
     """Phase 1 (one epoch, then a resumed second), phase 2 from its checkpoint (frozen teacher, CE only in its first
     epoch), and both checkpoints evaluated like any other."""
-    from conftest import run_script
+    from conftest import TEST_MODEL, run_script
 
     data = ["--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--batch_size", "16", "--num_workers", "0",
             "--device", "cpu", "--no_final_eval"]
     prior = ["train_supervised_ssl.py", "--objective", "dvp", "--dvp_queue", "32", "--dvp_momentum", "0.9", *data,
-             "--model_path", str(tmp_path / "prior")]
+             "--model", TEST_MODEL, "--model_path", str(tmp_path / "prior")]  # phase 2 takes its architecture
     first = run_script(*prior, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     [folder] = (tmp_path / "prior").iterdir()
     assert folder.name.endswith("_dvp_margin_0.4_K_32_m_0.9_T_0.07_trial_1")
     one = torch.load(folder / "checkpoint.pth", map_location="cpu", weights_only=True)
-    official = set(create_model("resnet12_ssl", 6, "CIFAR-FS").state_dict())
+    official = set(create_model(TEST_MODEL, 6, "CIFAR-FS").state_dict())
     assert set(one["model"]) == official  # official keys only; the rest under dvp_prior
     assert {k.split(".")[0] for k in one["dvp_prior"]} == {"query_head", "key", "queue"}
     # The key encoder is a momentum average of the query encoder: close to it, not equal, never trained itself.

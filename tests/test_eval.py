@@ -11,7 +11,7 @@ from scipy import stats
 
 import engine.checkpoint
 import util
-from conftest import run_script
+from conftest import TEST_MODEL, run_script
 from dataset import load_split, sample_episodes
 from dataset.profiles import CIFAR_NORMALIZATION
 from eval import classifiers as clf
@@ -92,6 +92,13 @@ def small_model():
     return util.to_device(create_model("resnet12_ssl", 6, image_size=32), torch.device("cpu")).eval()
 
 
+@pytest.fixture(scope="module")
+def narrow_model():
+    """For tests of the evaluation itself, not of the network (a sixteenth of the compute)."""
+    torch.manual_seed(0)
+    return util.to_device(create_model(TEST_MODEL, 6, image_size=32), torch.device("cpu")).eval()
+
+
 class _ImageCounter:
     def __init__(self, model):
         self.images = 0
@@ -100,22 +107,22 @@ class _ImageCounter:
 
 
 @pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
-def test_each_image_is_embedded_once_and_matches_the_reference(small_model, cifar_root, monkeypatch):
+def test_each_image_is_embedded_once_and_matches_the_reference(narrow_model, cifar_root, monkeypatch):
     images = load_split("CIFAR-FS", cifar_root, "val")
     setting = EpisodeSetting(5, 1, 15, 6, 5)
-    counter = _ImageCounter(small_model)
+    counter = _ImageCounter(narrow_model)
     monkeypatch.setattr(fewshot, "SUPPORT_IMAGES_PER_CHUNK", 50)  # 2 episodes per chunk
-    ours = evaluate(small_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"),
+    ours = evaluate(narrow_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"),
                     ("LR", "sklearn"), ("feature",), progress=False)
     counter.handle.remove()
     episodes = sample_episodes(images.class_indices(), 6, 5, 1, 15)
     unique_queries = len(np.unique(np.concatenate([e.query.ravel() for e in episodes])))
     assert counter.images == unique_queries + 6 * 5 * 1 * 5
-    reference = evaluate_reference(small_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"))
+    reference = evaluate_reference(narrow_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"))
     np.testing.assert_allclose(ours[1].accuracies, reference.accuracies)  # same episodes, pixels and solver
     np.testing.assert_allclose(ours[0].accuracies, reference.accuracies, atol=1 / 75 + 1e-9)
     monkeypatch.setattr(fewshot, "SUPPORT_IMAGES_PER_CHUNK", 2048)  # one chunk: nothing may change
-    again = evaluate(small_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"), ("sklearn",),
+    again = evaluate(narrow_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"), ("sklearn",),
                      progress=False)
     np.testing.assert_array_equal(again[0].accuracies, ours[1].accuracies)
 
@@ -190,25 +197,26 @@ def test_eval_fewshot_command(small_model, cifar_root, tmp_path):
 
 # ----------------------------------------------------------------------------- defaults from the checkpoint
 
-def _our_checkpoint(model, folder, cifar_root, **extra):
+def _our_checkpoint(model, folder, cifar_root, architecture="resnet12_ssl", **extra):
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "checkpoint.pth"
     torch.save({"epoch": 1, "model": model.state_dict(), "image_size": 32, "wandb_id": "train123",
                 "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
                 "args": {"dataset": "CIFAR-FS", "data_root": str(cifar_root), "model_path": str(folder.parent),
-                         "wandb_project": None, "wandb_group": "table-1"}, **extra}, path)
+                         "wandb_project": None, "wandb_group": "table-1", "model": architecture}, **extra}, path)
     return path
 
 
-def test_eval_takes_dataset_and_data_from_the_checkpoint_and_writes_nothing_beside_it(small_model, cifar_root,
+def test_eval_takes_dataset_and_data_from_the_checkpoint_and_writes_nothing_beside_it(narrow_model, cifar_root,
                                                                                       tmp_path):
-    path = _our_checkpoint(small_model, tmp_path / "save" / "run", cifar_root)
+    path = _our_checkpoint(narrow_model, tmp_path / "save" / "run", cifar_root, architecture=TEST_MODEL)
     before = sorted(p.name for p in path.parent.iterdir())
     done = run_script("eval_fewshot.py", "--model_path", str(path), "--n_test_runs", "2", "--split", "val",
                       "--device", "cpu", "--wandb", "offline", "--wandb_dir", str(tmp_path / "wb"),
                       env={"WANDB_MODE": "offline"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "dataset: CIFAR-FS (from the checkpoint)" in done.stdout.splitlines()
+    assert f"model: {TEST_MODEL} (from the checkpoint)" in done.stdout.splitlines()
     assert f"data_root: {cifar_root} (from the checkpoint)" in done.stdout.splitlines()
     assert "normalization: the checkpoint's" in done.stdout.splitlines()
     assert sorted(p.name for p in path.parent.iterdir()) == before

@@ -10,7 +10,7 @@ import torch
 
 import methods
 import util
-from conftest import make_cifar_package, run_script
+from conftest import TEST_MODEL, make_cifar_package, run_script
 
 # Beyond the tiny run's common flags, what a method needs to run on 16 training images at batch 8.
 TINY_FLAGS = {"dvp_prior": ["--dvp_queue", "16"], "sskd": ["--sskd_head_epochs", "1"]}
@@ -29,8 +29,9 @@ def tiny(tmp_path_factory):
 
 def _command(name: str, tiny: dict, epochs: int, *extra: str) -> list[str]:
     method = methods.get_method(name)
-    teacher = ["--path_t", str(_trained(method.teacher, tiny))] if method.teacher else []
-    return [method.script, *method.mode_flags, *teacher, *TINY_FLAGS.get(name, []), "--dataset", "CIFAR-FS",
+    # A student takes its teacher's architecture; a network trained from scratch is the narrow test model.
+    network = ["--path_t", str(_trained(method.teacher, tiny))] if method.teacher else ["--model", TEST_MODEL]
+    return [method.script, *method.mode_flags, *network, *TINY_FLAGS.get(name, []), "--dataset", "CIFAR-FS",
             "--data_root", str(tiny["root"] / "data"), "--model_path", str(tiny["root"] / "runs"), "--device", "cpu",
             "--amp", "off", "--batch_size", "8", "--num_workers", "0", "--no_final_eval", "--epochs", str(epochs),
             "--lr_decay_epochs", "1", *extra]

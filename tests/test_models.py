@@ -39,16 +39,20 @@ def test_parameter_count_matches_the_spec():
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == 12.47
 
 
+STAGE_WIDTHS = {"resnet12_ssl": (64, 160, 320, 640), "resnet12_ssl_narrow": (16, 40, 80, 160)}  # every registered model
+
+
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("dataset,size,final_map", [("CIFAR-FS", 32, 2), ("miniImageNet", 84, 5)])
 def test_forward_shapes(name, dataset, size, final_map):
     model = create_model(name, 7, dataset).eval()
     x = torch.randn(3, 3, size, size)
     out = model.forward_all(x)
+    widths = STAGE_WIDTHS[name]
     assert [tuple(s.shape[1:]) for s in out.stages] == [
-        (64, size // 2, size // 2), (160, size // 4, size // 4), (320, size // 8, size // 8),
-        (640, final_map, final_map)]
-    assert out.feature.shape == (3, 640)
+        (widths[0], size // 2, size // 2), (widths[1], size // 4, size // 4), (widths[2], size // 8, size // 8),
+        (widths[3], final_map, final_map)]
+    assert out.feature.shape == (3, widths[3]) and model.feature_dim == widths[3]
     assert out.logits.shape == (3, 7)
     assert out.rot_logits.shape == (3, 4)
     # The feature is the global average of the last map, the logits a linear read of it, and the

@@ -20,7 +20,7 @@ import engine.checkpoint
 import engine.loop
 import engine.run
 import util
-from conftest import REPO, run_script
+from conftest import REPO, TEST_MODEL, run_script
 from dataset import load_split
 from dataset.device_loader import DeviceBatches
 from dataset.loaders import train_loader
@@ -139,16 +139,16 @@ def test_sigterm_to_the_training_command_with_workers(cifar_root, tmp_path):
     """The real command with the default data loading (2 persistent workers here), its whole process
     group signalled as SLURM does, at whatever step it has reached during epoch 2."""
     common = ["train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--batch_size", "8",
-              "--num_workers", "2", "--device", "cpu", "--no_final_eval", "--epochs", "3", "--log_interval", "1"]
+              "--num_workers", "2", "--device", "cpu", "--no_final_eval", "--epochs", "3", "--log_interval", "1",
+              "--model", TEST_MODEL]
     straight = run_script(*common, "--model_path", str(tmp_path / "a"))
     assert straight.returncode == 0, straight.stderr[-3000:]
     process = subprocess.Popen([sys.executable, *common, "--model_path", str(tmp_path / "b")], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                                env={**os.environ, "WANDB_MODE": "disabled"})
     for line in process.stdout:
-        if line.startswith("epoch=1 "):
+        if line.startswith("epoch=1 "):  # epoch 1 is done: the signal lands in epoch 2 or 3, at whatever step
             break
-    time.sleep(0.5)  # somewhere in epoch 2; the test holds wherever the signal lands
     os.killpg(process.pid, signal.SIGTERM)
     out, err = process.communicate(timeout=300)
     if process.returncode == 0:

@@ -251,12 +251,15 @@ class _FakeStages:
             return subprocess.CompletedProcess(command, 0)
         module = train_distillation if "distillation" in command[1] else train_supervised_ssl
         parsed = module.get_args_parser().parse_args(command[2:])
+        if module is train_distillation:
+            train_distillation.read_teacher(parsed)  # the architecture, from the teacher's checkpoint
         folder = Path(parsed.model_path) / module.run_name(parsed, dataset_profile(parsed.dataset, 8))
         folder.mkdir(parents=True, exist_ok=True)
         epochs, code = parsed.epochs, 0
         if self.stop_after is not None:
             epochs, code, self.stop_after = self.stop_after, 1, None
-        torch.save({"epoch": epochs, "model": {}}, folder / "checkpoint.pth")
+        architecture = getattr(parsed, "model_s", None) or parsed.model
+        torch.save({"epoch": epochs, "model": {}, "args": {"model": architecture}}, folder / "checkpoint.pth")
         return subprocess.CompletedProcess(command, code)
 
 
@@ -363,3 +366,16 @@ def test_dvp_runs_its_prior_first_and_distils_from_it(reproduce):
     assert s["--path_t"].endswith("_dvp_margin_0.4_K_4096_m_0.999_T_0.07_trial_0/checkpoint.pth")
     assert "x2 views = " in result.stdout
     assert len([c for c in cmds if Path(c[1]).name == "eval_fewshot.py"]) == 2  # the prior is not a row here
+
+
+def test_a_student_is_planned_with_its_teachers_architecture(reproduce):
+    """`--model` goes to the Gen-0 script only; the Gen-1 script takes the teacher's architecture from its
+    checkpoint, and the plan names the student's run folder (and so its evaluations) the same way."""
+    result = reproduce("--dataset", "CIFAR-FS", "--seeds", "0", "--methods", "skd_gen1", *ARGS, "--",
+                       "--model", "resnet12_ssl_narrow")
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    student = next(c for c in cmds if Path(c[1]).name == "train_distillation.py")
+    assert "--model" not in student and "resnet12_ssl_narrow_CIFAR-FS_lr_0.05" in flags(student)["--path_t"]
+    [evaluation] = [c for c in cmds if Path(c[1]).name == "eval_fewshot.py"][-1:]
+    assert "/S_resnet12_ssl_narrow_T_resnet12_ssl_narrow_CIFAR-FS_kd_T_2.0_beta_0.1_" in flags(evaluation)["--model_path"]

@@ -121,12 +121,14 @@ def test_sskd_loss_computes_in_float32(dtype):
 def test_sskd_objective_end_to_end(cifar_root, tmp_path):
     """A teacher checkpoint, one SSKD epoch (the teacher head trained first), a resumed second epoch
     (the head restored, not retrained), and the student evaluated like any checkpoint."""
-    from conftest import run_script
+    from conftest import TEST_MODEL, run_script
     from models import create_model
 
     torch.manual_seed(0)
-    torch.save({"model": create_model("resnet12_ssl", 6, "CIFAR-FS").state_dict()}, tmp_path / "teacher.pth")
+    # An official-style checkpoint (weights only) records no architecture: --model_t names it.
+    torch.save({"model": create_model(TEST_MODEL, 6, "CIFAR-FS").state_dict()}, tmp_path / "teacher.pth")
     common = ["train_distillation.py", "--objective", "sskd", "--path_t", str(tmp_path / "teacher.pth"),
+              "--model_t", TEST_MODEL,
               "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--batch_size", "16", "--num_workers", "0",
               "--device", "cpu", "--sskd_head_epochs", "2", "--no_final_eval", "--model_path", str(tmp_path / "save")]
     first = run_script(*common, "--epochs", "1")
@@ -135,9 +137,9 @@ def test_sskd_objective_end_to_end(cifar_root, tmp_path):
         ["epoch=1", "epoch=2"]
     assert "teacher check: weights and BatchNorm statistics unchanged" in first.stdout
     [folder] = (tmp_path / "save").iterdir()
-    assert folder.name.startswith("S_resnet12_ssl_T_resnet12_ssl_CIFAR-FS_sskd_ce_0.1_kd_0.9_tf_2.7_ss_10.0")
+    assert folder.name.startswith(f"S_{TEST_MODEL}_T_{TEST_MODEL}_CIFAR-FS_sskd_ce_0.1_kd_0.9_tf_2.7_ss_10.0")
     one = torch.load(folder / "checkpoint.pth", map_location="cpu", weights_only=True)
-    assert set(one["model"]) == set(create_model("resnet12_ssl", 6, "CIFAR-FS").state_dict())  # official keys only
+    assert set(one["model"]) == set(create_model(TEST_MODEL, 6, "CIFAR-FS").state_dict())  # official keys only
     assert set(one["sskd_heads"]) == {f"{who}.net.{i}.{p}" for who in ("student", "teacher") for i in (0, 2)
                                       for p in ("weight", "bias")}
     resumed = run_script(*common, "--epochs", "2", "--resume")

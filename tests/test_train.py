@@ -17,7 +17,7 @@ import engine.logger
 import engine.loop
 import engine.run
 import util
-from conftest import CPU_AMP, make_cifar_package, run_script, write_pickle
+from conftest import CPU_AMP, TEST_FEATURE_DIM, TEST_MODEL, make_cifar_package, run_script, write_pickle
 from distill import gen0_loss, gen1_loss, kd_loss, rfs_distill_loss, rot180
 from models import create_model
 from models.dropblock import add_dropblock_calls, dropblock_calls
@@ -31,7 +31,8 @@ from train_distillation import check_teacher_matches_run
 
 FAST = ["--dataset", "CIFAR-FS", "--batch_size", "16", "--num_workers", "0", "--n_test_runs", "2",
         "--eval_batch_size", "128", "--device", "cpu"]
-GEN0_NAME = "resnet12_ssl_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_trial_1"
+GEN0 = [*FAST, "--model", TEST_MODEL]  # Gen-1 runs take the teacher's architecture
+GEN0_NAME = f"{TEST_MODEL}_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_trial_1"
 SKD_GEN1 = methods.get_method("skd_gen1")
 
 
@@ -44,7 +45,7 @@ def gen0_run(cifar_root, tmp_path_factory) -> Path:
     """A 2-epoch Gen-0 run with the end-of-training report; returns its run folder."""
     save = tmp_path_factory.mktemp("save")
     # --tf32 asks for TF32, which a CPU does not have: the run must say fp32 (test_gen0_run_folder_...).
-    done = run_script("train_supervised_ssl.py", *FAST, "--data_root", str(cifar_root), "--model_path", str(save),
+    done = run_script("train_supervised_ssl.py", *GEN0, "--data_root", str(cifar_root), "--model_path", str(save),
                       "--epochs", "2", "--tf32")
     assert done.returncode == 0, done.stderr[-3000:]
     folder = save / GEN0_NAME
@@ -57,7 +58,7 @@ def test_gen0_run_folder_checkpoint_log_and_report(gen0_run):
     checkpoint = _checkpoint(gen0_run)
     assert checkpoint["epoch"] == 2
     assert {"epoch", "model", "optimizer", "args", "dropblock_calls", "normalization", "image_size"} <= set(checkpoint)
-    assert len(checkpoint["model"]) == 100 and checkpoint["model"]["classifier.weight"].shape == (6, 640)
+    assert len(checkpoint["model"]) == 100 and checkpoint["model"]["classifier.weight"].shape == (6, TEST_FEATURE_DIM)
     assert checkpoint["dropblock_calls"] == [6, 6]  # 3 training steps per epoch, 2 epochs
     records = [json.loads(line) for line in (gen0_run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
@@ -80,7 +81,7 @@ def test_gen0_run_folder_checkpoint_log_and_report(gen0_run):
 
 @pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 def test_gen0_resume_reproduces_an_uninterrupted_run(gen0_run, cifar_root, tmp_path):
-    common = [*FAST, "--data_root", str(cifar_root), "--model_path", str(tmp_path), "--no_final_eval"]
+    common = [*GEN0, "--data_root", str(cifar_root), "--model_path", str(tmp_path), "--no_final_eval"]
     first = run_script("train_supervised_ssl.py", *common, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     again = run_script("train_supervised_ssl.py", *common, "--epochs", "2")
@@ -136,11 +137,11 @@ def test_gen1_from_gen0(gen0_run, cifar_root, tmp_path):
     teacher_path = gen0_run / "checkpoint.pth"
     done = run_script("train_distillation.py", *FAST, "--data_root", str(cifar_root), "--model_path", str(tmp_path),
                       "--path_t", str(teacher_path), "--epochs", "1", "--tags", "cifarfs,gen1,may30",
-                      "--model_s", "resnet12_ssl", "--model_t", "resnet12_ssl", "--lr_decay_epochs", "60",
+                      "--model_s", TEST_MODEL, "--model_t", TEST_MODEL, "--lr_decay_epochs", "60",
                       "--gamma", "0.1", "--n_aug_support_samples", "5", "--n_ways", "5", "--n_shots", "1")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "teacher check: weights and BatchNorm statistics unchanged" in done.stdout
-    folder = tmp_path / "S_resnet12_ssl_T_resnet12_ssl_CIFAR-FS_kd_T_2.0_beta_0.1_trans_D_trial_1"
+    folder = tmp_path / f"S_{TEST_MODEL}_T_{TEST_MODEL}_CIFAR-FS_kd_T_2.0_beta_0.1_trans_D_trial_1"
     checkpoint = _checkpoint(folder)
     assert checkpoint["path_t"] == str(teacher_path) and checkpoint["args"]["learning_rate"] == 0.001
     record = json.loads((folder / "log.jsonl").read_text())
@@ -355,13 +356,13 @@ def test_cosine_and_trainval_in_a_real_run(tmp_path):
     train, val = (pickle.load(open(root / f"{s}.pickle", "rb")) for s in ("train", "val"))
     write_pickle(root / "trainval.pickle", {"data": np.concatenate([train["data"], val["data"]]),
                                             "labels": list(train["labels"]) + list(val["labels"])})
-    done = run_script("train_supervised_ssl.py", *FAST, "--data_root", str(tmp_path), "--model_path",
+    done = run_script("train_supervised_ssl.py", *GEN0, "--data_root", str(tmp_path), "--model_path",
                       str(tmp_path / "save"), "--epochs", "2", "--cosine", "--use_trainval", "--no_final_eval")
     assert done.returncode == 0, done.stderr[-3000:]
-    folder = tmp_path / "save" / "resnet12_ssl_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_cosine_trial_1_trainval"
+    folder = tmp_path / "save" / f"{TEST_MODEL}_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_cosine_trial_1_trainval"
     checkpoint = _checkpoint(folder)
     # trainval: 6 x 8 train + 5 x 20 val images = 148, 9 batches of 16 per epoch (train alone: 3)
-    assert checkpoint["dropblock_calls"] == [18, 18] and checkpoint["model"]["classifier.weight"].shape == (11, 640)
+    assert checkpoint["dropblock_calls"] == [18, 18] and checkpoint["model"]["classifier.weight"].shape == (11, TEST_FEATURE_DIM)
     lrs = [json.loads(line)["lr"] for line in (folder / "log.jsonl").read_text().splitlines()]
     eta_min = 0.05 * 0.1**3
     assert lrs == pytest.approx([eta_min + (0.05 - eta_min) * (1 + math.cos(math.pi * e / 2)) / 2 for e in (1, 2)])
@@ -411,7 +412,7 @@ def test_eval_freq_trains_bit_identically_and_never_opens_the_test_split(gen0_ru
     it), and a run that does not report never reads the test file."""
     make_cifar_package(tmp_path / "CIFAR-FS")  # the files of cifar_root
     (tmp_path / "CIFAR-FS" / "test.pickle").unlink()
-    done = run_script("train_supervised_ssl.py", *FAST, "--data_root", str(tmp_path), "--model_path",
+    done = run_script("train_supervised_ssl.py", *GEN0, "--data_root", str(tmp_path), "--model_path",
                       str(tmp_path / "save"), "--epochs", "2", "--eval_freq", "1", "--val_episodes", "3",
                       "--no_final_eval")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -457,7 +458,7 @@ def test_best_checkpoint_is_selected_on_val_reported_and_kept_across_resume(cifa
     final_report = engine.run.final_report
     monkeypatch.setattr(engine.run.ValEvaluation, "__call__", validation)
     monkeypatch.setattr(engine.run, "final_report", report)
-    common = [*FAST, "--data_root", str(cifar_root), "--model_path", str(tmp_path), "--eval_freq", "1"]
+    common = [*GEN0, "--data_root", str(cifar_root), "--model_path", str(tmp_path), "--eval_freq", "1"]
     monkeypatch.setattr(sys, "argv", ["train_supervised_ssl.py", *common, "--epochs", "3", "--final_checkpoint", "best"])
     train_supervised_ssl.main()
     folder = tmp_path / GEN0_NAME
