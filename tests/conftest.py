@@ -26,8 +26,9 @@ import util  # noqa: E402
 # the quickstart runs), otherwise fp32.
 CPU_AMP = util.resolve_amp("auto", torch.device("cpu"))
 # The network of end-to-end tests that are not about the network: ResNet-12 at a quarter width (same blocks,
-# heads and checkpoint keys, ~1/11 of the time a step). The parity, checkpoint-format and first-run tests
-# keep the paper's resnet12_ssl.
+# heads and checkpoint keys, ~1/11 of the time a step). The parity and checkpoint-format tests, and the
+# 2-ranks-equal-1-process comparison (whose max-pool near-ties a narrow network makes too frequent for its
+# tolerance), keep the paper's resnet12_ssl.
 TEST_MODEL = "resnet12_ssl_narrow"
 TEST_FEATURE_DIM = 160
 os.environ.setdefault("WANDB_MODE", "disabled")

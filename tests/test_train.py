@@ -101,14 +101,14 @@ def test_gen0_resume_reproduces_an_uninterrupted_run(gen0_run, cifar_root, tmp_p
 
 @pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 def test_gen0_one_epoch_on_synthetic_reloads_and_resumes(tmp_path):
-    """The default first run: built-in data, no files, at the quickstart's 16x16. Its checkpoint loads
-    into a fresh model and --resume continues it."""
+    """The first run's data and size: built-in data, no files, at the quickstart's 16x16. Its checkpoint
+    loads into a fresh model and --resume continues it."""
     common = ["--batch_size", "64", "--num_workers", "0", "--device", "cpu", "--amp", CPU_AMP, "--no_final_eval",
-              "--image_size", "16", "--model_path", str(tmp_path)]
+              "--image_size", "16", "--model_path", str(tmp_path), "--model", TEST_MODEL]
     first = run_script("train_supervised_ssl.py", *common, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
-    folder = tmp_path / "resnet12_ssl_synthetic_lr_0.05_decay_0.0005_trans_D_trial_1"
-    model = create_model("resnet12_ssl", 10, "synthetic")
+    folder = tmp_path / f"{TEST_MODEL}_synthetic_lr_0.05_decay_0.0005_trans_D_trial_1"
+    model = create_model(TEST_MODEL, 10, "synthetic")
     checkpoint = engine.checkpoint.load_model_weights(model, folder / "checkpoint.pth")
     assert checkpoint["epoch"] == 1 and checkpoint["dropblock_calls"] == [6, 6]  # 400 images, batch 64
     resumed = run_script("train_supervised_ssl.py", *common, "--epochs", "2", "--resume")
