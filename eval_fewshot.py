@@ -35,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="network architecture (default: the checkpoint's; resnet12_ssl where it records none)")
     g = parser.add_argument_group("evaluation")
     g.add_argument("--split", default="test", choices=["val", "test"], help="split the episodes come from")
-    g.add_argument("--use_logit", action="store_true", help="embed with the logits instead of the 640-d feature")
+    g.add_argument("--use_logit", action="store_true", help="embed with the logits instead of the pooled feature (640-d for ResNet-12)")
     g.add_argument("--classifier", default="LR", choices=CLASSIFIERS,
                    help="LR: batched logistic regression (scikit-learn's problem); sklearn: scikit-learn itself")
     g.add_argument("--seed", type=int, default=0, help="seed of the support augmentations")
@@ -76,7 +76,7 @@ def resolve_setting(args: argparse.Namespace, checkpoint: dict) -> None:
         elif trained is not None and given != trained:
             print(f"{name}: {given} (--{name}; the checkpoint was trained with {trained})")
     if args.model is None:
-        args.model = engine.checkpoint.recorded_model(checkpoint)
+        args.model = engine.checkpoint.recorded_model(checkpoint, args.model_path)
         if args.model != engine.checkpoint.DEFAULT_MODEL:
             print(f"model: {args.model} (from the checkpoint)")
     if args.dataset is None:

@@ -89,7 +89,7 @@ def read_teacher(args: argparse.Namespace) -> dict:
     if not Path(args.path_t).is_file():
         raise util.UsageError(f"--path_t {args.path_t}: checkpoint not found (the Gen-0 teacher's checkpoint.pth)")
     checkpoint = engine.checkpoint.load_checkpoint(args.path_t)
-    resolve_architectures(args, engine.checkpoint.recorded_model(checkpoint))
+    resolve_architectures(args, engine.checkpoint.recorded_model(checkpoint, args.path_t))
     return checkpoint
 
 
@@ -100,7 +100,7 @@ def resolve_architectures(args: argparse.Namespace, teacher_model: str) -> None:
     args.model_s = args.model_s or args.model_t
     if args.model_s != args.model_t:
         raise util.UsageError(f"--model_s {args.model_s}: the student is a copy of the teacher, so it must be "
-                              f"--model_t ({args.model_t})")
+                              f"the teacher's architecture, {args.model_t}")
 
 
 def teacher_for_run(args: argparse.Namespace, method: type[methods.DistillationMethod], checkpoint: dict,

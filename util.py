@@ -63,10 +63,10 @@ def run_cli(main: Callable[[], Any]) -> None:
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends each flag's default to its help, unless the help already says what the default is
-    (`default: the checkpoint's`) or there is none (None)."""
+    (`(default: the checkpoint's)`) or there is none (None)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if "default" in (action.help or "") or action.default is None:
+        if "(default" in (action.help or "") or action.default is None:
             return action.help or ""
         return super()._get_help_string(action)
 

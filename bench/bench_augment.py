@@ -50,6 +50,8 @@ def main() -> None:
     print(f"device: cpu (every path on one core, the table's unit), torch {torch.__version__}")
     if len(devices) > 1:
         print(f"device: {util.describe_device(devices[1], 'cuda')}")
+    else:
+        print(f"no CUDA column: {util.cuda_unavailable_reason()}")
     print("| image size | workers path, 1 core | device path, 1 core | ratio |"
           + (" device path, CUDA |" if len(devices) > 1 else ""))
     print("|---|---|---|---|" + ("---|" if len(devices) > 1 else ""))

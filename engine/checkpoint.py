@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dataset.transforms import Normalization
-from models import create_model
+from models import create_model, list_models
 from util import CheckpointError, atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pth"  # the last epoch's
@@ -105,11 +105,20 @@ def model_from_checkpoint(name: str, path: str | Path, checkpoint: dict, dataset
 DEFAULT_MODEL = "resnet12_ssl"  # the paper's network, and what a checkpoint that records none (official) holds
 
 
-def recorded_model(checkpoint: dict) -> str:
-    """The architecture of the network in `checkpoint`: as its run recorded it (a Gen-1 run's --model_s,
-    a Gen-0 run's --model), else ResNet-12."""
-    args = training_args(checkpoint)
-    return args.get("model_s") or args.get("model") or DEFAULT_MODEL
+def architecture_of(train_args: dict) -> str:
+    """The architecture a run trained, from its recorded arguments (a Gen-1 run's --model_s, a Gen-0
+    run's --model); ResNet-12 where they record none (official checkpoints)."""
+    return train_args.get("model_s") or train_args.get("model") or DEFAULT_MODEL
+
+
+def recorded_model(checkpoint: dict, path: str | Path) -> str:
+    """The registered architecture of the network in `checkpoint` (the content of `path`), from its run's
+    arguments (architecture_of)."""
+    name = architecture_of(training_args(checkpoint))
+    if name not in list_models():
+        raise CheckpointError(f"{path}: its run trained a {name!r}, which is not a registered model "
+                              f"({', '.join(list_models())})")
+    return name
 
 
 def training_args(checkpoint: dict) -> dict:

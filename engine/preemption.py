@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from engine import distributed
+from util import cuda_usable
 
 
 class StopRequest:
@@ -70,7 +71,7 @@ def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(),
              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
              "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if cuda_usable() and torch.cuda.is_initialized():
         # The training GPU's stream only (torch.cuda.set_device selects it), so that a run resumes on
         # a node that shows fewer GPUs.
         state["cuda"] = [torch.cuda.get_rng_state()]
@@ -83,7 +84,7 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and cuda_usable():
         # Checkpoints before the fix hold every visible GPU's stream: take the training GPU's if it
         # is there, else the first.
         states = state["cuda"]

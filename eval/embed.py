@@ -11,7 +11,7 @@ from util import autocast
 @torch.no_grad()
 def embed(model: nn.Module, images: torch.Tensor, norm: Normalization, device: torch.device, batch_size: int,
           amp: str = "off") -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (N, H, W, 3) images -> (640-d pooled features, logits), both float32 on `device`; the
+    """uint8 (N, H, W, 3) images -> (pooled features, 640-d for ResNet-12; logits), both float32 on `device`; the
     network runs under `amp` autocast (off, bf16, fp16).
 
     One forward pass gives both, so evaluating with features and with logits costs one embedding.

@@ -4,7 +4,7 @@ dataset x shots, ours beside the paper's numbers.
     python -m eval.table RUN_DIR... [--baseline METHOD] [--out PREFIX]
 
 Reads every results.json and results_*.json under each RUN_DIR (training's end-of-run report,
-eval_fewshot.py --output); by default the test split, 640-d features, logistic regression.
+eval_fewshot.py --output); by default the test split, pooled features, logistic regression.
 Writes PREFIX.md, PREFIX.csv (one line per cell, machine readable) and PREFIX.tex (a LaTeX tabular
 of ours), prints the markdown, and logs a W&B Table with a bar chart of ours vs the paper.
 
@@ -24,7 +24,7 @@ A cell over several seeds (each seed one training run, evaluated on n episodes):
     usually much narrower than the two separate ones: the comparison they cannot make.
 
 Results evaluated under different protocols (ways, queries, episodes, support augmentations, image
-size, checkpoint choice) are never put in one column: that is an error naming the setting and two files.
+size, checkpoint choice, network architecture) are never put in one column: that is an error naming the setting and two files.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 import methods
+from engine.checkpoint import architecture_of
 from eval.fewshot import EMBEDDINGS
 from eval.stats import mean_confidence_interval
 from util import ArgumentParser, UsageError, atomic_write, run_cli
@@ -49,7 +50,7 @@ PAPER_SOURCE = "the SKD paper's table: 5-way accuracy (%), ResNet-12"
 PAPER_SHOTS = (1, 5)
 DATASET_ORDER = ("miniImageNet", "tieredImageNet", "CIFAR-FS", "FC100")  # the paper's column order
 # What must be equal for results to share a column (shots and dataset are the column itself).
-PROTOCOL = ("n_ways", "n_queries", "n_episodes", "n_aug", "image_size", "checkpoint_choice")
+PROTOCOL = ("n_ways", "n_queries", "n_episodes", "n_aug", "image_size", "checkpoint_choice", "model")
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def load_entries(path: Path, split: str, embedding: str, classifier: str) -> lis
         choice = re.sub(r" \(epoch \d+\)$", "", data.get("checkpoint_choice", "last epoch"))
         protocol = {**{k: r.get(k) for k in PROTOCOL[:4]},
                     "image_size": r.get("image_size") or (data.get("args") or {}).get("image_size"),
-                    "checkpoint_choice": choice}
+                    "checkpoint_choice": choice, "model": architecture_of(train_args)}
         entries.append(Entry(path, method, dataset, int(r["n_shots"]), train_args.get("seed"),
                              protocol, np.asarray(r["accuracies"], dtype=np.float64), r.get("fingerprint")))
     return entries
@@ -284,7 +285,7 @@ def markdown(table: Table, what: str) -> str:
         return "—" if c is None or p is None else _num(c.mean - p, signed=True)
 
     protocol = "; ".join(f"{d} {k}-shot: {p['n_ways']}-way, {p['n_queries']} queries, {p['n_episodes']} episodes, "
-                         f"{p['n_aug']} support augmentations, {p['image_size']}px, {p['checkpoint_choice']}"
+                         f"{p['n_aug']} support augmentations, {p['image_size']}px, {p['checkpoint_choice']}, {p['model']}"
                          for (d, k), p in ((c, table.protocols[c]) for c in table.columns))
     lines = [f"# Few-shot accuracy (%): {what}", "",
              f"Protocol: {protocol}.", "",

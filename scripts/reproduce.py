@@ -18,6 +18,7 @@ import datetime
 import itertools
 import os
 import shlex
+import signal
 import sys
 import json
 import subprocess
@@ -40,6 +41,7 @@ from dataset.profiles import dataset_profile  # noqa: E402
 from methods.settings import PUBLISHED_EVAL, TRAIN_IMAGES, PublishedSettings, Sourced  # noqa: E402
 
 # The training script of each method, by the file name the method names.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SCRIPTS: dict[str, ModuleType] = {Path(m.__file__).name: m for m in (train_supervised_ssl, train_distillation)}
 ALL_METHODS = tuple(methods.method_names())  # teachers before their students
 PAPER_METHODS = tuple(m for m in ALL_METHODS if methods.get_method(m).in_paper)  # the paper's rows
@@ -276,11 +278,23 @@ def finished_epochs(checkpoint: Path) -> int:
 
 
 def run_command(command: list[str], what: str) -> None:
-    """Run one stage in the foreground (its progress bars show on a terminal); a failure stops the plan."""
+    """Run one stage in the foreground (its progress bars show on a terminal); a failure stops the plan.
+    SIGTERM reaches every process of a SLURM job step, and Ctrl-C's SIGINT the terminal's whole process
+    group: the stage stops itself after its step with a checkpoint, so the plan waits for it and then
+    stops too, instead of dying first (SLURM would then end the step and kill the stage mid-checkpoint)."""
     print(f"$ {shlex.join(command)}", flush=True)
-    code = subprocess.run(command).returncode
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS}
+    try:
+        code = subprocess.run(command).returncode
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    script = next(Path(c).name for c in command if c.endswith(".py"))
+    if received:
+        raise util.Preempted(f"{signal.Signals(received[0]).name} during {what} ({script} exited with code {code}); "
+                             f"finished runs are kept, the same command resumes the plan", 128 + received[0])
     if code != 0:
-        script = next(Path(c).name for c in command if c.endswith(".py"))
         raise util.UsageError(f"{what}: {script} exited with code {code}; finished runs are kept, "
                               f"the same command resumes the plan")
 

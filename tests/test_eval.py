@@ -389,6 +389,16 @@ def test_table_refuses_to_mix_protocols(tmp_path, setting, other):
         table.main([str(tmp_path), "--out", str(tmp_path / "t"), "--wandb", "disabled"])
 
 
+def test_table_refuses_to_mix_architectures(tmp_path):
+    from eval import table
+
+    _results(tmp_path / "a", _gen0(0), {1: _accuracies(0)})
+    _results(tmp_path / "b", {**_gen0(1), "model": "resnet12_ssl_narrow"}, {1: _accuracies(1)})
+    with pytest.raises(util.UsageError, match="CIFAR-FS 1-shot: model differs \\(resnet12_ssl in .*a/results.json, "
+                                              "resnet12_ssl_narrow in .*b/results.json"):
+        table.main([str(tmp_path), "--out", str(tmp_path / "t"), "--wandb", "disabled"])
+
+
 def test_table_command_is_one_line_on_mixed_protocols(tmp_path):
     _results(tmp_path / "a", _gen0(0), {1: _accuracies(0)})
     _results(tmp_path / "b", _gen1(0), {1: _accuracies(1)}, n_queries=10)

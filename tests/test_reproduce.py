@@ -6,6 +6,7 @@ import json
 import os
 import runpy
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -232,9 +233,10 @@ class _FakeStages:
     """Stands in for the training and evaluation subprocesses: records each command and writes what the real
     script would leave behind (a checkpoint holding all its epochs, or a results file)."""
 
-    def __init__(self, monkeypatch, stop_after: int | None = None):
+    def __init__(self, monkeypatch, stop_after: int | None = None, sigterm: bool = False):
         self.commands: list[list[str]] = []
         self.stop_after = stop_after  # epochs the next training run reaches before it is "killed"
+        self.sigterm = sigterm  # that kill is a SIGTERM to the whole job (SLURM's), the plan's process included
         monkeypatch.setattr(subprocess, "run", self)
 
     def __call__(self, command, *a, **k):
@@ -258,6 +260,9 @@ class _FakeStages:
         epochs, code = parsed.epochs, 0
         if self.stop_after is not None:
             epochs, code, self.stop_after = self.stop_after, 1, None
+            if self.sigterm:  # the stage checkpoints and exits 143; the plan must outlive the signal
+                os.kill(os.getpid(), signal.SIGTERM)
+                code = 143
         architecture = getattr(parsed, "model_s", None) or parsed.model
         torch.save({"epoch": epochs, "model": {}, "args": {"model": architecture}}, folder / "checkpoint.pth")
         return subprocess.CompletedProcess(command, code)
@@ -294,6 +299,23 @@ def test_a_second_invocation_skips_finished_runs_and_resumes_the_interrupted_one
     third = reproduce(*argv)  # everything is finished: the teachers are never trained again, nothing re-evaluated
     assert third.returncode == 0 and stages.commands == []
     assert third.stdout.count(": done (") == 4
+
+
+def test_sigterm_to_the_job_stops_the_plan_after_its_stage_and_the_same_command_resumes(reproduce, monkeypatch,
+                                                                                       tmp_path):
+    data = _tiny_folder(tmp_path / "data")
+    argv = ["--dataset", "folder", "--data_root", str(data), "--output", str(tmp_path / "out"), "--seeds", "0",
+            "--wandb_group", "g", "--methods", "rfs_simple"]
+    stages = _FakeStages(monkeypatch, stop_after=3, sigterm=True)
+    first = reproduce(*argv)
+    assert first.returncode == 143
+    assert first.stderr.splitlines()[-1].startswith("stopped: SIGTERM during rfs_simple seed 0 (train_supervised_ssl.py "
+                                                   "exited with code 143)")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the plan's handler is gone with the stage
+    stages.commands.clear()
+    second = reproduce(*argv)
+    assert second.returncode == 0, second.stderr
+    assert stages.commands[0][-1] == "--resume"
 
 
 def test_a_sweep_is_decided_on_val_and_only_its_winner_sees_test(reproduce, monkeypatch, tmp_path):

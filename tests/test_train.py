@@ -578,3 +578,18 @@ def test_wandb_failing_mid_run_costs_one_line_and_no_epoch(tmp_path, capsys):
     assert line.startswith("W&B: stopped logging after an error (ConnectionResetError: service died)")
     assert [json.loads(x)["epoch"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert logger.wandb_id == run_id  # still recorded in checkpoints, so --resume continues the same W&B run
+
+
+def test_the_student_takes_the_teachers_architecture():
+    import train_distillation
+
+    parse = lambda *argv: train_distillation.get_args_parser().parse_args(["--path_t", "t.pth", *argv])  # noqa: E731
+    args = parse()
+    train_distillation.resolve_architectures(args, TEST_MODEL)  # what the teacher's checkpoint records
+    assert args.model_t == args.model_s == TEST_MODEL
+    args = parse("--model_t", "resnet12_ssl")  # given: the flag wins over the checkpoint
+    train_distillation.resolve_architectures(args, TEST_MODEL)
+    assert args.model_t == args.model_s == "resnet12_ssl"
+    with pytest.raises(util.UsageError, match=f"^--model_s resnet12_ssl: the student is a copy of the teacher, so it "
+                                              f"must be the teacher's architecture, {TEST_MODEL}$"):
+        train_distillation.resolve_architectures(parse("--model_s", "resnet12_ssl"), TEST_MODEL)
