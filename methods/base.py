@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+import engine.checkpoint
 import engine.distributed
 import engine.loop
 import util
@@ -94,7 +95,7 @@ class Method:
 
     def fresh_network(self) -> nn.Module:
         a, data = self.args, self.data
-        name = getattr(a, "model_s", None) or a.model
+        name = engine.checkpoint.architecture_of(vars(a))
         return util.to_device(create_model(name, data.train.num_classes, a.dataset, image_size=data.image_size),
                               self.device)
 

@@ -219,7 +219,7 @@ def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: l
                                   stage.forwards_per_image, parsed.use_trainval, stage.forwarded_copies)
         runs.append(Run(stage.name, seed, f"{stage.name} seed {seed}{sweep}: {images}",
                         [*python_command(stage.script, args.nproc_per_node), *argv], parsed.epochs,
-                        checkpoint, getattr(parsed, "model_s", None) or parsed.model,
+                        checkpoint, engine.checkpoint.architecture_of(vars(parsed)),
                         bool(swept), tuple(evaluation(args, checkpoint, split, shots) for split in splits
                                            for shots in PUBLISHED_EVAL.shots.value), mine))
     return runs

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import engine.checkpoint
 from conftest import REPO
 
 OUT = "runs_out"  # --output; a dry run writes nothing there
@@ -263,7 +264,7 @@ class _FakeStages:
             if self.sigterm:  # the stage checkpoints and exits 143; the plan must outlive the signal
                 os.kill(os.getpid(), signal.SIGTERM)
                 code = 143
-        architecture = getattr(parsed, "model_s", None) or parsed.model
+        architecture = engine.checkpoint.architecture_of(vars(parsed))
         torch.save({"epoch": epochs, "model": {}, "args": {"model": architecture}}, folder / "checkpoint.pth")
         return subprocess.CompletedProcess(command, code)
 
