@@ -59,24 +59,35 @@ def main() -> None:
               "--lr_decay_epochs", str(args.epochs)]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     rates: dict[tuple[str, str], list[float]] = {}
+    failures: list[str] = []
     for repeat in range(args.repeats):
         for augment in ("workers", "device"):
             root = work / f"{augment}_{repeat}"
             for stage, script in (("gen0", "train_supervised_ssl.py"), ("gen1", "train_distillation.py")):
-                extra = ["--path_t", str(next((root / "gen0").glob("*/checkpoint.pth")))] if stage == "gen1" else []
+                teacher = next((root / "gen0").glob("*/checkpoint.pth"), None)
+                if stage == "gen1" and teacher is None:
+                    continue  # its Gen-0 failed, said above
+                extra = ["--path_t", str(teacher)] if stage == "gen1" else []
                 done = subprocess.run([sys.executable, script, *common, "--augment", augment, "--model_path",
                                        str(root / stage), *extra], cwd=REPO, env=env, capture_output=True, text=True)
-                if done.returncode:
-                    sys.exit(f"error: {script} --augment {augment} failed:\n{done.stderr[-2000:]}")
+                if done.returncode:  # say so and go on: the other path's figures still count
+                    failures.append(f"{stage} --augment {augment} (repeat {repeat + 1})")
+                    print(f"error: {script} --augment {augment} exited {done.returncode}:\n{done.stderr[-2000:]}",
+                          flush=True)
+                    continue
                 rates.setdefault((stage, augment), []).append(last_rate(root / stage))
                 print(f"{stage} --augment {augment} (repeat {repeat + 1}): {rates[stage, augment][-1]:.2f} images/s",
                       flush=True)
-    print(f"\n| stage, {args.image_size} px, {args.device}, amp {args.amp} | workers (images/s) | device (images/s) | device / workers |")
+    print(f"\n| stage, {args.image_size} px, {args.device}, amp {args.amp} | workers (images/s) | device (images/s) "
+          f"| device / workers |")
     print("|---|---|---|---|")
     for stage in ("gen0", "gen1"):
-        w, d = statistics.mean(rates[stage, "workers"]), statistics.mean(rates[stage, "device"])
-        print(f"| {stage} | {w:.2f} | {d:.2f} | {d / w:.2f} |")
-
+        w, d = (statistics.mean(rates[stage, a]) if rates.get((stage, a)) else None for a in ("workers", "device"))
+        ratio = f"{d / w:.2f}" if w and d else "-"
+        print(f"| {stage} | {'failed' if w is None else f'{w:.2f}'} | {'failed' if d is None else f'{d:.2f}'} "
+              f"| {ratio} |")
+    if failures:
+        sys.exit(f"error: {len(failures)} run(s) failed: {'; '.join(failures)}")
 
 if __name__ == "__main__":
     main()

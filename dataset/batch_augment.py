@@ -131,8 +131,10 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) ->
         factor = factors.gather(1, op).view(n, 1, 1, 1)
         luma = pil_luma(x)
         # ImageStat's mean of the luma (an exact integer sum over a count, in float64), rounded half up
-        # as ImageEnhance.Contrast does.
-        mean_grey = torch.floor(luma.sum((1, 2, 3), dtype=torch.int64).double() / (h * w) + 0.5).to(x.dtype)
+        # as ImageEnhance.Contrast does. The count is a tensor on the device: CUDA divides by a host
+        # scalar as a multiply by its reciprocal, which can change the last bit, and at a tie the rounding.
+        sums = luma.sum((1, 2, 3), dtype=torch.int64).double()
+        mean_grey = torch.floor(sums / torch.full_like(sums, h * w) + 0.5).to(x.dtype)
         # The degenerate image: 0 (brightness), the mean grey (contrast) or the luma (saturation),
         # selected by 0/1 weights, exact on integer values.
         is_contrast = (op == CONTRAST).to(x.dtype).view(n, 1, 1, 1)

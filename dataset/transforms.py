@@ -104,15 +104,18 @@ def normalize_batch(images: torch.Tensor, norm: Normalization) -> torch.Tensor:
 def normalize_pixels(x: torch.Tensor, norm: Normalization) -> torch.Tensor:
     """Integer-valued float32 (N, 3, H, W) in [0, 255] -> normalised, ToTensor's and Normalize's float32
     operations (divide by 255, subtract the mean, divide by the std), so the same bits. In place."""
-    mean, std = _norm_tensors(norm, x.device)
-    return x.div_(255).sub_(mean).div_(std)
+    levels, mean, std = _norm_tensors(norm, x.device)
+    # 255 as a tensor on x's device, not a Python number: CUDA divides by a host scalar as a multiply by
+    # its reciprocal, which can differ from ToTensor's division in the last bit; by a tensor, it divides.
+    return x.div_(levels).sub_(mean).div_(std)
 
 
 @functools.lru_cache(maxsize=8)
-def _norm_tensors(norm: Normalization, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) as (1, 3, 1, 1) float32 on `device`, made once: a host-to-GPU copy per batch would
-    make the host wait for the GPU's queued work."""
-    return (torch.tensor(norm.mean, device=device).view(1, 3, 1, 1),
+def _norm_tensors(norm: Normalization, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(255s, mean, std) as (1, 3, 1, 1) float32 on `device`, made once: a host-to-GPU copy per batch
+    would make the host wait for the GPU's queued work."""
+    return (torch.full((1, 3, 1, 1), 255.0, device=device),
+            torch.tensor(norm.mean, device=device).view(1, 3, 1, 1),
             torch.tensor(norm.std, device=device).view(1, 3, 1, 1))
 
 

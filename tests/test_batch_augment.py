@@ -8,12 +8,14 @@ import pytest
 import torch
 from PIL import Image
 from scipy import stats
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms import functional as TF
 
 from dataset.batch_augment import BRIGHTNESS, CONTRAST, ORDERS, SATURATION, augment_batch, draw_params
 from dataset.device_loader import DeviceBatches
 from dataset.imageset import ImageSet
 from dataset.profiles import CIFAR_NORMALIZATION, IMAGENET_NORMALIZATION
+from dataset.transforms import normalize_batch
 
 PIL_JITTER = {BRIGHTNESS: TF.adjust_brightness, CONTRAST: TF.adjust_contrast, SATURATION: TF.adjust_saturation}
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -49,6 +51,51 @@ def test_every_pixel_is_torchvisions_to_the_bit(device, size, padding, norm):
     assert ours.shape == (96, 3, size, size) and ours.dtype == torch.float32
     for i in range(96):
         assert torch.equal(ours[i], _torchvision(images[i], params, i, padding, norm)), f"image {i}"
+
+
+class CudaScalarDivision(TorchDispatchMode):
+    """CUDA's rule for dividing a floating tensor by a host scalar, emulated on the CPU: ATen's CUDA kernel
+    multiplies by the scalar's reciprocal (computed in float32 for float32), which may lose a bit, where the
+    CPU divides. Stricter than CUDA: a one-element tensor divisor counts as a host scalar too (on the CPU a
+    host scalar and one on the dividend's device cannot be told apart). Each such division is recorded in
+    `seen`, whether or not its bits happen to change."""
+
+    IN_PLACE = (torch.ops.aten.div_.Tensor, torch.ops.aten.div_.Scalar)
+    OUT_OF_PLACE = (torch.ops.aten.div.Tensor, torch.ops.aten.div.Scalar)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.IN_PLACE + self.OUT_OF_PLACE and not kwargs.get("rounding_mode"):
+            x, divisor = args[:2]
+            one_value = isinstance(divisor, (int, float)) or (torch.is_tensor(divisor) and divisor.numel() == 1)
+            if one_value and x.is_floating_point():
+                self.seen.append(f"{func}({x.dtype} {tuple(x.shape)}, {divisor})")
+                opmath = np.float64 if x.dtype == torch.float64 else np.float32
+                reciprocal = float(opmath(1) / opmath(float(divisor)))
+                return x.mul_(reciprocal) if func in self.IN_PLACE else x * reciprocal
+        return func(*args, **kwargs)
+
+
+def test_the_pixel_path_divides_truly_where_cuda_would_multiply_by_a_reciprocal():
+    """`--augment device` and evaluation's normalisation give the same bits under CUDA's scalar-division
+    rule as without it, so their bit-exactness holds on the GPU too: no division by a host number."""
+    pixels = torch.arange(256, dtype=torch.float32)
+    with CudaScalarDivision():
+        emulated = pixels / 255
+    assert not torch.equal(emulated, pixels / 255)  # the emulation does change a host-scalar division's bits
+    images = torch.from_numpy(_images(16, 32))
+    params = draw_params(0, 1, torch.arange(16), 4)
+    augmented = augment_batch(images, params, 4, CIFAR_NORMALIZATION)
+    normalized = normalize_batch(images, CIFAR_NORMALIZATION)
+    with CudaScalarDivision() as cuda_rule:
+        augmented_cuda_rule = augment_batch(images, params, 4, CIFAR_NORMALIZATION)
+        normalized_cuda_rule = normalize_batch(images, CIFAR_NORMALIZATION)
+    assert cuda_rule.seen == []  # also those whose bits happen to agree on these images (the contrast mean's)
+    assert torch.equal(augmented_cuda_rule, augmented) and torch.equal(normalized_cuda_rule, normalized)
 
 
 def test_parameters_have_torchvisions_distributions_drawn_per_image():
