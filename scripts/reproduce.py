@@ -5,6 +5,9 @@ when a script's default changes.
     python scripts/reproduce.py --dataset CIFAR-FS --data_root DIR --dry_run
     python scripts/reproduce.py --dataset FC100 --data_root DIR --dry_run -- --epochs 1    # a smoke run
 
+Stages that do not depend on each other run at the same time, one per GPU (--gpus, --parallel); every
+student after its teacher. `--submit slurm` makes each stage a SLURM job instead (afterok dependencies).
+
 Flags this script does not know (after `--` or not) are appended to every training command whose
 script accepts them, where argparse's last-one-wins makes them override the published values
 (`-- --dvp_margin 0` reaches train_supervised_ssl.py's runs only); a flag no script of the plan
@@ -21,13 +24,14 @@ import shlex
 import signal
 import sys
 import json
-import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the stage scripts and the packages live at the repository root
+
+import torch  # noqa: E402
 
 import engine.args  # noqa: E402
 import engine.checkpoint  # noqa: E402
@@ -39,9 +43,10 @@ import util  # noqa: E402
 from dataset.catalog import DATASETS, resolve_dataset_folder  # noqa: E402
 from dataset.profiles import dataset_profile  # noqa: E402
 from methods.settings import PUBLISHED_EVAL, TRAIN_IMAGES, PublishedSettings, Sourced  # noqa: E402
+from scripts import plan_scheduler, slurm_submit  # noqa: E402
+from scripts.plan_scheduler import Stage  # noqa: E402
 
 # The training script of each method, by the file name the method names.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SCRIPTS: dict[str, ModuleType] = {Path(m.__file__).name: m for m in (train_supervised_ssl, train_distillation)}
 ALL_METHODS = tuple(methods.method_names())  # teachers before their students
 PAPER_METHODS = tuple(m for m in ALL_METHODS if methods.get_method(m).in_paper)  # the paper's rows
@@ -64,6 +69,8 @@ class Run:
     swept: bool = False  # one candidate of a sweep: evaluated on val, and on test only if val picks it
     evaluations: tuple[list[str], ...] = ()
     passthrough: tuple[tuple[str, ...], ...] = ()  # the passthrough flags (with their values) its script accepted
+    teacher: Path | None = None  # the checkpoint it distils from, trained by another run of the plan
+    forwarded: int | None = None  # images its network forwards in all, rotations and views included (None: unknown)
 
     @property
     def label(self) -> str:
@@ -91,7 +98,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nproc_per_node", type=int, default=1,
                         help="train each run with torchrun on N processes of this node (N GPUs; --batch_size stays the "
                              "global batch); evaluations run in one process")
-    parser.add_argument("--dry_run", action="store_true", help="print every command, one a line, and run nothing")
+    parser.add_argument("--dry_run", action="store_true", help="print every command, one a line, and run nothing "
+                        "(with --submit slurm: every sbatch script and the dependency graph, submitting nothing)")
+    parser.add_argument("--gpus", type=engine.args.comma_ints, default=None,
+                        help="GPUs to run stages on, as this process numbers them (e.g. 0,1,2; default: every visible "
+                             "GPU); each stage is pinned to its own with CUDA_VISIBLE_DEVICES")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="stages run at the same time (default: one per GPU, --nproc_per_node GPUs each; one on "
+                             "the CPU); each gets its share of the CPUs for its loader workers")
+    parser.add_argument("--stage", default=None, metavar="ID",
+                        help="run one stage of the plan only (what each SLURM job of --submit slurm runs)")
+    slurm_submit.add_args(parser)
     return parser
 
 
@@ -217,11 +234,14 @@ def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: l
         sweep = "".join(f", {n} {chosen[n]} of {text(weights[n])} (swept, decided on val)" for n in swept)
         images = images_processed(parsed.epochs, parsed.batch_size, args.train_images.value,
                                   stage.forwards_per_image, parsed.use_trainval, stage.forwarded_copies)
+        per_epoch = args.train_images.value // parsed.batch_size * parsed.batch_size
+        forwarded = None if parsed.use_trainval else parsed.epochs * per_epoch * stage.forwards_per_image
         runs.append(Run(stage.name, seed, f"{stage.name} seed {seed}{sweep}: {images}",
                         [*python_command(stage.script, args.nproc_per_node), *argv], parsed.epochs,
                         checkpoint, engine.checkpoint.architecture_of(vars(parsed)),
                         bool(swept), tuple(evaluation(args, checkpoint, split, shots) for split in splits
-                                           for shots in PUBLISHED_EVAL.shots.value), mine))
+                                           for shots in PUBLISHED_EVAL.shots.value), mine,
+                        teacher.checkpoint if teacher else None, forwarded))
     return runs
 
 
@@ -277,51 +297,20 @@ def finished_epochs(checkpoint: Path) -> int:
     return int(engine.checkpoint.load_checkpoint(checkpoint)["epoch"]) if checkpoint.is_file() else 0
 
 
-def run_command(command: list[str], what: str) -> None:
-    """Run one stage in the foreground (its progress bars show on a terminal); a failure stops the plan.
-    SIGTERM reaches every process of a SLURM job step, and Ctrl-C's SIGINT the terminal's whole process
-    group: the stage stops itself after its step with a checkpoint, so the plan waits for it and then
-    stops too, instead of dying first (SLURM would then end the step and kill the stage mid-checkpoint)."""
-    print(f"$ {shlex.join(command)}", flush=True)
-    received: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS}
-    try:
-        code = subprocess.run(command).returncode
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    script = next(Path(c).name for c in command if c.endswith(".py"))
-    if received:
-        raise util.Preempted(f"{signal.Signals(received[0]).name} during {what} ({script} exited with code {code}); "
-                             f"finished runs are kept, the same command resumes the plan", 128 + received[0])
-    if code != 0:
-        raise util.UsageError(f"{what}: {script} exited with code {code}; finished runs are kept, "
-                              f"the same command resumes the plan")
-
-
 def option(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
 
-def train(run: Run) -> None:
-    """Train `run`, resume it from its checkpoint, or skip it when its checkpoint holds every epoch."""
-    done = finished_epochs(run.checkpoint)
-    if done >= run.epochs:
-        print(f"== {run.label}: done ({run.checkpoint}, epoch {done})", flush=True)
-        return
-    print(f"== {run.label}: {'resuming after epoch ' + str(done) if done else 'training'}", flush=True)
-    run_command(run.command + (["--resume"] if done else []), run.label)
+def stage_log(checkpoint: Path, what: str) -> Path:
+    """A stage's log, beside its run folder (not in it: the run folder is the training script's)."""
+    folder = checkpoint.parent
+    return folder.with_name(f"{folder.name}.{what}.log")
 
 
-def evaluate_run(run: Run, split: str) -> list[dict]:
-    """Run `run`'s evaluations of `split` whose results are missing or older than the checkpoint; return them all."""
-    results = []
-    for command in (c for c in run.evaluations if option(c, "--split") == split):
-        output = Path(option(command, "--output"))
-        if not output.is_file() or output.stat().st_mtime < run.checkpoint.stat().st_mtime:
-            run_command(command, f"{run.label}: {split} {option(command, '--n_shots')}-shot")
-        results.append(json.loads(output.read_text()))
-    return results
+def evaluated(command: list[str], checkpoint: Path) -> bool:
+    """Whether an evaluation's results file exists and is newer than the checkpoint it evaluates."""
+    output = Path(option(command, "--output"))
+    return output.is_file() and checkpoint.is_file() and output.stat().st_mtime >= checkpoint.stat().st_mtime
 
 
 def val_accuracy(results: list[dict]) -> float:
@@ -329,25 +318,146 @@ def val_accuracy(results: list[dict]) -> float:
     return sum(r["results"][0]["mean"] for r in results) / len(results)
 
 
-def execute(args: argparse.Namespace, runs: list[Run]) -> None:
-    """Train and evaluate every run in order; a sweep is decided on val, and only its winner sees test."""
-    for key, group in itertools.groupby(runs, key=lambda r: (r.method, r.seed)):
-        group = list(group)
-        for run in group:
-            train(run)
-        if not group[0].swept:
-            for run in group:
-                evaluate_run(run, "test")
-            continue
-        scores = {run.checkpoint: val_accuracy(evaluate_run(run, "val")) for run in group}
-        winner = max(group, key=lambda r: scores[r.checkpoint])
-        record = {"method": key[0], "seed": key[1], "criterion": "mean val accuracy, 1- and 5-shot",
-                  "candidates": {str(r.checkpoint): scores[r.checkpoint] for r in group}, "winner": str(winner.checkpoint)}
-        sweep_file = Path(args.output) / f"sweep_{key[0]}_seed_{key[1]}.json"
-        with util.atomic_write(sweep_file) as tmp:
+def sweep_winner(group: list[Run]) -> tuple[Run, dict[Path, float]] | None:
+    """The candidate with the best mean val accuracy, and every candidate's score; None before all are evaluated."""
+    scores = {}
+    for run in group:
+        commands = [c for c in run.evaluations if option(c, "--split") == "val"]
+        if not all(evaluated(c, run.checkpoint) for c in commands):
+            return None
+        scores[run.checkpoint] = val_accuracy([json.loads(Path(option(c, "--output")).read_text()) for c in commands])
+    return max(group, key=lambda r: scores[r.checkpoint]), scores
+
+
+def train_stage(run: Run, stage_id: dict[Path, str], announce: bool) -> Stage:
+    """Train `run`, resume it from its checkpoint, or skip it when its checkpoint holds every epoch."""
+    def done() -> bool:
+        epochs = finished_epochs(run.checkpoint)
+        if epochs >= run.epochs and announce:
+            print(f"== {run.label}: done ({run.checkpoint}, epoch {epochs})", flush=True)
+        return epochs >= run.epochs
+
+    def command() -> list[str]:
+        epochs = finished_epochs(run.checkpoint)
+        print(f"== {run.label}: {'resuming after epoch ' + str(epochs) if epochs else 'training'}", flush=True)
+        return run.command + (["--resume"] if epochs else [])
+
+    deps = (stage_id[run.teacher],) if run.teacher else ()
+    return Stage(stage_id[run.checkpoint], run.label, deps, done, command, stage_log(run.checkpoint, "train"))
+
+
+def eval_stage(run: Run, command: list[str], deps: tuple[str, ...]) -> Stage:
+    split, shots = option(command, "--split"), option(command, "--n_shots")
+    return Stage(f"eval {run.checkpoint.parent.name} {split} {shots}shot", f"{run.label}: {split} {shots}-shot", deps,
+                 lambda: evaluated(command, run.checkpoint), lambda: command,
+                 stage_log(run.checkpoint, f"{split}_{shots}shot"))
+
+
+def sweep_test_stage(args: argparse.Namespace, group: list[Run], shots: int, deps: tuple[str, ...]) -> Stage:
+    """The test evaluation of a sweep's winner, which val decides once every candidate is evaluated on it."""
+    method, seed = group[0].method, group[0].seed
+
+    def test_command(winner: Run) -> list[str]:
+        return next(c for c in winner.evaluations
+                    if option(c, "--split") == "test" and option(c, "--n_shots") == str(shots))
+
+    def done() -> bool:
+        decided = sweep_winner(group)
+        return decided is not None and evaluated(test_command(decided[0]), decided[0].checkpoint)
+
+    def command() -> list[str]:
+        winner, scores = sweep_winner(group)
+        record = {"method": method, "seed": seed, "criterion": "mean val accuracy, 1- and 5-shot",
+                  "candidates": {str(r.checkpoint): scores[r.checkpoint] for r in group},
+                  "winner": str(winner.checkpoint)}
+        with util.atomic_write(Path(args.output) / f"sweep_{method}_seed_{seed}.json") as tmp:
             tmp.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"== {key[0]} seed {key[1]}: val picks {winner.checkpoint.parent.name} ({scores[winner.checkpoint]:.2f})")
-        evaluate_run(winner, "test")
+        print(f"== {method} seed {seed}: val picks {winner.checkpoint.parent.name} ({scores[winner.checkpoint]:.2f})",
+              flush=True)
+        return test_command(winner)
+
+    return Stage(f"sweep {method} seed {seed} test {shots}shot",
+                 f"{method} seed {seed}: test {shots}-shot of val's pick", deps, done, command,
+                 Path(args.output) / f"sweep_{method}_seed_{seed}.test_{shots}shot.log")
+
+
+def stages_of(args: argparse.Namespace, runs: list[Run], announce: bool = True) -> list[Stage]:
+    """The plan as stages in dependency order: each training run after its teacher's, its evaluations after it;
+    a sweep's candidates on val, then the winner's test evaluations after all of them."""
+    stage_id = {run.checkpoint: f"train {run.checkpoint.parent.name}" for run in runs}
+    stages = []
+    for _, group in itertools.groupby(runs, key=lambda r: (r.method, r.seed)):
+        group = list(group)
+        stages += [train_stage(run, stage_id, announce) for run in group]
+        vals = []
+        for run in group:
+            for command in run.evaluations:
+                if not run.swept or option(command, "--split") == "val":
+                    vals.append(eval_stage(run, command, (stage_id[run.checkpoint],)))
+        stages += vals
+        if group[0].swept and group[0].evaluations:
+            stages += [sweep_test_stage(args, group, shots, tuple(s.id for s in vals))
+                       for shots in PUBLISHED_EVAL.shots.value]
+    return stages
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process sees, as CUDA_VISIBLE_DEVICES names them (indices when it is not set)."""
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [n.strip() for n in listed.split(",")] if listed else [str(i) for i in range(count)]
+    return names[:count]
+
+
+def slots_of(args: argparse.Namespace) -> list[plan_scheduler.Slot]:
+    """Where the stages run: one slot per GPU group (--gpus, default every visible GPU, --nproc_per_node GPUs
+    each), one on the CPU; --parallel sets how many stages share them."""
+    device = util.resolve_device(args.device)
+    pinned = device.type == "cuda" and device.index is None  # --device cuda:N keeps every stage on that GPU
+    gpus = None
+    if args.gpus is not None:
+        if device.type != "cuda" or not pinned:
+            raise util.UsageError(f"--gpus {','.join(map(str, args.gpus))}: needs CUDA and not --device cpu or cuda:N "
+                                  f"(device here: {device})")
+        visible = visible_gpus()
+        bad = [g for g in args.gpus if g < 0 or g >= len(visible)]
+        if bad or len(set(args.gpus)) < len(args.gpus) or not args.gpus:
+            raise util.UsageError(f"--gpus {','.join(map(str, args.gpus))}: expected distinct GPUs of "
+                                  f"0..{len(visible) - 1}")
+        gpus = [visible[g] for g in args.gpus]
+    elif pinned:
+        gpus = visible_gpus()
+    if gpus is not None and args.nproc_per_node > len(gpus):
+        raise util.UsageError(f"--nproc_per_node {args.nproc_per_node}: more than the {len(gpus)} GPU(s) to run on")
+    parallel = args.parallel or (len(gpus) // args.nproc_per_node if gpus else 1)
+    return plan_scheduler.make_slots(parallel, gpus, args.nproc_per_node)
+
+
+def execute(args: argparse.Namespace, runs: list[Run]) -> None:
+    """Run every stage not yet done, side by side where slots allow; a failure stops its dependants only."""
+    stages = stages_of(args, runs)
+    if args.stage is not None:
+        stages = [one_stage(stages, args.stage)]
+    outcome = plan_scheduler.Scheduler(stages, slots_of(args) if args.stage is None else [plan_scheduler.Slot("main")],
+                                       echo=lambda line: print(line, flush=True)).run()
+    resume = "finished runs are kept, the same command resumes the plan"
+    if outcome.stopped_by is not None:
+        raise util.Preempted(f"{signal.Signals(outcome.stopped_by).name} during {'; '.join(outcome.failed.values())}; "
+                             f"{resume}", 128 + outcome.stopped_by)
+    if outcome.failed:
+        blocked = f" ({len(outcome.blocked)} stage(s) that need it not run)" if outcome.blocked else ""
+        raise util.UsageError(f"{'; '.join(outcome.failed.values())}; {resume}{blocked}")
+
+
+def one_stage(stages: list[Stage], wanted: str) -> Stage:
+    """--stage ID: that stage alone, once the stages it needs are done (SLURM's afterok sees to it)."""
+    by_id = {s.id: s for s in stages}
+    if wanted not in by_id:
+        raise util.UsageError(f"--stage {wanted!r}: not a stage of this plan (--dry_run --submit slurm lists them)")
+    waiting = [d for d in by_id[wanted].deps if not by_id[d].done()]
+    if waiting:
+        raise util.UsageError(f"--stage {wanted!r}: waits for {', '.join(waiting)}, not finished")
+    return replace(by_id[wanted], deps=())
 
 
 def check_data(args: argparse.Namespace) -> None:
@@ -379,35 +489,102 @@ def count_folder_images(data_root: str) -> Sourced[int]:
     return Sourced(sum(1 for p in train.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES), f"counted in {train}")
 
 
-def main() -> None:
-    args, passthrough = get_args_parser().parse_known_args()
-    if passthrough[:1] == ["--"]:
-        passthrough = passthrough[1:]
-    args.folder_image_size = None
-    if args.dataset == "folder":
-        args.train_images = count_folder_images(args.data_root)
-        args.folder_image_size = first_image_size(args.data_root)
-    elif args.dataset in TRAIN_IMAGES:
-        args.train_images = TRAIN_IMAGES[args.dataset]
-    else:
+def check_seeds(seeds: list[int]) -> None:
+    shown = ",".join(map(str, seeds))
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise util.UsageError(f"--seeds {shown}: expected distinct seeds")
+    if any(seed < 0 for seed in seeds):
+        raise util.UsageError(f"--seeds {shown}: expected non-negative integers")
+
+
+def check_data_root(args: argparse.Namespace) -> None:
+    """A --data_root that does not exist stops a run in one line; a dry run says so in one line and plans on."""
+    if not args.dry_run and not Path(args.data_root).is_dir():
+        raise util.UsageError(f"{args.data_root}: --data_root folder not found")
+
+
+def note_missing_data_root(args: argparse.Namespace) -> None:
+    if not Path(args.data_root).is_dir():
+        print(f"note: {args.data_root}: --data_root folder not found; the plan below is printed without its data",
+          file=sys.stderr)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag of the plan itself, each a one-line error, before anything is planned or printed."""
+    if args.dataset not in TRAIN_IMAGES and args.dataset != "folder":
         raise util.UsageError(f"--dataset {args.dataset}: no published settings; known: {', '.join(TRAIN_IMAGES)}, "
                               f"and folder (small-scale settings)")
     unknown = [m for m in args.methods if m not in ALL_METHODS]
     if unknown or not args.methods:
         raise util.UsageError(f"--methods {','.join(args.methods)}: expected some of {','.join(ALL_METHODS)}")
-    if not args.seeds or len(set(args.seeds)) < len(args.seeds):
-        raise util.UsageError(f"--seeds {','.join(map(str, args.seeds))}: expected distinct seeds")
+    check_seeds(args.seeds)
     util.check_positive(args, "episodes", "nproc_per_node")
+    if args.parallel is not None:
+        util.check_positive(args, "parallel")
+    if args.submit and args.stage:
+        raise util.UsageError("--stage with --submit: a job runs one stage, the submission all of them")
+    if args.submit is None:  # a login node submitting jobs may have no GPU: each job checks its own
+        util.resolve_device(args.device)  # --device cuda without a usable GPU
+        slots_of(args)  # --gpus and --nproc_per_node against the GPUs here
+    check_data_root(args)  # a dry run notes it once the plan is known to be valid
+
+
+def main() -> None:
+    args, passthrough = get_args_parser().parse_known_args()
+    if passthrough[:1] == ["--"]:
+        passthrough = passthrough[1:]
+    check_args(args)
+    args.folder_image_size = None
+    if args.dataset == "folder":
+        args.train_images = count_folder_images(args.data_root)
+        args.folder_image_size = first_image_size(args.data_root)
+    else:
+        args.train_images = TRAIN_IMAGES[args.dataset]
     args.wandb_group = args.wandb_group or f"reproduce_{args.dataset}_{datetime.date.today().isoformat()}"
     runs = plan(args, passthrough)
     if not args.dry_run:
         check_data(args)
-    print_plan(args, runs)
+    note_missing_data_root(args)
+    if args.submit == "slurm":
+        stages = stages_of(args, runs, announce=False)
+        try:
+            slurm_submit.submit(args, stages, slurm_requests(args, runs, stages), job_argv(args, passthrough),
+                                [sys.executable, "-m", "eval.table", args.output], {"PYTHONPATH": str(REPO)})
+        except slurm_submit.SubmitError as e:
+            raise util.UsageError(str(e)) from None
+        return
+    if args.status:
+        stages = stages_of(args, runs, announce=False)
+        print(f"plan: {sum(s.done() for s in stages)} of {len(stages)} stages done ({args.output})")
+        return
+    if args.stage is None:
+        print_plan(args, runs)
     if args.dry_run:
         return
     Path(args.output).mkdir(parents=True, exist_ok=True)
     execute(args, runs)
-    print(f"== done: python -m eval.table {args.output}")
+    if args.stage is None:
+        print(f"== done: python -m eval.table {args.output}")
+
+
+def slurm_requests(args: argparse.Namespace, runs: list[Run], stages: list[Stage]) -> dict[str, slurm_submit.Request]:
+    """Each stage's job: a training run's GPUs (--nproc_per_node) and its projected time, an evaluation one GPU."""
+    gpus = 0 if args.device == "cpu" else 1
+    requests = {s.id: slurm_submit.eval_request(args, gpus) for s in stages}
+    requests.update({f"train {r.checkpoint.parent.name}": slurm_submit.train_request(
+        args, gpus * args.nproc_per_node, r.forwarded) for r in runs})
+    return requests
+
+
+def job_argv(args: argparse.Namespace, passthrough: list[str]) -> list[str]:
+    """This plan's command line for a job: the same plan (its W&B group fixed now, not on the day a job starts),
+    one stage of which the job runs with --stage."""
+    return [sys.executable, os.path.relpath(REPO / "scripts" / "reproduce.py"), "--dataset", args.dataset,
+            "--data_root", args.data_root, "--methods", ",".join(args.methods),
+            "--seeds", ",".join(map(str, args.seeds)),
+            "--episodes", str(args.episodes), "--output", args.output, "--wandb_group", args.wandb_group,
+            "--nproc_per_node", str(args.nproc_per_node), *device_flags(args),
+            *(["--", *passthrough] if passthrough else [])]
 
 
 if __name__ == "__main__":

@@ -238,9 +238,14 @@ class _FakeStages:
         self.commands: list[list[str]] = []
         self.stop_after = stop_after  # epochs the next training run reaches before it is "killed"
         self.sigterm = sigterm  # that kill is a SIGTERM to the whole job (SLURM's), the plan's process included
-        monkeypatch.setattr(subprocess, "run", self)
+        self.environments: list[dict] = []  # each stage's environment (its pinned GPUs, its CPU share)
+        monkeypatch.setattr(subprocess, "Popen", self.popen)
 
-    def __call__(self, command, *a, **k):
+    def popen(self, command, *a, env=None, **k):
+        self.environments.append(env or {})
+        return _Ended(self.stage(command))
+
+    def stage(self, command):
         import torch
 
         import train_distillation
@@ -269,6 +274,19 @@ class _FakeStages:
         return subprocess.CompletedProcess(command, code)
 
 
+class _Ended:
+    """A stage process that has already ended, as the scheduler sees it."""
+
+    def __init__(self, done: subprocess.CompletedProcess):
+        self.returncode = done.returncode
+
+    def poll(self) -> int:
+        return self.returncode
+
+    def wait(self) -> int:
+        return self.returncode
+
+
 def _tiny_folder(root: Path) -> Path:
     from PIL import Image
 
@@ -286,15 +304,18 @@ def test_a_second_invocation_skips_finished_runs_and_resumes_the_interrupted_one
     stages = _FakeStages(monkeypatch, stop_after=3)  # RFS-simple is interrupted after epoch 3 of 10
     first = reproduce(*argv)
     assert first.returncode == 2 and "exited with code 1; finished runs are kept" in first.stderr
-    assert len(stages.commands) == 1 and "--resume" not in stages.commands[0]
+    # Only what needs RFS-simple waits (its evaluations, RFS-distill and its evaluations); SKD runs on.
+    assert "(5 stage(s) that need it not run)" in first.stderr
+    assert "--resume" not in stages.commands[0] and "--plain" in stages.commands[0]
+    assert all("rfs" not in " ".join(c) for c in stages.commands[1:]) and len(stages.commands) == 1 + 2 * 3
 
     stages.commands.clear()
     second = reproduce(*argv)
     assert second.returncode == 0, second.stderr
     trained = [c for c in stages.commands if Path(c[1]).name != "eval_fewshot.py"]
-    assert [Path(c[1]).name for c in trained] == ["train_supervised_ssl.py", "train_distillation.py"] * 2
-    assert trained[0][-1] == "--resume" and all("--resume" not in c for c in trained[1:])
-    assert sum(Path(c[1]).name == "eval_fewshot.py" for c in stages.commands) == 8  # 4 methods x test 1, 5-shot
+    assert [Path(c[1]).name for c in trained] == ["train_supervised_ssl.py", "train_distillation.py"]
+    assert trained[0][-1] == "--resume" and "--plain" in trained[0] and "--resume" not in trained[1]
+    assert sum(Path(c[1]).name == "eval_fewshot.py" for c in stages.commands) == 4  # RFS rows x test 1, 5-shot
 
     stages.commands.clear()
     third = reproduce(*argv)  # everything is finished: the teachers are never trained again, nothing re-evaluated
@@ -402,3 +423,58 @@ def test_a_student_is_planned_with_its_teachers_architecture(reproduce):
     assert "--model" not in student and "resnet12_ssl_narrow_CIFAR-FS_lr_0.05" in flags(student)["--path_t"]
     [evaluation] = [c for c in cmds if Path(c[1]).name == "eval_fewshot.py"][-1:]
     assert "/S_resnet12_ssl_narrow_T_resnet12_ssl_narrow_CIFAR-FS_kd_T_2.0_beta_0.1_" in flags(evaluation)["--model_path"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0,-1"], "--seeds 0,-1: expected non-negative integers"),
+    (["--seeds", "1,1"], "--seeds 1,1: expected distinct seeds"),
+    (["--gpus", "0"], "--gpus 0: needs CUDA and not --device cpu or cuda:N (device here: cpu)"),
+])
+def test_bad_seeds_and_gpus_are_refused_before_the_plan(reproduce, argv, message):
+    result = reproduce("--dataset", "FC100", *ARGS, *argv)
+    assert (result.returncode, result.stdout, result.stderr.splitlines()) == (2, "", [f"error: {message}"])
+
+
+def test_device_cuda_without_a_gpu_is_refused_before_the_plan(reproduce, monkeypatch):
+    import util
+
+    monkeypatch.setattr(util, "cuda_usable", lambda: False)
+    result = reproduce("--dataset", "FC100", *ARGS, "--device", "cuda")
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: --device cuda: no usable GPU (")
+
+
+def test_a_dry_run_without_its_data_root_says_so_in_one_line(reproduce):
+    result = reproduce("--dataset", "FC100", *ARGS)  # DATA does not exist
+    assert result.returncode == 0 and commands(result.stdout)
+    assert result.stderr.splitlines() == ["note: DATA: --data_root folder not found; the plan below is printed "
+                                          "without its data"]
+
+
+def test_stages_are_pinned_one_per_visible_gpu_with_a_log_each(reproduce, monkeypatch, tmp_path):
+    import torch
+
+    import util
+
+    monkeypatch.setattr(util, "cuda_usable", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")  # this process's GPUs; a stage gets one of them
+    data = _tiny_folder(tmp_path / "data")
+    argv = ["--dataset", "folder", "--data_root", str(data), "--output", str(tmp_path / "out"), "--seeds", "0,1",
+            "--wandb_group", "g", "--methods", "rfs_simple"]
+    stages = _FakeStages(monkeypatch)
+    result = reproduce(*argv)
+    assert result.returncode == 0, result.stderr
+    pinned = [env["CUDA_VISIBLE_DEVICES"] for env in stages.environments]
+    assert len(pinned) == 6 and set(pinned) == {"4", "7"}  # 2 trainings + 4 evaluations, on both GPUs
+    assert "plan: 6 of 6 stages finished, 0 running" in result.stdout
+    for command in stages.commands:  # each stage's log, beside its run folder, begins with its command
+        folder = Path(flags(command).get("--model_path", "")).parent if "eval_fewshot.py" in command[1] else None
+        if folder is not None:
+            logs = list(folder.parent.glob(f"{folder.name}.test_*shot.log"))
+            assert len(logs) == 2 and all(log.read_text().startswith("$ ") for log in logs)
+
+    stages.environments.clear()
+    (tmp_path / "out").rename(tmp_path / "first")
+    assert reproduce(*argv, "--gpus", "1").returncode == 0
+    assert {env["CUDA_VISIBLE_DEVICES"] for env in stages.environments} == {"7"}
