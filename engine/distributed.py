@@ -1,5 +1,5 @@
 """Distributed training under torchrun: read the launcher's environment, start the process group
-(NCCL on CUDA, gloo on CPU), wrap the network in DistributedDataParallel, reduce metrics, and
+(NCCL on CUDA, gloo on CPU, or SKD_DIST_BACKEND), wrap the network in DistributedDataParallel, reduce metrics, and
 gate printing, logging and saving to rank 0.
 
 A plain `python script.py` run starts no process group: every function here is then a no-op
@@ -8,8 +8,10 @@ A plain `python script.py` run starts no process group: every function here is t
 from __future__ import annotations
 
 import builtins
+import datetime
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -42,10 +44,63 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
+def launched_by_srun() -> bool:
+    """`srun python script.py` with several tasks and no torchrun inside: each task is one rank. The
+    step's task count (SLURM_STEP_NUM_TASKS, set by srun only) rather than the job's, so a plain
+    `python script.py` in the batch script of a multi-task job stays one process."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1"))
+    return (not launched_by_torchrun() and "SLURM_PROCID" in os.environ and "SLURM_LOCALID" in os.environ
+            and tasks.isdigit() and int(tasks) > 1)
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: "gpu[03-05,09],cpu1" -> "gpu03"."""
+    head = re.match(r"[^,\[]+(\[[^\]]*\])?", nodelist.strip())
+    if head is None or not head.group(0):
+        raise UsageError(f"SLURM_STEP_NODELIST {nodelist!r}: cannot read the first host; set MASTER_ADDR")
+    host = head.group(0)
+    if head.group(1):
+        first = head.group(1)[1:-1].split(",")[0].split("-")[0]
+        host = host[:host.index("[")] + first
+    return host
+
+
+def _adopt_srun_environment() -> None:
+    """Give an srun task the variables torchrun would have set: RANK, WORLD_SIZE, LOCAL_RANK from
+    SLURM's, MASTER_ADDR from the step's first node and MASTER_PORT from the job id (unless given)."""
+    env = os.environ
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))
+    env["LOCAL_RANK"] = env["SLURM_LOCALID"]
+    if "MASTER_ADDR" not in env:
+        nodelist = env.get("SLURM_STEP_NODELIST", env.get("SLURM_JOB_NODELIST"))
+        if nodelist is None:
+            raise UsageError("srun: neither MASTER_ADDR nor SLURM_STEP_NODELIST is set; export MASTER_ADDR")
+        env["MASTER_ADDR"] = first_slurm_host(nodelist)
+    if "MASTER_PORT" not in env:
+        # Jobs sharing a node get different ports; the range avoids the well-known and ephemeral ports.
+        env["MASTER_PORT"] = str(20_000 + int(env.get("SLURM_JOB_ID", "0")) % 20_000)
+
+
+def process_group_backend(device: torch.device) -> str:
+    """SKD_DIST_BACKEND when set (gloo or nccl), else NCCL on CUDA and gloo on the CPU."""
+    backend = os.environ.get("SKD_DIST_BACKEND", "nccl" if device.type == "cuda" else "gloo")
+    if backend not in ("gloo", "nccl"):
+        raise UsageError(f"SKD_DIST_BACKEND={backend}: expected gloo or nccl")
+    if backend == "nccl" and device.type != "cuda":
+        raise UsageError(f"SKD_DIST_BACKEND=nccl needs CUDA, but the device is {device}; use gloo")
+    return backend
+
+
 def setup(device_name: str | None) -> tuple[Distributed, torch.device]:
-    """The process group and this rank's device. Under torchrun each rank takes GPU LOCAL_RANK of its
-    node (so `--device cuda`, or the default, means one GPU per rank) and joins with NCCL; on CPU
-    the ranks join with gloo. Outside torchrun: (rank 0 of 1, resolve_device(device_name))."""
+    """The process group and this rank's device. Under torchrun (or srun with one task per GPU, whose
+    SLURM variables stand in for torchrun's) each rank takes GPU LOCAL_RANK of its node (so `--device
+    cuda`, or the default, means one GPU per rank) and joins with NCCL; on CPU the ranks join with
+    gloo. SKD_DIST_BACKEND=gloo on CUDA lets more ranks than GPUs share them (rank r on GPU
+    r % GPUs): a test of the distributed arithmetic on one GPU, not a way to train fast. Outside a
+    launcher: (rank 0 of 1, resolve_device(device_name))."""
+    if launched_by_srun():
+        _adopt_srun_environment()
     if not launched_by_torchrun():
         device = resolve_device(device_name)
         if device.type == "cuda" and device.index is not None:
@@ -53,17 +108,22 @@ def setup(device_name: str | None) -> tuple[Distributed, torch.device]:
         return Distributed(), device
     rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     device = resolve_device(device_name)
+    backend = process_group_backend(device)
     if device.type == "cuda":
         if device.index not in (None, local_rank):
-            raise UsageError(f"--device {device_name}: under torchrun each rank uses GPU LOCAL_RANK; pass --device cuda")
-        if local_rank >= torch.cuda.device_count():
-            raise UsageError(f"torchrun: LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPUs; "
-                             f"use --nproc_per_node {torch.cuda.device_count()} or fewer")
-        device = torch.device("cuda", local_rank)
+            raise UsageError(f"--device {device_name}: under torchrun each rank uses GPU LOCAL_RANK; "
+                             "pass --device cuda")
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus and backend != "gloo":
+            raise UsageError(f"torchrun: LOCAL_RANK {local_rank} but this node has {gpus} GPUs; "
+                             f"use --nproc_per_node {gpus} or fewer (or SKD_DIST_BACKEND=gloo to share GPUs)")
+        device = torch.device("cuda", local_rank % gpus)
         torch.cuda.set_device(device)
+        if rank == 0 and int(os.environ.get("LOCAL_WORLD_SIZE", 1)) > gpus:  # torchrun sets LOCAL_WORLD_SIZE
+            print(f"device: ranks share this node's {gpus} GPU(s), LOCAL_RANK r on cuda:(r % {gpus}) "
+                  f"(SKD_DIST_BACKEND=gloo; the GPUs are time-shared, for testing)")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
     info = Distributed(rank, local_rank, world_size)
     if not info.is_main:
         _silence_print()
@@ -128,18 +188,17 @@ def wrap(model: nn.Module, method: str = "forward", unused: tuple[str, ...] = ()
 
 def use_global_batch_statistics(model: nn.Module) -> nn.Module:
     """Make N ranks at global batch B compute what one process computes at batch B (--bn_stats
-    global, the default under torchrun): BatchNorm normalises over the global batch (PyTorch's
-    SyncBatchNorm on CUDA, engine.global_batchnorm on the CPU, where SyncBatchNorm refuses to run),
-    and DropBlock rescales by the share of activations kept over the global batch. Parameters,
-    buffers and names are unchanged, so the optimizer and the checkpoint keys are too. A no-op
-    outside torchrun. Call it before building the optimizer or any copy of the model."""
+    global, the default under torchrun): BatchNorm normalises over the global batch
+    (engine.global_batchnorm: sums all-reduced on the device, no host read, on NCCL and gloo alike;
+    PyTorch's SyncBatchNorm would wait for the GPU in every forward), and DropBlock rescales by the
+    share of activations kept over the global batch. Parameters, buffers and names are unchanged, so
+    the optimizer and the checkpoint keys are too. A no-op outside torchrun. Call it before building
+    the optimizer or any copy of the model."""
     if not current().enabled:
         return model
     for module in model.modules():
         if isinstance(module, DropBlock):
             module.sum_over_ranks = all_reduce_sum
-    if next(model.parameters()).device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return convert_to_global_batchnorm(model, all_reduce_sum)
 
 
@@ -251,6 +310,21 @@ def all_gather_objects(obj: object) -> list:
 def barrier() -> None:
     if current().enabled:
         dist.barrier()
+
+
+def wait_for_checkpoint(path, timeout_s: float = 300.0) -> None:
+    """Every rank waits here until rank 0 has written `path` (it joins after its save), so that no
+    rank exits on a pre-emption before the checkpoint is on disk: torchrun kills the remaining ranks
+    once one exits. An all-reduce whose result is read on the host: under NCCL, wait() alone only
+    orders the GPU stream and would let this rank run on (and exit). gloo honours `timeout_s`; under
+    NCCL the process group's own timeout ends a wait for a rank that never comes."""
+    if not current().enabled:
+        return
+    flag = torch.ones(1, device=group_device())
+    work = dist.all_reduce(flag, async_op=True)
+    if not work.wait(timeout=datetime.timedelta(seconds=timeout_s)):
+        raise RuntimeError(f"rank {current().rank}: rank 0 did not finish writing {path} within {timeout_s:.0f} s")
+    flag.cpu()  # the host waits for the collective itself (once, on a stop)
 
 
 def cleanup() -> None:

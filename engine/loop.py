@@ -230,7 +230,9 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
             if before_epoch is not None:
                 before_epoch(epoch)
             _train_epoch(state, step, loader, args, device, epoch, stop, after_epoch)
-            if stop.requested():  # arrived during the epoch's last step, its evaluation or its save
+            # Arrived during the epoch's last step, its evaluation or its save; an all-reduce that rank 0
+            # joins after writing the checkpoint, so no rank exits before it is on disk.
+            if stop.requested():
                 raise _stop(stop, state, epoch, None, 0)
     distributed.barrier()  # every rank may read best.pth or checkpoint.pth next
     distributed.check_replicas_equal(state.model, state.extra_modules)
@@ -274,6 +276,7 @@ def _train_epoch(state: TrainState, step: Step, loader, args: argparse.Namespace
             finite.check(epoch, last_good)  # never checkpoint a non-finite state
             progress.close()
             _save_partial(state, epoch, i, meter, args)
+            distributed.wait_for_checkpoint(state.checkpoint_path)  # no rank exits before it is on disk
             raise _stop(stop, state, epoch, i, steps)
     finite.check(epoch, last_good)
     # Every rank evaluates and rank 0 saves the same network; modules outside DDP (a momentum key

@@ -1,6 +1,8 @@
 """One Gen-0 step and one Gen-1 step from fixed weights on a fixed batch of 16, the batch shared out
 over the ranks as the training loader does (run under torchrun, or as plain python for one process).
-Writes the updated weights to the path given: tests/test_distributed.py compares 2 ranks with 1."""
+Writes the updated weights to the path given: tests/test_distributed.py compares 2 ranks with 1. An optional
+second argument is the device ("cuda": in fp32 with TF32 off; two ranks may share one GPU with
+SKD_DIST_BACKEND=gloo, so the global BatchNorm and the gradient all-reduce run on CUDA with a single GPU)."""
 from __future__ import annotations
 
 import sys
@@ -27,10 +29,12 @@ def one_step(model: torch.nn.Module, step, images: torch.Tensor, targets: torch.
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def main(out: str) -> None:
-    info, device = engine.distributed.setup("cpu")
+def main(out: str, device_name: str = "cpu") -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    info, device = engine.distributed.setup(device_name)
     torch.manual_seed(0)
-    initial = create_model("resnet12_ssl", 5, "CIFAR-FS", image_size=32)
+    initial = create_model("resnet12_ssl", 5, "CIFAR-FS", image_size=32).to(device)
     # Dropout and DropBlock masks are drawn per rank, from streams no number of ranks can share with one
     # process: off here, so that the comparison is of the arithmetic alone.
     for block in initial.modules():
@@ -38,6 +42,7 @@ def main(out: str) -> None:
             block.drop_rate = 0.0
     g = torch.Generator().manual_seed(1)
     images, targets = torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 5, (16,), generator=g)
+    images, targets = images.to(device), targets.to(device)
     mine = slice(info.rank, None, info.world_size)  # EpochSampler's share: every world-th image
 
     gen0 = engine.distributed.use_global_batch_statistics(clone_student(initial).train())
@@ -47,9 +52,10 @@ def main(out: str) -> None:
     after_gen1 = one_step(gen1, gen1_step(gen1, teacher, 0.1, 4.0, official_quirks=False), images[mine],
                           targets[mine])
     if info.is_main:
-        torch.save({"initial": initial.state_dict(), "gen0": after_gen0, "gen1": after_gen1}, out)
+        states = {"initial": initial.state_dict(), "gen0": after_gen0, "gen1": after_gen1}
+        torch.save({stage: {k: v.cpu() for k, v in tensors.items()} for stage, tensors in states.items()}, out)
     engine.distributed.cleanup()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

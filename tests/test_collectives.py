@@ -148,3 +148,36 @@ def test_batchnorm_over_the_global_batch(cpu_only_group, monkeypatch):
     model(torch.randn(2, 3, 32, 32, device="cpu")).sum().backward()
     # each of the 16 BatchNorms sums its statistics forward and its gradients backward through the helper
     assert len(sums) >= 32 and cpu_only_group.count("all_reduce") >= 32
+
+
+HOST_READS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+
+def test_global_batch_statistics_read_nothing_back_to_the_host(cpu_only_group, monkeypatch):
+    """On CUDA each of these calls waits for the GPU; the global BatchNorm and DropBlock's rescale
+    (the whole training forward and backward under --bn_stats global) must make none of them
+    (PyTorch's SyncBatchNorm makes one in every forward). Each raises here, as a sync debug mode set
+    to error would on a GPU."""
+    model = distributed.use_global_batch_statistics(_model().train())
+    assert not any(type(m) is nn.BatchNorm2d for m in model.modules())
+    for block in model.modules():
+        if isinstance(block, DropBlock):
+            block.num_calls = 40_000
+    x = torch.randn(4, 3, 32, 32, device="cpu")
+    calls = []
+
+    def refuse(name):
+        def read(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"host read: Tensor.{name}")
+        return read
+
+    with monkeypatch.context() as patched:
+        for name in HOST_READS:
+            patched.setattr(torch.Tensor, name, refuse(name))
+        model(x).sum().backward()
+    assert not calls and cpu_only_group.count("all_reduce") >= 32
+    with pytest.raises(AssertionError, match="host read"):  # the mock itself bites
+        with monkeypatch.context() as patched:
+            patched.setattr(torch.Tensor, "item", refuse("item"))
+            x.sum().item()

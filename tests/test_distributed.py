@@ -29,8 +29,8 @@ GEN0 = [*FAST, "--model", TEST_MODEL]  # Gen-1 runs take the teacher's architect
 GEN0_NAME = f"{TEST_MODEL}_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_trial_1"
 
 
-def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+def torchrun(*args: str, nproc: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                            *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
 
@@ -173,21 +173,7 @@ def test_dvp_both_phases_under_torchrun(cifar_root, tmp_path):
     assert "teacher check: weights and BatchNorm statistics unchanged" in student.stdout
 
 
-@pytest.mark.slow
-def test_two_ranks_take_the_step_of_one_process(tmp_path):
-    """BatchNorm over the global batch (--bn_stats global, the default) and DDP's gradient average:
-    2 ranks with 8 images each take the Gen-0 and the Gen-1 step that one process takes with the 16.
-    Float noise (1e-6) in the forward moves a few near-ties of the 2x2 max-pools, which route their
-    gradient elsewhere, so each weight update is compared to within 1% of its norm; with each rank's
-    own statistics (plain DDP) the updates differ by 30-60%. Dropout and DropBlock are off (their masks
-    are drawn per rank); DropBlock's global rescale is tested in test_models.py."""
-    script = str(REPO / "tests" / "ddp_one_step.py")
-    done = torchrun(script, str(tmp_path / "two.pth"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    alone = subprocess.run([sys.executable, script, str(tmp_path / "one.pth")], cwd=REPO, capture_output=True,
-                           text=True, timeout=300)
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    two, one = torch.load(tmp_path / "two.pth"), torch.load(tmp_path / "one.pth")
+def _compare_steps(two: dict, one: dict) -> None:
     initial = one["initial"]
     for stage in ("gen0", "gen1"):
         for key, value in one[stage].items():
@@ -198,3 +184,70 @@ def test_two_ranks_take_the_step_of_one_process(tmp_path):
                 # (Gen-1 leaves the rotation head alone, in both runs)
                 assert (other - update).norm() <= 0.01 * update.norm(), f"{stage} {key}"
         assert one[stage]["layer1.0.conv1.weight"].ne(initial["layer1.0.conv1.weight"]).any()
+
+
+def _two_ranks_and_one(tmp_path: Path, device: str, env: dict | None = None) -> tuple[dict, dict]:
+    script = str(REPO / "tests" / "ddp_one_step.py")
+    done = torchrun(script, str(tmp_path / "two.pth"), device, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = subprocess.run([sys.executable, script, str(tmp_path / "one.pth"), device], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    return torch.load(tmp_path / "two.pth"), torch.load(tmp_path / "one.pth")
+
+
+@pytest.mark.slow
+def test_two_ranks_take_the_step_of_one_process(tmp_path):
+    """BatchNorm over the global batch (--bn_stats global, the default) and DDP's gradient average:
+    2 ranks with 8 images each take the Gen-0 and the Gen-1 step that one process takes with the 16.
+    Float noise (1e-6) in the forward moves a few near-ties of the 2x2 max-pools, which route their
+    gradient elsewhere, so each weight update is compared to within 1% of its norm; with each rank's
+    own statistics (plain DDP) the updates differ by 30-60%. Dropout and DropBlock are off (their masks
+    are drawn per rank); DropBlock's global rescale is tested in test_models.py."""
+    _compare_steps(*_two_ranks_and_one(tmp_path, "cpu"))
+
+
+@pytest.mark.cuda
+def test_two_ranks_sharing_one_gpu_take_the_step_of_one_process(tmp_path):
+    """The same comparison on CUDA with a single GPU: two ranks share cuda:0 under gloo
+    (SKD_DIST_BACKEND=gloo), so the global BatchNorm's all-reduces (forward and backward) and DDP's
+    gradient all-reduce run on CUDA tensors; fp32 with TF32 off in both runs. Same tolerance as on the
+    CPU and for the same reason: the ranks' half-batch sums added across ranks are summed in another
+    order than one process's sum over 16 images (float noise ~1e-6), which moves max-pool near-ties."""
+    two, one = _two_ranks_and_one(tmp_path, "cuda", env={"SKD_DIST_BACKEND": "gloo"})
+    _compare_steps(two, one)
+
+SRUN_TASK = """
+import sys, torch, engine.distributed as d
+info, device = d.setup("cpu")
+ranks = d.all_gather_objects((info.rank, info.local_rank, info.world_size))
+total = d.all_reduce_sum(torch.tensor([float(info.rank + 1)]))
+sys.stdout.write(f"{ranks} {float(total)} {d.current().world_size}")  # print is rank 0's only
+d.cleanup()
+"""
+
+
+def test_srun_tasks_form_one_job_without_torchrun():
+    """What `srun --ntasks 2 python train_supervised_ssl.py` gives each task: SLURM's variables and no
+    torchrun's. The two tasks must join one gloo group of 2 (rank and local rank from SLURM_PROCID and
+    SLURM_LOCALID, the address from the node list), not run as two separate one-process jobs."""
+    from conftest import REPO as repo
+    from test_collectives import _free_port
+
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    base.update({"SLURM_STEP_NUM_TASKS": "2", "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "localhost",
+                 "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)})
+    tasks = [subprocess.Popen([sys.executable, "-c", SRUN_TASK], cwd=repo, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**base, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)}) for r in range(2)]
+    outputs = [task.communicate(timeout=120) for task in tasks]
+    for task, (out, err) in zip(tasks, outputs):
+        assert task.returncode == 0, err[-2000:]
+        assert out.split() == ["[(0,", "0,", "2),", "(1,", "1,", "2)]", "3.0", "2"]
+
+
+def test_slurm_node_list_first_host():
+    import engine.distributed
+
+    assert engine.distributed.first_slurm_host("gpu[03-05,09],cpu1") == "gpu03"
+    assert engine.distributed.first_slurm_host("node7,node8") == "node7"

@@ -197,3 +197,20 @@ def test_a_writer_killed_mid_write_leaves_the_previous_checkpoint(tmp_path):
     # The next write clears the dead writer's leftover temporary file.
     engine.checkpoint.save_checkpoint({"epoch": 3}, path)
     assert not tmp.exists() and engine.checkpoint.load_checkpoint(path)["epoch"] == 3
+
+
+def test_no_rank_exits_before_rank_0s_checkpoint_is_on_disk(tmp_path):
+    """Two gloo ranks; rank 1 alone receives SIGTERM, rank 0 writes the mid-epoch checkpoint with a
+    2-second delay. torchrun ends the job when one rank exits, so rank 1 must still be waiting until
+    the file is there."""
+    from test_collectives import _free_port
+
+    port, script = str(_free_port()), str(REPO / "tests" / "preempt_two_ranks.py")
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": "disabled"}
+    ranks = [subprocess.Popen([sys.executable, script, str(tmp_path / "run")], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in range(2)]
+    outputs = [rank.communicate(timeout=120) for rank in ranks]
+    for r, (out, err) in enumerate(outputs):
+        assert f"rank {r} exits; checkpoint on disk: True" in out, err[-2000:]

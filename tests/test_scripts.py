@@ -60,3 +60,10 @@ def test_slurm_example_runs_one_table_with_torchrun_inside_srun(tmp_path, cifar_
     assert all("--wandb_group reproduce_CIFAR-FS_77" in line for line in training)  # evaluations join it
     assert all(line.endswith("--amp auto") for line in lines)  # bf16 where native, fp16 on older GPUs
     assert not (tmp_path / "save").exists()  # a dry run writes nothing
+    # The other launch: srun with one task per GPU, each a rank, no torchrun.
+    tasks = subprocess.run(["bash", str(REPO / "scripts" / "slurm_table.sbatch"), "--seed", "1"], capture_output=True,
+                           text=True, env={**env, "LAUNCH": "tasks", "SLURM_CPUS_PER_TASK": "16"}, timeout=60)
+    assert tasks.returncode == 0, tasks.stderr
+    assert tasks.stdout.startswith("srun --ntasks=2 --cpus-per-task=8 python train_supervised_ssl.py "
+                                   "--dataset CIFAR-FS ")
+    assert tasks.stdout.rstrip().endswith("--amp auto --seed 1") and "torch.distributed.run" not in tasks.stdout
