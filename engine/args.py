@@ -115,6 +115,10 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g.add_argument("-t", "--trial", default="1", help="experiment id, part of the run-folder name")
     g.add_argument("--seed", type=int, default=0,
                    help="seeds initialisation, data order, augmentation and dropout (per rank under torchrun)")
+    g.add_argument("--dropblock_mask", choices=("full", "release"), default=None,
+                   help="DropBlock's mask: full = every seed zeroes its b x b block (the method as published); "
+                        "release = the official code's mask, whose seeds zero their full block only when the seed "
+                        "count is coprime with b^2 (default: release under --official_quirks, else full)")
     add_device_args(g)
     g.add_argument("--deterministic", action="store_true",
                    help="CUDA: deterministic cuDNN/cuBLAS algorithms and no cuDNN autotuning, so that a run (or a resumed "

@@ -25,7 +25,7 @@ import util
 from engine.run import TrainingData
 from methods.settings import PublishedSettings
 from models import create_model
-from models.dropblock import dropblock_calls, set_dropblock_calls
+from models.dropblock import dropblock_calls, set_dropblock_calls, set_dropblock_mask
 
 GEN0_SCRIPT = "train_supervised_ssl.py"
 DISTILL_SCRIPT = "train_distillation.py"
@@ -82,6 +82,7 @@ class Method:
         self.extra_modules: dict[str, nn.Module] = {}  # trained modules checkpointed beside "model", by key
         self._frozen: list[tuple[nn.Module, dict[str, torch.Tensor], str]] = []
         self.model = self.create_network()  # checkpointed under "model", with the official keys
+        set_dropblock_mask(self.model, dropblock_mask_of(args))
         self.create_extra_modules()
         # After the extra modules, which may copy the network and keep per-rank statistics (DVP's key encoder).
         if args.bn_stats == "global":
@@ -146,6 +147,13 @@ class DistillationMethod(Method):
 
     def clone_teacher(self) -> nn.Module:
         return clone_student(self.teacher)
+
+
+def dropblock_mask_of(args: argparse.Namespace) -> str:
+    """--dropblock_mask, or the release's mask under --official_quirks, else the full-block mask."""
+    if getattr(args, "dropblock_mask", None):
+        return args.dropblock_mask
+    return "release" if getattr(args, "official_quirks", False) else "full"
 
 
 def clone_student(teacher: nn.Module) -> nn.Module:

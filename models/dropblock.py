@@ -1,8 +1,15 @@
 """DropBlock (Ghiasi et al. 2018) with the linear ramp used by SKD/RFS.
 
-The official implementation builds its mask with index arithmetic and `.cuda()` calls; this one
-uses a max-pool over the seed grid, which gives the same mask (a seed at grid position (i, j)
-zeroes rows i..i+b-1 and columns j..j+b-1) on any device.
+Two masks, chosen by `mask` ("--dropblock_mask"):
+
+* "full" (the method as published): a seed at grid position (i, j) zeroes rows i..i+b-1 and
+  columns j..j+b-1, computed as a max-pool over the seed grid.
+* "release": the mask the official code really builds. It lists the N seeds and the b*b block
+  offsets and tiles both lists (`repeat`, not `repeat_interleave`) before adding them, so seed i
+  (in row-major order over batch, channel, row, column) is paired only with offsets
+  (i + kN) mod b^2, i.e. b^2 / gcd(N, b^2) of them, plus its own cell at offset
+  ((b-1)//2, (b-1)//2), which the padding keeps. A seed zeroes its full block only when N is
+  coprime with b^2. Rebuilt here with device-neutral index arithmetic (no `.cuda()`).
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from torch import nn
 
 # The official keep rate ramps over 20 * 2000 forward calls: keep = 1 - drop_rate * n / 40000.
 RAMP_STEPS = 40_000
+MASKS = ("full", "release")
 
 
 class DropBlock(nn.Module):
@@ -24,10 +32,14 @@ class DropBlock(nn.Module):
     restarts at 0 when a checkpoint is loaded into a fresh model).
     """
 
-    def __init__(self, block_size: int, drop_rate: float, ramp_steps: int = RAMP_STEPS) -> None:
+    def __init__(self, block_size: int, drop_rate: float, ramp_steps: int = RAMP_STEPS,
+                 mask: str = "full") -> None:
         super().__init__()
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if mask not in MASKS:
+            raise ValueError(f"DropBlock mask must be one of {MASKS}, got {mask!r}")
+        self.mask = mask
         self.block_size = block_size
         self.drop_rate = drop_rate
         self.ramp_steps = ramp_steps
@@ -50,8 +62,10 @@ class DropBlock(nn.Module):
         return (1.0 - self.keep_rate()) / b**2 * feat_size**2 / (feat_size - b + 1) ** 2
 
     def block_mask(self, seeds: torch.Tensor, block_size: int | None = None) -> torch.Tensor:
-        """1 where activations are kept, 0 inside every block started by a seed."""
+        """1 where activations are kept, 0 where this module's `mask` rule drops them."""
         b = block_size or self.block_size
+        if self.mask == "release":
+            return release_block_mask(seeds, b)
         # Pad b-1 on every side so output position r sees seeds r-b+1..r after a b x b max-pool.
         dropped = F.max_pool2d(F.pad(seeds, (b - 1, b - 1, b - 1, b - 1)), kernel_size=b, stride=1)
         return 1.0 - dropped
@@ -74,7 +88,32 @@ class DropBlock(nn.Module):
         return x * (mask * scale).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"block_size={self.block_size}, drop_rate={self.drop_rate}, ramp_steps={self.ramp_steps}"
+        return (f"block_size={self.block_size}, drop_rate={self.drop_rate}, ramp_steps={self.ramp_steps}, "
+                f"mask={self.mask}")
+
+
+def release_block_mask(seeds: torch.Tensor, b: int) -> torch.Tensor:
+    """The official code's mask for a (batch, channels, h, w) seed grid: seed i is paired only with the
+    block offsets (i + kN) mod b^2 (both index lists tiled), and keeps its own cell at ((b-1)//2, (b-1)//2)."""
+    lead, trail = (b - 1) // 2, b // 2
+    padded = F.pad(seeds, (lead, trail, lead, trail))
+    idx = seeds.nonzero()
+    n = idx.shape[0]
+    if n > 0:
+        pair = torch.arange(n * b * b, device=seeds.device)
+        offset = pair % (b * b)
+        rows = idx[pair % n]
+        padded[rows[:, 0], rows[:, 1], rows[:, 2] + offset // b, rows[:, 3] + offset % b] = 1.0
+    return 1.0 - padded
+
+
+def set_dropblock_mask(model: nn.Module, mask: str) -> None:
+    """Choose the mask rule ("full" or "release") of every DropBlock in `model`."""
+    if mask not in MASKS:
+        raise ValueError(f"--dropblock_mask must be one of {MASKS}, got {mask!r}")
+    for module in model.modules():
+        if isinstance(module, DropBlock):
+            module.mask = mask
 
 
 def keep_dropblock_eager() -> None:

@@ -461,3 +461,70 @@ def test_initialisation_follows_the_spec():
             assert v.abs().max().item() <= bound, name
     w = sd["classifier.weight"]
     assert w.std().item() == pytest.approx(1 / math.sqrt(3 * 640), rel=0.03)  # uniform(-b, b) has std b / sqrt(3)
+
+
+def _release_pairing_reference(seeds: torch.Tensor, b: int) -> torch.Tensor:
+    """Loop reference of the release's pairing: the j-th (seed, offset) pair is (j mod N, j mod b^2),
+    j < N b^2, and each seed also keeps its own cell at offset ((b-1)//2, (b-1)//2)."""
+    lead = (b - 1) // 2
+    h, w = seeds.shape[-2] + b - 1, seeds.shape[-1] + b - 1
+    dropped = torch.zeros(*seeds.shape[:2], h, w)
+    positions = [tuple(p) for p in seeds.nonzero().tolist()]
+    n = len(positions)
+    for n_idx, c, i, j in positions:
+        dropped[n_idx, c, i + lead, j + lead] = 1
+    for pair in range(n * b * b):
+        n_idx, c, i, j = positions[pair % n]
+        k = pair % (b * b)
+        dropped[n_idx, c, i + k // b, j + k % b] = 1
+    return 1 - dropped
+
+
+@pytest.mark.parametrize("b, cells", [(2, [(0, 0), (3, 3), (0, 5)]),            # N = 3, coprime with 4
+                                      (2, [(0, 0), (3, 3)]),                    # N = 2, gcd 2
+                                      (2, [(0, 0), (0, 4), (4, 0), (4, 4)]),    # N = 4, one offset each
+                                      (5, [(0, 0), (5, 5)]),                    # N = 2, coprime with 25
+                                      (5, [(0, 0), (0, 6), (6, 0), (6, 6), (12, 12)])])  # N = 5, gcd 5
+def test_release_mask_pairs_seed_i_with_offsets_i_plus_kn(b, cells):
+    from math import gcd
+    from models.dropblock import release_block_mask
+    seeds = torch.zeros(1, 1, 20 - b + 1, 20 - b + 1)
+    for i, j in cells:
+        seeds[0, 0, i, j] = 1
+    got = release_block_mask(seeds, b)
+    assert torch.equal(got, _release_pairing_reference(seeds, b))
+    n = len(cells)
+    # Seeds far apart: each zeroes b^2 / gcd(N, b^2) offsets, plus its own cell when that offset is not among them.
+    zeroed = int((got == 0).sum())
+    per_seed = (b * b) // gcd(n, b * b)
+    assert per_seed * n <= zeroed <= (per_seed + 1) * n
+    assert (zeroed == b * b * n) == (gcd(n, b * b) == 1)
+    full = DropBlock(block_size=b, drop_rate=0.1).block_mask(seeds, b)
+    assert int((full == 0).sum()) == b * b * n  # intended rule: every seed zeroes its full block
+
+
+@pytest.mark.parametrize("b", [2, 5])
+def test_release_mask_equals_full_mask_when_n_coprime(b):
+    from models.dropblock import release_block_mask
+    seeds = torch.zeros(1, 1, 12 - b + 1, 12 - b + 1)
+    seeds[0, 0, 0, 0] = seeds[0, 0, 6, 6] = seeds[0, 0, 2, 7] = 1   # N = 3, coprime with 4 and 25
+    assert torch.equal(release_block_mask(seeds, b), DropBlock(block_size=b, drop_rate=0.1).block_mask(seeds, b))
+
+
+def test_dropblock_mask_flag_switches_every_block():
+    from models.dropblock import set_dropblock_mask
+    model = ResNet12SSL(num_classes=5, dropblock_size=2)
+    set_dropblock_mask(model, "release")
+    assert {m.mask for m in model.modules() if isinstance(m, DropBlock)} == {"release"}
+    with pytest.raises(ValueError, match="dropblock_mask"):
+        set_dropblock_mask(model, "half")
+
+
+def test_dropblock_mask_default_rule():
+    import argparse
+    from methods.base import dropblock_mask_of
+    ns = argparse.Namespace
+    assert dropblock_mask_of(ns(dropblock_mask=None)) == "full"
+    assert dropblock_mask_of(ns(dropblock_mask=None, official_quirks=True)) == "release"
+    assert dropblock_mask_of(ns(dropblock_mask="full", official_quirks=True)) == "full"
+    assert dropblock_mask_of(ns(dropblock_mask="release")) == "release"
