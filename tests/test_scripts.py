@@ -41,7 +41,7 @@ def test_quickstart_clears_only_its_own_folder(tmp_path):
     assert (empty / ".skd-quickstart").is_file()
 
 
-def test_slurm_example_runs_one_table_with_torchrun_inside_srun(tmp_path, cifar_root):
+def test_slurm_example_runs_one_table_inside_srun_one_run_per_gpu(tmp_path, cifar_root):
     # A stand-in srun that drops its own options and runs the task, as srun does on one node.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -56,7 +56,8 @@ def test_slurm_example_runs_one_table_with_torchrun_inside_srun(tmp_path, cifar_
     lines = [line for line in done.stdout.splitlines() if line and not line.startswith("#")]
     training = [line for line in lines if "eval_fewshot.py" not in line]
     assert len(training) == 4  # RFS-simple, RFS-distill, Gen-0, Gen-1 of seed 0
-    assert all(" -m torch.distributed.run --standalone --nproc_per_node=2 " in line for line in training)
+    # One run per GPU side by side (reproduce.py's scheduler), not each run spread over the node by torchrun.
+    assert not any("torch.distributed.run" in line for line in training)
     assert all("--wandb_group reproduce_CIFAR-FS_77" in line for line in training)  # evaluations join it
     assert all(line.endswith("--amp auto") for line in lines)  # bf16 where native, fp16 on older GPUs
     assert not (tmp_path / "save").exists()  # a dry run writes nothing
