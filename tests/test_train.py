@@ -260,7 +260,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_wandb_failure_never_stops_training(tmp_path, monkeypatch):
-    import wandb
+    wandb = pytest.importorskip("wandb")  # optional: the scripts run without it
 
     def refuse(**kwargs):
         raise ConnectionError("api.wandb.ai unreachable")
@@ -543,7 +543,7 @@ def test_grad_scaler_state_is_checkpointed_and_restored_by_resume(tmp_path):
 
 
 def test_wandb_online_failure_falls_back_to_offline_in_one_line(tmp_path, monkeypatch, capsys):
-    import wandb
+    wandb = pytest.importorskip("wandb")  # optional: the scripts run without it
 
     real_init = wandb.init
 
