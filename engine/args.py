@@ -143,7 +143,7 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("distributed (launch with torchrun; --batch_size stays the global batch)")
     g.add_argument("--bn_stats", default="global", choices=["global", "per_rank"],
                    help="under torchrun: global = BatchNorm statistics and DropBlock's rescale over the global batch, "
-                        "so N ranks take the step one process takes at --batch_size (SyncBatchNorm on GPUs); "
+                        "so N ranks take the step one process takes at --batch_size; "
                         "per_rank = each rank's share only (plain DDP, no extra communication)")
     g.add_argument("--sync_bn", action="store_true",
                    help="accepted for older command lines: global BatchNorm statistics are the default (--bn_stats)")
