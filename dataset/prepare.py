@@ -3,12 +3,15 @@
     python -m dataset.prepare cifar-fs --cifar100 PATH --out DIR   # DIR/CIFAR-FS/{train,val,test,trainval}.pickle
     python -m dataset.prepare fc100    --cifar100 PATH --out DIR   # DIR/FC100/...
     python -m dataset.prepare omniglot --zip images_background_small1.zip --out DIR   # DIR/{train,val,test}/<class>/
+    python -m dataset.prepare omniglot --download          # fetch the Omniglot sample into the cache (the tests use it)
 
 PATH is CIFAR-100's python archive (`cifar-100-python.tar.gz`), its extracted folder, or the folder
 holding either; `--download` fetches it there through torchvision. CIFAR-FS and FC100 are fixed
 class splits of CIFAR-100 (class lists in dataset/splits/) using all 600 images of each class:
 the 500 of CIFAR-100's train part, then the 100 of its test part, class by class in list order.
-Labels are CIFAR-100 fine-label ids, as in the official files.
+Labels are CIFAR-100 fine-label ids, as in the official files. The Omniglot sample (1.3 MB, MIT
+licence, Brenden Lake's Omniglot repository) is fetched into ~/.cache/skd/omniglot/ (or
+$XDG_CACHE_HOME/skd/omniglot/); without --zip, the omniglot package reads it from there.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import pickle
 import shutil
 import sys
 import tarfile
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -37,6 +41,8 @@ PACKAGES = {"cifar-fs": ("CIFAR-FS", "cifar_fs.json"), "fc100": ("FC100", "fc100
 # Omniglot background sample (images_background_small1): whole alphabets per split, so that test
 # characters come from scripts never seen in training.
 OMNIGLOT_ALPHABETS = {"train": ("Korean", "Latin"), "val": ("Early_Aramaic",), "test": ("Balinese", "Greek")}
+OMNIGLOT_ZIP_NAME = "images_background_small1.zip"
+OMNIGLOT_URL = f"https://github.com/brendenlake/omniglot/raw/master/python/{OMNIGLOT_ZIP_NAME}"
 
 
 def class_lists(package: str) -> dict[str, list[str]]:
@@ -145,6 +151,36 @@ def download_cifar100(folder: Path) -> Path:
 
 # ----------------------------------------------------------------------------- Omniglot
 
+def omniglot_cache_path() -> Path:
+    """Where `--download` puts the Omniglot sample and where the omniglot package and the tests look."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "skd" / "omniglot" / OMNIGLOT_ZIP_NAME
+
+
+def download_omniglot(dest: Path, url: str | None = None) -> Path:
+    """Fetch the Omniglot sample (from OMNIGLOT_URL unless `url` is given) to `dest`, written only once it is a
+    readable zip of the expected alphabets."""
+    url = url or OMNIGLOT_URL
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(staging, "wb") as f:
+            shutil.copyfileobj(response, f)
+        with zipfile.ZipFile(staging) as archive:
+            alphabets = {Path(name).parts[1] for name in archive.namelist() if len(Path(name).parts) > 2}
+        missing = sorted({a for names in OMNIGLOT_ALPHABETS.values() for a in names} - alphabets)
+        if missing:
+            raise DataError(f"{url}: the zip lacks the alphabets {missing}; expected {OMNIGLOT_ZIP_NAME}")
+        os.replace(staging, dest)
+    except zipfile.BadZipFile:
+        raise DataError(f"{url}: not a zip; expected {OMNIGLOT_ZIP_NAME}") from None
+    except OSError as e:  # URLError is an OSError
+        raise DataError(f"--download: could not fetch {url} ({type(e).__name__}: {e})") from None
+    finally:
+        staging.unlink(missing_ok=True)
+    return dest
+
+
 def build_omniglot(zip_path: Path, out: Path) -> dict[str, int]:
     """Unpack the Omniglot background sample into out/{train,val,test}/<alphabet>_<character>/*.png."""
     if not zip_path.is_file():
@@ -182,22 +218,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser("python -m dataset.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("package", choices=[*PACKAGES, "omniglot"])
-    parser.add_argument("--out", required=True, help="data root to write into (the package folder is made inside)")
+    parser.add_argument("--out", help="data root to write into (the package folder is made inside); optional only "
+                                      "for `omniglot --download`, which then fetches the sample alone")
     parser.add_argument("--cifar100", help="CIFAR-100 python archive, its extracted folder, or the folder holding it")
-    parser.add_argument("--download", action="store_true", help="download CIFAR-100 into --cifar100 first")
-    parser.add_argument("--zip", help="Omniglot images_background_small1.zip (for the omniglot package)")
+    parser.add_argument("--download", action="store_true",
+                        help="download CIFAR-100 into --cifar100 first; for omniglot, the sample into the cache")
+    parser.add_argument("--zip", help="Omniglot images_background_small1.zip (for the omniglot package; "
+                                      "default: the one --download put in the cache)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    out = Path(args.out)
     if args.package == "omniglot":
-        if not args.zip:
-            raise DataError("--zip: the omniglot package needs the path of images_background_small1.zip")
-        counts = build_omniglot(Path(args.zip), out)
+        zip_path = Path(args.zip) if args.zip else omniglot_cache_path()
+        if args.download:
+            print(f"fetched {download_omniglot(zip_path)}")
+        if not args.out:
+            if args.download:
+                return
+            raise DataError("--out: give the data root to build the omniglot package into")
+        if not zip_path.is_file():
+            raise DataError(f"{zip_path}: not found; give --zip images_background_small1.zip, or add --download")
+        out = Path(args.out)
+        counts = build_omniglot(zip_path, out)
         print(f"wrote {out}/{{train,val,test}}: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
         return
+    if not args.out:
+        raise DataError(f"--out: give the data root to build {args.package} into")
+    out = Path(args.out)
     if not args.cifar100:
         raise DataError(f"--cifar100: {args.package} is built from CIFAR-100; give its archive or folder "
                         f"(with --download to fetch it)")

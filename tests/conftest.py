@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(REPO))
 import util  # noqa: E402
+from dataset.prepare import omniglot_cache_path  # noqa: E402
 
 # The precision CPU end-to-end tests train in: bf16 where the CPU computes it natively (--amp auto, as
 # the quickstart runs), otherwise fp32.
@@ -144,16 +145,16 @@ def run_script(*args: str, env: dict | None = None, timeout: int = 600) -> subpr
                           timeout=timeout)
 
 
-OMNIGLOT_ZIP = Path(os.environ.get("SKD_OMNIGLOT_ZIP",
-                                   REPO.parent / "shared" / "data" / "omniglot" / "images_background_small1.zip"))
+# The Omniglot sample: $SKD_OMNIGLOT_ZIP, else where `python -m dataset.prepare omniglot --download` puts it.
+OMNIGLOT_ZIP = Path(os.environ.get("SKD_OMNIGLOT_ZIP") or omniglot_cache_path())
 
 
 @pytest.fixture(scope="session")
 def omniglot_root(tmp_path_factory) -> Path:
     """The real Omniglot sample split by alphabet into DIR/{train,val,test}/<character>/*.png."""
     if not OMNIGLOT_ZIP.is_file():
-        pytest.skip(f"{OMNIGLOT_ZIP} not found (the Omniglot sample lives outside the repository; "
-                    f"set SKD_OMNIGLOT_ZIP to its path)")
+        pytest.skip("the Omniglot sample is not here: `python -m dataset.prepare omniglot --download` fetches it "
+                    "(1.3 MB), or set SKD_OMNIGLOT_ZIP to a copy")
     from dataset.prepare import build_omniglot
 
     root = tmp_path_factory.mktemp("omniglot") / "omniglot"

@@ -1,17 +1,19 @@
 """Rebuilding CIFAR-FS and FC100 from a (tiny, fake) CIFAR-100 archive; the data-root checker."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
 import tarfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, make_cifar_package
+from conftest import make_cifar_package
 from dataset import DataError, load_split
 from dataset import check as check_module
 from dataset import prepare
@@ -122,12 +124,17 @@ def test_class_lists_are_the_published_splits():
     assert fc100["test"] == [c for v in fc100_json["test"]["superclasses"].values() for c in v]
 
 
-@pytest.mark.parametrize("name", ["cifar_fs.json", "fc100.json"])
-def test_class_lists_match_the_shared_reference(name):
-    shared = REPO.parent / "shared" / "data" / "splits" / name
-    if not shared.is_file():
-        pytest.skip(f"{shared} not found (the reference split files live outside the repository)")
-    assert json.loads((prepare.SPLITS_DIR / name).read_text()) == json.loads(shared.read_text())
+# sha256 of the reference class lists (json.dumps(..., sort_keys=True) of the files the official splits were
+# checked against), so that an edit of dataset/splits/ fails here on any machine.
+REFERENCE_SPLITS_SHA256 = {"cifar_fs.json": "8c865483cb454bbbf77ff79c319df61877fe7690dcb88a57e09af6f2fdd60909",
+                           "fc100.json": "a7fc3dae44e175ec197c0671097c47b282dd0a2440c9cf3fd7322325771f93cb"}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_SPLITS_SHA256))
+def test_class_lists_match_the_reference(name):
+    content = json.loads((prepare.SPLITS_DIR / name).read_text())
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    assert digest == REFERENCE_SPLITS_SHA256[name]
 
 
 def test_train_images_come_before_test_images_within_a_class(cifar100_archive, tmp_path):
@@ -178,20 +185,53 @@ def test_builder_errors(tmp_path, case, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_omniglot_split_by_alphabet(tmp_path):
-    path = tmp_path / "images_background_small1.zip"
+def _omniglot_zip(path: Path) -> Path:
+    """A stand-in for images_background_small1.zip: its layout and alphabets, one blank drawing per character."""
     with zipfile.ZipFile(path, "w") as z:
         for alphabet in ("Korean", "Latin", "Early_Aramaic", "Balinese", "Greek", "Unused"):
             for char in ("character01", "character02"):
                 buffer = io.BytesIO()
                 Image.new("L", (105, 105), 255).save(buffer, format="PNG")
                 z.writestr(f"images_background_small1/{alphabet}/{char}/0001_01.png", buffer.getvalue())
+    return path
+
+
+def test_omniglot_split_by_alphabet(tmp_path):
+    path = _omniglot_zip(tmp_path / "images_background_small1.zip")
     counts = prepare.build_omniglot(path, tmp_path / "omni")
     assert counts == {"train": 4, "val": 2, "test": 4}
     assert sorted(p.name for p in (tmp_path / "omni" / "test").iterdir()) == [
         "Balinese_character01", "Balinese_character02", "Greek_character01", "Greek_character02"]
     with pytest.raises(DataError, match="--out already exists and is not empty"):
         prepare.build_omniglot(path, tmp_path / "omni")
+
+
+def test_omniglot_download_fills_the_cache_and_the_package_reads_it(tmp_path, monkeypatch, capsys):
+    source = _omniglot_zip(tmp_path / "served.zip")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(prepare, "OMNIGLOT_URL", source.as_uri())
+    prepare.main(["omniglot", "--download"])
+    cached = tmp_path / "cache" / "skd" / "omniglot" / "images_background_small1.zip"
+    assert cached.read_bytes() == source.read_bytes()
+    assert capsys.readouterr().out.strip() == f"fetched {cached}"
+    prepare.main(["omniglot", "--out", str(tmp_path / "omni")])  # no --zip: the cached copy
+    assert sorted(p.name for p in (tmp_path / "omni").iterdir()) == ["test", "train", "val"]
+
+
+@pytest.mark.parametrize("served", [b"<html>rate limited</html>", b""])
+def test_omniglot_download_of_something_else_writes_nothing(tmp_path, served):
+    (tmp_path / "served").write_bytes(served)
+    dest = tmp_path / "cache" / "images_background_small1.zip"
+    with pytest.raises(DataError, match=r"served: not a zip; expected images_background_small1\.zip"):
+        prepare.download_omniglot(dest, (tmp_path / "served").as_uri())
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_omniglot_without_the_sample_names_the_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"images_background_small1\.zip: not found; give --zip .* or add --download"):
+        prepare.main(["omniglot", "--out", str(tmp_path / "omni")])
+    assert not (tmp_path / "omni").exists()
 
 
 # ----------------------------------------------------------------------------- python -m dataset.check
