@@ -5,6 +5,10 @@ when a script's default changes.
     python scripts/reproduce.py --dataset CIFAR-FS --data_root DIR --dry_run
     python scripts/reproduce.py --dataset FC100 --data_root DIR --dry_run -- --epochs 1    # a smoke run
 
+Every training command computes what produced the paper's numbers: the release's DropBlock mask
+(`--dropblock_mask release`) in every run and SKD Gen-1's `--official_quirks`; `--intended` plans the
+method as published instead (docs/faithfulness.md).
+
 Stages that do not depend on each other run at the same time, one per GPU (--gpus, --parallel); every
 student after its teacher. `--submit slurm` makes each stage a SLURM job instead (afterok dependencies).
 
@@ -42,6 +46,7 @@ import train_supervised_ssl  # noqa: E402
 import util  # noqa: E402
 from dataset.catalog import DATASETS, resolve_dataset_folder  # noqa: E402
 from dataset.profiles import dataset_profile  # noqa: E402
+from methods.base import dropblock_mask_of  # noqa: E402
 from methods.settings import PUBLISHED_EVAL, TRAIN_IMAGES, PublishedSettings, Sourced  # noqa: E402
 from scripts import plan_scheduler, slurm_submit  # noqa: E402
 from scripts.plan_scheduler import Stage  # noqa: E402
@@ -56,6 +61,13 @@ PAPER_METHODS = tuple(m for m in ALL_METHODS if methods.get_method(m).in_paper) 
 SCHEDULE = ("epochs", "lr_decay_epochs", "learning_rate", "lr_decay_rate", "batch_size", "weight_decay", "momentum")
 # What identifies a run of the plan; passthrough flags must leave it alone.
 PLAN_OWNED = ("dataset", "data_root", "seed", "trial", "model_path", "path_t")
+# The release's behaviours that produced the paper's numbers where the scripts default to the method as published
+# (docs/faithfulness.md): its DropBlock mask in every ResNet-12, and for a method below the flags that restore its
+# other behaviours. Every plan passes them unless --intended.
+RELEASE_MASK = ("--dropblock_mask", "release")
+RELEASE_BEHAVIOURS = {"skd_gen1": ("--official_quirks",)}  # four student views, L2 / 3, the release's ramp and mask
+
+
 @dataclass(frozen=True)
 class Run:
     """One training run of the plan and the evaluations of its checkpoint."""
@@ -71,6 +83,7 @@ class Run:
     passthrough: tuple[tuple[str, ...], ...] = ()  # the passthrough flags (with their values) its script accepted
     teacher: Path | None = None  # the checkpoint it distils from, trained by another run of the plan
     forwarded: int | None = None  # images its network forwards in all, rotations and views included (None: unknown)
+    dropblock_mask: str = "full"  # the DropBlock mask it trains with, which its folder name does not say
 
     @property
     def label(self) -> str:
@@ -98,6 +111,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nproc_per_node", type=int, default=1,
                         help="train each run with torchrun on N processes of this node (N GPUs; --batch_size stays the "
                              "global batch); evaluations run in one process")
+    parser.add_argument("--intended", action="store_true",
+                        help="train the method as published instead of what produced the paper's numbers: without "
+                             "the release's DropBlock mask (--dropblock_mask release) and SKD Gen-1's "
+                             "--official_quirks, which every plan passes otherwise")
     parser.add_argument("--dry_run", action="store_true", help="print every command, one a line, and run nothing "
                         "(with --submit slurm: every sbatch script and the dependency graph, submitting nothing)")
     parser.add_argument("--gpus", type=engine.args.comma_ints, default=None,
@@ -126,6 +143,15 @@ def python_command(script: str, nproc_per_node: int = 1) -> list[str]:
 
 def device_flags(args: argparse.Namespace) -> list[str]:
     return [*(["--device", args.device] if args.device else []), *(["--amp", args.amp] if args.amp else [])]
+
+
+def release_flags(method: type[methods.Method], architecture: str, args: argparse.Namespace) -> list[str]:
+    """The flags giving a run the release's behaviours that the paper's numbers were trained with (none with
+    --intended)."""
+    if args.intended:
+        return []
+    mask = list(RELEASE_MASK) if architecture.startswith("resnet12") else []
+    return [*RELEASE_BEHAVIOURS.get(method.name, ()), *mask]
 
 
 def parse_training(method: type[methods.Method], argv: list[str]) -> argparse.Namespace:
@@ -222,7 +248,11 @@ def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: l
         mine = tuple(tuple(group) for group in flag_groups(passthrough) if accepts(stage, argv, group))
         accepted = [token for group in mine for token in group]
         check_passthrough(stage, argv, accepted)
-        argv += accepted
+        # The architecture (a student's is its teacher's) decides the release flags, which come before the
+        # passthrough flags so that those still override them (`-- --dropblock_mask full`).
+        architecture = teacher.model if teacher else engine.checkpoint.architecture_of(vars(parse_training(
+            stage, argv + accepted)))
+        argv += [*release_flags(stage, architecture, args), *accepted]
         parsed = parse_training(stage, argv)
         if teacher:  # the architecture the student's script reads from the teacher's checkpoint
             train_distillation.resolve_architectures(parsed, teacher.model)
@@ -241,7 +271,7 @@ def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: l
                         checkpoint, engine.checkpoint.architecture_of(vars(parsed)),
                         bool(swept), tuple(evaluation(args, checkpoint, split, shots) for split in splits
                                            for shots in PUBLISHED_EVAL.shots.value), mine,
-                        teacher.checkpoint if teacher else None, forwarded))
+                        teacher.checkpoint if teacher else None, forwarded, dropblock_mask_of(parsed)))
     return runs
 
 
@@ -271,6 +301,13 @@ def plan(args: argparse.Namespace, passthrough: list[str]) -> list[Run]:
 def print_plan(args: argparse.Namespace, runs: list[Run]) -> None:
     print(f"# {args.dataset}: {', '.join(m for m in ALL_METHODS if m in args.methods)}; seeds "
           f"{', '.join(map(str, args.seeds))}; {args.episodes} episodes per evaluation; W&B group {args.wandb_group}")
+    if args.intended:
+        print("# behaviours: the method as published (--intended): no release flags")
+    else:
+        quirks = "; ".join(f"{m}: {' '.join(RELEASE_BEHAVIOURS[m])}" for m in ALL_METHODS
+                           if m in args.methods and m in RELEASE_BEHAVIOURS)
+        print(f"# behaviours: the release's, which produced the paper's numbers (--intended: the method as "
+              f"published): {' '.join(RELEASE_MASK)} on every ResNet-12 run" + (f"; {quirks}" if quirks else ""))
     print("# published settings [source]:")
     for method in (m for m in ALL_METHODS if m in args.methods):
         settings = settings_of(methods.get_method(method), args).by_name()
@@ -295,6 +332,26 @@ def print_plan(args: argparse.Namespace, runs: list[Run]) -> None:
 def finished_epochs(checkpoint: Path) -> int:
     """Epochs a run folder's checkpoint holds (0: none yet)."""
     return int(engine.checkpoint.load_checkpoint(checkpoint)["epoch"]) if checkpoint.is_file() else 0
+
+
+def recorded_mask(checkpoint: Path) -> str | None:
+    """The DropBlock mask a run folder's checkpoint was trained with (None: it records no arguments, as
+    official checkpoints; a run from before --dropblock_mask existed trained the full mask)."""
+    recorded = engine.checkpoint.training_args(engine.checkpoint.load_checkpoint(checkpoint))
+    if not recorded:
+        return None
+    return dropblock_mask_of(argparse.Namespace(**recorded)) if "dropblock_mask" in recorded else "full"
+
+
+def check_found_runs(runs: list[Run]) -> None:
+    """A run folder's name is the same with either DropBlock mask: a checkpoint there trained with the other
+    one would be skipped as done or resumed as this plan's run. Refused, before anything runs."""
+    for run in runs:
+        found = recorded_mask(run.checkpoint) if run.checkpoint.is_file() else None
+        if found is not None and found != run.dropblock_mask:
+            raise util.UsageError(f"{run.checkpoint}: trained with --dropblock_mask {found}, but this plan trains "
+                                  f"{run.label} with {run.dropblock_mask}; give this plan another --output"
+                                  f"{'' if run.dropblock_mask == 'full' else ' (or pass --intended)'}")
 
 
 def option(command: list[str], flag: str) -> str:
@@ -544,6 +601,7 @@ def main() -> None:
     runs = plan(args, passthrough)
     if not args.dry_run:
         check_data(args)
+        check_found_runs(runs)
     note_missing_data_root(args)
     if args.submit == "slurm":
         stages = stages_of(args, runs, announce=False)
@@ -584,7 +642,7 @@ def job_argv(args: argparse.Namespace, passthrough: list[str]) -> list[str]:
             "--seeds", ",".join(map(str, args.seeds)),
             "--episodes", str(args.episodes), "--output", args.output, "--wandb_group", args.wandb_group,
             "--nproc_per_node", str(args.nproc_per_node), *device_flags(args),
-            *(["--", *passthrough] if passthrough else [])]
+            *(["--intended"] if args.intended else []), *(["--", *passthrough] if passthrough else [])]
 
 
 if __name__ == "__main__":

@@ -6,20 +6,61 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "scripts", "release_parity.py")
 RELEASE = os.environ.get("SKD_RELEASE_DIR")
+needs_release = pytest.mark.skipif(not RELEASE, reason="set SKD_RELEASE_DIR to a checkout of the release: "
+                                                       "git clone https://github.com/brjathu/SKD")
 
 
-@pytest.mark.skipif(not RELEASE, reason="set SKD_RELEASE_DIR to a checkout of the release: "
-                                        "git clone https://github.com/brjathu/SKD")
+def parity(*argv: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, TOOL, *argv], capture_output=True, text=True, timeout=timeout)
+
+
+@needs_release
+@pytest.mark.slow
 def test_release_parity_passes_at_zero_tolerance():
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "release_parity.py"),
-                             "--official", RELEASE, "--tol", "0"], capture_output=True, text=True, timeout=300)
+    result = parity("--official", RELEASE, "--tol", "0", timeout=1200)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS" in result.stdout
+    assert result.stdout.count("step gen") == 4 * 2 * 3  # 4 cases, 2 DropBlock counters, 3 steps
+
+
+@needs_release
+def test_one_step_is_bit_identical_only_with_the_rounding_differences_matched():
+    argv = ("--official", RELEASE, "--mode", "step", "--steps", "1", "--dropblock_calls", "40000", "--tol", "0")
+    matched, unmatched = parity(*argv), parity(*argv, "--unmatched")
+    assert matched.returncode == 0, matched.stdout + matched.stderr
+    assert matched.stdout.count("gradients (") == 4 and "max|diff| gradients (52 tensors)=0 " in matched.stdout
+    assert unmatched.returncode == 1 and "FAIL" in unmatched.stdout, unmatched.stdout + unmatched.stderr
 
 
 def test_release_parity_rejects_a_directory_without_the_release(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "release_parity.py"),
-                             "--official", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    result = parity("--official", str(tmp_path), timeout=60)
     assert result.returncode != 0
     assert "models/resnet_ssl.py not found" in result.stderr
+
+
+def test_the_rewrites_change_what_they_name_and_refuse_a_tree_they_do_not_change():
+    import ast
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("release_parity", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    sys.modules["release_parity"] = tool  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(tool)
+    finally:
+        del sys.modules["release_parity"]
+
+    def rewritten(rewrite, source: str) -> str:
+        return ast.unparse(rewrite.apply(ast.parse(source), "snippet.py"))
+
+    assert rewritten(tool.NormL2(), "y = torch.mean(torch.sqrt(torch.sum(d ** 2, dim=1)))") == \
+        "y = torch.mean(d.norm(p=2, dim=1))"
+    assert rewritten(tool.TwoViewsNoDivisor(), "out = net(v[:4 * batch_size])\nloss = a + g * l / 3") == \
+        "out = net(v[:2 * batch_size])\nloss = a + g * l"
+    assert rewritten(tool.FullBlockMask(), "i = non_zero_idxs.repeat(b ** 2, 1)") == \
+        "i = non_zero_idxs.repeat_interleave(b ** 2, dim=0)"
+    assert "torch.as_tensor(float(countM), dtype=count_ones.dtype) / count_ones" in \
+        rewritten(tool.TrueDivisionRescale(), "s = countM / count_ones")
+    with pytest.raises(SystemExit, match="found nothing to change"):
+        tool.NormL2().apply(ast.parse("y = d.norm(dim=1)"), "snippet.py")

@@ -29,8 +29,9 @@ GEN1 = {"CIFAR-FS": ("65", "60", ["0.1"]), "FC100": ("8", "3", ["0.2"]),
 RFS = {"CIFAR-FS": ("90", "45,60,75"), "FC100": ("90", "45,60,75"), "miniImageNet": ("100", "60,80"),
        "tieredImageNet": ("60", "30,40,50")}
 LETTER = {"CIFAR-FS": "D", "FC100": "D", "miniImageNet": "A", "tieredImageNet": "A"}
+# Every training command, the release's DropBlock mask included: what produced the paper's numbers.
 COMMON = {"--lr_decay_rate": "0.1", "--batch_size": "64", "--weight_decay": "0.0005", "--momentum": "0.9",
-          "--no_final_eval": True}
+          "--no_final_eval": True, "--dropblock_mask": "release"}
 
 ARGS = ["--data_root", "DATA", "--output", OUT, "--wandb_group", "g", "--dry_run"]
 
@@ -87,8 +88,9 @@ def script_folder(command: list[str]) -> str:
         return (f"S_resnet12_ssl_T_resnet12_ssl_{f['--dataset']}_rfs_r_{f['--ce_weight']}_a_{f['--kd_weight']}"
                 f"_kd_T_{f['--kd_T']}_trans_{letter}_trial_{f['--trial']}")
     if "--path_t" in f:
+        quirks = "_quirks" if f.get("--official_quirks") else ""
         return (f"S_resnet12_ssl_T_resnet12_ssl_{f['--dataset']}_kd_T_{f['--kd_T']}_beta_{f['--gamma']}"
-                f"_trans_{letter}_trial_{f['--trial']}")
+                f"{quirks}_trans_{letter}_trial_{f['--trial']}")
     plain = "_plain" if f.get("--plain") else ""
     return (f"resnet12_ssl_{f['--dataset']}_lr_{f['--learning_rate']}_decay_{f['--weight_decay']}"
             f"_trans_{letter}{plain}_trial_{f['--trial']}")
@@ -143,7 +145,7 @@ def test_dry_run_lists_the_published_settings(reproduce, dataset):
         assert f["--path_t"] == teacher and teacher_pos < pos  # its own seed's Gen-0, trained before it
         assert f == {"--objective": "skd", "--dataset": dataset, "--data_root": "DATA", "--epochs": epochs,
                      "--lr_decay_epochs": decay, "--learning_rate": "0.001", "--gamma": f["--gamma"], "--kd_T": "2.0",
-                     **COMMON,
+                     **COMMON, "--official_quirks": True,
                      "--path_t": teacher, "--model_path": OUT, "--seed": f["--seed"], "--trial": f["--seed"],
                      "--wandb_group": "g"}
 
@@ -270,7 +272,9 @@ class _FakeStages:
                 os.kill(os.getpid(), signal.SIGTERM)
                 code = 143
         architecture = engine.checkpoint.architecture_of(vars(parsed))
-        torch.save({"epoch": epochs, "model": {}, "args": {"model": architecture}}, folder / "checkpoint.pth")
+        recorded = {"model": architecture, "dropblock_mask": parsed.dropblock_mask,
+                    "official_quirks": getattr(parsed, "official_quirks", False)}
+        torch.save({"epoch": epochs, "model": {}, "args": recorded}, folder / "checkpoint.pth")
         return subprocess.CompletedProcess(command, code)
 
 
@@ -478,3 +482,45 @@ def test_stages_are_pinned_one_per_visible_gpu_with_a_log_each(reproduce, monkey
     (tmp_path / "out").rename(tmp_path / "first")
     assert reproduce(*argv, "--gpus", "1").returncode == 0
     assert {env["CUDA_VISIBLE_DEVICES"] for env in stages.environments} == {"7"}
+
+
+def test_the_plan_passes_the_release_behaviours_unless_intended(reproduce):
+    release = reproduce("--dataset", "CIFAR-FS", "--seeds", "0", "--methods", "skd_gen0,skd_gen1,rfs_simple", *ARGS)
+    intended = reproduce("--dataset", "CIFAR-FS", "--seeds", "0", "--methods", "skd_gen0,skd_gen1,rfs_simple",
+                         "--intended", *ARGS)
+    assert release.returncode == 0 and intended.returncode == 0, release.stderr + intended.stderr
+    training = [[c for c in commands(r.stdout) if Path(c[1]).name != "eval_fewshot.py"] for r in (release, intended)]
+    assert len(training[0]) == len(training[1]) == 3
+    for command in training[0]:
+        assert flags(command)["--dropblock_mask"] == "release"
+        assert ("--official_quirks" in command) == (flags(command).get("--objective") == "skd")
+    assert sum("--official_quirks" in c for c in training[0]) == 1
+    for command in training[1]:
+        assert "--dropblock_mask" not in command and "--official_quirks" not in command
+    assert "--dropblock_mask release on every ResNet-12 run; skd_gen1: --official_quirks" in release.stdout
+    assert "the method as published (--intended)" in intended.stdout
+
+
+def test_a_passthrough_flag_overrides_the_release_mask(reproduce):
+    result = reproduce("--dataset", "CIFAR-FS", "--seeds", "0", "--methods", "skd_gen0", *ARGS,
+                       "--", "--dropblock_mask", "full")
+    assert result.returncode == 0, result.stderr
+    (command,) = [c for c in commands(result.stdout) if Path(c[1]).name != "eval_fewshot.py"]
+    assert flags(command)["--dropblock_mask"] == "full"
+
+
+def test_a_found_run_trained_with_the_other_mask_is_refused_not_reused(reproduce, monkeypatch, tmp_path):
+    import torch
+    data = _tiny_folder(tmp_path / "data")
+    argv = ["--dataset", "folder", "--data_root", str(data), "--output", str(tmp_path / "out"), "--seeds", "0",
+            "--wandb_group", "g", "--methods", "skd_gen0"]
+    stages = _FakeStages(monkeypatch)
+    intended = reproduce(*argv, "--intended")  # the Gen-0 folder is the same with either mask
+    assert intended.returncode == 0, intended.stderr
+    (checkpoint,) = (tmp_path / "out").glob("*/checkpoint.pth")
+    assert torch.load(checkpoint)["args"]["dropblock_mask"] is None
+    stages.commands.clear()
+    release = reproduce(*argv)
+    assert release.returncode == 2 and stages.commands == []
+    assert release.stderr.strip().endswith("trained with --dropblock_mask full, but this plan trains skd_gen0 seed 0 "
+                                           "with release; give this plan another --output (or pass --intended)")
