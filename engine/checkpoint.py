@@ -28,21 +28,51 @@ def save_checkpoint(state: dict, path: Path) -> None:
 SAFE_CHECKPOINT_GLOBALS = [argparse.Namespace]
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6: a zip archive holding a pickle
+PICKLE_MAGIC = b"\x80"  # pickle protocol 2 and above; torch's legacy format starts with one
+
+
+def not_a_checkpoint(path: Path) -> str | None:
+    """Why the file cannot be a PyTorch checkpoint (empty, a damaged zip, neither zip nor pickle), told
+    from its bytes before torch reads it: a broken download is then never mistaken for a payload."""
+    import zipfile
+
+    with path.open("rb") as f:
+        head = f.read(64)
+    if not head:
+        return "empty file"
+    if head.startswith(ZIP_MAGIC):
+        return None if zipfile.is_zipfile(path) else "a truncated or damaged zip archive (an incomplete download?)"
+    if head.startswith(PICKLE_MAGIC):
+        return None
+    text = head.decode("utf-8", errors="replace")
+    if text.isprintable() or "\n" in text and text.replace("\n", "").replace("\r", "").isprintable():
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"text, not a zip archive or a pickle (it starts {first!r})"
+    return "neither a zip archive nor a pickle"
+
+
 def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
     """A checkpoint's content, read without executing code: torch.load(weights_only=True) rebuilds
-    only tensors, plain containers and SAFE_CHECKPOINT_GLOBALS, and a file holding anything else (a
-    pickle payload that would run code) is refused with the offending global named."""
+    only tensors, plain containers and SAFE_CHECKPOINT_GLOBALS, and a pickle holding anything else (a
+    payload that would run code) is refused with the offending global named."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
+        reason = not_a_checkpoint(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: not readable ({e.strerror or e})") from None
+    if reason is not None:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint: {reason}")
+    try:
         with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        # Only a well-formed pickle naming a global it would import is a payload; anything else is damage.
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        culprit = found.group(1) if found else None
-        if "Weights only load failed" in str(e):
-            raise CheckpointError(f"{path}: refused: it holds Python objects ({culprit or 'not tensors or plain data'}) "
+        if found:
+            raise CheckpointError(f"{path}: refused: it holds Python objects ({found.group(1)}) "
                                   f"that loading would have to execute; a checkpoint from this project or the official "
                                   f"releases holds only tensors and plain data") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_describe(e)})") from None
@@ -56,7 +86,12 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
 def _describe(error: Exception) -> str:
     """`Type: first sentence of the message` (torch's run to paragraphs; some have no message)."""
     lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0].split('. ')[0]}" if lines else (type(error).__name__ + (" (empty file)" if isinstance(error, EOFError) else ""))
+    if isinstance(error, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
+        # torch's advice to retry with weights_only=False is wrong here; its reason is further down
+        detail = next((line.strip() for line in lines[1:] if line.strip().startswith("Unsupported")), "")
+        return f"a damaged pickle{': ' + detail if detail else ''}"
+    return f"{type(error).__name__}: {lines[0].split('. ')[0]}" if lines else (
+        type(error).__name__ + (" (the file ends too early)" if isinstance(error, EOFError) else ""))
 
 
 def extract_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:

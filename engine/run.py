@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dataset import ImageSet, load_split
+from dataset.catalog import DATASETS, resolve_dataset_folder
 from dataset.episodes import check_episode_feasible
 from dataset.errors import DataError
 from dataset.device_loader import DeviceBatches, resolve_augment
@@ -48,6 +49,8 @@ def start_training_run(args: argparse.Namespace, device_augment_refusal: str | N
         if not args.__dict__[name] > 0:
             raise UsageError(f"--{name}: expected a positive number, got {args.__dict__[name]}")
     check_writable_folder(args.model_path, "--model_path")
+    if args.dataset in DATASETS:  # a missing data folder is one line before the header, not after it
+        resolve_dataset_folder(DATASETS[args.dataset], args.data_root)
     if args.eval_freq < 0:
         raise UsageError(f"--eval_freq: expected 0 (off) or a number of epochs, got {args.eval_freq}")
     if args.final_checkpoint == "best" and not args.eval_freq:

@@ -3,8 +3,9 @@ dataset x shots, ours beside the paper's numbers.
 
     python -m eval.table RUN_DIR... [--baseline METHOD] [--out PREFIX]
 
-Reads every results.json and results_*.json under each RUN_DIR (training's end-of-run report,
-eval_fewshot.py --output); by default the test split, pooled features, logistic regression.
+Reads every results file under each RUN_DIR (training's end-of-run results.json, eval_fewshot.py
+--output), recognised by its content: other JSON there (args.json, W&B's files) is skipped, so runs on
+the same folders give the same table. By default the test split, pooled features, logistic regression.
 Writes PREFIX.md, PREFIX.csv (one line per cell, machine readable) and PREFIX.tex (a LaTeX tabular
 of ours), prints the markdown, and logs a W&B Table with a bar chart of ours vs the paper.
 
@@ -51,6 +52,7 @@ PAPER_SHOTS = (1, 5)
 DATASET_ORDER = ("miniImageNet", "tieredImageNet", "CIFAR-FS", "FC100")  # the paper's column order
 # What must be equal for results to share a column (shots and dataset are the column itself).
 PROTOCOL = ("n_ways", "n_queries", "n_episodes", "n_aug", "image_size", "checkpoint_choice", "model")
+RESULT_KEYS = {"split", "n_shots", "embedding", "classifier"}  # what every evaluation in a results file names
 
 
 @dataclass(frozen=True)
@@ -94,24 +96,43 @@ class Table:
 
 # ----------------------------------------------------------------------------- reading results files
 
+def is_results(data: Any) -> bool:
+    """Whether parsed JSON is a results file this project writes (eval.report.write_results): a `results`
+    list of evaluations, each naming its split, shots, embedding and classifier. Other JSON under a run
+    folder (args.json, sweeps, W&B's own files, this table's W&B copy) is none."""
+    return (isinstance(data, dict) and isinstance(data.get("results"), list) and bool(data["results"])
+            and all(isinstance(r, dict) and RESULT_KEYS <= r.keys() for r in data["results"]))
+
+
 def find_results(run_dirs: list[str]) -> list[Path]:
+    """The results files in each RUN_DIR (recursively, recognised by their content) or given by name."""
     files = []
     for run_dir in map(Path, run_dirs):
         if run_dir.is_file():
-            files.append(run_dir)
+            files.append(run_dir)  # named by the user: load_entries says if it is not a results file
         elif run_dir.is_dir():
-            files += sorted({*run_dir.rglob("results.json"), *run_dir.rglob("results_*.json")})
+            files += [path for path in sorted(run_dir.rglob("*.json")) if path.is_file() and _is_results_file(path)]
         else:
             raise UsageError(f"{run_dir}: no such file or folder")
     if not files:
-        raise UsageError(f"no results.json or results_*.json under {', '.join(run_dirs)}")
+        raise UsageError(f"no results files (results.json of training, eval_fewshot.py --output) under "
+                         f"{', '.join(run_dirs)}")
     return files
+
+
+def _is_results_file(path: Path) -> bool:
+    try:
+        return is_results(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        if path.name == "results.json" or path.name.startswith("results_"):
+            raise UsageError(f"{path}: not readable JSON") from None  # a results file gone wrong, not foreign JSON
+        return False
 
 
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{path}: not readable JSON ({e})") from None
 
 
@@ -144,8 +165,8 @@ def method_of(data: dict, train_args: dict, path: Path) -> str:
 
 def load_entries(path: Path, split: str, embedding: str, classifier: str) -> list[Entry]:
     data = _read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-        raise UsageError(f"{path}: not a results file (no `results` list)")
+    if not is_results(data):
+        raise UsageError(f"{path}: not a results file (no `results` list of evaluations)")
     chosen = [r for r in data["results"]
               if (r.get("split"), r.get("embedding"), r.get("classifier")) == (split, embedding, classifier)]
     if not chosen:
@@ -310,7 +331,9 @@ def markdown(table: Table, what: str) -> str:
 
 def sweep_section(run_dirs: list[str]) -> str:
     """Which value each sweep picked (the reproduction driver's sweep_<method>_seed_<s>.json, decided on val)."""
-    records = [_read_json(path) for d in run_dirs for path in sorted(Path(d).rglob("sweep_*.json"))]
+    sweep_keys = {"method", "seed", "criterion", "candidates", "winner"}
+    records = [r for d in run_dirs for path in sorted(Path(d).rglob("sweep_*.json"))
+               if isinstance(r := _read_json(path), dict) and sweep_keys <= r.keys()]
     if not records:
         return ""
     lines = ["", "## Sweeps (decided on val, never test)", "", "| method | seed | winner | val accuracy | candidates |",
@@ -393,7 +416,7 @@ def log_wandb(table: Table, mode: str, project: str, what: str, wandb_dir: Path)
 def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser("python -m eval.table", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                        help="folders searched recursively for results.json and results_*.json (or such files)")
+                        help="folders searched recursively for results files (or such files)")
     parser.add_argument("--baseline", default=None,
                         help="the method every other row is paired with (default: the first row)")
     parser.add_argument("--out", default=None,

@@ -136,7 +136,8 @@ CASES = [
          r"argument --lr_decay_epochs: expected comma-separated integers, got '60;80'"),
     Case("checkpoint that does not exist", evaluate(checkpoint="missing.pth"),
          r"--model_path .*missing\.pth: checkpoint not found"),
-    Case("truncated checkpoint", evaluate(), r"ckpt\.pth: not a readable PyTorch checkpoint", truncated_checkpoint),
+    Case("truncated checkpoint", evaluate(), r"ckpt\.pth: not a PyTorch checkpoint: a truncated or damaged zip",
+         truncated_checkpoint),
     Case("checkpoint without weights", evaluate(), r"ckpt\.pth: has no classifier\.weight; expected a resnet12_ssl checkpoint",
          checkpoint({"epoch": 3})),
     Case("checkpoint of another architecture", evaluate(),
@@ -182,3 +183,11 @@ def test_docs_table_lists_every_case():
     table = page.split("## Bad input\n", 1)[1].split("\n\n", 2)[1]
     rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
     assert rows == [c.name for c in CASES]
+
+
+def test_a_missing_data_root_is_one_line_before_the_run_header(tmp_path):
+    done = run_script("train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(tmp_path / "missing"),
+                      "--model_path", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert (done.stdout + done.stderr).strip().splitlines() == [
+        f"error: {tmp_path / 'missing'}: --data_root folder not found"]

@@ -165,7 +165,7 @@ def test_checkpoint_mismatch_names_keys_and_shapes(small_model, tmp_path):
     with pytest.raises(util.CheckpointError, match=r"shape mismatch: classifier.weight \(6, 640\) vs model \(7, 640\)"):
         engine.checkpoint.load_model_weights(create_model("resnet12_ssl", 7, image_size=32), tmp_path / "ckpt.pth")
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(util.CheckpointError, match="junk.pth: not a readable PyTorch checkpoint"):
+    with pytest.raises(util.CheckpointError, match=r"junk.pth: not a PyTorch checkpoint: text, not a zip archive or a pickle"):
         engine.checkpoint.load_checkpoint(tmp_path / "junk.pth")
 
 
@@ -460,6 +460,30 @@ def test_table_logs_a_wandb_table_and_bar_chart(tmp_path, monkeypatch):
     monkeypatch.setattr(wandb, "Table", lambda **kwargs: 1 / 0)  # W&B trouble never fails the table
     table.main([str(tmp_path / "runs"), "--out", str(tmp_path / "t"), "--wandb", "offline"])
     assert (tmp_path / "t.md").is_file()
+
+
+def test_table_reads_only_results_files_and_runs_twice_the_same_with_wandb_offline(tmp_path):
+    _results(tmp_path / "gen0", _gen0(0), {1: _accuracies(0)})
+    _results(tmp_path / "gen1", _gen1(0), {1: _accuracies(1)}, name="results_test_1shot.json")
+    (tmp_path / "gen0" / "args.json").write_text(json.dumps(_gen0(0)))  # JSON that is not a results file
+    (tmp_path / "gen0" / "results_notes.json").write_text(json.dumps({"results": ["not an evaluation"]}))
+    runs = [run_script("-m", "eval.table", str(tmp_path), "--wandb", "offline", env={"WANDB_MODE": "offline"})
+            for _ in range(2)]
+    # The first run's W&B files (a results_table_*.table.json among them) are under tmp_path/wandb.
+    assert list((tmp_path / "wandb").rglob("results_table_*.table.json"))
+    assert [r.returncode for r in runs] == [0, 0], runs[1].stderr
+    assert runs[0].stdout == runs[1].stdout and "| SKD Gen-1 |" in runs[0].stdout
+    assert "error" not in runs[1].stderr
+
+
+def test_table_names_a_given_file_that_is_not_a_results_file(tmp_path):
+    from eval import table
+
+    (tmp_path / "args.json").write_text(json.dumps(_gen0(0)))
+    with pytest.raises(util.UsageError, match="args.json: not a results file"):
+        table.main([str(tmp_path / "args.json"), "--out", str(tmp_path / "t"), "--wandb", "disabled"])
+    with pytest.raises(util.UsageError, match="no results files .* under"):
+        table.main([str(tmp_path), "--out", str(tmp_path / "t"), "--wandb", "disabled"])
 
 
 def test_eval_results_say_which_weights_of_the_run_they_are():

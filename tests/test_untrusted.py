@@ -45,6 +45,25 @@ def test_a_checkpoint_carrying_a_payload_is_refused_and_never_runs(tmp_path):
     assert not target.exists()
 
 
+@pytest.mark.parametrize("content, reason", [
+    (b"", "not a PyTorch checkpoint: empty file"),
+    (bytes(np.random.RandomState(0).randint(0, 256, 4096, dtype=np.uint8)).replace(b"\x80", b"\x00", 1),
+     "not a PyTorch checkpoint: neither a zip archive nor a pickle"),
+    (b"<!DOCTYPE html>\n<html>Not Found</html>\n", "not a PyTorch checkpoint: text, not a zip archive or a pickle"),
+    ("truncated", "not a PyTorch checkpoint: a truncated or damaged zip archive"),
+    (b"\x80\x02" + bytes(range(156, 256)), "not a readable PyTorch checkpoint \\(a damaged pickle"),
+])
+def test_a_file_that_is_not_a_checkpoint_says_so_and_is_not_called_a_payload(tmp_path, content, reason):
+    path = tmp_path / "download.pth"
+    if content == "truncated":
+        torch.save({"epoch": 1, "model": {"w": torch.ones(64)}}, path)
+        content = path.read_bytes()[:-200]
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"download\\.pth: {reason}") as error:
+        engine.checkpoint.load_checkpoint(path)
+    assert "refused" not in str(error.value) and "\n" not in str(error.value)
+
+
 def test_a_data_pickle_carrying_a_payload_is_refused_and_never_runs(tmp_path):
     target = tmp_path / "created_by_the_payload"
     write_pickle(tmp_path / "train.pickle", {"data": Payload(target), "labels": [0]})
