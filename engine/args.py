@@ -21,6 +21,14 @@ def comma_strings(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+AMP_CHOICES = ("off", "auto", "bf16", "fp16")
+
+
+def amp_choice(text: str) -> str:
+    """--amp's value, with fp32 (what the run prints as its precision) accepted as off."""
+    return "off" if text == "fp32" else text
+
+
 def default_num_workers() -> int:
     """Data-loading workers: the cores this process may run on (its CPU affinity, which SLURM and
     containers narrow, not the machine's core count) shared among the ranks torchrun starts on the
@@ -73,8 +81,8 @@ def add_device_args(g: argparse._ActionsContainer, amp_help: str = "autocast pre
     g.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:N (default: cuda when a usable GPU is visible, else cpu; the run prints "
                         "which and why)")
-    g.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"],
-                   help=f"{amp_help}: off (fp32, or tf32 with --tf32), bf16, fp16 (CUDA, with loss scaling), auto "
+    g.add_argument("--amp", default="off", type=amp_choice, choices=AMP_CHOICES,
+                   help=f"{amp_help}: off or fp32 (fp32, or tf32 with --tf32), bf16, fp16 (CUDA, with loss scaling), auto "
                         "(bf16 where the device runs it natively, else fp16 on a GPU, else off); losses, softmaxes "
                         "and statistics stay float32")
     g.add_argument("--tf32", action="store_true",

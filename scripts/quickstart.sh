@@ -4,6 +4,7 @@
 # few-shot evaluation of each, printing the accuracy of every stage.
 #
 #   bash scripts/quickstart.sh [OUT]      (OUT defaults to runs/quickstart)
+#   AMP=fp32 bash scripts/quickstart.sh  (AMP sets --amp for every stage: auto, the default, off or fp32, bf16, fp16)
 #
 # OUT must be new, empty, or a folder an earlier quickstart made (it holds .skd-quickstart): only
 # then are its contents cleared. Any other folder is refused, never deleted.

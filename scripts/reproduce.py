@@ -105,7 +105,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--episodes", type=int, default=PUBLISHED_EVAL.episodes.value, help="episodes per evaluation")
     parser.add_argument("--output", default="save", help="root of all run folders (the scripts' --model_path)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the scripts' choice)")
-    parser.add_argument("--amp", default=None, choices=["off", "auto", "bf16", "fp16"], help="autocast precision")
+    parser.add_argument("--amp", default=None, type=engine.args.amp_choice,
+                        choices=engine.args.AMP_CHOICES, help="autocast precision (fp32 is off)")
     parser.add_argument("--wandb_group", default=None,
                         help="W&B group of every run (default: reproduce_<dataset>_<date>)")
     parser.add_argument("--nproc_per_node", type=int, default=1,

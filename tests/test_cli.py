@@ -10,6 +10,7 @@ import shlex
 import pytest
 
 import util
+import engine.args
 from conftest import run_script
 from engine.official_flags import apply_official_flags
 
@@ -102,3 +103,11 @@ def test_help_marks_the_release_flags_and_only_them():
         for action in parser._actions:
             released = bool(RELEASE_FLAGS[script] & set(action.option_strings))
             assert action.help.endswith("[release flag]") == released, (script, action.option_strings)
+
+
+def test_amp_fp32_is_accepted_as_off():
+    # The scripts print `precision: fp32` for --amp off, so fp32 is what a user types back.
+    parser = argparse.ArgumentParser()
+    engine.args.add_device_args(parser)
+    assert parser.parse_args(["--amp", "fp32"]).amp == "off"
+    assert parser.parse_args(["--amp", "bf16"]).amp == "bf16"
