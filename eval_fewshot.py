@@ -17,11 +17,11 @@ from dataset import load_split
 from dataset.profiles import NAMED_NORMALIZATIONS, Normalization, dataset_profile
 from dataset.transforms import data_normalization
 from eval import CLASSIFIERS, EpisodeSetting, evaluate, summary_metrics, write_results
-from models import list_models
+from models import DEFAULT_MODEL, list_models
 import engine.args
 import engine.checkpoint
-import engine.distributed
-import engine.logger
+import runtime.distributed
+import runtime.logger
 import engine.official_flags
 import util
 
@@ -77,7 +77,7 @@ def resolve_setting(args: argparse.Namespace, checkpoint: dict) -> None:
             print(f"{name}: {given} (--{name}; the checkpoint was trained with {trained})")
     if args.model is None:
         args.model = engine.checkpoint.recorded_model(checkpoint, args.model_path)
-        if args.model != engine.checkpoint.DEFAULT_MODEL:
+        if args.model != DEFAULT_MODEL:
             print(f"model: {args.model} (from the checkpoint)")
     if args.dataset is None:
         raise util.UsageError(f"--dataset: {args.model_path} does not record the dataset it was trained on; "
@@ -110,7 +110,7 @@ def evaluation_normalization(args: argparse.Namespace, checkpoint: dict, image_s
     return NAMED_NORMALIZATIONS[args.normalization], f"--normalization {args.normalization}"
 
 
-def eval_logger(args: argparse.Namespace, checkpoint: dict, run_facts: dict[str, str]) -> engine.logger.RunLogger | None:
+def eval_logger(args: argparse.Namespace, checkpoint: dict, run_facts: dict[str, str]) -> runtime.logger.RunLogger | None:
     """A W&B run of its own (job type eval), in the group of the run that trained the checkpoint;
     it never resumes that run and writes nothing into the checkpoint's folder."""
     if args.wandb == "disabled":
@@ -123,7 +123,7 @@ def eval_logger(args: argparse.Namespace, checkpoint: dict, run_facts: dict[str,
     default = Path(args.output).parent if args.output else Path.home() / ".cache" / "skd" / "eval"
     wandb_dir = Path(args.wandb_dir or default)
     config = {**vars(args), **run_facts, "trained_with": {k: train_args.get(k) for k in ("dataset", "epochs", "seed", "trial")}}
-    return engine.logger.RunLogger(None, mode=args.wandb, project=project, config=config, wandb_dir=wandb_dir,
+    return runtime.logger.RunLogger(None, mode=args.wandb, project=project, config=config, wandb_dir=wandb_dir,
                                    tags=["eval"], group=train_args.get("wandb_group") or run_name, job_type="eval",
                                    name=f"eval_{run_name}_{args.split}_{args.n_shots}shot")
 
@@ -134,7 +134,7 @@ def main() -> None:
                         "eval_batch_size")
     if args.output:
         util.check_writable_folder(Path(args.output).parent, "--output")
-    ranks, device = engine.distributed.setup(args.device)  # torchrun: the episodes are shared out over the ranks
+    ranks, device = runtime.distributed.setup(args.device)  # torchrun: the episodes are shared out over the ranks
     precision = util.setup_precision(args, device)  # --amp auto decided, --tf32 applied, --amp checked
     if not Path(args.model_path).is_file():
         raise util.UsageError(f"--model_path {args.model_path}: checkpoint not found")
@@ -164,7 +164,7 @@ def main() -> None:
     print(f"evaluated in {seconds:.1f} s on {device} ({precision})"
           + (f" x {ranks.world_size} processes" if ranks.enabled else ""))
     if not ranks.is_main:
-        engine.distributed.cleanup()
+        runtime.distributed.cleanup()
         return
     if args.output:
         write_results(results, Path(args.output), {"checkpoint": str(args.model_path), "dataset": args.dataset,
@@ -179,7 +179,7 @@ def main() -> None:
     if logger is not None:
         logger.summary(summary_metrics(results))
         logger.finish()
-    engine.distributed.cleanup()
+    runtime.distributed.cleanup()
 
 
 if __name__ == "__main__":

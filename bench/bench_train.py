@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import engine.distributed  # noqa: E402
+import runtime.distributed  # noqa: E402
 import engine.loop  # noqa: E402
 import util  # noqa: E402
 from models import create_model  # noqa: E402
@@ -46,8 +46,8 @@ def time_steps(step: engine.loop.Step, model: torch.nn.Module, images: torch.Ten
         scaler.update()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    engine.distributed.barrier()  # the slowest rank ends the timing
-    return steps * len(images) * engine.distributed.current().world_size / (time.perf_counter() - start)
+    runtime.distributed.barrier()  # the slowest rank ends the timing
+    return steps * len(images) * runtime.distributed.current().world_size / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -64,12 +64,12 @@ def main() -> None:
     parser.add_argument("--contiguous", action="store_true",
                         help="plain NCHW layout instead of the scripts' channels-last (to measure what it buys)")
     args = parser.parse_args()
-    ranks, device = engine.distributed.setup(args.device)
+    ranks, device = runtime.distributed.setup(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the training scripts: fixed shapes, autotuned convolutions
     torch.manual_seed(0)
     layout = torch.contiguous_format if args.contiguous else torch.channels_last
-    per_rank = engine.distributed.per_rank_batch_size(args.batch_size)
+    per_rank = runtime.distributed.per_rank_batch_size(args.batch_size)
     images = torch.randn(per_rank, 3, args.image_size, args.image_size, device=device)
     images = images.contiguous(memory_format=layout)
     targets = torch.randint(0, args.num_classes, (per_rank,), device=device)
@@ -101,7 +101,7 @@ def main() -> None:
                 step = torch.compile(step)
             rate = time_steps(step, m, images, targets, device, amp, args.steps, args.warmup)
             print(f"| {name} | {precision} | {rate:.1f} |", flush=True)
-    engine.distributed.cleanup()
+    runtime.distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dataset.transforms import Normalization
-from models import create_model, list_models
+from models import architecture_of, create_model, list_models
 from util import CheckpointError, atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pth"  # the last epoch's
@@ -135,15 +135,6 @@ def model_from_checkpoint(name: str, path: str | Path, checkpoint: dict, dataset
     model = create_model(name, int(state["classifier.weight"].shape[0]), dataset, image_size=image_size)
     load_model_weights(model, path, checkpoint)
     return model
-
-
-DEFAULT_MODEL = "resnet12_ssl"  # the paper's network, and what a checkpoint that records none (official) holds
-
-
-def architecture_of(train_args: dict) -> str:
-    """The architecture a run trained, from its recorded arguments (a Gen-1 run's --model_s, a Gen-0
-    run's --model); ResNet-12 where they record none (official checkpoints)."""
-    return train_args.get("model_s") or train_args.get("model") or DEFAULT_MODEL
 
 
 def recorded_model(checkpoint: dict, path: str | Path) -> str:

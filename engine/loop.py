@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from engine import distributed
-from engine.preemption import StopRequest, rng_state, set_rng_state
+from runtime import distributed
+from runtime.preemption import StopRequest, rng_state, set_rng_state
 from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, save_checkpoint
-from engine.logger import ProgressLines, RunLogger
+from runtime.logger import ProgressLines, RunLogger
 from models.dropblock import dropblock_calls, keep_dropblock_eager
 from util import NonFiniteLossError, Preempted, autocast
 
@@ -138,7 +138,7 @@ class TrainState:
     checkpoint_extra: dict = field(default_factory=dict)
     validation: Validation | None = None  # run every --eval_freq epochs and at the last
     best_val_acc: float | None = None  # of best.pth, kept across --resume
-    partial: dict | None = None  # this rank's part of a mid-epoch checkpoint being resumed (engine.preemption)
+    partial: dict | None = None  # this rank's part of a mid-epoch checkpoint being resumed (runtime.preemption)
     # Trained modules besides the network (an objective's heads), each saved under its own checkpoint
     # key so that "model" keeps exactly the official weights.
     extra_modules: dict[str, nn.Module] = field(default_factory=dict)
@@ -219,7 +219,7 @@ def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device:
     state.validation, every --eval_freq epochs and at the last the val metrics join the log line and
     best.pth is rewritten whenever val_acc improves.
 
-    Under torchrun `step` calls the DDP-wrapped network (engine.distributed.wrap), every rank runs
+    Under torchrun `step` calls the DDP-wrapped network (runtime.distributed.wrap), every rank runs
     the loop and the (sharded) val evaluation, and rank 0 alone writes checkpoints and logs.
     """
     if getattr(args, "compile", False):

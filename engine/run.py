@@ -21,9 +21,9 @@ from dataset.device_loader import DeviceBatches, resolve_augment
 from dataset.loaders import train_loader
 from dataset.transforms import Normalization, choose_normalization, train_transform
 from dataset.profiles import DatasetProfile
-from engine import distributed
+from runtime import distributed
 from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, load_model_weights, training_args
-from engine.logger import LOG_NAME, RunLogger
+from runtime.logger import LOG_NAME, RunLogger
 from engine.official_flags import report_official_flags
 from engine.loop import TrainState
 from eval.fewshot import EpisodeSetting, evaluate
@@ -239,7 +239,7 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
 
 
 def _partial_epoch(checkpoint: dict, path: Path) -> dict | None:
-    """This rank's part of a mid-epoch checkpoint (engine.preemption): {"epoch", "step", "rng", "meter"}."""
+    """This rank's part of a mid-epoch checkpoint (runtime.preemption): {"epoch", "step", "rng", "meter"}."""
     partial = checkpoint.get("partial")
     if not partial:
         return None

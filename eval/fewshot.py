@@ -18,7 +18,7 @@ from tqdm import tqdm
 from dataset.episodes import sample_episodes
 from dataset.imageset import ImageSet
 from dataset.transforms import Normalization, crop_flip_batch
-from engine.logger import ProgressLines
+from runtime.logger import ProgressLines
 from eval import sharding
 from eval.classifiers import classify
 from eval.embed import embed

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-import engine.distributed
+import runtime.distributed
 
 T = TypeVar("T")
 
 
 def world() -> tuple[int, int]:
     """(rank, number of ranks); (0, 1) outside torchrun."""
-    info = engine.distributed.current()
+    info = runtime.distributed.current()
     return info.rank, info.world_size
 
 
@@ -33,6 +33,6 @@ def compute_sharded(n_pieces: int, compute: Callable[[int], T]) -> list[T]:
     mine = {i: compute(i) for i in my_pieces(n_pieces)}
     if world()[1] == 1:
         return [mine[i] for i in range(n_pieces)]
-    gathered: list[dict[int, T]] = engine.distributed.all_gather_objects(mine)
+    gathered: list[dict[int, T]] = runtime.distributed.all_gather_objects(mine)
     merged = {i: piece for part in gathered for i, piece in part.items()}
     return [merged[i] for i in range(n_pieces)]

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 import methods
-from engine.checkpoint import architecture_of
+from models import architecture_of
 from eval.fewshot import EMBEDDINGS
 from eval.stats import mean_confidence_interval
 from util import ArgumentParser, UsageError, atomic_write, run_cli
@@ -386,7 +386,7 @@ def log_wandb(table: Table, mode: str, project: str, what: str, wandb_dir: Path)
     """A W&B Table of the cells and a bar chart of ours vs the paper; W&B trouble is only a warning."""
     # The run logger handles mode 'auto', the online -> offline fallback and a failing init. eval/
     # otherwise never imports engine/; this command-line tool sits above both and nothing imports it.
-    from engine.logger import RunLogger
+    from runtime.logger import RunLogger
 
     logger = RunLogger(None, mode=mode, project=project, config={"what": what, "baseline": table.baseline},
                        wandb_dir=wandb_dir, tags=["table"], job_type="table", name="results_table")

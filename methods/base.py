@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 import engine.checkpoint
-import engine.distributed
+import runtime.distributed
 import engine.loop
 import util
 from engine.run import TrainingData
 from methods.settings import PublishedSettings
-from models import create_model
+from models import architecture_of, create_model
 from models.dropblock import dropblock_calls, set_dropblock_calls, set_dropblock_mask
 
 GEN0_SCRIPT = "train_supervised_ssl.py"
@@ -86,7 +86,7 @@ class Method:
         self.create_extra_modules()
         # After the extra modules, which may copy the network and keep per-rank statistics (DVP's key encoder).
         if args.bn_stats == "global":
-            self.model = engine.distributed.use_global_batch_statistics(self.model)
+            self.model = runtime.distributed.use_global_batch_statistics(self.model)
         if teacher is not None:
             self.freeze(teacher, f"teacher {args.path_t}")
 
@@ -96,7 +96,7 @@ class Method:
 
     def fresh_network(self) -> nn.Module:
         a, data = self.args, self.data
-        name = engine.checkpoint.architecture_of(vars(a))
+        name = architecture_of(vars(a))
         return util.to_device(create_model(name, data.train.num_classes, a.dataset, image_size=data.image_size),
                               self.device)
 

@@ -9,7 +9,7 @@ import argparse
 import torch
 from torch import nn
 
-import engine.distributed
+import runtime.distributed
 import engine.loop
 import util
 from distill import cross_entropy_loss
@@ -78,7 +78,7 @@ class DVP(DistillationMethod):
             connector(s.num_features, t.num_features) for s, t in
             zip(self.model.preactivation_batchnorms(), self.teacher.preactivation_batchnorms())]).to(self.device)
         if self.args.bn_stats == "global":  # their BatchNorms, as the student's, over the global batch
-            self.connectors = engine.distributed.use_global_batch_statistics(self.connectors)
+            self.connectors = runtime.distributed.use_global_batch_statistics(self.connectors)
         self.extra_modules["dvp_connectors"] = self.connectors  # DDP broadcasts rank 0's with the student
         self.distill_weight = DistillWeight(self.args.dvp_weight, self.args.dvp_no_distill_epochs)
 
@@ -110,7 +110,7 @@ def dvp_step(student: WithConnectors, teacher: ResNet12SSL, margins: list[torch.
              weight: DistillWeight) -> engine.loop.Step:
     """Student and frozen teacher on the plain images; CE plus weight() times the feature
     distillation (measured and logged every step, its weight 0 in the first epochs)."""
-    forward = engine.distributed.wrap(student, unused=("model.rot_classifier",))
+    forward = runtime.distributed.wrap(student, unused=("model.rot_classifier",))
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         with torch.no_grad():

@@ -10,7 +10,7 @@ import copy
 import torch
 from torch import nn
 
-import engine.distributed
+import runtime.distributed
 import engine.loop
 import util
 from dataset.transforms import TwoViews, contrastive_transform
@@ -115,7 +115,7 @@ class DVPPrior(Gen0Method):
         if args.dvp_queue < args.batch_size:
             raise util.UsageError(f"--dvp_queue {args.dvp_queue}: expected at least --batch_size ({args.batch_size}), "
                                   f"the keys one step enqueues")
-        per_rank = engine.distributed.per_rank_batch_size(args.batch_size)
+        per_rank = runtime.distributed.per_rank_batch_size(args.batch_size)
         if per_rank < 2 * args.dvp_key_groups:  # BatchNorm in train mode needs 2 images per group
             raise util.UsageError(f"--dvp_key_groups {args.dvp_key_groups}: expected at least 2 images per group, "
                                   f"got {per_rank} images per step and rank")
@@ -126,7 +126,7 @@ class DVPPrior(Gen0Method):
 
     def create_extra_modules(self) -> None:
         self.prior = MomentumContrast(self.model, self.args).to(self.device)
-        engine.distributed.broadcast_module(self.prior)  # the key encoder starts as rank 0's query encoder, as DDP's
+        runtime.distributed.broadcast_module(self.prior)  # the key encoder starts as rank 0's query encoder, as DDP's
         self.extra_modules["dvp_prior"] = self.prior
 
     def extra_parameters(self) -> list[nn.Parameter]:
@@ -143,7 +143,7 @@ def dvp_prior_step(model: ResNet12SSL, prior: MomentumContrast, args: argparse.N
     """Each image comes as two views (B, 2, 3, H, W); the labels are never read."""
     query = ProjectedFeatures(model, prior.query_head)
     # The classifier and the rotation head are not part of the contrastive task.
-    forward = engine.distributed.wrap(query, unused=("model.classifier", "model.rot_classifier"))
+    forward = runtime.distributed.wrap(query, unused=("model.classifier", "model.rot_classifier"))
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         q = forward(images[:, 0])
@@ -158,7 +158,7 @@ def dvp_prior_step(model: ResNet12SSL, prior: MomentumContrast, args: argparse.N
         with torch.no_grad():  # how often the positive (margin included) beats every negative
             logits = margin_contrastive_logits(q, k, negatives, args.dvp_margin, args.dvp_temperature)
             found = (logits.argmax(1) == 0).float().mean() * 100
-        prior.queue.enqueue(engine.distributed.all_gather_tensor(k))  # every rank's keys: one queue on all ranks
+        prior.queue.enqueue(runtime.distributed.all_gather_tensor(k))  # every rank's keys: one queue on all ranks
         return engine.loop.StepResult(loss, {"instance_acc": found}, None, len(images))
 
     return step

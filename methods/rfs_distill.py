@@ -8,7 +8,7 @@ import argparse
 import torch
 from torch import nn
 
-import engine.distributed
+import runtime.distributed
 import engine.loop
 from distill import rfs_distill_loss
 from methods.base import DistillationMethod
@@ -61,7 +61,7 @@ class RFSDistill(DistillationMethod):
 def rfs_distill_step(student: ResNet12SSL, teacher: ResNet12SSL, ce_weight: float, kd_weight: float,
                      temperature: float) -> engine.loop.Step:
     """Student and teacher on the plain images; CE to the labels plus KD to the teacher."""
-    forward = engine.distributed.wrap(student, unused=("rot_classifier",))
+    forward = runtime.distributed.wrap(student, unused=("rot_classifier",))
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         with torch.no_grad():

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-import engine.distributed
+import runtime.distributed
 import engine.loop
 from distill import cross_entropy_loss
 from methods.base import Gen0Method
@@ -51,7 +51,7 @@ class RFSSimple(Gen0Method):
 
 def plain_step(model: ResNet12SSL) -> engine.loop.Step:
     """One forward of the B plain images, cross-entropy only."""
-    forward = engine.distributed.wrap(model, unused=("rot_classifier",))
+    forward = runtime.distributed.wrap(model, unused=("rot_classifier",))
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         logits = forward(images)

@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-import engine.distributed
+import runtime.distributed
 import engine.loop
 from distill import four_rotations, gen0_loss
 from methods.base import Gen0Method
@@ -59,7 +59,7 @@ class SKDGen0(Gen0Method):
 
 def gen0_step(model: ResNet12SSL, gamma: float) -> engine.loop.Step:
     """The B images and their three rotations through the network; CE + gamma * L_rot."""
-    forward_all = engine.distributed.wrap(model, "forward_all")  # DDP under torchrun
+    forward_all = runtime.distributed.wrap(model, "forward_all")  # DDP under torchrun
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         batch, rot_labels = four_rotations(images)

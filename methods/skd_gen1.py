@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-import engine.distributed
+import runtime.distributed
 import engine.loop
 from distill import gen1_loss, rot90, rot180, rot270
 from methods.base import DistillationMethod
@@ -104,7 +104,7 @@ class SKDGen1(DistillationMethod):
 def gen1_step(student: ResNet12SSL, teacher: ResNet12SSL, beta: float, temperature: float,
               official_quirks: bool) -> engine.loop.Step:
     """Teacher on x, student on x and x180 (all four rotations with the released code's quirks)."""
-    forward = engine.distributed.wrap(student, unused=("rot_classifier",))  # DDP under torchrun
+    forward = runtime.distributed.wrap(student, unused=("rot_classifier",))  # DDP under torchrun
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         b = len(images)

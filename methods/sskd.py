@@ -9,7 +9,7 @@ import argparse
 import torch
 from torch import nn
 
-import engine.distributed
+import runtime.distributed
 import engine.loop
 import util
 from distill import four_rotations
@@ -104,7 +104,7 @@ class SSKD(DistillationMethod):
 def sskd_step(student: WithProjection, teacher: ResNet12SSL, teacher_head: ProjectionHead,
               weights: SSKDWeights) -> engine.loop.Step:
     """Teacher and student (with their heads) on the B plain images and their three rotations."""
-    forward = engine.distributed.wrap(student, unused=("model.rot_classifier",))
+    forward = runtime.distributed.wrap(student, unused=("model.rot_classifier",))
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         batch, _ = four_rotations(images)
@@ -125,7 +125,7 @@ def train_teacher_head(teacher: ResNet12SSL, head: ProjectionHead, loader, args:
     to match each rotated image to its own plain image among the batch's (SGD, momentum 0.9, weight
     decay 5e-4, lr x0.1 at 50% and 75% of --sskd_head_epochs, as the release's 30 and 45 of 60)."""
     optimizer = torch.optim.SGD(head.parameters(), lr=args.sskd_head_lr, momentum=0.9, weight_decay=5e-4)
-    forward = engine.distributed.wrap(head.train())
+    forward = runtime.distributed.wrap(head.train())
     epochs = args.sskd_head_epochs
     for epoch in range(1, epochs + 1):
         lr = args.sskd_head_lr * 0.1 ** sum(epoch > m for m in (epochs * 0.5, epochs * 0.75))

@@ -44,7 +44,7 @@ class DropBlock(nn.Module):
         self.drop_rate = drop_rate
         self.ramp_steps = ramp_steps
         self.num_calls = 0
-        # Under torchrun, a sum over the ranks (engine.distributed.use_global_batch_statistics): the
+        # Under torchrun, a sum over the ranks (runtime.distributed.use_global_batch_statistics): the
         # rescale then uses the share kept over the global batch, as one process at that batch does.
         self.sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
 

@@ -10,6 +10,7 @@ from models.resnet12 import WIDTHS, ResNet12SSL
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
+
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
@@ -22,6 +23,15 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def list_models() -> list[str]:
     return sorted(_MODELS)
+
+
+DEFAULT_MODEL = "resnet12_ssl"  # the paper's network, and what a checkpoint that records none (official) holds
+
+
+def architecture_of(train_args: dict) -> str:
+    """The architecture a run trained, from its recorded arguments (a Gen-1 run's --model_s, a Gen-0
+    run's --model); ResNet-12 where they record none (official checkpoints)."""
+    return train_args.get("model_s") or train_args.get("model") or DEFAULT_MODEL
 
 
 def create_model(name: str, num_classes: int, dataset: str | None = None, image_size: int | None = None) -> nn.Module:

@@ -41,6 +41,7 @@ import engine.args  # noqa: E402
 import engine.checkpoint  # noqa: E402
 import engine.run  # noqa: E402
 import methods  # noqa: E402
+import models  # noqa: E402
 import train_distillation  # noqa: E402
 import train_supervised_ssl  # noqa: E402
 import util  # noqa: E402
@@ -251,7 +252,7 @@ def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: l
         check_passthrough(stage, argv, accepted)
         # The architecture (a student's is its teacher's) decides the release flags, which come before the
         # passthrough flags so that those still override them (`-- --dropblock_mask full`).
-        architecture = teacher.model if teacher else engine.checkpoint.architecture_of(vars(parse_training(
+        architecture = teacher.model if teacher else models.architecture_of(vars(parse_training(
             stage, argv + accepted)))
         argv += [*release_flags(stage, architecture, args), *accepted]
         parsed = parse_training(stage, argv)
@@ -269,7 +270,7 @@ def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: l
         forwarded = None if parsed.use_trainval else parsed.epochs * per_epoch * stage.forwards_per_image
         runs.append(Run(stage.name, seed, f"{stage.name} seed {seed}{sweep}: {images}",
                         [*python_command(stage.script, args.nproc_per_node), *argv], parsed.epochs,
-                        checkpoint, engine.checkpoint.architecture_of(vars(parsed)),
+                        checkpoint, models.architecture_of(vars(parsed)),
                         bool(swept), tuple(evaluation(args, checkpoint, split, shots) for split in splits
                                            for shots in PUBLISHED_EVAL.shots.value), mine,
                         teacher.checkpoint if teacher else None, forwarded, dropblock_mask_of(parsed)))

@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import engine.distributed  # noqa: E402
+import runtime.distributed  # noqa: E402
 from models import create_model  # noqa: E402
 from methods.base import clone_student  # noqa: E402
 from methods.skd_gen0 import gen0_step  # noqa: E402
@@ -32,7 +32,7 @@ def one_step(model: torch.nn.Module, step, images: torch.Tensor, targets: torch.
 def main(out: str, device_name: str = "cpu") -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    info, device = engine.distributed.setup(device_name)
+    info, device = runtime.distributed.setup(device_name)
     torch.manual_seed(0)
     initial = create_model("resnet12_ssl", 5, "CIFAR-FS", image_size=32).to(device)
     # Dropout and DropBlock masks are drawn per rank, from streams no number of ranks can share with one
@@ -45,16 +45,16 @@ def main(out: str, device_name: str = "cpu") -> None:
     images, targets = images.to(device), targets.to(device)
     mine = slice(info.rank, None, info.world_size)  # EpochSampler's share: every world-th image
 
-    gen0 = engine.distributed.use_global_batch_statistics(clone_student(initial).train())
+    gen0 = runtime.distributed.use_global_batch_statistics(clone_student(initial).train())
     after_gen0 = one_step(gen0, gen0_step(gen0, gamma=2.0), images[mine], targets[mine])
     teacher = initial.eval().requires_grad_(False)
-    gen1 = engine.distributed.use_global_batch_statistics(clone_student(teacher).train())
+    gen1 = runtime.distributed.use_global_batch_statistics(clone_student(teacher).train())
     after_gen1 = one_step(gen1, gen1_step(gen1, teacher, 0.1, 4.0, official_quirks=False), images[mine],
                           targets[mine])
     if info.is_main:
         states = {"initial": initial.state_dict(), "gen0": after_gen0, "gen1": after_gen1}
         torch.save({stage: {k: v.cpu() for k, v in tensors.items()} for stage, tensors in states.items()}, out)
-    engine.distributed.cleanup()
+    runtime.distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import engine.distributed  # noqa: E402
+import runtime.distributed  # noqa: E402
 import engine.loop  # noqa: E402
 import engine.run  # noqa: E402
 import util  # noqa: E402
@@ -23,7 +23,7 @@ from test_preemption import SmallNet, _args  # noqa: E402
 
 
 def main(folder: str) -> None:
-    info, device = engine.distributed.setup("cpu")
+    info, device = runtime.distributed.setup("cpu")
     save = engine.loop.save_checkpoint
 
     def slow_save(checkpoint, path):
@@ -36,7 +36,7 @@ def main(folder: str) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     args = _args(Path(folder), log_interval=1)
     state = engine.run.prepare_run(args, "run", model, optimizer, "test", {})
-    net = engine.distributed.wrap(model)
+    net = runtime.distributed.wrap(model)
     data = torch.utils.data.TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,)))
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, generator=torch.Generator())
 

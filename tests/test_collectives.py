@@ -19,9 +19,9 @@ from torch import nn
 
 from conftest import TEST_MODEL
 from distill.dvp import KeyQueue
-from engine import distributed
+from runtime import distributed
 from engine.loop import FinitenessCheck, Meter, StepResult, _save_partial
-from engine.preemption import StopRequest
+from runtime.preemption import StopRequest
 from eval.sharding import compute_sharded
 from models import create_model
 from models.dropblock import DropBlock

@@ -109,12 +109,12 @@ def test_global_batch_must_divide_over_ranks(cifar_root, tmp_path):
 
 
 def test_plain_python_run_starts_no_process_group():
-    import engine.distributed
+    import runtime.distributed
 
-    info, device = engine.distributed.setup("cpu")
+    info, device = runtime.distributed.setup("cpu")
     assert not info.enabled and info.is_main and device == torch.device("cpu")
     model = torch.nn.Linear(2, 2)
-    assert engine.distributed.wrap(model) is model  # the model itself, no DDP
+    assert runtime.distributed.wrap(model) is model  # the model itself, no DDP
     assert get_args_parser().parse_args([]).bn_stats == "global"  # the step of one process, also under torchrun
 
 
@@ -218,7 +218,7 @@ def test_two_ranks_sharing_one_gpu_take_the_step_of_one_process(tmp_path):
     _compare_steps(two, one)
 
 SRUN_TASK = """
-import sys, torch, engine.distributed as d
+import sys, torch, runtime.distributed as d
 info, device = d.setup("cpu")
 ranks = d.all_gather_objects((info.rank, info.local_rank, info.world_size))
 total = d.all_reduce_sum(torch.tensor([float(info.rank + 1)]))
@@ -247,7 +247,7 @@ def test_srun_tasks_form_one_job_without_torchrun():
 
 
 def test_slurm_node_list_first_host():
-    import engine.distributed
+    import runtime.distributed
 
-    assert engine.distributed.first_slurm_host("gpu[03-05,09],cpu1") == "gpu03"
-    assert engine.distributed.first_slurm_host("node7,node8") == "node7"
+    assert runtime.distributed.first_slurm_host("gpu[03-05,09],cpu1") == "gpu03"
+    assert runtime.distributed.first_slurm_host("node7,node8") == "node7"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import engine.checkpoint
+import models
 from conftest import REPO
 
 OUT = "runs_out"  # --output; a dry run writes nothing there
@@ -271,7 +271,7 @@ class _FakeStages:
             if self.sigterm:  # the stage checkpoints and exits 143; the plan must outlive the signal
                 os.kill(os.getpid(), signal.SIGTERM)
                 code = 143
-        architecture = engine.checkpoint.architecture_of(vars(parsed))
+        architecture = models.architecture_of(vars(parsed))
         recorded = {"model": architecture, "dropblock_mask": parsed.dropblock_mask,
                     "official_quirks": getattr(parsed, "official_quirks", False)}
         torch.save({"epoch": epochs, "model": {}, "args": recorded}, folder / "checkpoint.pth")

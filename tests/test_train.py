@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import engine.checkpoint
-import engine.logger
+import runtime.logger
 import engine.loop
 import engine.run
 import util

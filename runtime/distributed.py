@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from engine.global_batchnorm import convert_to_global_batchnorm
+from runtime.global_batchnorm import convert_to_global_batchnorm
 from models.dropblock import DropBlock
 from util import UsageError, resolve_device
 
@@ -189,7 +189,7 @@ def wrap(model: nn.Module, method: str = "forward", unused: tuple[str, ...] = ()
 def use_global_batch_statistics(model: nn.Module) -> nn.Module:
     """Make N ranks at global batch B compute what one process computes at batch B (--bn_stats
     global, the default under torchrun): BatchNorm normalises over the global batch
-    (engine.global_batchnorm: sums all-reduced on the device, no host read, on NCCL and gloo alike;
+    (runtime.global_batchnorm: sums all-reduced on the device, no host read, on NCCL and gloo alike;
     PyTorch's SyncBatchNorm would wait for the GPU in every forward), and DropBlock rescales by the
     share of activations kept over the global batch. Parameters, buffers and names are unchanged, so
     the optimizer and the checkpoint keys are too. A no-op outside torchrun. Call it before building

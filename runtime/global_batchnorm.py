@@ -3,7 +3,7 @@ training mode each rank's per-channel sums, sums of squares and counts are added
 with an all-reduce whose backward all-reduces the gradients, so the forward and the backward are
 those of one BatchNorm over all ranks' images; eval mode is plain BatchNorm. Nothing is read back
 to the host (the count is a fill from the shape), unlike PyTorch's SyncBatchNorm, which reads the
-gathered counts on the host in every forward and refuses CPU tensors. engine.distributed passes in
+gathered counts on the host in every forward and refuses CPU tensors. runtime.distributed passes in
 its all-reduce helper, the one every collective of the project goes through. Statistics compute in
 float32 whatever the input's precision."""
 from __future__ import annotations

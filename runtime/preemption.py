@@ -16,7 +16,7 @@ from types import FrameType
 import numpy as np
 import torch
 
-from engine import distributed
+from runtime import distributed
 from util import cuda_usable
 
 
