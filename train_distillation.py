@@ -14,6 +14,7 @@ from torch import nn
 from dataset.profiles import DatasetProfile
 from models import ResNet12SSL, list_models
 import engine.args
+from engine.args import Unset
 import engine.checkpoint
 import engine.loop
 import engine.official_flags
@@ -25,13 +26,14 @@ SCRIPT = methods.DISTILL_SCRIPT
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = util.ArgumentParser(description="SKD generation 1: self-supervised knowledge distillation")
+    parser = methods.MethodArgumentParser(script=SCRIPT, description="SKD generation 1: self-supervised knowledge distillation")
     g = parser.add_argument_group("student and teacher")
     g.add_argument("--model_s", choices=list_models(), help="student architecture (default: --model_t's)")
     g.add_argument("--model_t", choices=list_models(),
                    help="teacher architecture (default: the one --path_t records; resnet12_ssl where it records none)")
     g.add_argument("--path_t", required=True, help="the teacher's checkpoint (checkpoint.pth of a Gen-0 run)")
-    g.add_argument("--kd_T", type=float, default=2.0, help="distillation temperature T")
+    g.add_argument("--kd_T", type=float, default=Unset(2.0),
+                   help="distillation temperature T (--objective skd and rfs; not given: the method's published T)")
     g.add_argument("--allow_teacher_mismatch", action="store_true",
                    help="accept a teacher trained on another dataset or image size, or by another kind of method, "
                         "than this run needs")
@@ -119,21 +121,23 @@ def teacher_for_run(args: argparse.Namespace, method: type[methods.DistillationM
 
 
 def main() -> None:
-    args = get_args_parser().parse_args()
+    parser = get_args_parser()
+    args = parser.parse_args()
     method = methods.select_method(SCRIPT, args)
     checkpoint = read_teacher(args)
-    device = engine.run.start_training_run(args, method.device_augment_refusal)
+    device = engine.run.start_training_run(args, method.device_augment_refusal, parser.settings)
     method.check_args(args)
     teacher, data = teacher_for_run(args, method, checkpoint, device)
     del checkpoint  # the teacher's whole file (its optimizer state too) is not needed past here
     run = method(args, device, data, teacher)
+    data_seed = engine.run.stage_seed(args.seed, method.generation)
     optimizer = engine.run.sgd(run.model, run.extra_parameters(), args)
     identity = {"model": args.model_s, "dataset": args.dataset, "image_size": data.image_size,
                 "path_t": str(Path(args.path_t).resolve()), "teacher_sha256": util.file_sha256(args.path_t),
                 **methods.selection(SCRIPT, args)}
     state = engine.run.prepare_run(args, run_name(args, data.profile), run.model, optimizer, method.name, identity,
-                                   data, {"path_t": str(args.path_t)}, run.extra_modules)
-    loader = engine.run.make_train_loader(data, args, device, run.train_transform())
+                                   data, {"path_t": str(args.path_t)}, run.extra_modules, data_seed)
+    loader = engine.run.make_train_loader(data, args, device, run.train_transform(), seed=data_seed)
     engine.loop.fit(state, run.make_step(state, loader), loader, args, device, run.after_epoch, run.before_epoch)
     run.check_frozen()
     engine.run.finish_training(state, data, args, device)

@@ -23,7 +23,7 @@ SCRIPT = methods.GEN0_SCRIPT
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = util.ArgumentParser(description="SKD generation 0: supervised training with rotation self-supervision")
+    parser = methods.MethodArgumentParser(script=SCRIPT, description="SKD generation 0: supervised training with rotation self-supervision")
     parser.add_argument_group("model").add_argument("--model", default="resnet12_ssl", choices=list_models(),
                                                     help="network architecture")
     methods.add_method_args(parser, SCRIPT)
@@ -41,18 +41,20 @@ def run_name(args: argparse.Namespace, profile: DatasetProfile) -> str:
 
 
 def main() -> None:
-    args = get_args_parser().parse_args()
+    parser = get_args_parser()
+    args = parser.parse_args()
     method = methods.select_method(SCRIPT, args)
-    device = engine.run.start_training_run(args, method.device_augment_refusal)
+    device = engine.run.start_training_run(args, method.device_augment_refusal, parser.settings)
     method.check_args(args)
     data = engine.run.load_training_data(args)
     run = method(args, device, data)
+    data_seed = engine.run.stage_seed(args.seed, method.generation)
     optimizer = engine.run.sgd(run.model, run.extra_parameters(), args)
     identity = {"model": args.model, "dataset": args.dataset, "image_size": data.image_size,
                 **methods.selection(SCRIPT, args)}
     state = engine.run.prepare_run(args, run_name(args, data.profile), run.model, optimizer, method.name, identity,
-                                   data, extra_modules=run.extra_modules)
-    loader = engine.run.make_train_loader(data, args, device, run.train_transform())
+                                   data, extra_modules=run.extra_modules, data_seed=data_seed)
+    loader = engine.run.make_train_loader(data, args, device, run.train_transform(), seed=data_seed)
     engine.loop.fit(state, run.make_step(state, loader), loader, args, device, run.after_epoch, run.before_epoch)
     run.check_frozen()
     engine.run.finish_training(state, data, args, device)

@@ -66,9 +66,18 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     (`(default: the checkpoint's)`) or there is none (None)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if "(default" in (action.help or "") or action.default is None:
-            return action.help or ""
-        return super()._get_help_string(action)
+        help_text = action.help or ""
+        if ("(default" in help_text or action.default in (None, argparse.SUPPRESS)
+                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return help_text
+        return f"{help_text} (default: {as_typed(action.default).replace('%', '%%')})"
+
+
+def as_typed(value: object) -> str:
+    """A default as a user types it on the command line: a list comma-joined (`60,80`, `gen0,ssl`)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 class ArgumentParser(argparse.ArgumentParser):

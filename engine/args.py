@@ -3,11 +3,30 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
+from typing import Any
 
 from dataset import dataset_names
 from dataset.device_loader import AUGMENT_CHOICES
 from dataset.transforms import NORMALIZATIONS
 from engine.official_flags import official_bool
+from util import as_typed
+
+
+@dataclass(frozen=True)
+class Unset:
+    """The default of a flag whose value depends on the method and the dataset (methods.registry
+    resolves it): `fallback` is used where nothing is published. A parsed value that is still an
+    Unset was not given on the command line."""
+    fallback: Any
+
+    def __str__(self) -> str:
+        return as_typed(self.fallback)
+
+
+# The optimisation flags every method's published settings fix (PublishedSettings' fields, by flag).
+SCHEDULE_FLAGS = ("epochs", "lr_decay_epochs", "learning_rate", "lr_decay_rate", "batch_size", "weight_decay",
+                  "momentum")
 
 
 def comma_ints(text: str) -> list[int]:
@@ -41,8 +60,9 @@ def default_num_workers() -> int:
     return min(8, cores // ranks_on_node)
 
 
-def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "synthetic",
-                  dataset_help: str = "dataset; 'synthetic' is built in and needs no files",
+def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "miniImageNet",
+                  dataset_help: str = "dataset (the release's default: miniImageNet); 'synthetic' is built in and "
+                                      "needs no files",
                   loader: bool = True) -> argparse._ArgumentGroup:
     """`loader`: the script reads images through a DataLoader (training), so --num_workers applies.
     Returns the group, for a script's own data flags."""
@@ -91,16 +111,19 @@ def add_device_args(g: argparse._ActionsContainer, amp_help: str = "autocast pre
 
 
 def add_training_args(parser: argparse.ArgumentParser, learning_rate: float, lr_decay_epochs: str) -> None:
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=65, help="training epochs")
-    g.add_argument("--batch_size", type=int, default=64,
+    """The schedule flags. Not given, each takes the method's published value for --dataset (the run
+    prints it with its source), else the default shown."""
+    g = parser.add_argument_group("optimisation (not given: the published value for --dataset and the method, "
+                                  "printed with its source; else the default shown)")
+    g.add_argument("--epochs", type=int, default=Unset(65), help="training epochs")
+    g.add_argument("--batch_size", type=int, default=Unset(64),
                    help="images per step before rotations, global: under torchrun each of N ranks takes batch_size/N")
-    g.add_argument("--learning_rate", type=float, default=learning_rate, help="SGD learning rate at the start")
-    g.add_argument("--lr_decay_epochs", type=comma_ints, default=comma_ints(lr_decay_epochs),
+    g.add_argument("--learning_rate", type=float, default=Unset(learning_rate), help="SGD learning rate at the start")
+    g.add_argument("--lr_decay_epochs", type=comma_ints, default=Unset(comma_ints(lr_decay_epochs)),
                    help="comma-separated epochs after which lr is multiplied by --lr_decay_rate")
-    g.add_argument("--lr_decay_rate", type=float, default=0.1, help="lr factor at each decay epoch")
-    g.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--lr_decay_rate", type=float, default=Unset(0.1), help="lr factor at each decay epoch")
+    g.add_argument("--weight_decay", type=float, default=Unset(5e-4), help="SGD weight decay")
+    g.add_argument("--momentum", type=float, default=Unset(0.9), help="SGD momentum")
     g.add_argument("--cosine", action="store_true", help="cosine annealing instead of step decay")
 
 

@@ -142,6 +142,7 @@ class TrainState:
     # Trained modules besides the network (an objective's heads), each saved under its own checkpoint
     # key so that "model" keeps exactly the official weights.
     extra_modules: dict[str, nn.Module] = field(default_factory=dict)
+    data_seed: int = 0  # the stage's seed of data order, augmentations and dropout (engine.run.stage_seed)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -178,11 +179,11 @@ def _validate(model: nn.Module, validation: Validation, device: torch.device) ->
             model.train()
 
 
-def _batches(loader, epoch: int, args: argparse.Namespace, skip_steps: int = 0) -> Iterator:
+def _batches(loader, epoch: int, args: argparse.Namespace, data_seed: int, skip_steps: int = 0) -> Iterator:
     """The epoch's batches after its first `skip_steps`. The data order and augmentations are a
-    function of (--seed, epoch) (dataset.loaders.EpochSampler); the global RNG, which draws dropout
-    and DropBlock masks, is re-seeded per epoch and per rank."""
-    seed = distributed.rank_seed(args.seed) * 100_003 + epoch
+    function of (the stage's seed, epoch) (dataset.loaders.EpochSampler); the global RNG, which draws
+    dropout and DropBlock masks, is re-seeded per epoch and per rank."""
+    seed = distributed.rank_seed(data_seed) * 100_003 + epoch
     torch.manual_seed(seed)
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch, skip_steps * loader.batch_size)
@@ -250,7 +251,7 @@ def _train_epoch(state: TrainState, step: Step, loader, args: argparse.Namespace
     skip = resumed["step"] if resumed is not None else 0
     last_good = state.checkpoint_path if epoch > 1 or skip else None
     start = time.perf_counter()
-    progress = _batches(loader, epoch, args, skip)
+    progress = _batches(loader, epoch, args, state.data_seed, skip)
     steps = skip + len(loader)
     if resumed is not None:  # the RNG streams and metric sums exactly as they were after step `skip`
         set_rng_state(resumed["rng"])

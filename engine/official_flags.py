@@ -38,7 +38,10 @@ class OfficialFlag:
 
 
 def _note(text: str) -> Callable[[object, argparse.Namespace], str]:
-    return lambda value, args: text
+    def check(value, args):
+        return text
+    check.help = text.split(": ", 1)[1]  # what --help says of the flag: what replaces it
+    return check
 
 
 def _refuse_unless(ok: Callable[[object], bool], why: str,
@@ -47,6 +50,7 @@ def _refuse_unless(ok: Callable[[object], bool], why: str,
         if not ok(value):
             raise UsageError(why.format(value=value))
         return note
+    check.help = "refused where it would change the method: " + why.split(": ", 1)[1].format(value="another value")
     return check
 
 
@@ -64,6 +68,9 @@ def _transform(value, args: argparse.Namespace) -> str | None:
     return None
 
 
+_transform.help = ("the dataset's profile chooses the release's augmentation (A: miniImageNet, tieredImageNet; D: "
+                   "CIFAR-FS, FC100); another letter is refused")
+
 FLAGS = (
     OfficialFlag(("--print_freq",), TRAINING, {"type": int},
                  _note("--print_freq: progress shows every --log_interval steps here (a bar, or a line a minute "
@@ -80,7 +87,8 @@ FLAGS = (
                                              "the method and is not implemented")),
     OfficialFlag(("--ssl",), TRAINING, {"type": official_bool},
                  _refuse_unless(lambda v: v, "--ssl False: SKD is trained with the rotation self-supervision; for "
-                                         "cross-entropy alone use train_supervised_ssl.py --plain (RFS-simple)")),
+                                         "cross-entropy alone use train_supervised_ssl.py --objective rfs_simple "
+                                         "(RFS-simple)")),
     OfficialFlag(("--simclr",), TRAINING + EVAL, {"type": official_bool},
                  _refuse_unless(lambda v: not v, "--simclr True: the release's unused SimCLR option is not part of "
                                              "SKD and is not implemented")),
@@ -88,7 +96,8 @@ FLAGS = (
                  _refuse_unless(lambda v: v == "kd", "--distill {value}: SKD Gen-1 distils logits (kd); the release's "
                                                  "other choices are not implemented")),
     OfficialFlag(("-a", "--alpha"), ("train_distillation.py",), {"type": float},
-                 _note("--alpha: the release's Gen-1 loss does not read it (KL + beta x L2); ignored")),
+                 _note("--alpha: the SKD release's Gen-1 loss does not read it (KL + beta x L2); ignored (under "
+                       "--objective rfs it is the RFS release's KD weight, --kd_weight)")),
     OfficialFlag(("-b", "--beta"), ("train_distillation.py",), {"type": float},
                  _note("--beta: the release's Gen-1 loss does not read it; its L2 weight is --gamma (-r)")),
     OfficialFlag(("--feat_dim",), ("train_distillation.py",), {"type": int},
@@ -136,7 +145,7 @@ def add_official_flags(parser: argparse.ArgumentParser, script: str) -> None:
             if not names:
                 continue
             kwargs = {**flag.kwargs, "default": argparse.SUPPRESS}  # absent from args unless given
-            g.add_argument(*names, dest=f"official_{flag.flags[-1].lstrip('-')}", help="accepted for the release's command lines",
+            g.add_argument(*names, dest=f"official_{flag.flags[-1].lstrip('-')}", help=flag.check.help,
                            **kwargs)
     for action in parser._actions:
         if RELEASE_FLAGS[script] & set(action.option_strings):

@@ -33,9 +33,11 @@ from util import (CheckpointError, UsageError, atomic_write, check_positive, che
                   git_sha, precision_name, print_run_header, seed_everything, setup_precision)
 
 
-def start_training_run(args: argparse.Namespace, device_augment_refusal: str | None = None) -> torch.device:
+def start_training_run(args: argparse.Namespace, device_augment_refusal: str | None = None,
+                       settings: list[str] = ()) -> torch.device:
     """Validate the flags, join the torchrun process group when launched by torchrun, pick the
-    (per-rank) device, print the git sha and every argument, seed everything (per rank).
+    (per-rank) device, print the git sha, every argument and `settings` (where each schedule value
+    came from: given, or published with its source), seed everything (per rank).
     `device_augment_refusal`: why the method's augmentation cannot run with --augment device (it
     then runs on loader workers, and an explicit --augment device is refused)."""
     report_official_flags(args)  # a refusal comes before anything is printed
@@ -67,12 +69,23 @@ def start_training_run(args: argparse.Namespace, device_augment_refusal: str | N
         # Fixed input shapes every step: let cuDNN pick its fastest convolution algorithms once.
         torch.backends.cudnn.benchmark = True
     print_run_header(args, device)
+    for line in settings:
+        print(f"setting: {line}")
     if ranks.enabled:
         print(f"distributed: {ranks.world_size} processes ({torch.distributed.get_backend()}), global batch "
               f"{args.batch_size} = {ranks.world_size} x {args.batch_size // ranks.world_size}")
     # Model initialisation may differ per rank: DDP broadcasts rank 0's weights when it wraps them.
     seed_everything(distributed.rank_seed(args.seed))
     return device
+
+
+def stage_seed(seed: int, generation: int) -> int:
+    """The seed of a stage's data order, augmentations and dropout masks: --seed itself for a first
+    generation (Gen-0, RFS-simple, DVP's prior), so that their runs draw what they always drew; a
+    distinct stream for each later generation, so that a student never sees its teacher's batches
+    and augmentations at the same --seed. (An offset in the low 32 bits: the CPU generator's Mersenne
+    twister reads only those of its seed.)"""
+    return seed + generation * 1_000_000_007
 
 
 def sgd(model: nn.Module, extra_parameters: list[nn.Parameter], args: argparse.Namespace) -> torch.optim.SGD:
@@ -167,7 +180,8 @@ class ValEvaluation:
 
 def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                 job_type: str, identity: dict[str, Any], data: TrainingData | None = None,
-                checkpoint_extra: dict | None = None, extra_modules: dict[str, nn.Module] | None = None) -> TrainState:
+                checkpoint_extra: dict | None = None, extra_modules: dict[str, nn.Module] | None = None,
+                data_seed: int | None = None) -> TrainState:
     """Create (or, with --resume, reopen) the run folder; restore the last checkpoint when resuming
     (weights, optimizer, grad scaler, DropBlock ramp), and the best val accuracy so far from best.pth.
     Under torchrun every rank restores the checkpoint; rank 0 alone writes to the folder and logs.
@@ -176,6 +190,7 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
     Gen-1 teacher); recorded in every checkpoint. `data`: the run's splits (its val split serves
     --eval_freq; its image size and normalisation go into every checkpoint). `extra_modules`: trained
     modules besides `model` (an objective's heads), checkpointed and restored under their keys.
+    `data_seed`: the stage's seed of data order and dropout (stage_seed; default --seed).
     """
     extra_modules = extra_modules or {}
     validation = None
@@ -235,7 +250,7 @@ def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer
         logger = RunLogger(None, mode="disabled", project="", config={}, wandb_dir=folder)
     extra = {"identity": identity, **(data.checkpoint_extra() if data is not None else {}), **(checkpoint_extra or {})}
     return TrainState(model, optimizer, scaler, folder, logger, start_epoch, extra, validation, best_val_acc, partial,
-                      extra_modules)
+                      extra_modules, args.seed if data_seed is None else data_seed)
 
 
 def _partial_epoch(checkpoint: dict, path: Path) -> dict | None:
@@ -285,19 +300,20 @@ def load_training_data(args: argparse.Namespace, norm: Normalization | None = No
 
 
 def make_train_loader(data: TrainingData, args: argparse.Namespace, device: torch.device,
-                      transform: Callable | None = None):
+                      transform: Callable | None = None, seed: int | None = None):
     """Shuffled, augmented batches; under torchrun each rank reads its share of every epoch's order
     in batches of --batch_size / world size. With --augment device (and the default transform), the
     split is held on `device` and augmented there in batches (dataset.device_loader); otherwise a
     DataLoader applies `transform` (default: the Gen-0/Gen-1 training augmentation of the dataset's
-    profile) to each image in --num_workers processes."""
+    profile) to each image in --num_workers processes. `seed`: the stage's (stage_seed; default --seed)."""
+    seed = args.seed if seed is None else seed
     ranks = distributed.current()
     shard = (ranks.rank, ranks.world_size) if ranks.enabled else None
     batch_size = distributed.per_rank_batch_size(args.batch_size)
     if transform is None and args.augment == "device":
-        return DeviceBatches(data.train, batch_size, args.seed, data.profile.crop_padding, data.norm, device, shard)
+        return DeviceBatches(data.train, batch_size, seed, data.profile.crop_padding, data.norm, device, shard)
     transform = transform or train_transform(data.image_size, data.profile.crop_padding, data.norm)
-    return train_loader(data.train, transform, batch_size, args.num_workers, args.seed,
+    return train_loader(data.train, transform, batch_size, args.num_workers, seed,
                         pin_memory=device.type == "cuda", shard=shard)
 
 

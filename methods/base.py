@@ -39,10 +39,11 @@ class Method:
     objective: ClassVar[str]  # its --objective value
     objective_help: ClassVar[str]  # --objective's help for this value
     default: ClassVar[bool] = False  # what its script trains without --objective
-    switch: ClassVar[str | None] = None  # a store_true flag selecting it among methods of the same --objective
-    # Flags that belong to this method only: set with another method, they are refused (one line).
-    exclusive_flags: ClassVar[tuple[str, ...]] = ()
-    exclusive_reason: ClassVar[str] = ""  # "...; {they} ... --objective {objective}"
+    # The script's flags it reads besides its own group's (--kd_T); another method's given flag is refused.
+    shared_flags: ClassVar[tuple[str, ...]] = ()
+    # The release's flags it honours in that release's meaning: dest given -> the dest it sets (RFS's -r, -a).
+    release_aliases: ClassVar[dict[str, str]] = {}
+    generation: ClassVar[int]  # 0: trained from scratch; 1: from a teacher (its data stream: engine.run.stage_seed)
     uses_labels: ClassVar[bool] = True  # DVP's prior trains without them
     teacher: ClassVar[str | None] = None  # the method that trains its teacher (reproduce.py's order)
     in_paper: ClassVar[bool] = False  # one of the paper's rows
@@ -50,7 +51,7 @@ class Method:
     # How reproduce.py writes its commands: its published loss weights by name -> the flag setting each,
     # the flags selecting it, and what each training image costs (forwards, and what they are).
     weight_flags: ClassVar[dict[str, str]] = {}
-    mode_flags: ClassVar[tuple[str, ...]] = ()
+    mode_flags: ClassVar[tuple[str, ...]] = ()  # ("--objective", objective)
     forwards_per_image: ClassVar[int] = 1
     forwarded_copies: ClassVar[str] = "rotations"
     published: ClassVar[dict[str, PublishedSettings]] = {}  # dataset -> settings
@@ -58,11 +59,26 @@ class Method:
     # Why --augment device is refused (None: it is not); such a method's augmentation runs on loader workers.
     device_augment_refusal: ClassVar[str | None] = None
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "objective" in cls.__dict__:
+            cls.mode_flags = ("--objective", cls.objective)
+
     # ----------------------------------------------------------------- the method itself (no run)
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
         """Add the method's own flags (an argument group named after it)."""
+
+    @classmethod
+    def own_flags(cls, owners: dict[str, str]) -> list[str]:
+        """The dests of the flags its add_args added (`owners`: dest -> method name)."""
+        return [dest for dest, name in owners.items() if name == cls.name]
+
+    @classmethod
+    def check_given(cls, args: argparse.Namespace) -> None:
+        """Refuse in one line a combination of given flags that means nothing for it; unset flags are
+        still engine.args.Unset here."""
 
     @classmethod
     def check_args(cls, args: argparse.Namespace) -> None:
@@ -137,12 +153,14 @@ class Gen0Method(Method):
     """A method of train_supervised_ssl.py: a network trained from scratch on the training split."""
 
     script = GEN0_SCRIPT
+    generation = 0
 
 
 class DistillationMethod(Method):
     """A method of train_distillation.py: a student trained against the frozen teacher of --path_t."""
 
     script = DISTILL_SCRIPT
+    generation = 1
     teacher_uses_labels: ClassVar[bool] = True  # whether its teacher must be a model trained with labels
 
     def clone_teacher(self) -> nn.Module:

@@ -38,7 +38,6 @@ class DVP(DistillationMethod):
     teacher = "dvp_prior"
     teacher_uses_labels = False
     weight_flags = {"dvp_weight": "--dvp_weight", "dvp_no_distill_epochs": "--dvp_no_distill_epochs"}
-    mode_flags = ("--objective", "dvp")
     # DVP's phase 2 publishes no few-shot settings: its student gets RFS-distill's schedule, as SSKD's.
     published = {dataset: rfs_settings(dataset, "train_distillation.py", student_weights(
                      Sourced(4, f"{STUDENT} (epoch < --no_distill_epoch 5, counting from 1)")),

@@ -72,7 +72,6 @@ class DVPPrior(Gen0Method):
     uses_labels = False
     weight_flags = {name: f"--{name}" for name in ("dvp_margin", "dvp_temperature", "dvp_momentum", "dvp_dim",
                                                    "dvp_queue", "dvp_key_groups", "dvp_head")}
-    mode_flags = ("--objective", "dvp")
     forwards_per_image = 2  # the query view and the key view
     forwarded_copies = "views"
     published = {dataset: PUBLISHED for dataset in DATASETS}

@@ -1,15 +1,22 @@
 """Methods registered by name, and how a script's command line (or a checkpoint's recorded
-arguments) selects one."""
+arguments) selects one and fills the flags it did not give.
+
+Selection is one mechanism: `--objective NAME` names the method among its script's (`--plain` is kept
+as an alias of `--objective rfs_simple`). A method's own flags, and the shared flags it declares, are
+refused in one line when another method runs; the schedule and loss-weight flags not given take the
+method's published value for the dataset (each printed with its source), or the script's default where
+the dataset has none published (`synthetic`, `folder`).
+"""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from engine.args import SCHEDULE_FLAGS, Unset
 from methods.base import DISTILL_SCRIPT, GEN0_SCRIPT, Method
-from util import UsageError
+from util import ArgumentParser, UsageError, as_typed
 
 _METHODS: dict[str, type[Method]] = {}
-
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: add `cls` to the registry under `cls.name` (registration order is the table's)."""
@@ -34,49 +41,144 @@ def methods_of_script(script: str) -> list[type[Method]]:
     return [m for m in _METHODS.values() if m.script == script]
 
 
-def add_method_args(parser: argparse.ArgumentParser, script: str) -> None:
-    """--objective with one choice per objective of `script`'s methods, then each method's own flags."""
-    methods = methods_of_script(script)
-    default = default_method(script).objective
-    objectives = list(dict.fromkeys([default, *(m.objective for m in methods)]))
-    ordered = sorted(methods, key=lambda m: objectives.index(m.objective))
-    help_lines = "; ".join(f"{m.objective}: {m.objective_help}" for m in ordered if m.objective_help)
-    parser.add_argument_group("method").add_argument("--objective", default=default, choices=objectives,
-                                                     help=help_lines)
-    for method in methods:
-        method.add_args(parser)
-
-
 def default_method(script: str) -> type[Method]:
     """What `script` trains without --objective (SKD's generation)."""
     return next(m for m in methods_of_script(script) if m.default)
 
 
-def select_method(script: str, args: argparse.Namespace | Mapping[str, Any]) -> type[Method]:
-    """The method `args` of `script` select: by --objective and, among methods sharing it, a method's
-    own switch (RFS-simple's --plain). Arguments recorded before --objective existed mean its default."""
-    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+class MethodArgumentParser(ArgumentParser):
+    """A training script's parser: after parsing it selects the method and fills every flag left
+    unset (resolve_method_args); `settings` then holds one line per filled or given schedule value."""
+
+    def __init__(self, *args, script: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.script = script
+        self.owners: dict[str, str] = {}  # dest -> the method whose own flag it is
+        self.settings: list[str] = []
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        self.settings = resolve_method_args(self.script, parsed, self.owners)
+        return parsed, extras
+
+
+def add_method_args(parser: MethodArgumentParser, script: str) -> None:
+    """--objective with one choice per method of `script` (and --plain, the alias of rfs_simple), then
+    each method's own flags, recorded as that method's in `parser.owners`; every default becomes an
+    Unset, so that the resolution knows which flags were given."""
     methods = methods_of_script(script)
-    objective = values.get("objective") or default_method(script).objective
-    candidates = [m for m in methods if m.objective == objective]
-    switched = [m for m in candidates if m.switch and values.get(m.switch)]
-    chosen = (switched or [m for m in candidates if not m.switch])[0]
-    for other in methods:  # a flag only another method understands is a mistake, not a no-op
-        given = [flag for flag in other.exclusive_flags if other is not chosen and values.get(flag)]
-        if given:
-            reason = other.exclusive_reason.format(objective=objective)
-            raise UsageError(f"--{'/--'.join(given)}: {reason}")
-    return chosen
+    default = default_method(script)
+    ordered = [default, *(m for m in methods if m is not default)]
+    help_lines = "; ".join(f"{m.objective}: {m.objective_help}" for m in ordered)
+    g = parser.add_argument_group("method")
+    g.add_argument("--objective", default=Unset(default.objective), choices=[m.objective for m in ordered],
+                   help=help_lines)
+    for method in ordered:
+        before = len(parser._actions)
+        method.add_args(parser)
+        for action in parser._actions[before:]:
+            parser.owners[action.dest] = method.name
+            action.default = Unset(action.default)
+
+
+def unset_defaults(parser: argparse.ArgumentParser, dests: Sequence[str]) -> None:
+    """Make the defaults of the script's own `dests` (the schedule, a shared weight) Unset."""
+    for action in parser._actions:
+        if action.dest in dests and not isinstance(action.default, Unset):
+            action.default = Unset(action.default)
+
+
+def resolve_method_args(script: str, args: argparse.Namespace, owners: Mapping[str, str]) -> list[str]:
+    """Select the method, refuse in one line a method flag it does not use, map the release's flag
+    aliases it honours, fill every unset flag; return the schedule's lines "--flag value (source)"."""
+    method = _select_given(script, args)
+    _apply_release_aliases(method, args)
+    method.check_given(args)
+    used = set(method.own_flags(owners)) | set(method.shared_flags)
+    shared = {flag for m in methods_of_script(script) for flag in m.shared_flags}
+    for dest, value in vars(args).items():
+        if (dest in owners or dest in shared) and dest not in used and not isinstance(value, Unset):
+            users = [get_method(owners[dest])] if dest in owners else [m for m in methods_of_script(script)
+                                                                       if dest in m.shared_flags]
+            raise UsageError(f"--{dest}: {method.label} (--objective {method.objective}) does not use it; it is a "
+                             f"flag of {', '.join(f'--objective {m.objective}' for m in users)}")
+    lines = _published_defaults(method, args)
+    for dest, value in vars(args).items():
+        if isinstance(value, Unset):
+            setattr(args, dest, value.fallback)
+    if hasattr(args, "plain"):  # recorded as before rfs_simple was an objective
+        args.plain = method.objective == "rfs_simple"
+    return lines
+
+
+def _select_given(script: str, args: argparse.Namespace) -> type[Method]:
+    objective = args.objective
+    if getattr(args, "plain", None) is True:  # the alias, given
+        if not isinstance(objective, Unset) and objective != "rfs_simple":
+            raise UsageError(f"--plain: the alias of --objective rfs_simple; it does not combine with --objective "
+                             f"{objective}")
+        args.objective = objective = "rfs_simple"
+    objective = objective.fallback if isinstance(objective, Unset) else objective
+    args.objective = objective
+    return next(m for m in methods_of_script(script) if m.objective == objective)
+
+
+def _apply_release_aliases(method: type[Method], args: argparse.Namespace) -> None:
+    """The release's own flags in the meaning of the release the method comes from (RFS's -r and -a)."""
+    for release_dest, dest in method.release_aliases.items():
+        value = getattr(args, release_dest, None)
+        if value is None or isinstance(value, Unset):
+            continue
+        if not isinstance(getattr(args, dest), Unset):
+            raise UsageError(f"--{dest} and --{release_dest.removeprefix('official_')} (the release's name of "
+                             f"--{dest} under --objective {method.objective}) given together; give one")
+        setattr(args, dest, value)
+        if release_dest.startswith("official_"):
+            delattr(args, release_dest)  # taken: not also reported as an ignored release flag
+        else:
+            setattr(args, release_dest, Unset(getattr(args, release_dest)))
+
+
+def _published_defaults(method: type[Method], args: argparse.Namespace) -> list[str]:
+    published = method.published.get(args.dataset)
+    lines = []
+    flags = {**{name: name for name in SCHEDULE_FLAGS},
+             **{name: flag.lstrip("-") for name, flag in method.weight_flags.items()}}
+    values = published.by_name() if published is not None else {}
+    for name, dest in flags.items():
+        value = getattr(args, dest, None)
+        if not isinstance(value, Unset):
+            lines.append(f"--{dest} {as_typed(value)} (given)")
+            continue
+        if name not in values:
+            lines.append(f"--{dest} {value} (default; nothing published for --dataset {args.dataset})")
+            continue
+        chosen = values[name]
+        if isinstance(chosen.value, tuple) and name not in SCHEDULE_FLAGS:
+            raise UsageError(f"--{dest}: {method.label} on {args.dataset} has no single published value "
+                             f"({chosen.source}: {', '.join(map(str, chosen.value))}; scripts/reproduce.py trains each "
+                             f"and selects by val accuracy); give one")
+        setattr(args, dest, list(chosen.value) if isinstance(chosen.value, tuple) else chosen.value)
+        lines.append(f"--{dest} {as_typed(chosen.value)} (published: {chosen.source})")
+    return lines
 
 
 def selection(script: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The flags that select the method, as recorded in a checkpoint's identity (a resumed run must
-    keep them): --objective and each method's switch."""
-    return {"objective": args.objective,
-            **{m.switch: getattr(args, m.switch) for m in methods_of_script(script) if m.switch}}
+    """What a checkpoint's identity records of the method (a resumed run must train the same one)."""
+    return {"method": select_method(script, args).name}
 
 
 def method_of_training_args(train_args: Mapping[str, Any]) -> type[Method]:
     """The method a checkpoint's recorded arguments trained (train_distillation.py records --path_t)."""
-    script = DISTILL_SCRIPT if "path_t" in train_args else GEN0_SCRIPT
-    return select_method(script, train_args)
+    return select_method(DISTILL_SCRIPT if "path_t" in train_args else GEN0_SCRIPT, train_args)
+
+
+def select_method(script: str, args: argparse.Namespace | Mapping[str, Any]) -> type[Method]:
+    """The method resolved (or recorded) arguments of `script` select: arguments recorded before
+    --objective existed mean the script's default; before rfs_simple was an objective, RFS-simple
+    recorded `--objective skd --plain`."""
+    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    objective = values.get("objective") or default_method(script).objective
+    if values.get("plain"):
+        objective = "rfs_simple"
+    return next(m for m in methods_of_script(script) if m.objective == objective)

@@ -28,11 +28,13 @@ class RFSDistill(DistillationMethod):
     objective = "rfs"
     objective_help = "the RFS-distill baseline (fresh student, CE + KD)"
     teacher = "rfs_simple"
+    shared_flags = ("kd_T",)
+    # The RFS release's train_distillation.py: -r/--gamma weighs the cross-entropy, -a/--alpha the KD term.
+    release_aliases = {"gamma": "ce_weight", "official_alpha": "kd_weight"}
     in_paper = True
     paper = {"miniImageNet": (64.82, 82.14), "tieredImageNet": (71.52, 86.03), "CIFAR-FS": (73.9, 86.9),
              "FC100": (44.6, 60.9)}
     weight_flags = {"ce_weight": "--ce_weight", "kl_weight": "--kd_weight", "kd_T": "--kd_T"}
-    mode_flags = ("--objective", "rfs")
     published = {dataset: rfs_settings(dataset, SCRIPT, {
         "ce_weight": Sourced(0.5, f"SKD paper ({RUN_SH}: -r 0.5)"),
         "kl_weight": Sourced(0.5, f"SKD paper ({RUN_SH}: -a 0.5; 1.0 there before github.com/WangYueFt/rfs/issues/5)"),

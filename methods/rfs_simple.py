@@ -1,5 +1,6 @@
 """RFS-simple, the RFS release's pre-training (Tian et al., 2020): cross-entropy on the plain
-images, no rotations. Selected by `train_supervised_ssl.py --plain`."""
+images, no rotations. Selected by `train_supervised_ssl.py --objective rfs_simple`
+(or its alias `--plain`)."""
 from __future__ import annotations
 
 import argparse
@@ -22,24 +23,20 @@ class RFSSimple(Gen0Method):
     name = "rfs_simple"
     label = "RFS-simple"
     kind = "an RFS-simple model"
-    objective = "skd"
-    objective_help = ""  # SKD Gen-0's line names --plain
-    switch = "plain"
-    exclusive_flags = ("plain",)
-    exclusive_reason = "trains RFS-simple; it does not combine with --objective {objective}"
+    objective = "rfs_simple"
+    objective_help = "the RFS-simple baseline, cross-entropy on the plain images (alias: --plain)"
     in_paper = True
     paper = {"miniImageNet": (62.02, 79.64), "tieredImageNet": (69.74, 84.41), "CIFAR-FS": (71.5, 86.0),
              "FC100": (42.6, 59.1)}
-    mode_flags = ("--plain",)
     published = {dataset: rfs_settings(dataset, SCRIPT, {})
                  for dataset in DATASETS}
     small_scale = small_scale(10, (7,), 0.02, SMALL_LR, {})
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("RFS-simple (--plain)")
+        g = parser.add_argument_group("RFS-simple (--objective rfs_simple)")
         g.add_argument("--plain", action="store_true",
-                       help="RFS-simple baseline: cross-entropy on the plain images only (no rotations, no --gamma)")
+                       help="the alias of --objective rfs_simple, kept for older command lines")
 
     @classmethod
     def run_name_part(cls, args: argparse.Namespace) -> str:

@@ -34,7 +34,7 @@ class SKDGen0(Gen0Method):
     kind = "an SKD Gen-0 model"
     objective = "skd"
     default = True
-    objective_help = "SKD Gen-0 (default; with --plain RFS-simple)"
+    objective_help = "SKD Gen-0 (default)"
     in_paper = True
     paper = {"miniImageNet": (65.93, 83.15), "tieredImageNet": (71.69, 86.66), "CIFAR-FS": (74.5, 88.0),
              "FC100": (45.3, 62.2)}

@@ -15,8 +15,10 @@ import math
 import torch
 from torch import nn
 
-import runtime.distributed
 import engine.loop
+import runtime.distributed
+import util
+from engine.args import Unset
 from distill import gen1_loss, rot90, rot180, rot270
 from methods.base import DistillationMethod
 from methods.registry import register_method
@@ -50,14 +52,12 @@ class SKDGen1(DistillationMethod):
     objective = "skd"
     default = True
     objective_help = "SKD Gen-1 (default)"
-    exclusive_flags = ("official_quirks", "official_ramp")
-    exclusive_reason = "reproduce the released SKD Gen-1; they do not apply to --objective {objective}"
+    shared_flags = ("kd_T",)
     teacher = "skd_gen0"
     in_paper = True
     paper = {"miniImageNet": (67.04, 83.54), "tieredImageNet": (72.03, 86.50), "CIFAR-FS": (76.9, 88.9),
              "FC100": (46.5, 63.1)}
     weight_flags = {"beta": "--gamma", "kd_T": "--kd_T"}
-    mode_flags = ("--objective", "skd")
     published = {
         "CIFAR-FS": gen1_settings(from_run_script(65), from_run_script((60,)), from_run_script(0.1)),
         "FC100": gen1_settings(from_run_script(8), from_run_script((3,)), from_run_script(0.2)),
@@ -84,6 +84,14 @@ class SKDGen1(DistillationMethod):
         g.add_argument("--test_batch_size", type=int, default=1,
                        help="--official_ramp: episodes per batch of the released per-epoch evaluation whose forwards "
                             "the ramp counts (official default 1)")
+
+    @classmethod
+    def check_given(cls, args: argparse.Namespace) -> None:
+        given = [not isinstance(getattr(args, dest), Unset) and getattr(args, dest)
+                 for dest in ("official_ramp", "official_quirks")]
+        if not isinstance(args.test_batch_size, Unset) and not any(given):
+            raise util.UsageError("--test_batch_size: read only by the released ramp's count; it needs --official_ramp "
+                                  "or --official_quirks")
 
     @classmethod
     def run_name_part(cls, args: argparse.Namespace) -> str:

@@ -38,7 +38,6 @@ class SSKD(DistillationMethod):
     objective_help = "SSKD (fresh student; Xu et al., ECCV 2020)"
     teacher = "skd_gen0"
     weight_flags = {name: f"--{name}" for name in sskd_weights(Sourced(0, "")).keys()}
-    mode_flags = ("--objective", "sskd")
     forwards_per_image = 4  # the plain images and their three rotations, as in Gen-0
     # SSKD never published few-shot settings: its student gets RFS-distill's schedule (the same training
     # budget as the born-again baseline it is compared with), its loss the SSKD release's defaults.

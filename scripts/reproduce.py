@@ -183,7 +183,7 @@ def flag_groups(passthrough: list[str]) -> list[list[str]]:
 
 
 def accepts(method: type[methods.Method], planned: list[str], group: list[str]) -> bool:
-    """Whether the method's script knows the flag of `group` (a known flag with a bad value counts as known:
+    """Whether the method uses the flag of `group` (a known flag with a bad value counts as known:
     parse_training then names the value)."""
     parser = SCRIPTS[method.script].get_args_parser()
     parser.exit_on_error = False
@@ -191,6 +191,8 @@ def accepts(method: type[methods.Method], planned: list[str], group: list[str]) 
         _, unknown = parser.parse_known_args(planned + group)
     except argparse.ArgumentError:
         return True
+    except util.UsageError:  # the script knows it, but this method does not use it (another method's flag)
+        return False
     return not unknown
 
 

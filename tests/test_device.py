@@ -62,7 +62,7 @@ def test_cuda_unavailable_reasons(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_device_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
-    done = run_script("train_supervised_ssl.py", "--device", "cuda", "--model_path", str(tmp_path / "save"))
+    done = run_script("train_supervised_ssl.py", "--dataset", "synthetic", "--device", "cuda", "--model_path", str(tmp_path / "save"))
     assert done.returncode == 2
     assert done.stderr.startswith("error: --device cuda: no usable GPU (") and done.stderr.count("\n") == 1
     assert not (tmp_path / "save").exists()
@@ -129,7 +129,7 @@ def test_default_workers_follow_the_affinity_and_the_ranks_on_the_node(monkeypat
 def test_resume_restores_the_training_gpus_stream_on_a_node_with_fewer_gpus(monkeypatch):
     """A checkpoint of a 4-GPU node (every GPU's stream, as checkpoints before the fix kept) resumes on a
     node with one GPU; a new checkpoint keeps the training GPU's stream only."""
-    from engine import preemption
+    from runtime import preemption
 
     restored = []
     monkeypatch.setattr(preemption, "cuda_usable", lambda: True)

@@ -192,7 +192,7 @@ def test_each_objective_needs_its_kind_of_teacher(objective, teacher_objective, 
     import methods
     import train_distillation
 
-    argv = ["--path_t", "prior.pth", "--objective", objective]
+    argv = ["--path_t", "prior.pth", "--dataset", "synthetic", "--objective", objective]
     checkpoint = {"args": {"objective": teacher_objective} if teacher_objective else None}
     args = train_distillation.get_args_parser().parse_args(argv)
     method = methods.select_method(methods.DISTILL_SCRIPT, args)

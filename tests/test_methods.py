@@ -3,6 +3,8 @@ checkpoint evaluated; and the registry's selection of a method from flags and fr
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 
 import methods
 import util
-from conftest import TEST_MODEL, make_cifar_package, run_script
+from conftest import REPO, TEST_MODEL, make_cifar_package, run_script
 
 # Beyond the tiny run's common flags, what a method needs to run on 16 training images at batch 8.
 TINY_FLAGS = {"dvp_prior": ["--dvp_queue", "16"], "sskd": ["--sskd_head_epochs", "1"]}
@@ -77,27 +79,97 @@ def test_every_method_trains_resumes_and_evaluates(name, tiny):
     assert json.loads(output.read_text())["results"][0]["n_episodes"] == 2
 
 
-def test_each_script_selects_its_methods_by_their_own_flags():
+def _parsers():
     import train_distillation
     import train_supervised_ssl
 
-    gen0 = train_supervised_ssl.get_args_parser().parse_args
-    gen1 = lambda argv: train_distillation.get_args_parser().parse_args(["--path_t", "t.pth", *argv])  # noqa: E731
+    gen0 = lambda argv: train_supervised_ssl.get_args_parser().parse_args(["--dataset", "synthetic", *argv])  # noqa: E731
+    gen1 = lambda argv: train_distillation.get_args_parser().parse_args(  # noqa: E731
+        ["--path_t", "t.pth", "--dataset", "synthetic", *argv])
+    return gen0, gen1
+
+
+def test_each_script_selects_its_methods_by_objective_and_refuses_another_methods_flags():
+    gen0, gen1 = _parsers()
     select = methods.select_method
     assert select(methods.GEN0_SCRIPT, gen0([])).name == "skd_gen0"
-    assert select(methods.GEN0_SCRIPT, gen0(["--plain"])).name == "rfs_simple"
+    assert select(methods.GEN0_SCRIPT, gen0(["--objective", "rfs_simple"])).name == "rfs_simple"
+    assert select(methods.GEN0_SCRIPT, gen0(["--plain"])).name == "rfs_simple"  # the alias
     assert select(methods.GEN0_SCRIPT, gen0(["--objective", "dvp"])).name == "dvp_prior"
     assert [select(methods.DISTILL_SCRIPT, gen1(["--objective", o])).name for o in ("skd", "rfs", "sskd", "dvp")] == [
         "skd_gen1", "rfs_distill", "sskd", "dvp"]
     assert select(methods.DISTILL_SCRIPT, gen1([])).name == "skd_gen1"
-    with pytest.raises(util.UsageError, match="^--plain: trains RFS-simple; it does not combine with --objective dvp$"):
-        select(methods.GEN0_SCRIPT, gen0(["--plain", "--objective", "dvp"]))
-    with pytest.raises(util.UsageError, match="^--official_quirks: reproduce the released SKD Gen-1; they do not "
-                                              "apply to --objective sskd$"):
-        select(methods.DISTILL_SCRIPT, gen1(["--official_quirks", "--objective", "sskd"]))
-    # Arguments recorded before --objective existed mean the scripts' defaults.
+    with pytest.raises(util.UsageError, match="^--plain: the alias of --objective rfs_simple; it does not combine "
+                                              "with --objective dvp$"):
+        gen0(["--plain", "--objective", "dvp"])
+    refused = {("--official_quirks", "--objective", "sskd"): "--official_quirks: SSKD",
+               ("--kd_T", "3", "--objective", "sskd"): "--kd_T: SSKD",
+               ("-r", "0.2", "--objective", "dvp"): "--gamma: DVP",
+               ("--sskd_ce", "0.2"): "--sskd_ce: SKD Gen-1",
+               ("--test_batch_size", "4"): "--test_batch_size: read only by the released ramp"}
+    for argv, start in refused.items():
+        with pytest.raises(util.UsageError, match=f"^{start}"):
+            gen1(list(argv))
+    with pytest.raises(util.UsageError, match="^--gamma: RFS-simple"):
+        gen0(["--plain", "--gamma", "1"])
+    assert gen1(["--test_batch_size", "4", "--official_ramp"]).test_batch_size == 4
+    # Arguments recorded before rfs_simple was an objective (--plain) and before --objective existed.
+    assert methods.method_of_training_args({"epochs": 65, "objective": "skd", "plain": True}).name == "rfs_simple"
     assert methods.method_of_training_args({"epochs": 65, "plain": True}).name == "rfs_simple"
     assert methods.method_of_training_args({"epochs": 65, "path_t": "t.pth"}).name == "skd_gen1"
+
+
+def test_rfs_distill_reads_the_rfs_releases_r_and_a_as_its_weights():
+    _, gen1 = _parsers()
+    args = gen1(["--objective", "rfs", "-r", "0.3", "-a", "0.7"])
+    assert (args.ce_weight, args.kd_weight) == (0.3, 0.7)
+    assert not hasattr(args, "official_alpha")  # taken, so not also noted as an ignored release flag
+    with pytest.raises(util.UsageError, match="^--ce_weight and --gamma"):
+        gen1(["--objective", "rfs", "-r", "0.3", "--ce_weight", "0.4"])
+
+
+PROFILES = ("CIFAR-FS", "FC100", "miniImageNet", "tieredImageNet")
+
+
+@pytest.mark.parametrize("dataset", PROFILES)
+@pytest.mark.parametrize("script", [methods.GEN0_SCRIPT, methods.DISTILL_SCRIPT])
+def test_flags_not_given_take_the_published_settings_of_the_dataset(script, dataset):
+    import train_distillation
+    import train_supervised_ssl
+
+    module = train_supervised_ssl if script == methods.GEN0_SCRIPT else train_distillation
+    method = methods.get_method("skd_gen0" if script == methods.GEN0_SCRIPT else "skd_gen1")
+    published = method.published[dataset]
+    argv = ["--dataset", dataset, *(["--path_t", "t.pth"] if script == methods.DISTILL_SCRIPT else [])]
+    parser = module.get_args_parser()
+    single = {name: v for name, v in published.weights.items() if not isinstance(v.value, tuple)}
+    swept = [name for name in published.weights if name not in single]
+    if swept:  # no single published value (miniImageNet's beta): refused until given
+        with pytest.raises(util.UsageError, match="has no single published value"):
+            parser.parse_args(argv)
+        argv += [method.weight_flags[swept[0]], "0.05"]
+    args = parser.parse_args(argv)
+    for name in ("epochs", "learning_rate", "lr_decay_rate", "batch_size", "weight_decay", "momentum"):
+        assert getattr(args, name) == getattr(published, name).value, name
+    assert args.lr_decay_epochs == list(published.lr_decay_epochs.value)
+    for name, value in single.items():
+        assert getattr(args, method.weight_flags[name].lstrip("-")) == value.value, name
+    # Every value is printed with where it came from.
+    lines = "\n".join(parser.settings)
+    assert f"--epochs {published.epochs.value} (published: {published.epochs.source})" in lines
+    assert "(given)" in lines if swept else "(given)" not in lines
+    # A given value wins over the published one.
+    assert parser.parse_args([*argv, "--epochs", "3"]).epochs == 3 and "--epochs 3 (given)" in parser.settings
+
+
+def test_the_default_dataset_is_the_releases_and_data_root_never_means_synthetic(tmp_path):
+    gen0 = __import__("train_supervised_ssl").get_args_parser()
+    assert gen0.parse_args([]).dataset == "miniImageNet"
+    done = subprocess.run([sys.executable, "train_supervised_ssl.py", "--data_root", str(tmp_path),
+                           "--model_path", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr == (f"error: {tmp_path}: expected miniImageNet/ inside it or "
+                                                    f"miniImageNet_category_split_train_phase_train.pickle in it\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_every_method_has_published_settings_with_sources_and_its_flags_in_help():
@@ -114,3 +186,24 @@ def test_every_method_has_published_settings_with_sources_and_its_flags_in_help(
             assert all(value.source for value in settings.by_name().values()), name
         for flag in method.weight_flags.values():
             assert f"{flag} " in helps[method.script], (name, flag)
+
+
+def test_a_student_draws_other_batches_and_augmentations_than_its_teacher_at_the_same_seed():
+    import engine.run
+    from dataset import load_split
+
+    assert engine.run.stage_seed(7, 0) == 7  # first generations draw what they always drew
+    assert len({engine.run.stage_seed(seed, g) for seed in range(3) for g in (0, 1)}) == 6
+    gen0, gen1 = (methods.get_method(name) for name in ("skd_gen0", "skd_gen1"))
+    assert (gen0.generation, gen1.generation) == (0, 1)
+    args = _parsers()[0](["--augment", "device", "--batch_size", "16", "--seed", "0", "--image_size", "16"])
+    data = engine.run.TrainingData(load_split("synthetic", None, "train", 16), None, None)
+    data.norm = engine.run.choose_normalization("auto", "synthetic", data.train.images)
+    first = []
+    for method in (gen0, gen1):
+        loader = engine.run.make_train_loader(data, args, torch.device("cpu"),
+                                              seed=engine.run.stage_seed(args.seed, method.generation))
+        loader.sampler.set_epoch(1)
+        first.append(next(iter(loader)))
+    assert not torch.equal(first[0][0], first[1][0])  # other images, or the same ones augmented otherwise
+    assert not torch.equal(first[0][1], first[1][1])  # another order

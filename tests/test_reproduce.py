@@ -91,7 +91,7 @@ def script_folder(command: list[str]) -> str:
         quirks = "_quirks" if f.get("--official_quirks") else ""
         return (f"S_resnet12_ssl_T_resnet12_ssl_{f['--dataset']}_kd_T_{f['--kd_T']}_beta_{f['--gamma']}"
                 f"{quirks}_trans_{letter}_trial_{f['--trial']}")
-    plain = "_plain" if f.get("--plain") else ""
+    plain = "_plain" if f.get("--objective") == "rfs_simple" else ""
     return (f"resnet12_ssl_{f['--dataset']}_lr_{f['--learning_rate']}_decay_{f['--weight_decay']}"
             f"_trans_{letter}{plain}_trial_{f['--trial']}")
 
@@ -104,8 +104,8 @@ def test_dry_run_lists_the_published_settings(reproduce, dataset):
     assert all(c[0] == sys.executable for c in cmds)
     supervised = script_runs(cmds, "train_supervised_ssl.py")
     distilled = script_runs(cmds, "train_distillation.py")
-    gen0 = [(pos, f) for pos, f in supervised if "--plain" not in f]
-    rfs_simple = [(pos, f) for pos, f in supervised if "--plain" in f]
+    gen0 = [(pos, f) for pos, f in supervised if f["--objective"] == "skd"]
+    rfs_simple = [(pos, f) for pos, f in supervised if f["--objective"] == "rfs_simple"]
     gen1 = [(pos, f) for pos, f in distilled if f["--objective"] == "skd"]
     rfs_distill = [(pos, f) for pos, f in distilled if f["--objective"] == "rfs"]
     evals = script_runs(cmds, "eval_fewshot.py")
@@ -114,7 +114,7 @@ def test_dry_run_lists_the_published_settings(reproduce, dataset):
     rfs_epochs, rfs_decay = RFS[dataset]
     simple_checkpoints = {}
     for pos, f in rfs_simple:
-        assert f == {"--plain": True, "--dataset": dataset, "--data_root": "DATA", "--epochs": rfs_epochs,
+        assert f == {"--objective": "rfs_simple", "--dataset": dataset, "--data_root": "DATA", "--epochs": rfs_epochs,
                      "--lr_decay_epochs": rfs_decay, "--learning_rate": "0.05", **COMMON, "--model_path": OUT,
                      "--seed": f["--seed"], "--trial": f["--seed"], "--wandb_group": "g"}
         simple_checkpoints[f["--seed"]] = (pos, f"{OUT}/{script_folder(cmds[pos])}/checkpoint.pth")
@@ -132,7 +132,7 @@ def test_dry_run_lists_the_published_settings(reproduce, dataset):
     assert [f["--seed"] for _, f in gen0] == ["0", "1", "2"]
     checkpoints = {}
     for pos, f in gen0:
-        assert f == {"--dataset": dataset, "--data_root": "DATA", "--epochs": epochs, "--lr_decay_epochs": decay,
+        assert f == {"--objective": "skd", "--dataset": dataset, "--data_root": "DATA", "--epochs": epochs, "--lr_decay_epochs": decay,
                      "--learning_rate": "0.05", "--gamma": "2.0", **COMMON, "--model_path": OUT,
                      "--seed": f["--seed"], "--trial": f["--seed"], "--wandb_group": "g"}
         run = f"{OUT}/resnet12_ssl_{dataset}_lr_0.05_decay_0.0005_trans_{LETTER[dataset]}_trial_{f['--seed']}"
@@ -160,7 +160,7 @@ def test_dry_run_lists_the_published_settings(reproduce, dataset):
     trained = [(pos, f, f"{OUT}/{script_folder(cmds[pos])}/checkpoint.pth") for pos, f in supervised + distilled]
     assert set(evaluated) == {ckpt for _, _, ckpt in trained}
     for pos, f, ckpt in trained:
-        splits = ("val", "test") if len(betas) > 1 and f.get("--objective") == "skd" else ("test",)
+        splits = ("val", "test") if len(betas) > 1 and "--path_t" in f and f.get("--objective") == "skd" else ("test",)
         assert sorted(what for _, what in evaluated[ckpt]) == sorted((s, k) for s in splits for k in ("1", "5"))
         assert all(eval_pos > pos for eval_pos, _ in evaluated[ckpt])
 
@@ -310,7 +310,7 @@ def test_a_second_invocation_skips_finished_runs_and_resumes_the_interrupted_one
     assert first.returncode == 2 and "exited with code 1; finished runs are kept" in first.stderr
     # Only what needs RFS-simple waits (its evaluations, RFS-distill and its evaluations); SKD runs on.
     assert "(5 stage(s) that need it not run)" in first.stderr
-    assert "--resume" not in stages.commands[0] and "--plain" in stages.commands[0]
+    assert "--resume" not in stages.commands[0] and "rfs_simple" in stages.commands[0]
     assert all("rfs" not in " ".join(c) for c in stages.commands[1:]) and len(stages.commands) == 1 + 2 * 3
 
     stages.commands.clear()
@@ -318,7 +318,7 @@ def test_a_second_invocation_skips_finished_runs_and_resumes_the_interrupted_one
     assert second.returncode == 0, second.stderr
     trained = [c for c in stages.commands if Path(c[1]).name != "eval_fewshot.py"]
     assert [Path(c[1]).name for c in trained] == ["train_supervised_ssl.py", "train_distillation.py"]
-    assert trained[0][-1] == "--resume" and "--plain" in trained[0] and "--resume" not in trained[1]
+    assert trained[0][-1] == "--resume" and "rfs_simple" in trained[0] and "--resume" not in trained[1]
     assert sum(Path(c[1]).name == "eval_fewshot.py" for c in stages.commands) == 4  # RFS rows x test 1, 5-shot
 
     stages.commands.clear()
@@ -493,7 +493,8 @@ def test_the_plan_passes_the_release_behaviours_unless_intended(reproduce):
     assert len(training[0]) == len(training[1]) == 3
     for command in training[0]:
         assert flags(command)["--dropblock_mask"] == "release"
-        assert ("--official_quirks" in command) == (flags(command).get("--objective") == "skd")
+        gen1 = Path(command[1]).name == "train_distillation.py" and flags(command)["--objective"] == "skd"
+        assert ("--official_quirks" in command) == gen1
     assert sum("--official_quirks" in c for c in training[0]) == 1
     for command in training[1]:
         assert "--dropblock_mask" not in command and "--official_quirks" not in command

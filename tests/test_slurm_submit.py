@@ -159,7 +159,7 @@ def test_a_job_runs_its_one_stage_as_the_local_plan_would(reproduce, monkeypatch
     assert early.returncode == 2 and "waits for train " in early.stderr and stages.commands == []
     done = reproduce(*argv, "--stage", f"train {run_folder}")
     assert done.returncode == 0, done.stderr
-    assert len(stages.commands) == 1 and "--plain" in stages.commands[0]
+    assert len(stages.commands) == 1 and "rfs_simple" in stages.commands[0]
     assert reproduce(*argv, "--stage", "train nothing").stderr.startswith("error: --stage 'train nothing': not a stage")
 
 

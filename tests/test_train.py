@@ -490,7 +490,8 @@ def test_best_checkpoint_is_selected_on_val_reported_and_kept_across_resume(cifa
 def test_final_checkpoint_best_needs_eval_freq(tmp_path):
     import train_supervised_ssl
 
-    parse = train_supervised_ssl.get_args_parser().parse_args
+    parse = lambda argv: train_supervised_ssl.get_args_parser().parse_args(  # noqa: E731
+        ["--dataset", "synthetic", *argv])
     with pytest.raises(util.UsageError, match="--final_checkpoint best: needs --eval_freq"):
         engine.run.start_training_run(parse(["--device", "cpu", "--final_checkpoint", "best"]))
     with pytest.raises(util.UsageError, match="--eval_freq: expected 0 \\(off\\) or a number of epochs, got -1"):
@@ -583,7 +584,8 @@ def test_wandb_failing_mid_run_costs_one_line_and_no_epoch(tmp_path, capsys):
 def test_the_student_takes_the_teachers_architecture():
     import train_distillation
 
-    parse = lambda *argv: train_distillation.get_args_parser().parse_args(["--path_t", "t.pth", *argv])  # noqa: E731
+    parse = lambda *argv: train_distillation.get_args_parser().parse_args(  # noqa: E731
+        ["--path_t", "t.pth", "--dataset", "synthetic", *argv])
     args = parse()
     train_distillation.resolve_architectures(args, TEST_MODEL)  # what the teacher's checkpoint records
     assert args.model_t == args.model_s == TEST_MODEL
