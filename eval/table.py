@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-import methods
+import published
 from models import architecture_of
 from eval.fewshot import EMBEDDINGS
 from eval.stats import mean_confidence_interval
@@ -156,8 +156,8 @@ def method_of(data: dict, train_args: dict, path: Path) -> str:
         return str(data["method"])
     if "epochs" in train_args:  # written by a training script
         try:
-            return methods.method_of_training_args(train_args).name
-        except UsageError as e:
+            return published.card_of_training_args(train_args).name
+        except KeyError as e:
             raise UsageError(f"{path}: its training arguments select no method ({e})") from None
     raise UsageError(f"{path}: cannot tell the method: no `method` key and no training arguments "
                      f"(args.json beside the checkpoint {data.get('checkpoint')})")
@@ -246,7 +246,7 @@ def build_table(entries: list[Entry], baseline: str | None) -> Table:
     protocols = check_protocols(entries)
     grouped = by_seed(entries)
     present = {m for m, _, _ in grouped}
-    registered = methods.method_names()
+    registered = [c.name for c in published.cards()]
     rows = [m for m in registered if m in present] + sorted(present - set(registered))
     if baseline is not None and baseline not in present:
         raise UsageError(f"--baseline {baseline}: no results of it; found {', '.join(rows)}")
@@ -267,14 +267,16 @@ def build_table(entries: list[Entry], baseline: str | None) -> Table:
 
 def paper_value(method: str, dataset: str, shots: int) -> float | None:
     """The paper's accuracy of `method` (a registered one) on `dataset` at `shots`, if it reports one."""
-    published = methods.get_method(method).paper.get(dataset) if method in methods.method_names() else None
-    return published[PAPER_SHOTS.index(shots)] if published and shots in PAPER_SHOTS else None
+    known = {c.name: c for c in published.cards()}
+    paper = known[method].paper.get(dataset) if method in known else None
+    return paper[PAPER_SHOTS.index(shots)] if paper and shots in PAPER_SHOTS else None
 
 
 # ----------------------------------------------------------------------------- output
 
 def _label(method: str) -> str:
-    return methods.get_method(method).label if method in methods.method_names() else method
+    known = {c.name: c for c in published.cards()}
+    return known[method].label if method in known else method
 
 
 def _num(x: float | None, signed: bool = False) -> str:
@@ -384,9 +386,7 @@ def latex(table: Table) -> str:
 
 def log_wandb(table: Table, mode: str, project: str, what: str, wandb_dir: Path) -> None:
     """A W&B Table of the cells and a bar chart of ours vs the paper; W&B trouble is only a warning."""
-    # The run logger handles mode 'auto', the online -> offline fallback and a failing init. eval/
-    # otherwise never imports engine/; this command-line tool sits above both and nothing imports it.
-    from runtime.logger import RunLogger
+    from runtime.logger import RunLogger  # mode 'auto', the online -> offline fallback and a failing init
 
     logger = RunLogger(None, mode=mode, project=project, config={"what": what, "baseline": table.baseline},
                        wandb_dir=wandb_dir, tags=["table"], job_type="table", name="results_table")

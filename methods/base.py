@@ -1,13 +1,13 @@
-"""What a training method is: one class per method, registered by name, owning everything about it.
+"""What a training method is: one class per method, registered by name, owning how it trains.
 
-A method says, as class attributes, which script trains it and how it is selected on that script's
-command line (`--objective`, and for a method that shares its objective, a switch of its own such as
-`--plain`), its W&B job type (its name), its teacher, its published settings and its row in the
-paper's table; as class methods, its flags and their checks and its part of the run-folder name. An
-instance is one run of it: built from the run's arguments, data, device and network (Gen-0) or frozen
-teacher (distillation), it holds the network checkpointed as "model", the modules checkpointed beside
-it, the training step, the per-epoch hooks, and the checks that the frozen modules stayed frozen.
-The losses stay pure functions in `distill/`.
+What is published about a method (its name, table label, objective, teacher, the paper's numbers and
+its settings per dataset) is its card in published/, which the class names (`card`) and exposes as
+class attributes. The class itself says, as class attributes, what its network is and how its flags
+relate to the others; as class methods, its flags and their checks and its part of the run-folder
+name. An instance is one run of it: built from the run's arguments, data, device and network (Gen-0)
+or frozen teacher (distillation), it holds the network checkpointed as "model", the modules
+checkpointed beside it, the training step, the per-epoch hooks, and the checks that the frozen
+modules stayed frozen. The losses stay pure functions in `distill/`.
 """
 from __future__ import annotations
 
@@ -19,50 +19,46 @@ import torch
 from torch import nn
 
 import engine.checkpoint
-import runtime.distributed
 import engine.loop
+import runtime.distributed
 import util
 from engine.run import TrainingData
-from methods.settings import PublishedSettings
+from published.cards import DISTILL_SCRIPT, GEN0_SCRIPT, MethodCard
 from models import architecture_of, create_model
 from models.dropblock import dropblock_calls, set_dropblock_calls, set_dropblock_mask
 
-GEN0_SCRIPT = "train_supervised_ssl.py"
-DISTILL_SCRIPT = "train_distillation.py"
+__all__ = ["DISTILL_SCRIPT", "GEN0_SCRIPT", "DistillationMethod", "Gen0Method", "Method", "clone_student"]
 
 
 class Method:
-    name: ClassVar[str]  # registry key, W&B job type, reproduce.py and eval.table name
-    label: ClassVar[str]  # its row in the results table
-    kind: ClassVar[str]  # what its network is, in error messages ("a DVP prior")
+    card: ClassVar[MethodCard]  # what is published about it; its fields are also class attributes
+    # From the card: name (registry key, W&B job type), label, objective, default, teacher, in_paper, paper,
+    # weight_flags, published, small_scale, forwards_per_image, forwarded_copies, mode_flags.
+    name: ClassVar[str]
+    label: ClassVar[str]
+    objective: ClassVar[str]
     script: ClassVar[str]  # GEN0_SCRIPT or DISTILL_SCRIPT
-    objective: ClassVar[str]  # its --objective value
+    kind: ClassVar[str]  # what its network is, in error messages ("a DVP prior")
     objective_help: ClassVar[str]  # --objective's help for this value
-    default: ClassVar[bool] = False  # what its script trains without --objective
     # The script's flags it reads besides its own group's (--kd_T); another method's given flag is refused.
     shared_flags: ClassVar[tuple[str, ...]] = ()
     # The release's flags it honours in that release's meaning: dest given -> the dest it sets (RFS's -r, -a).
     release_aliases: ClassVar[dict[str, str]] = {}
     generation: ClassVar[int]  # 0: trained from scratch; 1: from a teacher (its data stream: engine.run.stage_seed)
     uses_labels: ClassVar[bool] = True  # DVP's prior trains without them
-    teacher: ClassVar[str | None] = None  # the method that trains its teacher (reproduce.py's order)
-    in_paper: ClassVar[bool] = False  # one of the paper's rows
-    paper: ClassVar[dict[str, tuple[float, float]]] = {}  # the paper's 5-way accuracy: dataset -> (1-shot, 5-shot)
-    # How reproduce.py writes its commands: its published loss weights by name -> the flag setting each,
-    # the flags selecting it, and what each training image costs (forwards, and what they are).
-    weight_flags: ClassVar[dict[str, str]] = {}
-    mode_flags: ClassVar[tuple[str, ...]] = ()  # ("--objective", objective)
-    forwards_per_image: ClassVar[int] = 1
-    forwarded_copies: ClassVar[str] = "rotations"
-    published: ClassVar[dict[str, PublishedSettings]] = {}  # dataset -> settings
-    small_scale: ClassVar[PublishedSettings]  # `folder` datasets (the CPU study)
     # Why --augment device is refused (None: it is not); such a method's augmentation runs on loader workers.
     device_augment_refusal: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if "objective" in cls.__dict__:
-            cls.mode_flags = ("--objective", cls.objective)
+        card = cls.__dict__.get("card")
+        if card is None:
+            return
+        if card.script != cls.script:
+            raise TypeError(f"{cls.__name__}: its card {card.name!r} is of {card.script}, the class of {cls.script}")
+        for name in ("name", "label", "objective", "default", "teacher", "in_paper", "paper", "weight_flags",
+                     "published", "small_scale", "forwards_per_image", "forwarded_copies", "mode_flags"):
+            setattr(cls, name, getattr(card, name))
 
     # ----------------------------------------------------------------- the method itself (no run)
 

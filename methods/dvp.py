@@ -16,36 +16,17 @@ from distill import cross_entropy_loss
 from distill.dvp import feature_distillation_loss, feature_margins
 from methods.base import DistillationMethod
 from methods.registry import register_method
-from methods.settings import DATASETS, OURS_SMALL, SMALL_LR, Sourced, rfs_settings, small_scale
+from published.dvp import DVP_CARD
 from models import ResNet12SSL, WithConnectors, connector
-
-STUDENT = "DVP release sup_train_distill/train_selfsup.py"
-
-
-def student_weights(off_epochs: Sourced[int]) -> dict[str, Sourced]:
-    return {"dvp_weight": Sourced(1e-4, f"{STUDENT} (distillation sum / batch / 10000)"),
-            "dvp_no_distill_epochs": off_epochs}
 
 
 @register_method
 class DVP(DistillationMethod):
-    name = "dvp"
-    label = "DVP (ours, same protocol)"
+    card = DVP_CARD
     kind = "a DVP student"
-    objective = "dvp"
     objective_help = ("DVP phase 2 (student and teacher from a train_supervised_ssl.py --objective dvp prior; Zhao "
                       "and Wen, 2020)")
-    teacher = "dvp_prior"
     teacher_uses_labels = False
-    weight_flags = {"dvp_weight": "--dvp_weight", "dvp_no_distill_epochs": "--dvp_no_distill_epochs"}
-    # DVP's phase 2 publishes no few-shot settings: its student gets RFS-distill's schedule, as SSKD's.
-    published = {dataset: rfs_settings(dataset, "train_distillation.py", student_weights(
-                     Sourced(4, f"{STUDENT} (epoch < --no_distill_epoch 5, counting from 1)")),
-                     Sourced(0.05, "ours: RFS-distill's (the DVP release: 0.1 at batch 256)"),
-                     "RFS-distill's schedule, DVP publishes no few-shot settings")
-                 for dataset in DATASETS}
-    small_scale = small_scale(10, (7,), 0.02, SMALL_LR, student_weights(
-        Sourced(1, OURS_SMALL + ": the release's first 4 of 100 epochs, scaled to 10")))
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:

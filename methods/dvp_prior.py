@@ -17,33 +17,9 @@ from dataset.transforms import TwoViews, contrastive_transform
 from distill.dvp import KeyQueue, grouped_forward, margin_contrastive_logits, margin_contrastive_loss, momentum_update
 from methods.base import Gen0Method
 from methods.registry import register_method
-from methods.settings import DATASETS, PublishedSettings, Sourced, small_scale
+from published.dvp import DVP_PRIOR_CARD
 from models import ProjectedFeatures, ResNet12SSL
 from models.dropblock import dropblock_calls, set_dropblock_calls
-
-MOCO = "DVP release moco/main_moco.py default"
-COMMAND = "DVP release README's phase-1 command"
-OURS = "ours: small-scale CPU study, not published"
-
-
-def prior_weights(queue: Sourced[int], momentum: Sourced[float]) -> dict[str, Sourced]:
-    return {"dvp_margin": Sourced(0.4, f"{MOCO} (--small_margin)"),
-            "dvp_temperature": Sourced(0.07, f"{MOCO} (--moco-t; the command sets no other)"),
-            "dvp_momentum": momentum, "dvp_dim": Sourced(128, f"{MOCO} (--moco-dim)"), "dvp_queue": queue,
-            "dvp_key_groups": Sourced(2, "ours: shuffle BN on one process (the release shuffles keys across GPUs)"),
-            "dvp_head": Sourced("bn_linear", "ours: the release's linear head collapses on ResNet-12 (docs/methods.md)")}
-
-
-# The release's MoCo schedule and loss; ours: the queue (the release's 65,536 keys exceed the 38,400 training
-# images of CIFAR-FS, FC100 and miniImageNet), the BatchNorm head and the key groups.
-PUBLISHED = PublishedSettings(
-    epochs=Sourced(200, f"{MOCO} (--epochs)"), lr_decay_epochs=Sourced((120, 160), f"{MOCO} (--schedule)"),
-    learning_rate=Sourced(0.03, f"{COMMAND} (--lr 0.03)"), lr_decay_rate=Sourced(0.1, f"{MOCO} (x0.1 per milestone)"),
-    batch_size=Sourced(256, f"{COMMAND} (--batch-size 256)"), weight_decay=Sourced(1e-4, f"{MOCO} (--wd)"),
-    momentum=Sourced(0.9, f"{MOCO} (--momentum)"),
-    weights=prior_weights(Sourced(4096, "ours: ~11% of an epoch of 38,400 images, so an image's own earlier key is "
-                                        "rarely its negative (the release's 65,536 exceed the training sets)"),
-                          Sourced(0.999, f"{MOCO} (--moco-m)")))
 
 
 class MomentumContrast(nn.Module):
@@ -64,22 +40,10 @@ class MomentumContrast(nn.Module):
 
 @register_method
 class DVPPrior(Gen0Method):
-    name = "dvp_prior"
-    label = "DVP phase 1, self-supervised prior (ours, same protocol)"
+    card = DVP_PRIOR_CARD
     kind = "a DVP prior"
-    objective = "dvp"
     objective_help = "DVP phase 1, a momentum-contrast prior trained without labels (Zhao and Wen, 2020)"
     uses_labels = False
-    weight_flags = {name: f"--{name}" for name in ("dvp_margin", "dvp_temperature", "dvp_momentum", "dvp_dim",
-                                                   "dvp_queue", "dvp_key_groups", "dvp_head")}
-    forwards_per_image = 2  # the query view and the key view
-    forwarded_copies = "views"
-    published = {dataset: PUBLISHED for dataset in DATASETS}
-    # The prior trains without labels on 2 views (not 4 rotations) per image: 20 epochs cost about 2/3 of Gen-0's 10.
-    small_scale = small_scale(20, (14, 17), 0.03, "the DVP release's (at batch 256)", prior_weights(
-        Sourced(256, OURS + ": ~20% of the 1,312 images an epoch draws"),
-        Sourced(0.99, OURS + ": the release's 0.999 lags ~1000 steps, 24 of these epochs")),
-        weight_decay=Sourced(1e-4, MOCO))
     device_augment_refusal = "DVP's two-view augmentation runs on loader workers only"
 
     @classmethod

@@ -13,7 +13,8 @@ import argparse
 from typing import Any, Mapping, Sequence
 
 from engine.args import SCHEDULE_FLAGS, Unset
-from methods.base import DISTILL_SCRIPT, GEN0_SCRIPT, Method
+from methods.base import Method
+from published import card_of_args, card_of_training_args
 from util import ArgumentParser, UsageError, as_typed
 
 _METHODS: dict[str, type[Method]] = {}
@@ -169,16 +170,10 @@ def selection(script: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def method_of_training_args(train_args: Mapping[str, Any]) -> type[Method]:
-    """The method a checkpoint's recorded arguments trained (train_distillation.py records --path_t)."""
-    return select_method(DISTILL_SCRIPT if "path_t" in train_args else GEN0_SCRIPT, train_args)
+    """The method a checkpoint's recorded arguments trained (published.card_of_training_args)."""
+    return get_method(card_of_training_args(train_args).name)
 
 
 def select_method(script: str, args: argparse.Namespace | Mapping[str, Any]) -> type[Method]:
-    """The method resolved (or recorded) arguments of `script` select: arguments recorded before
-    --objective existed mean the script's default; before rfs_simple was an objective, RFS-simple
-    recorded `--objective skd --plain`."""
-    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    objective = values.get("objective") or default_method(script).objective
-    if values.get("plain"):
-        objective = "rfs_simple"
-    return next(m for m in methods_of_script(script) if m.objective == objective)
+    """The method resolved (or recorded) arguments of `script` select (published.card_of_args)."""
+    return get_method(card_of_args(script, vars(args) if isinstance(args, argparse.Namespace) else args).name)

@@ -13,34 +13,18 @@ import engine.loop
 from distill import rfs_distill_loss
 from methods.base import DistillationMethod
 from methods.registry import register_method
-from methods.settings import DATASETS, SMALL_LR, Sourced, rfs_settings, small_scale
+from published.rfs import RFS_DISTILL_CARD
 from models import ResNet12SSL
-
-SCRIPT = "train_distillation.py"  # the RFS release's script of this stage
-RUN_SH = "RFS release scripts/run.sh"
 
 
 @register_method
 class RFSDistill(DistillationMethod):
-    name = "rfs_distill"
-    label = "RFS-distill"
+    card = RFS_DISTILL_CARD
     kind = "an RFS-distill student"
-    objective = "rfs"
     objective_help = "the RFS-distill baseline (fresh student, CE + KD)"
-    teacher = "rfs_simple"
     shared_flags = ("kd_T",)
     # The RFS release's train_distillation.py: -r/--gamma weighs the cross-entropy, -a/--alpha the KD term.
     release_aliases = {"gamma": "ce_weight", "official_alpha": "kd_weight"}
-    in_paper = True
-    paper = {"miniImageNet": (64.82, 82.14), "tieredImageNet": (71.52, 86.03), "CIFAR-FS": (73.9, 86.9),
-             "FC100": (44.6, 60.9)}
-    weight_flags = {"ce_weight": "--ce_weight", "kl_weight": "--kd_weight", "kd_T": "--kd_T"}
-    published = {dataset: rfs_settings(dataset, SCRIPT, {
-        "ce_weight": Sourced(0.5, f"SKD paper ({RUN_SH}: -r 0.5)"),
-        "kl_weight": Sourced(0.5, f"SKD paper ({RUN_SH}: -a 0.5; 1.0 there before github.com/WangYueFt/rfs/issues/5)"),
-        "kd_T": Sourced(4.0, f"RFS release {SCRIPT} default")}) for dataset in DATASETS}
-    small_scale = small_scale(10, (7,), 0.02, SMALL_LR, {
-        "ce_weight": Sourced(0.5, RUN_SH), "kl_weight": Sourced(0.5, RUN_SH), "kd_T": Sourced(4.0, "RFS release")})
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:

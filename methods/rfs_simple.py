@@ -12,25 +12,15 @@ import engine.loop
 from distill import cross_entropy_loss
 from methods.base import Gen0Method
 from methods.registry import register_method
-from methods.settings import DATASETS, SMALL_LR, rfs_settings, small_scale
+from published.rfs import RFS_SIMPLE_CARD
 from models import ResNet12SSL
-
-SCRIPT = "train_supervised.py"  # the RFS release's script of this stage
 
 
 @register_method
 class RFSSimple(Gen0Method):
-    name = "rfs_simple"
-    label = "RFS-simple"
+    card = RFS_SIMPLE_CARD
     kind = "an RFS-simple model"
-    objective = "rfs_simple"
     objective_help = "the RFS-simple baseline, cross-entropy on the plain images (alias: --plain)"
-    in_paper = True
-    paper = {"miniImageNet": (62.02, 79.64), "tieredImageNet": (69.74, 84.41), "CIFAR-FS": (71.5, 86.0),
-             "FC100": (42.6, 59.1)}
-    published = {dataset: rfs_settings(dataset, SCRIPT, {})
-                 for dataset in DATASETS}
-    small_scale = small_scale(10, (7,), 0.02, SMALL_LR, {})
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:

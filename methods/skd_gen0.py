@@ -15,34 +15,15 @@ import engine.loop
 from distill import four_rotations, gen0_loss
 from methods.base import Gen0Method
 from methods.registry import register_method
-from methods.settings import SKD_GEN0, SMALL_LR, PublishedSettings, Sourced, small_scale
+from published.skd import SKD_GEN0_CARD
 from models import ResNet12SSL
-
-
-def skd_gen0_settings(epochs: int, lr_decay_epochs: tuple[int, ...]) -> PublishedSettings:
-    return PublishedSettings(
-        epochs=Sourced(epochs, SKD_GEN0), lr_decay_epochs=Sourced(lr_decay_epochs, SKD_GEN0),
-        learning_rate=Sourced(0.05, SKD_GEN0), lr_decay_rate=Sourced(0.1, SKD_GEN0),
-        batch_size=Sourced(64, f"{SKD_GEN0}: before the 4x rotations"), weight_decay=Sourced(5e-4, SKD_GEN0),
-        momentum=Sourced(0.9, SKD_GEN0), weights={"gamma": Sourced(2.0, f"{SKD_GEN0}: rotation loss weight")})
 
 
 @register_method
 class SKDGen0(Gen0Method):
-    name = "skd_gen0"
-    label = "SKD Gen-0"
+    card = SKD_GEN0_CARD
     kind = "an SKD Gen-0 model"
-    objective = "skd"
-    default = True
     objective_help = "SKD Gen-0 (default)"
-    in_paper = True
-    paper = {"miniImageNet": (65.93, 83.15), "tieredImageNet": (71.69, 86.66), "CIFAR-FS": (74.5, 88.0),
-             "FC100": (45.3, 62.2)}
-    weight_flags = {"gamma": "--gamma"}
-    forwards_per_image = 4
-    published = {"CIFAR-FS": skd_gen0_settings(65, (60,)), "FC100": skd_gen0_settings(65, (60,)),
-                 "miniImageNet": skd_gen0_settings(65, (60,)), "tieredImageNet": skd_gen0_settings(60, (30, 40, 50))}
-    small_scale = small_scale(10, (7,), 0.02, SMALL_LR, {"gamma": Sourced(2.0, SKD_GEN0)})
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:

@@ -22,52 +22,17 @@ from engine.args import Unset
 from distill import gen1_loss, rot90, rot180, rot270
 from methods.base import DistillationMethod
 from methods.registry import register_method
-from methods.settings import SKD_GEN1, SKD_RUN_SCRIPT, PublishedSettings, Sourced, small_scale
+from published.skd import SKD_GEN1_CARD
 from models import ResNet12SSL
 from models.dropblock import add_dropblock_calls
-
-TIERED = ("not published; chosen here: FC100's value, as the official run script's tieredImageNet block is a copy "
-          "of FC100's")
-
-
-def gen1_settings(epochs: Sourced[int], lr_decay_epochs: Sourced[tuple[int, ...]],
-                  beta: Sourced[float | tuple[float, ...]]) -> PublishedSettings:
-    return PublishedSettings(
-        epochs=epochs, lr_decay_epochs=lr_decay_epochs,
-        learning_rate=Sourced(0.001, f"{SKD_GEN1}: the release's default, which its run script keeps"),
-        lr_decay_rate=Sourced(0.1, "SKD release default (train_distillation.py --lr_decay_rate)"),
-        batch_size=Sourced(64, SKD_GEN1), weight_decay=Sourced(5e-4, SKD_GEN1), momentum=Sourced(0.9, SKD_GEN1),
-        weights={"beta": beta, "kd_T": Sourced(2.0, SKD_GEN1)})
-
-
-def from_run_script(value):
-    return Sourced(value, SKD_RUN_SCRIPT)
 
 
 @register_method
 class SKDGen1(DistillationMethod):
-    name = "skd_gen1"
-    label = "SKD Gen-1"
+    card = SKD_GEN1_CARD
     kind = "an SKD Gen-1 student"
-    objective = "skd"
-    default = True
     objective_help = "SKD Gen-1 (default)"
     shared_flags = ("kd_T",)
-    teacher = "skd_gen0"
-    in_paper = True
-    paper = {"miniImageNet": (67.04, 83.54), "tieredImageNet": (72.03, 86.50), "CIFAR-FS": (76.9, 88.9),
-             "FC100": (46.5, 63.1)}
-    weight_flags = {"beta": "--gamma", "kd_T": "--kd_T"}
-    published = {
-        "CIFAR-FS": gen1_settings(from_run_script(65), from_run_script((60,)), from_run_script(0.1)),
-        "FC100": gen1_settings(from_run_script(8), from_run_script((3,)), from_run_script(0.2)),
-        "miniImageNet": gen1_settings(from_run_script(8), from_run_script((5,)), Sourced(
-            (0.025, 0.05, 0.075), f"{SKD_RUN_SCRIPT}: it runs the first three values of its list; the paper gives "
-                                  f"no single value")),
-        "tieredImageNet": gen1_settings(Sourced(8, TIERED), Sourced((3,), TIERED), Sourced(0.2, TIERED)),
-    }
-    small_scale = small_scale(5, (4,), 0.001, SKD_GEN1, {"beta": Sourced(0.1, f"{SKD_GEN1} (CIFAR-FS)"),
-                                                         "kd_T": Sourced(2.0, SKD_GEN1)})
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:

@@ -16,36 +16,15 @@ from distill import four_rotations
 from distill.sskd import SSKDWeights, similarity_head_loss, similarity_logits, sskd_loss
 from methods.base import DistillationMethod
 from methods.registry import register_method
-from methods.settings import DATASETS, SMALL_LR, OURS_SMALL, Sourced, rfs_settings, small_scale
+from published.sskd import SSKD_CARD
 from models import ProjectionHead, ResNet12SSL, WithProjection
-
-RELEASE = "SSKD release student.py default"
-
-
-def sskd_weights(head_epochs: Sourced[int]) -> dict[str, Sourced]:
-    return {"sskd_ce": Sourced(0.1, RELEASE), "sskd_kd": Sourced(0.9, RELEASE), "sskd_tf": Sourced(2.7, RELEASE),
-            "sskd_ss": Sourced(10.0, RELEASE), "sskd_kd_T": Sourced(4.0, RELEASE), "sskd_tf_T": Sourced(4.0, RELEASE),
-            "sskd_ss_T": Sourced(0.5, RELEASE), "sskd_tf_ratio": Sourced(1.0, RELEASE),
-            "sskd_ss_ratio": Sourced(0.75, RELEASE), "sskd_head_epochs": head_epochs}
 
 
 @register_method
 class SSKD(DistillationMethod):
-    name = "sskd"
-    label = "SSKD (ours, same protocol)"
+    card = SSKD_CARD
     kind = "an SSKD student"
-    objective = "sskd"
     objective_help = "SSKD (fresh student; Xu et al., ECCV 2020)"
-    teacher = "skd_gen0"
-    weight_flags = {name: f"--{name}" for name in sskd_weights(Sourced(0, "")).keys()}
-    forwards_per_image = 4  # the plain images and their three rotations, as in Gen-0
-    # SSKD never published few-shot settings: its student gets RFS-distill's schedule (the same training
-    # budget as the born-again baseline it is compared with), its loss the SSKD release's defaults.
-    published = {dataset: rfs_settings(dataset, "train_distillation.py", sskd_weights(Sourced(60, f"{RELEASE} (t_epoch)")),
-                                       Sourced(0.05, "ours: RFS-distill's (the SSKD release also uses 0.05)"),
-                                       "RFS-distill's schedule, SSKD publishes no few-shot settings")
-                 for dataset in DATASETS}
-    small_scale = small_scale(10, (7,), 0.02, SMALL_LR, sskd_weights(Sourced(5, OURS_SMALL + " (the release: 60)")))
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:

@@ -48,7 +48,7 @@ import util  # noqa: E402
 from dataset.catalog import DATASETS, resolve_dataset_folder  # noqa: E402
 from dataset.profiles import dataset_profile  # noqa: E402
 from methods.base import dropblock_mask_of  # noqa: E402
-from methods.settings import PUBLISHED_EVAL, TRAIN_IMAGES, PublishedSettings, Sourced  # noqa: E402
+from published.settings import PUBLISHED_EVAL, TRAIN_IMAGES, PublishedSettings, Sourced  # noqa: E402
 from scripts import plan_scheduler, slurm_submit  # noqa: E402
 from scripts.plan_scheduler import Stage  # noqa: E402
 

@@ -1,6 +1,7 @@
 """Published settings: what the paper's tables were trained and evaluated with, each value beside
-where it is published, so that scripts/reproduce.py writes every one of them into its commands and
-prints its source. Each method module holds its own per-dataset settings; what they share (the
+where it is published, so that the training scripts default to them and scripts/reproduce.py writes
+every one of them into its commands, each printed with its source. Each method family's card
+(published/skd.py, rfs.py, sskd.py, dvp.py) holds its per-dataset settings; what they share (the
 evaluation protocol, the training-set sizes, the RFS schedule) lives here.
 """
 from __future__ import annotations

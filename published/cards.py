@@ -1,0 +1,76 @@
+"""A method's card: what is published about it and how a command line names it, apart from the code
+that trains it (methods/), as timm keeps a model's pretrained configs beside its entry point. The
+results table, the reproduction driver and the training scripts' defaults read cards; a training
+method (methods.base.Method) takes its name, selection and published settings from its card."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from published.settings import PublishedSettings
+
+GEN0_SCRIPT = "train_supervised_ssl.py"
+DISTILL_SCRIPT = "train_distillation.py"
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    name: str  # registry key, W&B job type, reproduce.py and eval.table name
+    label: str  # its row in the results table
+    script: str  # GEN0_SCRIPT or DISTILL_SCRIPT
+    objective: str  # its --objective value
+    published: dict[str, PublishedSettings]  # dataset -> the settings its numbers were trained with
+    small_scale: PublishedSettings  # `folder` datasets (the CPU study; not published)
+    default: bool = False  # what its script trains without --objective
+    teacher: str | None = None  # the method that trains its teacher (reproduce.py's order)
+    in_paper: bool = False  # one of the paper's rows
+    paper: dict[str, tuple[float, float]] = field(default_factory=dict)  # dataset -> 5-way (1-shot, 5-shot) accuracy
+    # Its published loss weights by name -> the flag setting each (reproduce.py's commands, the defaults).
+    weight_flags: dict[str, str] = field(default_factory=dict)
+    forwards_per_image: int = 1  # what each training image costs: forwards, and what they are
+    forwarded_copies: str = "rotations"
+
+    @property
+    def mode_flags(self) -> tuple[str, ...]:
+        """The flags selecting it on its script's command line."""
+        return ("--objective", self.objective)
+
+
+_CARDS: dict[str, MethodCard] = {}
+
+
+def add_cards(*cards: MethodCard) -> None:
+    for card in cards:
+        if card.name in _CARDS:
+            raise ValueError(f"method card {card.name!r} is added twice")
+        _CARDS[card.name] = card
+
+
+def cards() -> list[MethodCard]:
+    """Every method's card, teachers before their students, the paper's rows first (the table's order)."""
+    return list(_CARDS.values())
+
+
+def card(name: str) -> MethodCard:
+    if name not in _CARDS:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(_CARDS)}")
+    return _CARDS[name]
+
+
+def card_of_args(script: str, values: Mapping[str, Any]) -> MethodCard:
+    """The method that resolved (or recorded) arguments of `script` select. Arguments recorded before
+    --objective existed mean the script's default; before rfs_simple was an objective, RFS-simple
+    recorded `--objective skd --plain`."""
+    of_script = [c for c in _CARDS.values() if c.script == script]
+    objective = values.get("objective") or next(c for c in of_script if c.default).objective
+    if values.get("plain"):
+        objective = "rfs_simple"
+    for c in of_script:
+        if c.objective == objective:
+            return c
+    raise KeyError(f"{script} has no method of --objective {objective}")
+
+
+def card_of_training_args(train_args: Mapping[str, Any]) -> MethodCard:
+    """The method a checkpoint's recorded arguments trained (train_distillation.py records --path_t)."""
+    return card_of_args(DISTILL_SCRIPT if "path_t" in train_args else GEN0_SCRIPT, train_args)
