@@ -129,18 +129,10 @@ def main() -> None:
     method.check_args(args)
     teacher, data = teacher_for_run(args, method, checkpoint, device)
     del checkpoint  # the teacher's whole file (its optimizer state too) is not needed past here
-    run = method(args, device, data, teacher)
-    data_seed = engine.run.stage_seed(args.seed, method.generation)
-    optimizer = engine.run.sgd(run.model, run.extra_parameters(), args)
     identity = {"model": args.model_s, "dataset": args.dataset, "image_size": data.image_size,
-                "path_t": str(Path(args.path_t).resolve()), "teacher_sha256": util.file_sha256(args.path_t),
-                **methods.selection(SCRIPT, args)}
-    state = engine.run.prepare_run(args, run_name(args, data.profile), run.model, optimizer, method.name, identity,
-                                   data, {"path_t": str(args.path_t)}, run.extra_modules, data_seed)
-    loader = engine.run.make_train_loader(data, args, device, run.train_transform(), seed=data_seed)
-    engine.loop.fit(state, run.make_step(state, loader), loader, args, device, run.after_epoch, run.before_epoch)
-    run.check_frozen()
-    engine.run.finish_training(state, data, args, device)
+                "path_t": str(Path(args.path_t).resolve()), "teacher_sha256": util.file_sha256(args.path_t)}
+    methods.train(method, args=args, device=device, data=data, name=run_name(args, data.profile), identity=identity,
+                  teacher=teacher, checkpoint_extra={"path_t": str(args.path_t)})
 
 
 if __name__ == "__main__":

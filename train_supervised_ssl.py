@@ -47,17 +47,8 @@ def main() -> None:
     device = engine.run.start_training_run(args, method.device_augment_refusal, parser.settings)
     method.check_args(args)
     data = engine.run.load_training_data(args)
-    run = method(args, device, data)
-    data_seed = engine.run.stage_seed(args.seed, method.generation)
-    optimizer = engine.run.sgd(run.model, run.extra_parameters(), args)
-    identity = {"model": args.model, "dataset": args.dataset, "image_size": data.image_size,
-                **methods.selection(SCRIPT, args)}
-    state = engine.run.prepare_run(args, run_name(args, data.profile), run.model, optimizer, method.name, identity,
-                                   data, extra_modules=run.extra_modules, data_seed=data_seed)
-    loader = engine.run.make_train_loader(data, args, device, run.train_transform(), seed=data_seed)
-    engine.loop.fit(state, run.make_step(state, loader), loader, args, device, run.after_epoch, run.before_epoch)
-    run.check_frozen()
-    engine.run.finish_training(state, data, args, device)
+    identity = {"model": args.model, "dataset": args.dataset, "image_size": data.image_size}
+    methods.train(method, args=args, device=device, data=data, name=run_name(args, data.profile), identity=identity)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ from tqdm import tqdm
 
 from runtime import distributed
 from runtime.preemption import StopRequest, rng_state, set_rng_state
-from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, save_checkpoint
+from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME
+from engine.checkpointer import Checkpointer
 from runtime.logger import ProgressLines, RunLogger
-from models.dropblock import dropblock_calls, keep_dropblock_eager
-from util import NonFiniteLossError, Preempted, autocast
+from models.dropblock import keep_dropblock_eager
+from util import CheckpointError, NonFiniteLossError, Preempted, autocast
 
 
 def learning_rate_at(epoch: int, args: argparse.Namespace) -> float:
@@ -126,23 +127,51 @@ class FinitenessCheck:
 
 
 @dataclass
-class TrainState:
-    """What one training run carries from epoch to epoch, and what a checkpoint restores."""
+class Phase:
+    """A stretch of training before the method's own, through this same loop (SSKD's teacher head):
+    its epochs, the step it builds when it starts, its optimizer and schedule, and the epoch key of its
+    data order (apart from the method's own epochs). Checkpointed under "phase" while it runs, so that
+    a stop in it resumes; its log lines carry its name."""
 
-    model: nn.Module  # the network itself, never its DDP wrapper: checkpoints keep the official key names
+    name: str
+    epochs: int
+    make_step: Callable[[], Step]
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    learning_rate_at: Callable[[int], float]
+    data_epoch: Callable[[int], int]
+    scaler: torch.amp.GradScaler | None = None  # None: a pass-through (fp16 runs get one of its own)
+
+
+@dataclass
+class TrainState:
+    """What one training run carries from epoch to epoch; `checkpointer` saves and restores it."""
+
+    checkpointer: Checkpointer
     folder: Path
     logger: RunLogger
     start_epoch: int = 1
-    checkpoint_extra: dict = field(default_factory=dict)
     validation: Validation | None = None  # run every --eval_freq epochs and at the last
     best_val_acc: float | None = None  # of best.pth, kept across --resume
-    partial: dict | None = None  # this rank's part of a mid-epoch checkpoint being resumed (runtime.preemption)
-    # Trained modules besides the network (an objective's heads), each saved under its own checkpoint
-    # key so that "model" keeps exactly the official weights.
-    extra_modules: dict[str, nn.Module] = field(default_factory=dict)
+    partial: dict | None = None  # this rank's part of a mid-epoch checkpoint being resumed
+    phase: dict | None = None  # a phase before the method's own being resumed: {"name", "epoch", "optimizer"}
+    resumed: bool = False  # from a checkpoint: phases before the one it names (all, if none) are done
     data_seed: int = 0  # the stage's seed of data order, augmentations and dropout (engine.run.stage_seed)
+
+    @property
+    def model(self) -> nn.Module:  # the network itself, never its DDP wrapper: checkpoints keep the official keys
+        return self.checkpointer.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.checkpointer.optimizer
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        return self.checkpointer.scaler
+
+    @property
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return self.checkpointer.extra_modules
 
     @property
     def checkpoint_path(self) -> Path:
@@ -153,18 +182,27 @@ class TrainState:
         return self.folder / BEST_NAME
 
 
-def _checkpoint(state: TrainState, epoch: int, args: argparse.Namespace) -> dict:
-    return {
-        "epoch": epoch,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scaler": state.scaler.state_dict(),  # fp16's loss scale; empty when the scaler is a pass-through
-        "args": {k: v for k, v in vars(args).items()},
-        "dropblock_calls": dropblock_calls(state.model),
-        "wandb_id": state.logger.wandb_id,
-        **{key: module.state_dict() for key, module in state.extra_modules.items()},
-        **state.checkpoint_extra,
-    }
+@dataclass
+class _Stretch:
+    """What an epoch of the loop trains: the method's own epochs (`phase` None) or a Phase's."""
+
+    phase: Phase | None
+    epochs: int
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    learning_rate_at: Callable[[int], float]
+    data_epoch: Callable[[int], int]
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.phase.name}_" if self.phase else ""
+
+    def checkpoint(self, state: TrainState, epoch: int) -> dict:
+        """The checkpoint after `epoch` epochs of this stretch."""
+        if self.phase is None:
+            return state.checkpointer.state_dict(epoch=epoch)
+        return state.checkpointer.state_dict(epoch=0, phase={
+            "name": self.phase.name, "epoch": epoch, "optimizer": self.optimizer.state_dict()})
 
 
 def _validate(model: nn.Module, validation: Validation, device: torch.device) -> dict[str, float | None]:
@@ -179,30 +217,32 @@ def _validate(model: nn.Module, validation: Validation, device: torch.device) ->
             model.train()
 
 
-def _batches(loader, epoch: int, args: argparse.Namespace, data_seed: int, skip_steps: int = 0) -> Iterator:
+def _batches(loader, epoch: int, stretch: _Stretch, data_seed: int, skip_steps: int = 0) -> Iterator:
     """The epoch's batches after its first `skip_steps`. The data order and augmentations are a
-    function of (the stage's seed, epoch) (dataset.loaders.EpochSampler); the global RNG, which draws
-    dropout and DropBlock masks, is re-seeded per epoch and per rank."""
-    seed = distributed.rank_seed(data_seed) * 100_003 + epoch
+    function of (the stage's seed, the stretch's epoch key) (dataset.loaders.EpochSampler); the global
+    RNG, which draws dropout and DropBlock masks, is re-seeded per epoch and per rank."""
+    key = stretch.data_epoch(epoch)
+    seed = distributed.rank_seed(data_seed) * 100_003 + key
     torch.manual_seed(seed)
     if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch, skip_steps * loader.batch_size)
+        loader.sampler.set_epoch(key, skip_steps * loader.batch_size)
     elif loader.generator is not None:  # a plain DataLoader (tests, benchmarks): re-seed its shuffle
         loader.generator.manual_seed(seed)
-    return tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, initial=skip_steps,
+    name = f"{stretch.phase.name} " if stretch.phase else ""
+    return tqdm(loader, desc=f"{name}epoch {epoch}/{stretch.epochs}", leave=False, initial=skip_steps,
                 total=skip_steps + len(loader), disable=None if distributed.is_main_process() else True,
                 dynamic_ncols=True)
 
 
-def _save_partial(state: TrainState, epoch: int, step: int, meter: Meter, args: argparse.Namespace) -> None:
+def _save_partial(state: TrainState, stretch: _Stretch, epoch: int, step: int, meter: Meter) -> None:
     """The mid-epoch checkpoint: "epoch" counts the completed epochs as always; "partial" holds the
     epoch in progress, its steps done, and every rank's RNG states and metric sums."""
     mine = {"rng": rng_state(), "meter": meter.state_dict()}
     ranks = distributed.all_gather_objects(mine)
     if distributed.is_main_process():
-        checkpoint = _checkpoint(state, epoch - 1, args)
+        checkpoint = stretch.checkpoint(state, epoch - 1)
         checkpoint["partial"] = {"epoch": epoch, "step": step, "world_size": len(ranks), "ranks": ranks}
-        save_checkpoint(checkpoint, state.checkpoint_path)
+        state.checkpointer.save(state.checkpoint_path, checkpoint)
 
 
 def _stop(stop: StopRequest, state: TrainState, epoch: int, step: int | None, steps: int) -> Preempted:
@@ -212,88 +252,135 @@ def _stop(stop: StopRequest, state: TrainState, epoch: int, step: int | None, st
                      f"command plus --resume", code)
 
 
-def fit(state: TrainState, step: Step, loader, args: argparse.Namespace, device: torch.device,
-        after_epoch: Callable[[int], None] | None = None, before_epoch: Callable[[int], None] | None = None) -> None:
-    """Train from state.start_epoch to args.epochs: one checkpoint and one log line per epoch.
-    `before_epoch(epoch)` runs before an epoch's first step (also a resumed one's), `after_epoch(epoch)`
-    after its steps, before its checkpoint is written. With
+def fit(*, state: TrainState, make_step: Callable[[], Step], loader, args: argparse.Namespace, device: torch.device,
+        phases: list[Phase] = (), after_epoch: Callable[[int], None] | None = None,
+        before_epoch: Callable[[int], None] | None = None) -> None:
+    """Train each of `phases` (the method's phases before its own, in order), then the method's own
+    epochs from state.start_epoch to args.epochs with the step `make_step()` builds once the phases are
+    done: one checkpoint and one log line per epoch, a stop signal checkpointing mid-epoch in any of
+    them. `before_epoch(epoch)` runs before each of the method's epochs' first step (also a resumed
+    one's), `after_epoch(epoch)` after its steps, before its checkpoint is written. With
     state.validation, every --eval_freq epochs and at the last the val metrics join the log line and
     best.pth is rewritten whenever val_acc improves.
 
-    Under torchrun `step` calls the DDP-wrapped network (runtime.distributed.wrap), every rank runs
+    Under torchrun the step calls the DDP-wrapped network (runtime.distributed.wrap), every rank runs
     the loop and the (sharded) val evaluation, and rank 0 alone writes checkpoints and logs.
     """
-    if getattr(args, "compile", False):
-        keep_dropblock_eager()
-        step = torch.compile(step)  # the closure's network and losses become one graph (or a few)
     with StopRequest(args.log_interval) as stop:
-        for epoch in range(state.start_epoch, args.epochs + 1):
-            if before_epoch is not None:
-                before_epoch(epoch)
-            _train_epoch(state, step, loader, args, device, epoch, stop, after_epoch)
-            # Arrived during the epoch's last step, its evaluation or its save; an all-reduce that rank 0
-            # joins after writing the checkpoint, so no rank exits before it is on disk.
-            if stop.requested():
-                raise _stop(stop, state, epoch, None, 0)
+        for phase, first_epoch in _phases_to_train(state, list(phases)):
+            stretch = _Stretch(phase, phase.epochs, phase.optimizer, phase.scaler or _pass_through(device),
+                               phase.learning_rate_at, phase.data_epoch)
+            _train_stretch(state, stretch, phase.make_step(), loader, args, device, first_epoch, stop)
+        step = make_step()
+        if getattr(args, "compile", False):
+            keep_dropblock_eager()
+            step = torch.compile(step)  # the closure's network and losses become one graph (or a few)
+        own = _Stretch(None, args.epochs, state.optimizer, state.scaler, lambda epoch: learning_rate_at(epoch, args),
+                       lambda epoch: epoch)
+        _train_stretch(state, own, step, loader, args, device, state.start_epoch, stop, after_epoch, before_epoch)
     distributed.barrier()  # every rank may read best.pth or checkpoint.pth next
     distributed.check_replicas_equal(state.model, state.extra_modules)
 
 
-def _train_epoch(state: TrainState, step: Step, loader, args: argparse.Namespace, device: torch.device, epoch: int,
-                 stop: StopRequest, after_epoch: Callable[[int], None] | None) -> None:
-    main = distributed.is_main_process()
-    scaler = state.scaler
-    lr = learning_rate_at(epoch, args)
-    set_learning_rate(state.optimizer, lr)
+def _pass_through(device: torch.device) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(device.type, enabled=False)
+
+
+def _phases_to_train(state: TrainState, phases: list[Phase]) -> list[tuple[Phase, int]]:
+    """Each phase still to train and its first epoch: all from epoch 1 in a fresh run; in a resumed one
+    the phase its checkpoint names from the epoch after the one it saved (its optimizer restored), and
+    the phases after it from 1. A checkpoint naming none was written in the method's own epochs."""
+    if not state.resumed:
+        return [(phase, 1) for phase in phases]
+    if state.phase is None:
+        return []
+    names = [phase.name for phase in phases]
+    if state.phase["name"] not in names:
+        raise CheckpointError(f"--resume: {state.checkpoint_path} stopped in phase {state.phase['name']!r}, which "
+                              f"this method does not have ({', '.join(names) or 'none'})")
+    at = names.index(state.phase["name"])
+    phases[at].optimizer.load_state_dict(state.phase["optimizer"])
+    return [(phases[at], int(state.phase["epoch"]) + 1), *((phase, 1) for phase in phases[at + 1:])]
+
+
+def _train_stretch(state: TrainState, stretch: _Stretch, step: Step, loader, args: argparse.Namespace,
+                   device: torch.device, first_epoch: int, stop: StopRequest,
+                   after_epoch: Callable[[int], None] | None = None,
+                   before_epoch: Callable[[int], None] | None = None) -> None:
+    for epoch in range(first_epoch, stretch.epochs + 1):
+        if before_epoch is not None:
+            before_epoch(epoch)
+        meter, seconds, skip = _train_epoch(state, stretch, step, loader, args, device, epoch, stop)
+        # Every rank evaluates and rank 0 saves the same network; modules outside DDP (a momentum key
+        # encoder) also kept BatchNorm statistics of their own rank's images.
+        for module in (state.model, *state.extra_modules.values()):
+            distributed.broadcast_buffers(module)
+        if after_epoch is not None:
+            after_epoch(epoch)
+        _end_epoch(state, stretch, epoch, meter, seconds, skip, args, device)
+        # Arrived during the epoch's last step, its evaluation or its save; an all-reduce that rank 0
+        # joins after writing the checkpoint, so no rank exits before it is on disk.
+        if stop.requested():
+            raise _stop(stop, state, epoch, None, 0)
+
+
+def _train_epoch(state: TrainState, stretch: _Stretch, step: Step, loader, args: argparse.Namespace,
+                 device: torch.device, epoch: int, stop: StopRequest) -> tuple[Meter, float, int]:
+    """The epoch's steps (from a mid-epoch checkpoint's step when resuming one); returns its metric
+    sums, its seconds and the steps it resumed after."""
+    set_learning_rate(stretch.optimizer, stretch.learning_rate_at(epoch))
     state.model.train()
     meter, finite = Meter(), FinitenessCheck()
     resumed, state.partial = state.partial, None
     skip = resumed["step"] if resumed is not None else 0
-    last_good = state.checkpoint_path if epoch > 1 or skip else None
+    last_good = state.checkpoint_path if state.checkpoint_path.is_file() else None
     start = time.perf_counter()
-    progress = _batches(loader, epoch, args, state.data_seed, skip)
+    progress = _batches(loader, epoch, stretch, state.data_seed, skip)
     steps = skip + len(loader)
     if resumed is not None:  # the RNG streams and metric sums exactly as they were after step `skip`
         set_rng_state(resumed["rng"])
         meter.load_state_dict(resumed["meter"], device)
-    lines = ProgressLines(main)
+    lines = ProgressLines(distributed.is_main_process())
     for i, (images, targets) in enumerate(progress, start=skip + 1):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, args.amp):
             result = step(images, targets)
-        state.optimizer.zero_grad(set_to_none=True)
-        scaler.scale(result.loss).backward()
-        scaler.step(state.optimizer)
-        scaler.update()
+        stretch.optimizer.zero_grad(set_to_none=True)
+        stretch.scaler.scale(result.loss).backward()
+        stretch.scaler.step(stretch.optimizer)
+        stretch.scaler.update()
         meter.update(result)
         finite.add(i, result)
         if i % args.log_interval == 0:
             loss = finite.check(epoch, last_good)
             progress.set_postfix(loss=f"{loss:.3f}")
-            lines(f"epoch {epoch}/{args.epochs} step {i}/{steps} loss={loss:.4g} "
-                  f"seconds={time.perf_counter() - start:.0f}")
+            lines(f"{stretch.prefix.replace('_', ' ')}epoch {epoch}/{stretch.epochs} step {i}/{steps} "
+                  f"loss={loss:.4g} seconds={time.perf_counter() - start:.0f}")
         if i < steps and stop.requested(i):
             finite.check(epoch, last_good)  # never checkpoint a non-finite state
             progress.close()
-            _save_partial(state, epoch, i, meter, args)
+            _save_partial(state, stretch, epoch, i, meter)
             distributed.wait_for_checkpoint(state.checkpoint_path)  # no rank exits before it is on disk
             raise _stop(stop, state, epoch, i, steps)
     finite.check(epoch, last_good)
-    # Every rank evaluates and rank 0 saves the same network; modules outside DDP (a momentum key
-    # encoder) also kept BatchNorm statistics of their own rank's images.
-    for module in (state.model, *state.extra_modules.values()):
-        distributed.broadcast_buffers(module)
-    if after_epoch is not None:
-        after_epoch(epoch)
+    return meter, time.perf_counter() - start, skip
+
+
+def _end_epoch(state: TrainState, stretch: _Stretch, epoch: int, meter: Meter, seconds: float, skip: int,
+               args: argparse.Namespace, device: torch.device) -> None:
+    """The epoch's log line, its val evaluation (the method's own epochs, with --eval_freq) and checkpoint."""
     averages, images = meter.averages()
-    seconds = time.perf_counter() - start
-    record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in averages.items()},
-              "images_per_s": images / seconds, "epoch_seconds": seconds}
+    p = stretch.prefix
+    record = {**({"phase": stretch.phase.name} if stretch.phase else {}), f"{p}epoch": epoch,
+              f"{p}lr": stretch.optimizer.param_groups[0]["lr"], **{f"{p}train_{k}": v for k, v in averages.items()},
+              f"{p}images_per_s": images / seconds, f"{p}epoch_seconds": seconds}
     if skip:
-        record["resumed_at_step"] = skip  # images_per_s and epoch_seconds cover the steps after it
-    checkpoint = _checkpoint(state, epoch, args)
-    if state.validation is not None and (epoch % args.eval_freq == 0 or epoch == args.epochs):
+        record[f"{p}resumed_at_step"] = skip  # images_per_s and epoch_seconds cover the steps after it
+    main = distributed.is_main_process()
+    checkpoint = stretch.checkpoint(state, epoch)
+    if stretch.phase is None and state.validation is not None and (epoch % args.eval_freq == 0
+                                                                   or epoch == args.epochs):
         metrics = _validate(state.model, state.validation, device)
         record.update(metrics)
         if state.best_val_acc is None or metrics["val_acc"] > state.best_val_acc:
@@ -301,9 +388,9 @@ def _train_epoch(state: TrainState, step: Step, loader, args: argparse.Namespace
             # Written before checkpoint.pth, so a crash between the two loses no improvement:
             # --resume retrains this epoch and compares it with best.pth's val_acc.
             if main:
-                save_checkpoint({**checkpoint, "val_acc": metrics["val_acc"]}, state.best_path)
+                state.checkpointer.save(state.best_path, {**checkpoint, "val_acc": metrics["val_acc"]})
     if main:
-        save_checkpoint(checkpoint, state.checkpoint_path)
+        state.checkpointer.save(state.checkpoint_path, checkpoint)
         state.logger.log(record)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
               flush=True)

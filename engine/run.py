@@ -22,13 +22,13 @@ from dataset.loaders import train_loader
 from dataset.transforms import Normalization, choose_normalization, train_transform
 from dataset.profiles import DatasetProfile
 from runtime import distributed
-from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, load_model_weights, training_args
+from engine.checkpoint import load_checkpoint, load_model_weights
+from engine.checkpointer import Checkpointer
 from runtime.logger import LOG_NAME, RunLogger
 from engine.official_flags import report_official_flags
 from engine.loop import TrainState
 from eval.fewshot import EpisodeSetting, evaluate
 from eval.report import REPORT_SHOTS, final_report
-from models.dropblock import set_dropblock_calls
 from util import (CheckpointError, UsageError, atomic_write, check_positive, check_writable_folder, describe_device,
                   git_sha, precision_name, print_run_header, seed_everything, setup_precision)
 
@@ -114,31 +114,22 @@ def training_logger(folder: Path, args: argparse.Namespace, name: str, job_type:
                      group=args.wandb_group or name, job_type=job_type, name=name)
 
 
-def check_resume_identity(checkpoint: dict, path: Path, identity: dict[str, Any]) -> None:
-    """Refuse to resume a checkpoint made with another model, dataset, image size or teacher."""
-    recorded = checkpoint.get("identity")
-    if not isinstance(recorded, dict):  # checkpoints written before identities were recorded
-        recorded = {**training_args(checkpoint), "image_size": checkpoint.get("image_size")}
-    for key, value in identity.items():
-        if key in recorded and recorded[key] is not None and recorded[key] != value:
-            flag = RESUME_FLAGS.get(key, f"--{key}")
-            raise CheckpointError(f"--resume: {path} was trained with {flag} {recorded[key]}, this run has "
-                                  f"{value}; use a new --trial or the original setting")
-
-
-# How each identity entry is set on the command line, for the one-line refusal.
-RESUME_FLAGS = {"image_size": "image size", "teacher_sha256": "a teacher file of sha256", "path_t": "--path_t"}
-
-
-def _trim_log(log: Path, last_epoch: int) -> None:
-    """Keep the JSON-lines records of epochs up to the checkpoint's: a crash after a log line but
-    before the next checkpoint must not leave an epoch logged twice once it is trained again."""
+def _trim_log(log: Path, last_epoch: int, phase: dict | None = None) -> None:
+    """Keep the JSON-lines records of what the checkpoint holds: the method's epochs up to its epoch
+    and, of a phase in progress, its epochs up to the saved one (a crash after a log line but before
+    the next checkpoint must not leave an epoch logged twice once it is trained again)."""
     if not log.is_file():
         return
     kept = []
     for line in log.read_text().splitlines():
         try:
-            if json.loads(line).get("epoch", 0) <= last_epoch:
+            record = json.loads(line)
+            name = record.get("phase")
+            if name is None:
+                keep = record.get("epoch", 0) <= last_epoch
+            else:  # a phase before the method's own: done, unless it is the one in progress
+                keep = phase is None or name != phase["name"] or record.get(f"{name}_epoch", 0) <= phase["epoch"]
+            if keep:
                 kept.append(line)
         except (json.JSONDecodeError, AttributeError):
             pass  # a line cut short by the crash
@@ -178,91 +169,75 @@ class ValEvaluation:
         return metrics
 
 
-def prepare_run(args: argparse.Namespace, name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+def prepare_run(*, args: argparse.Namespace, name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                 job_type: str, identity: dict[str, Any], data: TrainingData | None = None,
                 checkpoint_extra: dict | None = None, extra_modules: dict[str, nn.Module] | None = None,
                 data_seed: int | None = None) -> TrainState:
-    """Create (or, with --resume, reopen) the run folder; restore the last checkpoint when resuming
-    (weights, optimizer, grad scaler, DropBlock ramp), and the best val accuracy so far from best.pth.
-    Under torchrun every rank restores the checkpoint; rank 0 alone writes to the folder and logs.
+    """Open the run folder: a fresh run (refusing a folder that holds a checkpoint), or with --resume
+    the last checkpoint restored into everything the run's Checkpointer owns (weights, optimizer, grad
+    scaler, extra modules, DropBlock ramp, a phase in progress, a mid-epoch stop) and the best val
+    accuracy so far from best.pth. Under torchrun every rank restores; rank 0 alone writes and logs.
 
-    `identity`: what a resumed run must share with the checkpoint (model, dataset, image size, the
-    Gen-1 teacher); recorded in every checkpoint. `data`: the run's splits (its val split serves
+    `identity`: what a resumed run must share with the checkpoint (model, dataset, image size, method,
+    the Gen-1 teacher); recorded in every checkpoint. `data`: the run's splits (its val split serves
     --eval_freq; its image size and normalisation go into every checkpoint). `extra_modules`: trained
     modules besides `model` (an objective's heads), checkpointed and restored under their keys.
     `data_seed`: the stage's seed of data order and dropout (stage_seed; default --seed).
     """
-    extra_modules = extra_modules or {}
     validation = None
     if args.eval_freq:
         if data is None or data.val is None:
             raise ValueError("--eval_freq: prepare_run needs the run's TrainingData with its val split")
         validation = ValEvaluation(data.val, data.norm, args)
-    folder = run_folder(args, name)
-    main = distributed.is_main_process()
     # fp16 gradients underflow without loss scaling; for bf16 and fp32 the scaler is a pass-through.
     scaler = torch.amp.GradScaler(next(model.parameters()).device.type, enabled=args.amp == "fp16")
-    start_epoch, wandb_id, best_val_acc, partial = 1, None, None, None
-    checkpoint_path, best_path = folder / CHECKPOINT_NAME, folder / BEST_NAME
-    if args.resume:
-        if not checkpoint_path.is_file():
-            raise CheckpointError(f"{checkpoint_path}: --resume given but the run folder has no checkpoint")
-        checkpoint = load_checkpoint(checkpoint_path)
-        check_resume_identity(checkpoint, checkpoint_path, identity)
-        load_model_weights(model, checkpoint_path, checkpoint)
-        for key, module in extra_modules.items():
-            if key not in checkpoint:
-                raise CheckpointError(f"{checkpoint_path}: has no '{key}' to resume this objective from")
-            module.load_state_dict(checkpoint[key])
-        if "optimizer" not in checkpoint:
-            raise CheckpointError(f"{checkpoint_path}: has no optimizer state to resume from")
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint.get("scaler"):  # fp16 runs: continue with the loss scale reached, not a re-warm
-            scaler.load_state_dict(checkpoint["scaler"])
-        set_dropblock_calls(model, checkpoint.get("dropblock_calls", []))
-        start_epoch = int(checkpoint["epoch"]) + 1
-        partial = _partial_epoch(checkpoint, checkpoint_path)
-        wandb_id = checkpoint.get("wandb_id")
-        if best_path.is_file():  # a resumed run must beat the best epoch before the interruption
-            best_val_acc = float(load_checkpoint(best_path)["val_acc"])
-        if main:
-            _trim_log(folder / LOG_NAME, int(checkpoint["epoch"]))
-        # args.json stays the original run's; each resumption's arguments go beside it.
-        args_file = folder / f"args.resume_after_epoch_{checkpoint['epoch']}.json"
-        print(f"resuming {checkpoint_path} after epoch {checkpoint['epoch']}"
-              + (f", step {partial['step']} of epoch {partial['epoch']}" if partial else ""))
-    else:
-        if checkpoint_path.is_file():
-            raise UsageError(f"{folder}: run folder already has a checkpoint; pass --resume to continue it, "
-                             f"or a new --trial")
-        # A run that crashed before its first checkpoint left a log (and maybe a best.pth) of epochs that
-        # are trained again now.
-        if main:
-            (folder / LOG_NAME).unlink(missing_ok=True)
-            best_path.unlink(missing_ok=True)
-        args_file = folder / "args.json"
-    if main:
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_write(args_file) as tmp:
+    checkpointer = Checkpointer(model=model, optimizer=optimizer, scaler=scaler, args=args, identity=identity,
+                                extra_modules=extra_modules,
+                                extra={**(data.checkpoint_extra() if data is not None else {}),
+                                       **(checkpoint_extra or {})})
+    state = TrainState(checkpointer=checkpointer, folder=run_folder(args, name), logger=None, validation=validation,
+                       data_seed=args.seed if data_seed is None else data_seed)
+    args_file = _resume(state) if args.resume else _start_fresh(state)
+    if distributed.is_main_process():
+        state.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(state.folder / args_file) as tmp:
             tmp.write_text(json.dumps(vars(args), indent=2, default=str) + "\n")
-        logger = training_logger(folder, args, name, job_type, wandb_id, device=next(model.parameters()).device)
+        state.logger = training_logger(state.folder, args, name, job_type, checkpointer.wandb_id,
+                                       device=next(model.parameters()).device)
     else:
-        logger = RunLogger(None, mode="disabled", project="", config={}, wandb_dir=folder)
-    extra = {"identity": identity, **(data.checkpoint_extra() if data is not None else {}), **(checkpoint_extra or {})}
-    return TrainState(model, optimizer, scaler, folder, logger, start_epoch, extra, validation, best_val_acc, partial,
-                      extra_modules, args.seed if data_seed is None else data_seed)
+        state.logger = RunLogger(None, mode="disabled", project="", config={}, wandb_dir=state.folder)
+    checkpointer.wandb_id = state.logger.wandb_id
+    return state
 
 
-def _partial_epoch(checkpoint: dict, path: Path) -> dict | None:
-    """This rank's part of a mid-epoch checkpoint (runtime.preemption): {"epoch", "step", "rng", "meter"}."""
-    partial = checkpoint.get("partial")
-    if not partial:
-        return None
-    ranks = distributed.current()
-    if partial["world_size"] != ranks.world_size:
-        raise CheckpointError(f"--resume: {path} was stopped mid-epoch with {partial['world_size']} processes; resume "
-                              f"it with the same number (this run has {ranks.world_size})")
-    return {"epoch": int(partial["epoch"]), "step": int(partial["step"]), **partial["ranks"][ranks.rank]}
+def _start_fresh(state: TrainState) -> str:
+    """A new run: refuse a folder holding a checkpoint; returns the name of its arguments file."""
+    if state.checkpoint_path.is_file():
+        raise UsageError(f"{state.folder}: run folder already has a checkpoint; pass --resume to continue it, "
+                         f"or a new --trial")
+    # A run that crashed before its first checkpoint left a log (and maybe a best.pth) of epochs that are
+    # trained again now.
+    if distributed.is_main_process():
+        (state.folder / LOG_NAME).unlink(missing_ok=True)
+        state.best_path.unlink(missing_ok=True)
+    return "args.json"
+
+
+def _resume(state: TrainState) -> str:
+    """Restore the last checkpoint; returns the name of this resumption's arguments file (args.json
+    stays the original run's)."""
+    point = state.checkpointer.resume(state.checkpoint_path)
+    state.resumed, state.start_epoch, state.phase, state.partial = True, point.epoch + 1, point.phase, point.partial
+    if state.best_path.is_file():  # a resumed run must beat the best epoch before the interruption
+        state.best_val_acc = float(load_checkpoint(state.best_path)["val_acc"])
+    if distributed.is_main_process():
+        _trim_log(state.folder / LOG_NAME, point.epoch, point.phase)
+    where = (f"epoch {point.phase['epoch']} of phase {point.phase['name']}" if point.phase
+             else f"epoch {point.epoch}")
+    print(f"resuming {state.checkpoint_path} after {where}"
+          + (f", step {point.partial['step']} of epoch {point.partial['epoch']}" if point.partial else ""))
+    phase = f"_{point.phase['name']}_{point.phase['epoch']}" if point.phase else ""
+    return f"args.resume_after_epoch_{point.epoch}{phase}.json"
 
 
 @dataclass

@@ -88,7 +88,7 @@ class Method:
 
     # ----------------------------------------------------------------- one run of it
 
-    def __init__(self, args: argparse.Namespace, device: torch.device, data: TrainingData,
+    def __init__(self, *, args: argparse.Namespace, device: torch.device, data: TrainingData,
                  teacher: nn.Module | None = None) -> None:
         self.args, self.device, self.data, self.teacher = args, device, data, teacher
         self.extra_modules: dict[str, nn.Module] = {}  # trained modules checkpointed beside "model", by key
@@ -123,8 +123,13 @@ class Method:
         """The loader's per-image transform (None: the Gen-0/Gen-1 augmentation, on the device or workers)."""
         return None
 
+    def pre_phases(self, state: engine.loop.TrainState, loader: Any) -> list[engine.loop.Phase]:
+        """Phases trained before the method's own epochs, in order, each through the training loop
+        (checkpointed, resumable, logged like any epoch); default: none."""
+        return []
+
     def make_step(self, state: engine.loop.TrainState, loader: Any) -> engine.loop.Step:
-        """The training step; may first run a phase of its own on the loader (a fresh run only)."""
+        """The training step of the method's own epochs, built once its pre_phases are done."""
         raise NotImplementedError
 
     def before_epoch(self, epoch: int) -> None:

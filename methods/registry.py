@@ -59,7 +59,8 @@ class MethodArgumentParser(ArgumentParser):
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
         parsed, extras = super().parse_known_args(args, namespace)
-        self.settings = resolve_method_args(self.script, parsed, self.owners)
+        flags = {action.dest: "/".join(action.option_strings) for action in self._actions if action.option_strings}
+        self.settings = resolve_method_args(self.script, parsed, self.owners, flags)
         return parsed, extras
 
 
@@ -89,11 +90,13 @@ def unset_defaults(parser: argparse.ArgumentParser, dests: Sequence[str]) -> Non
             action.default = Unset(action.default)
 
 
-def resolve_method_args(script: str, args: argparse.Namespace, owners: Mapping[str, str]) -> list[str]:
+def resolve_method_args(script: str, args: argparse.Namespace, owners: Mapping[str, str],
+                        flags: Mapping[str, str]) -> list[str]:
     """Select the method, refuse in one line a method flag it does not use, map the release's flag
-    aliases it honours, fill every unset flag; return the schedule's lines "--flag value (source)"."""
+    aliases it honours, fill every unset flag; return the schedule's lines "--flag value (source)".
+    `owners`: dest -> the method whose flag it is; `flags`: dest -> its option strings, as typed."""
     method = _select_given(script, args)
-    _apply_release_aliases(method, args)
+    _apply_release_aliases(method, args, flags)
     method.check_given(args)
     used = set(method.own_flags(owners)) | set(method.shared_flags)
     shared = {flag for m in methods_of_script(script) for flag in m.shared_flags}
@@ -101,9 +104,11 @@ def resolve_method_args(script: str, args: argparse.Namespace, owners: Mapping[s
         if (dest in owners or dest in shared) and dest not in used and not isinstance(value, Unset):
             users = [get_method(owners[dest])] if dest in owners else [m for m in methods_of_script(script)
                                                                        if dest in m.shared_flags]
-            raise UsageError(f"--{dest}: {method.label} (--objective {method.objective}) does not use it; it is a "
+            raise UsageError(f"{flags.get(dest, '--' + dest)}: {method.label} (--objective {method.objective}) "
+                             f"does not use it; it is a "
                              f"flag of {', '.join(f'--objective {m.objective}' for m in users)}")
-    lines = _published_defaults(method, args)
+    lines = _published_defaults(method, args, {flag: dest for dest, names in flags.items()
+                                               for flag in names.split("/")})
     for dest, value in vars(args).items():
         if isinstance(value, Unset):
             setattr(args, dest, value.fallback)
@@ -124,15 +129,15 @@ def _select_given(script: str, args: argparse.Namespace) -> type[Method]:
     return next(m for m in methods_of_script(script) if m.objective == objective)
 
 
-def _apply_release_aliases(method: type[Method], args: argparse.Namespace) -> None:
+def _apply_release_aliases(method: type[Method], args: argparse.Namespace, flags: Mapping[str, str]) -> None:
     """The release's own flags in the meaning of the release the method comes from (RFS's -r and -a)."""
     for release_dest, dest in method.release_aliases.items():
         value = getattr(args, release_dest, None)
         if value is None or isinstance(value, Unset):
             continue
         if not isinstance(getattr(args, dest), Unset):
-            raise UsageError(f"--{dest} and --{release_dest.removeprefix('official_')} (the release's name of "
-                             f"--{dest} under --objective {method.objective}) given together; give one")
+            raise UsageError(f"--{dest} and {flags.get(release_dest, release_dest)} (the release's name of --{dest} "
+                             f"under --objective {method.objective}) given together; give one")
         setattr(args, dest, value)
         if release_dest.startswith("official_"):
             delattr(args, release_dest)  # taken: not also reported as an ignored release flag
@@ -140,33 +145,36 @@ def _apply_release_aliases(method: type[Method], args: argparse.Namespace) -> No
             setattr(args, release_dest, Unset(getattr(args, release_dest)))
 
 
-def _published_defaults(method: type[Method], args: argparse.Namespace) -> list[str]:
+def _published_defaults(method: type[Method], args: argparse.Namespace, dest_of: Mapping[str, str]) -> list[str]:
+    """Fill each unset schedule flag and loss weight of `method` (`dest_of`: option string -> dest)."""
     published = method.published.get(args.dataset)
     lines = []
     flags = {**{name: name for name in SCHEDULE_FLAGS},
-             **{name: flag.lstrip("-") for name, flag in method.weight_flags.items()}}
+             **{name: dest_of[flag] for name, flag in method.weight_flags.items()}}
     values = published.by_name() if published is not None else {}
     for name, dest in flags.items():
         value = getattr(args, dest, None)
         if not isinstance(value, Unset):
-            lines.append(f"--{dest} {as_typed(value)} (given)")
+            lines.append(f"{_flag(method, name, dest)} {as_typed(value)} (given)")
             continue
         if name not in values:
-            lines.append(f"--{dest} {value} (default; nothing published for --dataset {args.dataset})")
+            lines.append(f"{_flag(method, name, dest)} {value} (default; nothing published for --dataset "
+                         f"{args.dataset})")
             continue
         chosen = values[name]
         if isinstance(chosen.value, tuple) and name not in SCHEDULE_FLAGS:
-            raise UsageError(f"--{dest}: {method.label} on {args.dataset} has no single published value "
-                             f"({chosen.source}: {', '.join(map(str, chosen.value))}; scripts/reproduce.py trains each "
+            raise UsageError(f"{_flag(method, name, dest)}: {method.label} on {args.dataset} has no single published "
+                             f"value ({chosen.source}: {', '.join(map(str, chosen.value))}; scripts/reproduce.py trains each "
                              f"and selects by val accuracy); give one")
         setattr(args, dest, list(chosen.value) if isinstance(chosen.value, tuple) else chosen.value)
-        lines.append(f"--{dest} {as_typed(chosen.value)} (published: {chosen.source})")
+        lines.append(f"{_flag(method, name, dest)} {as_typed(chosen.value)} (published: {chosen.source})")
     return lines
 
 
-def selection(script: str, args: argparse.Namespace) -> dict[str, Any]:
-    """What a checkpoint's identity records of the method (a resumed run must train the same one)."""
-    return {"method": select_method(script, args).name}
+def _flag(method: type[Method], name: str, dest: str) -> str:
+    """How a setting is typed: its flag, and the method's name of it where that differs (Gen-1's beta)."""
+    flag = method.weight_flags.get(name, f"--{dest}")
+    return flag if flag.lstrip("-") == name or name in SCHEDULE_FLAGS else f"{flag} ({name})"
 
 
 def method_of_training_args(train_args: Mapping[str, Any]) -> type[Method]:

@@ -24,7 +24,7 @@ class RFSDistill(DistillationMethod):
     objective_help = "the RFS-distill baseline (fresh student, CE + KD)"
     shared_flags = ("kd_T",)
     # The RFS release's train_distillation.py: -r/--gamma weighs the cross-entropy, -a/--alpha the KD term.
-    release_aliases = {"gamma": "ce_weight", "official_alpha": "kd_weight"}
+    release_aliases = {"beta": "ce_weight", "official_alpha": "kd_weight"}  # -r/--gamma is SKD Gen-1's beta
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:

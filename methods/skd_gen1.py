@@ -37,7 +37,7 @@ class SKDGen1(DistillationMethod):
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("SKD Gen-1 (--objective skd)")
-        g.add_argument("-r", "--gamma", type=float, default=0.1,
+        g.add_argument("-r", "--gamma", dest="beta", type=float, default=0.1,
                        help="beta, the weight of the L2 term (official per-dataset values: CIFAR-FS 0.1, FC100 0.2, "
                             "miniImageNet 0.025-0.5)")
         g.add_argument("--official_quirks", action="store_true",
@@ -60,14 +60,14 @@ class SKDGen1(DistillationMethod):
 
     @classmethod
     def run_name_part(cls, args: argparse.Namespace) -> str:
-        return f"kd_T_{args.kd_T}_beta_{args.gamma}" + ("_quirks" if args.official_quirks else "")
+        return f"kd_T_{args.kd_T}_beta_{args.beta}" + ("_quirks" if args.official_quirks else "")
 
     def create_network(self) -> nn.Module:
         return self.clone_teacher()
 
     def make_step(self, state: engine.loop.TrainState, loader) -> engine.loop.Step:
         a = self.args
-        return gen1_step(self.model, self.teacher, a.gamma, a.kd_T, a.official_quirks)
+        return gen1_step(self.model, self.teacher, a.beta, a.kd_T, a.official_quirks)
 
     def after_epoch(self, epoch: int) -> None:
         if self.args.official_ramp or self.args.official_quirks:

@@ -1,7 +1,7 @@
 """SSKD (Xu et al., ECCV 2020) under the few-shot protocol: a freshly initialised student learns with
 CE and KD on the plain images, selective KD on their three rotations, and similarity transfer
 through projection heads (distill/sskd.py); the teacher's head is first trained on the frozen
-teacher's features (--sskd_head_epochs)."""
+teacher's features (--sskd_head_epochs), a phase of its own through the training loop."""
 from __future__ import annotations
 
 import argparse
@@ -66,11 +66,24 @@ class SSKD(DistillationMethod):
     def extra_parameters(self) -> list[nn.Parameter]:
         return list(self.heads["student"].parameters())
 
+    def pre_phases(self, state: engine.loop.TrainState, loader) -> list[engine.loop.Phase]:
+        """SSKD's first phase: the teacher's projection head learns, on the frozen teacher's features, to
+        match each rotated image to its own plain image among the batch's (SGD, momentum 0.9, weight decay
+        5e-4, lr x0.1 at 50% and 75% of --sskd_head_epochs, as the release's 30 and 45 of 60), on a data
+        order of its own (epoch keys -1, -2, ...)."""
+        a, head = self.args, self.heads["teacher"]
+        optimizer = torch.optim.SGD(head.parameters(), lr=a.sskd_head_lr, momentum=0.9, weight_decay=5e-4)
+        epochs = a.sskd_head_epochs
+
+        def learning_rate_at(epoch: int) -> float:
+            return a.sskd_head_lr * 0.1 ** sum(epoch > m for m in (epochs * 0.5, epochs * 0.75))
+
+        return [engine.loop.Phase("teacher_head", epochs, lambda: teacher_head_step(self.teacher, head), optimizer,
+                                  learning_rate_at, data_epoch=lambda epoch: -epoch)]
+
     def make_step(self, state: engine.loop.TrainState, loader) -> engine.loop.Step:
-        """Train the teacher's head first (a fresh run), then freeze it."""
+        """After the teacher-head phase (or its restored result, resuming): the head frozen, the student's step."""
         teacher, teacher_head = self.teacher, self.heads["teacher"]
-        if state.start_epoch == 1 and state.partial is None:  # a resumed run restored the trained head
-            train_teacher_head(teacher, teacher_head, loader, self.args, self.device)
         teacher_head.requires_grad_(False).eval()
         self.freeze(teacher_head, "the teacher's projection head")
         a = self.args
@@ -97,34 +110,23 @@ def sskd_step(student: WithProjection, teacher: ResNet12SSL, teacher_head: Proje
     return step
 
 
-def train_teacher_head(teacher: ResNet12SSL, head: ProjectionHead, loader, args: argparse.Namespace,
-                       device: torch.device) -> None:
-    """SSKD's first phase: the teacher's projection head learns, on the frozen teacher's features,
-    to match each rotated image to its own plain image among the batch's (SGD, momentum 0.9, weight
-    decay 5e-4, lr x0.1 at 50% and 75% of --sskd_head_epochs, as the release's 30 and 45 of 60)."""
-    optimizer = torch.optim.SGD(head.parameters(), lr=args.sskd_head_lr, momentum=0.9, weight_decay=5e-4)
+def teacher_head_step(teacher: ResNet12SSL, head: ProjectionHead) -> engine.loop.Step:
+    """The frozen teacher's features of the B images and their three rotations (under the run's
+    autocast), the head on them in float32; metrics: the loss and how often a rotated image finds its
+    own plain image first."""
     forward = runtime.distributed.wrap(head.train())
-    epochs = args.sskd_head_epochs
-    for epoch in range(1, epochs + 1):
-        lr = args.sskd_head_lr * 0.1 ** sum(epoch > m for m in (epochs * 0.5, epochs * 0.75))
-        engine.loop.set_learning_rate(optimizer, lr)
-        loader.sampler.set_epoch(-epoch)  # its own data order, apart from the student's epochs
-        total, found, rows = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        for images, _ in loader:
-            batch, _ = four_rotations(images.to(device, non_blocking=True))
-            with torch.no_grad(), util.autocast(device, args.amp):
-                feature = teacher.forward_features(batch)
+
+    def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
+        batch, _ = four_rotations(images)
+        with torch.no_grad():
+            feature = teacher.forward_features(batch)
+        with torch.autocast(images.device.type, enabled=False):
             proj = forward(feature.float())
             loss = similarity_head_loss(proj, len(images))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             with torch.no_grad():
                 sim = similarity_logits(proj[len(images):], proj[:len(images)])
-                found += (sim.argmax(1) == torch.arange(len(images), device=device).repeat(3)).sum()
-            total += loss.detach() * len(images)
-            rows += len(images)
-        if not torch.isfinite(total):
-            raise util.NonFiniteLossError(f"non-finite loss training the SSKD teacher head at epoch {epoch}")
-        print(f"teacher head epoch={epoch} lr={lr:.4g} loss={float(total) / rows:.4f} "
-              f"rotated_found_own={100 * float(found) / (3 * rows):.2f}", flush=True)
+                own = torch.arange(len(images), device=images.device).repeat(3)
+                found = (sim.argmax(1) == own).float().mean() * 100
+        return engine.loop.StepResult(loss, {"rotated_found_own": found}, None, len(images))
+
+    return step

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import runtime.distributed  # noqa: E402
 import engine.loop  # noqa: E402
+import engine.checkpointer  # noqa: E402
 import engine.run  # noqa: E402
 import util  # noqa: E402
 from test_preemption import SmallNet, _args  # noqa: E402
@@ -24,18 +25,19 @@ from test_preemption import SmallNet, _args  # noqa: E402
 
 def main(folder: str) -> None:
     info, device = runtime.distributed.setup("cpu")
-    save = engine.loop.save_checkpoint
+    save = engine.checkpointer.save_checkpoint
 
     def slow_save(checkpoint, path):
         time.sleep(2.0)  # a slow disk: a rank that did not wait would be gone by now
         save(checkpoint, path)
 
-    engine.loop.save_checkpoint = slow_save
+    engine.checkpointer.save_checkpoint = slow_save
     torch.manual_seed(0)
     model = SmallNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     args = _args(Path(folder), log_interval=1)
-    state = engine.run.prepare_run(args, "run", model, optimizer, "test", {})
+    state = engine.run.prepare_run(args=args, name="run", model=model, optimizer=optimizer, job_type="test",
+                                   identity={})
     net = runtime.distributed.wrap(model)
     data = torch.utils.data.TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,)))
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, generator=torch.Generator())
@@ -47,7 +49,7 @@ def main(folder: str) -> None:
         return engine.loop.StepResult(loss, {"ce": loss.detach()}, None, len(x))
 
     try:
-        engine.loop.fit(state, step, loader, args, device)
+        engine.loop.fit(state=state, make_step=lambda: step, loader=loader, args=args, device=device)
     except util.Preempted:
         sys.stdout.write(f"rank {info.rank} exits; checkpoint on disk: {state.checkpoint_path.is_file()}\n")
 

@@ -68,7 +68,7 @@ def test_the_release_command_lines_parse_and_each_release_flag_is_noted(script, 
         assert args.use_trainval is False and args.gamma == 2.0  # --use_trainval False means False here
         assert not any(note.startswith(("--transform", "--ssl", "--simclr")) for note in notes)  # as the release did
     if script == "train_distillation.py":
-        assert args.gamma == 0.1  # -r is the release's short form of the L2 weight
+        assert args.beta == 0.1  # -r is the release's short form of the L2 weight
 
 
 @pytest.mark.parametrize("script, flags, message", [

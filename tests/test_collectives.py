@@ -118,15 +118,17 @@ def test_key_gather_and_sharded_evaluation(cpu_only_group):
 
 
 def test_mid_epoch_checkpoint_gathers_every_ranks_state(cpu_only_group, tmp_path):
-    from engine.loop import TrainState
-
-    class NoLogger:
-        wandb_id = None
+    from engine.checkpointer import Checkpointer
+    from engine.loop import TrainState, _Stretch
 
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    state = TrainState(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), tmp_path, NoLogger())
-    _save_partial(state, 1, 2, Meter(), argparse.Namespace(seed=0))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    checkpointer = Checkpointer(model=model, optimizer=optimizer, scaler=scaler, args=argparse.Namespace(seed=0),
+                                identity={})
+    state = TrainState(checkpointer=checkpointer, folder=tmp_path, logger=None)
+    stretch = _Stretch(None, 1, optimizer, scaler, lambda epoch: 0.1, lambda epoch: epoch)
+    _save_partial(state, stretch, 1, 2, Meter())
     assert (tmp_path / "checkpoint.pth").is_file() and "all_gather" in cpu_only_group
 
 

@@ -104,7 +104,7 @@ def test_each_script_selects_its_methods_by_objective_and_refuses_another_method
         gen0(["--plain", "--objective", "dvp"])
     refused = {("--official_quirks", "--objective", "sskd"): "--official_quirks: SSKD",
                ("--kd_T", "3", "--objective", "sskd"): "--kd_T: SSKD",
-               ("-r", "0.2", "--objective", "dvp"): "--gamma: DVP",
+               ("-r", "0.2", "--objective", "dvp"): "-r/--gamma: DVP",
                ("--sskd_ce", "0.2"): "--sskd_ce: SKD Gen-1",
                ("--test_batch_size", "4"): "--test_batch_size: read only by the released ramp"}
     for argv, start in refused.items():
@@ -124,7 +124,7 @@ def test_rfs_distill_reads_the_rfs_releases_r_and_a_as_its_weights():
     args = gen1(["--objective", "rfs", "-r", "0.3", "-a", "0.7"])
     assert (args.ce_weight, args.kd_weight) == (0.3, 0.7)
     assert not hasattr(args, "official_alpha")  # taken, so not also noted as an ignored release flag
-    with pytest.raises(util.UsageError, match="^--ce_weight and --gamma"):
+    with pytest.raises(util.UsageError, match="^--ce_weight and -r/--gamma"):
         gen1(["--objective", "rfs", "-r", "0.3", "--ce_weight", "0.4"])
 
 
@@ -153,11 +153,13 @@ def test_flags_not_given_take_the_published_settings_of_the_dataset(script, data
         assert getattr(args, name) == getattr(published, name).value, name
     assert args.lr_decay_epochs == list(published.lr_decay_epochs.value)
     for name, value in single.items():
-        assert getattr(args, method.weight_flags[name].lstrip("-")) == value.value, name
+        assert getattr(args, name) == value.value, name  # Gen-1's beta is `beta` whatever its flag
     # Every value is printed with where it came from.
     lines = "\n".join(parser.settings)
     assert f"--epochs {published.epochs.value} (published: {published.epochs.source})" in lines
     assert "(given)" in lines if swept else "(given)" not in lines
+    if script == methods.DISTILL_SCRIPT:
+        assert "--gamma (beta) " in lines
     # A given value wins over the published one.
     assert parser.parse_args([*argv, "--epochs", "3"]).epochs == 3 and "--epochs 3 (given)" in parser.settings
 

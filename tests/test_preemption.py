@@ -61,7 +61,8 @@ def _train(folder: Path, signal_at_step: int | None = None, resume: bool = False
     model = SmallNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     args = _args(folder, resume=resume)
-    state = engine.run.prepare_run(args, "run", model, optimizer, "test", {})
+    state = engine.run.prepare_run(args=args, name="run", model=model, optimizer=optimizer, job_type="test",
+                                   identity={})
     images = load_split("synthetic", None, "train")
     if augment == "device":
         loader = DeviceBatches(images, 50, args.seed, 4, CIFAR_NORMALIZATION, torch.device("cpu"))
@@ -78,7 +79,8 @@ def _train(folder: Path, signal_at_step: int | None = None, resume: bool = False
         return engine.loop.StepResult(loss, {"ce": loss.detach()}, None, len(x))
 
     try:
-        engine.loop.fit(state, step, loader, args, torch.device("cpu"))
+        engine.loop.fit(state=state, make_step=lambda: step, loader=loader, args=args,
+                        device=torch.device("cpu"))
     except util.Preempted as e:
         # Raised without its traceback, whose frames would keep this loader's worker processes alive
         # for the rest of the session (the real command exits instead).
