@@ -26,7 +26,8 @@ SCRIPT = methods.DISTILL_SCRIPT
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = methods.MethodArgumentParser(script=SCRIPT, description="SKD generation 1: self-supervised knowledge distillation")
+    parser = methods.MethodArgumentParser(script=SCRIPT,
+                                          description="SKD generation 1: self-supervised knowledge distillation")
     g = parser.add_argument_group("student and teacher")
     g.add_argument("--model_s", choices=list_models(), help="student architecture (default: --model_t's)")
     g.add_argument("--model_t", choices=list_models(),

@@ -23,7 +23,9 @@ SCRIPT = methods.GEN0_SCRIPT
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = methods.MethodArgumentParser(script=SCRIPT, description="SKD generation 0: supervised training with rotation self-supervision")
+    parser = methods.MethodArgumentParser(script=SCRIPT,
+                                          description="SKD generation 0: supervised training with rotation "
+                                                      "self-supervision")
     parser.add_argument_group("model").add_argument("--model", default="resnet12_ssl", choices=list_models(),
                                                     help="network architecture")
     methods.add_method_args(parser, SCRIPT)

@@ -59,8 +59,8 @@ def main() -> None:
     torch.manual_seed(0)
     if args.model_path:
         checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
-        model = engine.checkpoint.model_from_checkpoint(engine.checkpoint.recorded_model(checkpoint, args.model_path), args.model_path,
-                                                        checkpoint, args.dataset, images.image_size)
+        model = engine.checkpoint.model_from_checkpoint(engine.checkpoint.recorded_model(checkpoint, args.model_path),
+                                                        args.model_path, checkpoint, args.dataset, images.image_size)
     else:
         model = create_model("resnet12_ssl", 64, image_size=images.image_size)
     model = util.to_device(model, device).eval()

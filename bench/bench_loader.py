@@ -29,7 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser("training loader throughput")
     parser.add_argument("--device", default=None)
     parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--images", type=int, default=38_400, help="training images (CIFAR-FS and miniImageNet: 38,400)")
+    parser.add_argument("--images", type=int, default=38_400,
+                        help="training images (CIFAR-FS and miniImageNet: 38,400)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_workers", type=int, default=engine.args.default_num_workers(),
                         help="default: the training scripts' default for this process")

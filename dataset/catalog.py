@@ -80,7 +80,8 @@ def resolve_dataset_folder(spec: DatasetSpec, data_root: str | Path | None) -> P
             raise DataError(f"{data_root}: --data_root folder not found")
         return Path(data_root)
     if data_root is None or str(data_root) == "":
-        raise DataError(f"--data_root: dataset {spec.name} needs a data folder (DIR/{spec.folder}/ or the folder itself)")
+        raise DataError(f"--data_root: dataset {spec.name} needs a data folder "
+                        f"(DIR/{spec.folder}/ or the folder itself)")
     root = Path(data_root)
     if (root / spec.folder).is_dir():
         return root / spec.folder

@@ -72,7 +72,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_root", default=None)
     parser.add_argument("--image_size", type=int, default=None)
     parser.add_argument("--n_ways", type=int, default=5)
-    parser.add_argument("--n_shots", type=int, default=5, help="default 5: the end-of-training report runs 1 and 5 shots")
+    parser.add_argument("--n_shots", type=int, default=5,
+                        help="default 5: the end-of-training report runs 1 and 5 shots")
     parser.add_argument("--n_queries", type=int, default=15)
     return parser
 

@@ -54,7 +54,8 @@ class DeviceBatches:
         home = placement(pixels.numel(), device)
         self.pixels = pixels.to(home) if home.type == device.type else pixels.pin_memory()
         self.labels = torch.from_numpy(images.labels).long().to(device)
-        where = f"on {device}" if self.on_device else "in pinned host memory, one copy per batch (it does not fit on the GPU)"
+        where = (f"on {device}" if self.on_device
+                 else "in pinned host memory, one copy per batch (it does not fit on the GPU)")
         print(f"training images: {pixels.numel() / 1e6:.0f} MB uint8 {where}, augmented in batches on {device}")
 
     @property
@@ -72,6 +73,7 @@ class DeviceBatches:
             if self.on_device:
                 pixels = self.pixels[index]
             else:
-                pixels = self.pixels[order[start:start + self.batch_size]].pin_memory().to(self.device, non_blocking=True)
+                pixels = (self.pixels[order[start:start + self.batch_size]]
+                          .pin_memory().to(self.device, non_blocking=True))
             params = draw_params(self.seed, self.sampler.epoch, index, self.padding)
             yield augment_batch(pixels, params, self.padding, self.norm), self.labels[index]

@@ -1,4 +1,4 @@
-"""The official episode sampler (SPEC section 5), reproduced with a per-episode RandomState.
+"""The official episode sampler (see docs/faithfulness.md), reproduced with a per-episode RandomState.
 
 The official code calls `np.random.seed(i)` and then the global `np.random.choice`; a
 `np.random.RandomState(i)` issues the same draws without touching global state.
@@ -34,14 +34,18 @@ def sample_episode(class_indices: list[np.ndarray], index: int, n_ways: int, n_s
     return Episode(classes, np.stack(support), np.stack(query))
 
 
-def check_episode_feasible(class_indices: list[np.ndarray], n_ways: int, n_shots: int, n_queries: int, source: str) -> None:
+def check_episode_feasible(class_indices: list[np.ndarray], n_ways: int, n_shots: int, n_queries: int,
+                           source: str) -> None:
     if n_ways > len(class_indices):
-        raise DataError(f"{source}: {n_ways}-way episodes need {n_ways} classes, the split has {len(class_indices)}")
+        raise DataError(f"{source}: {n_ways}-way episodes need {n_ways} classes, "
+                        f"the split has {len(class_indices)}")
     smallest = min(len(m) for m in class_indices)
     if smallest < n_shots + n_queries:
-        raise DataError(f"{source}: a class has {smallest} images, episodes need n_shots + n_queries = {n_shots + n_queries}")
+        raise DataError(f"{source}: a class has {smallest} images, "
+                        f"episodes need n_shots + n_queries = {n_shots + n_queries}")
 
 
-def sample_episodes(class_indices: list[np.ndarray], n_episodes: int, n_ways: int, n_shots: int, n_queries: int, source: str = "split") -> list[Episode]:
+def sample_episodes(class_indices: list[np.ndarray], n_episodes: int, n_ways: int, n_shots: int, n_queries: int,
+                    source: str = "split") -> list[Episode]:
     check_episode_feasible(class_indices, n_ways, n_shots, n_queries, source)
     return [sample_episode(class_indices, i, n_ways, n_shots, n_queries) for i in range(n_episodes)]

@@ -68,7 +68,8 @@ class ImageSet:
     def subset_classes(self, num_classes: int) -> "ImageSet":
         """The images of the first `num_classes` classes (the official `toy` rule: label < 5)."""
         keep = self.labels < num_classes
-        return replace(self, images=self.images[keep], labels=self.labels[keep], class_names=self.class_names[:num_classes])
+        return replace(self, images=self.images[keep], labels=self.labels[keep],
+                       class_names=self.class_names[:num_classes])
 
     def resized(self, image_size: int) -> "ImageSet":
         """The same images resized to image_size x image_size (bilinear), or self if already that size."""

@@ -30,8 +30,8 @@ class DatasetProfile:
     family: str  # "cifar" or "imagenet"
     image_size: int  # the published image side
     normalization: Normalization | None  # None: the training images' own statistics (folder datasets)
-    crop_padding: int  # RandomCrop padding, for training and for support augmentation (SPEC 3, 5)
-    dropblock_size: int  # DropBlock block size in stages 3 and 4 (SPEC 1)
+    crop_padding: int  # RandomCrop padding, for training and for support augmentation
+    dropblock_size: int  # DropBlock block size in stages 3 and 4
     transform_letter: str  # the official transform family in run names: D (CIFAR) or A (ImageNet)
 
 

@@ -1,4 +1,4 @@
-"""Readers for the official SKD/RFS data packages (SPEC section 6). Each returns an ImageSet."""
+"""Readers for the official SKD/RFS data packages (layout: docs/reproducing.md). Each returns an ImageSet."""
 from __future__ import annotations
 
 import pickle

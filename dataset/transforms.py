@@ -1,4 +1,4 @@
-"""Image transforms (SPEC section 3 for training, section 5 for evaluation); their per-dataset
+"""Image transforms for training and for evaluation (see docs/faithfulness.md); their per-dataset
 settings come from dataset.profiles.
 
 Training uses torchvision on PIL images, as the official code does. Evaluation works on whole

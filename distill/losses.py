@@ -1,4 +1,4 @@
-"""SKD objectives as pure functions of tensors (SPEC sections 3 and 4).
+"""SKD objectives (Gen-0 and Gen-1, and RFS-distill's; see docs/methods.md) as pure functions of tensors.
 
 Every loss computes in float32 whatever the autocast state: under autocast the network hands over
 bf16/fp16 logits, and CPU autocast would keep log_softmax, softmax and norm in bf16 (about three
@@ -70,7 +70,8 @@ def twin_l2_loss(logits: torch.Tensor, rotated_logits: torch.Tensor) -> torch.Te
 
 @float32_loss
 def gen1_loss(student_logits: torch.Tensor, student_rotated_logits: torch.Tensor, teacher_logits: torch.Tensor,
-              beta: float, temperature: float, l2_divisor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              beta: float, temperature: float,
+              l2_divisor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Generation 1: KD + beta * L2 / l2_divisor (the official code divides by 3). Returns (loss, kd, l2)."""
     kd = kd_loss(student_logits, teacher_logits, temperature)
     l2 = twin_l2_loss(student_logits, student_rotated_logits)

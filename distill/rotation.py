@@ -1,4 +1,4 @@
-"""Image rotations by multiples of 90 degrees (SPEC section 2), on (B, C, H, W) batches."""
+"""Image rotations by multiples of 90 degrees (SKD's self-supervised task), on (B, C, H, W) batches."""
 from __future__ import annotations
 
 import torch

@@ -72,13 +72,13 @@ def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None =
                    help="folder holding <dataset>/ (official layout) or the dataset folder itself")
     if loader:
         g.add_argument("--augment", default="auto", choices=AUGMENT_CHOICES,
-                       help="where the training augmentation runs: device = the split held on the training device as "
-                            "uint8, each batch augmented there at once (bit-exact torchvision arithmetic, per-image "
-                            "draws); workers = torchvision on PIL in --num_workers loader processes, the official path; "
-                            "auto = device (DVP's two-view augmentation always runs on workers)")
+                       help="where the training augmentation runs: device = the split held on the training device "
+                            "as uint8, each batch augmented there at once (bit-exact torchvision arithmetic, "
+                            "per-image draws); workers = torchvision on PIL in --num_workers loader processes, the "
+                            "official path; auto = device (DVP's two-view augmentation always runs on workers)")
         g.add_argument("--num_workers", type=int, default=default_num_workers(),
-                       help="data-loading worker processes (default: the cores this process may use / ranks on the node, "
-                            "at most 8; 0 loads in the main process; --augment workers only)")
+                       help="data-loading worker processes (default: the cores this process may use / ranks on the "
+                            "node, at most 8; 0 loads in the main process; --augment workers only)")
     g.add_argument("--image_size", type=int, default=None,
                    help="resize images to N x N (default: the data's own size)")
     g.add_argument("--normalization", default="auto", choices=NORMALIZATIONS,
@@ -102,9 +102,9 @@ def add_device_args(g: argparse._ActionsContainer, amp_help: str = "autocast pre
                    help="cpu, cuda, cuda:N (default: cuda when a usable GPU is visible, else cpu; the run prints "
                         "which and why)")
     g.add_argument("--amp", default="off", type=amp_choice, choices=AMP_CHOICES,
-                   help=f"{amp_help}: off or fp32 (fp32, or tf32 with --tf32), bf16, fp16 (CUDA, with loss scaling), auto "
-                        "(bf16 where the device runs it natively, else fp16 on a GPU, else off); losses, softmaxes "
-                        "and statistics stay float32")
+                   help=f"{amp_help}: off or fp32 (fp32, or tf32 with --tf32), bf16, fp16 (CUDA, with loss scaling), "
+                        "auto (bf16 where the device runs it natively, else fp16 on a GPU, else off); losses, "
+                        "softmaxes and statistics stay float32")
     g.add_argument("--tf32", action="store_true",
                    help="CUDA, capability 8.0+: let fp32 convolutions and matmuls round to TF32 (faster; results then "
                         "say tf32). Off by default, so that fp32 is fp32")
@@ -141,7 +141,8 @@ def add_selection_args(parser: argparse.ArgumentParser) -> None:
 
 def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g = parser.add_argument_group("run")
-    g.add_argument("--model_path", default="save", help="parent folder of run folders; its last part names the W&B project")
+    g.add_argument("--model_path", default="save",
+                   help="parent folder of run folders; its last part names the W&B project")
     g.add_argument("--tags", type=comma_strings, default=comma_strings(tags), help="comma-separated W&B tags")
     g.add_argument("-t", "--trial", default="1", help="experiment id, part of the run-folder name")
     g.add_argument("--seed", type=int, default=0,
@@ -152,8 +153,8 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
                         "count is coprime with b^2 (default: release under --official_quirks, else full)")
     add_device_args(g)
     g.add_argument("--deterministic", action="store_true",
-                   help="CUDA: deterministic cuDNN/cuBLAS algorithms and no cuDNN autotuning, so that a run (or a resumed "
-                        "run) repeats bit for bit; slower. CPU runs are deterministic without it")
+                   help="CUDA: deterministic cuDNN/cuBLAS algorithms and no cuDNN autotuning, so that a run (or a "
+                        "resumed run) repeats bit for bit; slower. CPU runs are deterministic without it")
     g.add_argument("--compile", action="store_true",
                    help="run the training step (forward and losses; backward follows) through torch.compile: fewer "
                         "kernel launches per step; the first steps compile (minutes on a small CPU). Checkpoints are "

@@ -90,7 +90,8 @@ class Meter:
         totals = torch.stack([*(self.sums[n].reshape(()) for n in names),
                               torch.tensor(float(self.images - self.restored_images), device=device),
                               torch.tensor(float(self.images), device=device),
-                              (self.correct if self.correct is not None else torch.zeros((), device=device)).reshape(())])
+                              (self.correct if self.correct is not None
+                               else torch.zeros((), device=device)).reshape(())])
         totals = distributed.all_reduce_sum(totals.double()).tolist()
         images = max(totals[-2], 1)
         out = {name: total / images for name, total in zip(names, totals)}

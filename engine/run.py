@@ -29,7 +29,7 @@ from engine.official_flags import report_official_flags
 from engine.loop import TrainState
 from eval.fewshot import EpisodeSetting, evaluate
 from eval.report import REPORT_SHOTS, final_report
-from util import (CheckpointError, UsageError, atomic_write, check_positive, check_writable_folder, describe_device,
+from util import (UsageError, atomic_write, check_positive, check_writable_folder, describe_device,
                   git_sha, precision_name, print_run_header, seed_everything, setup_precision)
 
 
@@ -110,8 +110,8 @@ def training_logger(folder: Path, args: argparse.Namespace, name: str, job_type:
     project = args.wandb_project or Path(args.model_path).name or "skd"
     config = {**vars(args), "device_name": describe_device(device, getattr(args, "device", None)),
               "precision": precision_name(device, getattr(args, "amp", "off"))}
-    return RunLogger(folder / LOG_NAME, mode=args.wandb, project=project, config=config, wandb_dir=folder, tags=args.tags, run_id=run_id,
-                     group=args.wandb_group or name, job_type=job_type, name=name)
+    return RunLogger(folder / LOG_NAME, mode=args.wandb, project=project, config=config, wandb_dir=folder,
+                     tags=args.tags, run_id=run_id, group=args.wandb_group or name, job_type=job_type, name=name)
 
 
 def _trim_log(log: Path, last_epoch: int, phase: dict | None = None) -> None:
@@ -256,7 +256,8 @@ class TrainingData:
 
     def checkpoint_extra(self) -> dict:
         """What evaluation needs to see images as training did."""
-        return {"image_size": self.image_size, "normalization": {"mean": list(self.norm.mean), "std": list(self.norm.std)}}
+        return {"image_size": self.image_size,
+                "normalization": {"mean": list(self.norm.mean), "std": list(self.norm.std)}}
 
 
 def load_training_data(args: argparse.Namespace, norm: Normalization | None = None) -> TrainingData:

@@ -140,7 +140,8 @@ def cosine(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Ten
     return torch.gather(support_labels, 1, (q @ s.transpose(1, 2)).argmax(2))
 
 
-def sklearn_logistic_regression(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+def sklearn_logistic_regression(support: torch.Tensor, support_labels: torch.Tensor,
+                                query: torch.Tensor) -> torch.Tensor:
     """The reference: scikit-learn's LogisticRegression per episode, as the official code calls it."""
     from sklearn.linear_model import LogisticRegression
 
@@ -155,7 +156,8 @@ def sklearn_logistic_regression(support: torch.Tensor, support_labels: torch.Ten
 CLASSIFIERS = ("LR", "NN", "Cosine", "sklearn")
 
 
-def classify(name: str, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_classes: int) -> torch.Tensor:
+def classify(name: str, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+             n_classes: int) -> torch.Tensor:
     if name == "LR":
         return logistic_regression(support, support_labels, query, n_classes)
     if name == "NN":

@@ -1,4 +1,5 @@
-"""N-way K-shot evaluation on frozen embeddings (SPEC section 5), with each image embedded once.
+"""N-way K-shot evaluation on frozen embeddings (the paper's protocol, see docs/faithfulness.md), with each
+image embedded once.
 
 The official loader re-embeds every query in every episode (five times over, on CIFAR); here the
 queries of all episodes are embedded once and indexed, and only the augmented supports, which

@@ -42,5 +42,6 @@ def evaluate_reference(model: nn.Module, images: ImageSet, split: str, setting: 
         predictions = sklearn_logistic_regression(l2_normalize(support)[None], support_labels[None],
                                                   l2_normalize(query)[None])[0]
         accuracies.append((predictions == query_labels).double().mean().item())
-    return FewShotResult(split, setting, embedding, "sklearn", np.array(accuracies), precision=precision_name(device, amp),
+    return FewShotResult(split, setting, embedding, "sklearn", np.array(accuracies),
+                         precision=precision_name(device, amp),
                          fingerprint=episode_fingerprint(images, setting, seed), image_size=images.image_size)

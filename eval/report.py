@@ -17,11 +17,16 @@ from util import atomic_write
 REPORT_SHOTS = (1, 5)
 
 
-def write_results(results: list[FewShotResult], path: Path, extra: dict | None = None) -> None:
-    """results.json, written atomically."""
+def write_results(results: list[FewShotResult], path: Path, extra: dict | None = None, *,
+                  source_domain: str | None = None, target_domain: str | None = None) -> None:
+    """results.json, written atomically. `source_domain`: what the network was trained on; `target_domain`:
+    what its episodes came from (a dataset's name, or a folder dataset's folder name); top-level keys
+    when given, so that a table tells a cross-domain result from an in-domain one."""
+    domains = {k: v for k, v in (("source_domain", source_domain), ("target_domain", target_domain)) if v is not None}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps({**(extra or {}), "results": [r.to_dict() for r in results]}, indent=2) + "\n")
+        tmp.write_text(json.dumps({**(extra or {}), **domains, "results": [r.to_dict() for r in results]}, indent=2)
+                       + "\n")
 
 
 def summary_metrics(results: list[FewShotResult]) -> dict[str, float | str]:

@@ -1,4 +1,4 @@
-"""Mean accuracy and its 95% confidence interval over episodes (SPEC section 5)."""
+"""Mean accuracy and its 95% confidence interval over episodes, as the paper reports them."""
 from __future__ import annotations
 
 import math

@@ -25,7 +25,8 @@ A cell over several seeds (each seed one training run, evaluated on n episodes):
     usually much narrower than the two separate ones: the comparison they cannot make.
 
 Results evaluated under different protocols (ways, queries, episodes, support augmentations, image
-size, checkpoint choice, network architecture) are never put in one column: that is an error naming the setting and two files.
+size, checkpoint choice, network architecture) are never put in one column: that is an error naming
+the setting and two files.
 """
 from __future__ import annotations
 
@@ -176,6 +177,9 @@ def load_entries(path: Path, split: str, embedding: str, classifier: str) -> lis
     dataset = data.get("dataset") or train_args.get("dataset")
     if not dataset:
         raise UsageError(f"{path}: names no dataset")
+    source, target = data.get("source_domain"), data.get("target_domain")
+    if source and target and source != target:  # evaluated on another domain than it trained on: its own column
+        dataset = f"{target} (from {source})"
     entries = []
     for r in chosen:
         if "accuracies" not in r:
@@ -308,7 +312,8 @@ def markdown(table: Table, what: str) -> str:
         return "—" if c is None or p is None else _num(c.mean - p, signed=True)
 
     protocol = "; ".join(f"{d} {k}-shot: {p['n_ways']}-way, {p['n_queries']} queries, {p['n_episodes']} episodes, "
-                         f"{p['n_aug']} support augmentations, {p['image_size']}px, {p['checkpoint_choice']}, {p['model']}"
+                         f"{p['n_aug']} support augmentations, {p['image_size']}px, {p['checkpoint_choice']}, "
+                         f"{p['model']}"
                          for (d, k), p in ((c, table.protocols[c]) for c in table.columns))
     lines = [f"# Few-shot accuracy (%): {what}", "",
              f"Protocol: {protocol}.", "",
@@ -322,7 +327,9 @@ def markdown(table: Table, what: str) -> str:
             p = table.paired.get((m, d, k))
             if m == table.baseline:
                 return "baseline"
-            return "—" if p is None else f"{p.mean:+.2f} ± {_num(p.ci95)} ({p.seeds} seed{'s' if p.seeds != 1 else ''})"
+            if p is None:
+                return "—"
+            return f"{p.mean:+.2f} ± {_num(p.ci95)} ({p.seeds} seed{'s' if p.seeds != 1 else ''})"
 
         lines += ["", f"## Paired difference vs {_label(table.baseline)}", "",
                   "Same episodes (equal fingerprints) per seed: mean ± 95% t interval over the per-episode "
@@ -420,8 +427,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline", default=None,
                         help="the method every other row is paired with (default: the first row)")
     parser.add_argument("--out", default=None,
-                        help="writes PREFIX.md, PREFIX.csv and PREFIX.tex (default: RUN_DIR/results_table of the first RUN_DIR, "
-                             "never the current folder)")
+                        help="writes PREFIX.md, PREFIX.csv and PREFIX.tex (default: RUN_DIR/results_table of the "
+                             "first RUN_DIR, never the current folder)")
     parser.add_argument("--split", default="test", choices=["val", "test"], help="which results to tabulate")
     parser.add_argument("--embedding", default="feature", choices=EMBEDDINGS, help="which embedding's results")
     parser.add_argument("--classifier", default="LR", help="which classifier's results")

@@ -164,8 +164,8 @@ def _published_defaults(method: type[Method], args: argparse.Namespace, dest_of:
         chosen = values[name]
         if isinstance(chosen.value, tuple) and name not in SCHEDULE_FLAGS:
             raise UsageError(f"{_flag(method, name, dest)}: {method.label} on {args.dataset} has no single published "
-                             f"value ({chosen.source}: {', '.join(map(str, chosen.value))}; scripts/reproduce.py trains each "
-                             f"and selects by val accuracy); give one")
+                             f"value ({chosen.source}: {', '.join(map(str, chosen.value))}; scripts/reproduce.py "
+                             f"trains each and selects by val accuracy); give one")
         setattr(args, dest, list(chosen.value) if isinstance(chosen.value, tuple) else chosen.value)
         lines.append(f"{_flag(method, name, dest)} {as_typed(chosen.value)} (published: {chosen.source})")
     return lines

@@ -35,7 +35,8 @@ class SSKD(DistillationMethod):
         g.add_argument("--sskd_ss", type=float, default=SSKDWeights.ss, help="weight of the similarity transfer")
         g.add_argument("--sskd_kd_T", type=float, default=SSKDWeights.kd_T, help="temperature of KD on plain images")
         g.add_argument("--sskd_tf_T", type=float, default=SSKDWeights.tf_T, help="temperature of KD on rotated images")
-        g.add_argument("--sskd_ss_T", type=float, default=SSKDWeights.ss_T, help="temperature of the similarity softmax")
+        g.add_argument("--sskd_ss_T", type=float, default=SSKDWeights.ss_T,
+                       help="temperature of the similarity softmax")
         g.add_argument("--sskd_tf_ratio", type=float, default=SSKDWeights.tf_ratio,
                        help="share of the teacher's wrong rotated rows kept by selective transfer")
         g.add_argument("--sskd_ss_ratio", type=float, default=SSKDWeights.ss_ratio,

@@ -3,5 +3,5 @@ from models.heads import ProjectedFeatures, ProjectionHead, WithConnectors, With
 from models.registry import DEFAULT_MODEL, architecture_of, create_model, list_models, register_model
 from models.resnet12 import ResNet12SSL, SSLOutput
 
-__all__ = ["DEFAULT_MODEL", "ProjectedFeatures", "ProjectionHead", "ResNet12SSL", "SSLOutput", "WithConnectors", "WithProjection",
-           "architecture_of", "connector", "create_model", "list_models", "register_model"]
+__all__ = ["DEFAULT_MODEL", "ProjectedFeatures", "ProjectionHead", "ResNet12SSL", "SSLOutput", "WithConnectors",
+           "WithProjection", "architecture_of", "connector", "create_model", "list_models", "register_model"]

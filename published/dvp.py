@@ -16,7 +16,8 @@ def prior_weights(queue: Sourced[int], momentum: Sourced[float]) -> dict[str, So
             "dvp_temperature": Sourced(0.07, f"{MOCO} (--moco-t; the command sets no other)"),
             "dvp_momentum": momentum, "dvp_dim": Sourced(128, f"{MOCO} (--moco-dim)"), "dvp_queue": queue,
             "dvp_key_groups": Sourced(2, "ours: shuffle BN on one process (the release shuffles keys across GPUs)"),
-            "dvp_head": Sourced("bn_linear", "ours: the release's linear head collapses on ResNet-12 (docs/methods.md)")}
+            "dvp_head": Sourced("bn_linear",
+                                "ours: the release's linear head collapses on ResNet-12 (docs/methods.md)")}
 
 
 # The release's MoCo schedule and loss; ours: the queue (the release's 65,536 keys exceed the 38,400 training

@@ -86,7 +86,8 @@ def rfs_schedule(dataset: str, script: str) -> tuple[Sourced[int], Sourced[tuple
     if dataset == "tieredImageNet":
         return Sourced(60, RFS_ISSUE_5), Sourced((30, 40, 50), RFS_ISSUE_5)
     default = RFS_DEFAULT.format(script)
-    return Sourced(100, f"{default} (its miniImageNet recipe)"), Sourced((60, 80), f"{default} (its miniImageNet recipe)")
+    recipe = f"{default} (its miniImageNet recipe)"
+    return Sourced(100, recipe), Sourced((60, 80), recipe)
 
 
 def rfs_settings(dataset: str, script: str, weights: dict[str, Sourced],

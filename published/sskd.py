@@ -20,7 +20,8 @@ SSKD_CARD = MethodCard(
     weight_flags={name: f"--{name}" for name in sskd_weights(Sourced(0, ""))},
     forwards_per_image=4,  # the plain images and their three rotations, as in Gen-0
     # Its student gets RFS-distill's schedule: the training budget of the born-again baseline it is compared with.
-    published={dataset: rfs_settings(dataset, "train_distillation.py", sskd_weights(Sourced(60, f"{RELEASE} (t_epoch)")),
+    published={dataset: rfs_settings(dataset, "train_distillation.py",
+                                     sskd_weights(Sourced(60, f"{RELEASE} (t_epoch)")),
                                      Sourced(0.05, "ours: RFS-distill's (the SSKD release also uses 0.05)"),
                                      "RFS-distill's schedule, SSKD publishes no few-shot settings")
                for dataset in DATASETS},

@@ -286,7 +286,8 @@ def check_replicas_equal(model: nn.Module, extra_modules: dict[str, nn.Module] |
         return
     tensors = {**model.state_dict(), **{f"{key}.{name}": t for key, module in (extra_modules or {}).items()
                                         for name, t in module.state_dict().items()}}
-    digests = {name: hashlib.sha256(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+    digests = {name: hashlib.sha256(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+                     .hexdigest()
                for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     everyone = all_gather_objects(digests)
     differ = sorted({name for other in everyone[1:] for name, d in other.items() if everyone[0].get(name) != d})

@@ -39,8 +39,8 @@ EPISODES=100
 EVAL=(--dataset synthetic --image_size 16 --n_shots 1 --n_test_runs "$EPISODES" --amp "$AMP")
 
 echo "== Gen-0: cross-entropy + rotation loss"
-quiet $PY train_supervised_ssl.py "${COMMON[@]}" --epochs 4 --lr_decay_epochs 3 --learning_rate 0.02 | tee "$OUT/gen0.log" \
-    | grep --line-buffered -E "^device:|^precision:|^epoch=|^checkpoint:"
+quiet $PY train_supervised_ssl.py "${COMMON[@]}" --epochs 4 --lr_decay_epochs 3 --learning_rate 0.02 \
+    | tee "$OUT/gen0.log" | grep --line-buffered -E "^device:|^precision:|^epoch=|^checkpoint:"
 GEN0=$(sed -n 's/^checkpoint: //p' "$OUT/gen0.log")
 echo "== Gen-0: few-shot test accuracy"
 quiet $PY eval_fewshot.py "${EVAL[@]}" --model_path "$GEN0" --output "$(dirname "$GEN0")/results_test_1shot.json" \
@@ -53,7 +53,8 @@ GEN1=$(sed -n 's/^checkpoint: //p' "$OUT/gen1.log")
 echo "== Gen-1: few-shot test accuracy"
 quiet $PY eval_fewshot.py "${EVAL[@]}" --model_path "$GEN1" --output "$(dirname "$GEN1")/results_test_1shot.json" \
     | grep --line-buffered -E "^test "
-echo "== 5-way 1-shot accuracy on unseen classes (chance: 20%); synthetic classes are easy: this says the pipeline works"
+echo "== 5-way 1-shot accuracy on unseen classes (chance: 20%);" \
+    "synthetic classes are easy: this says the pipeline works"
 echo "== done: checkpoints, logs and results in $OUT/; the table: python -m eval.table $OUT"
 [ "$WANDB_MODE" = offline ] && echo "== W&B ran offline; upload with: wandb sync $OUT/*/wandb/offline-run-*"
 true

@@ -94,8 +94,8 @@ class Run:
 
 def get_args_parser() -> argparse.ArgumentParser:
     # No abbreviations: `--seed 3` must pass through to the training scripts, not become --seeds.
-    parser = util.ArgumentParser(description="Reproduce one dataset's table of the paper; other flags go to every training "
-                                     "command that accepts them", allow_abbrev=False)
+    parser = util.ArgumentParser(description="Reproduce one dataset's table of the paper; other flags go to every "
+                                             "training command that accepts them", allow_abbrev=False)
     parser.add_argument("--dataset", required=True, help=f"one of {', '.join(TRAIN_IMAGES)}, or folder")
     parser.add_argument("--data_root", required=True, help="folder holding <dataset>/, as for the scripts")
     parser.add_argument("--methods", type=engine.args.comma_strings, default=list(PAPER_METHODS),

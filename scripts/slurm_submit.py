@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +158,23 @@ def sbatch(script: Path) -> str:
     return done.stdout.strip().split(";")[0]
 
 
+def write_and_sbatch(folder: Path, stage_id: str, script: str) -> str:
+    """Write a stage's job script into `folder` (a file name made of the stage id) and submit it; the job id."""
+    path = folder / (re.sub(r"[^A-Za-z0-9_.-]+", "_", stage_id) + ".sbatch")
+    path.write_text(script)
+    return sbatch(path)
+
+
+def print_dependency_graph(stages: list[Stage], done: set[str], kind: dict[str, str], number: dict[str, int]) -> None:
+    """--dry_run: each job by its number in the printed scripts, with the jobs it waits for."""
+    print("# dependency graph (job: what it runs <- the jobs it waits for):")
+    for stage in stages:
+        deps = [f"<job {number[d]}>" for d in stage.deps if kind[d] != "done"]
+        print(f"#   <job {number[stage.id]}> {stage.label}" + (f" <- {', '.join(deps)}" if deps else "")
+              if stage.id not in done else f"#   done: {stage.label}")
+    print(f"#   <job {len(stages) + 1}> eval.table <- every job above")
+
+
 def submit(args: argparse.Namespace, stages: list[Stage], requests: dict[str, Request], command: list[str],
            table_command: list[str], table_env: dict[str, str]) -> None:
     """Submit what is neither done nor queued; print each job id, then the plan's state in one line.
@@ -172,7 +190,7 @@ def submit(args: argparse.Namespace, stages: list[Stage], requests: dict[str, Re
     if not args.dry_run and not args.status:
         folder.mkdir(parents=True, exist_ok=True)
 
-    def place(stage_id: str, deps: tuple[str, ...], label: str, make_script) -> None:
+    def place(stage_id: str, deps: tuple[str, ...], label: str, make_script: Callable[[list[str]], str]) -> None:
         old = record.get(stage_id)
         state = states.get(old, "") if old else ""
         waiting_on = [d for d in deps if kind[d] != "done"]
@@ -193,9 +211,7 @@ def submit(args: argparse.Namespace, stages: list[Stage], requests: dict[str, Re
             return
         if old and state in ACTIVE:  # queued after a job that is submitted again: it would wait for nothing
             subprocess.run(["scancel", old], capture_output=True)
-        path = folder / (re.sub(r"[^A-Za-z0-9_.-]+", "_", stage_id) + ".sbatch")
-        path.write_text(make_script(dependencies))
-        kind[stage_id], job[stage_id] = "new", sbatch(path)
+        kind[stage_id], job[stage_id] = "new", write_and_sbatch(folder, stage_id, make_script(dependencies))
         record[stage_id] = job[stage_id]
         write_record(args, record)
         after = f" (after {', '.join(dependencies)})" if dependencies else ""
@@ -215,12 +231,7 @@ def submit(args: argparse.Namespace, stages: list[Stage], requests: dict[str, Re
     else:
         kind[TABLE] = "done"
     if args.dry_run:
-        print("# dependency graph (job: what it runs <- the jobs it waits for):")
-        for stage in stages:
-            deps = [f"<job {number[d]}>" for d in stage.deps if kind[d] != "done"]
-            print(f"#   <job {number[stage.id]}> {stage.label}" + (f" <- {', '.join(deps)}" if deps else "")
-                  if stage.id not in done else f"#   done: {stage.label}")
-        print(f"#   <job {len(stages) + 1}> eval.table <- every job above")
+        print_dependency_graph(stages, done, kind, number)
     print(state_line(stages, kind, job, states, ended, args), flush=True)
 
 

@@ -9,13 +9,14 @@ import torch
 from PIL import Image
 from scipy import stats
 from torch.utils._python_dispatch import TorchDispatchMode
+from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from dataset.batch_augment import BRIGHTNESS, CONTRAST, ORDERS, SATURATION, augment_batch, draw_params
 from dataset.device_loader import DeviceBatches
 from dataset.imageset import ImageSet
 from dataset.profiles import CIFAR_NORMALIZATION, IMAGENET_NORMALIZATION
-from dataset.transforms import normalize_batch
+from dataset.transforms import normalize_batch, train_transform
 
 PIL_JITTER = {BRIGHTNESS: TF.adjust_brightness, CONTRAST: TF.adjust_contrast, SATURATION: TF.adjust_saturation}
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -31,15 +32,42 @@ def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return images
 
 
+def _steps(size: int, padding: int, norm) -> list:
+    """The project's own worker-path augmentation, dataset.transforms.train_transform, step by step."""
+    return train_transform(size, padding, norm).transforms
+
+
+def _jitter_ranges(size: int = 32, padding: int = 4, norm=CIFAR_NORMALIZATION) -> dict[int, tuple[float, float]]:
+    [jitter] = [t for t in _steps(size, padding, norm) if isinstance(t, T.ColorJitter)]
+    assert jitter.hue is None
+    return {BRIGHTNESS: jitter.brightness, CONTRAST: jitter.contrast, SATURATION: jitter.saturation}
+
+
 def _torchvision(image: np.ndarray, params, i: int, padding: int, norm) -> torch.Tensor:
-    """train_transform's steps, each with image i's parameters instead of a random draw."""
-    size = image.shape[0]
-    pil = TF.crop(TF.pad(Image.fromarray(image), padding), int(params.top[i]), int(params.left[i]), size, size)
-    for op in params.order[i].tolist():
-        pil = PIL_JITTER[op](pil, float(params.factors[i, op]))
-    if params.flip[i]:
-        pil = TF.hflip(pil)
-    return TF.normalize(TF.to_tensor(pil), norm.mean, norm.std)
+    """train_transform's own steps, in its order and with its settings, each with image i's parameters
+    instead of a random draw (checked to lie in the step's own range). A step this does not know fails."""
+    size, out = image.shape[0], image
+    for step in _steps(size, padding, norm):
+        if step is Image.fromarray:
+            out = step(out)
+        elif isinstance(step, T.RandomCrop):
+            assert tuple(step.size) == (size, size) and not step.pad_if_needed
+            out = TF.crop(TF.pad(out, step.padding, step.fill, step.padding_mode), int(params.top[i]),
+                          int(params.left[i]), size, size)
+        elif isinstance(step, T.ColorJitter):
+            assert step.hue is None
+            ranges = {BRIGHTNESS: step.brightness, CONTRAST: step.contrast, SATURATION: step.saturation}
+            for op in params.order[i].tolist():
+                factor = float(params.factors[i, op])
+                assert ranges[op][0] <= factor <= ranges[op][1]
+                out = PIL_JITTER[op](out, factor)
+        elif isinstance(step, T.RandomHorizontalFlip):
+            out = TF.hflip(out) if params.flip[i] else out
+        elif isinstance(step, (T.ToTensor, T.Normalize)):
+            out = step(out)
+        else:
+            raise AssertionError(f"train_transform has a step this reference does not know: {step}")
+    return out
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -105,12 +133,14 @@ def test_parameters_have_torchvisions_distributions_drawn_per_image():
     for offsets in (p.top, p.left):  # uniform on 0..2p: chi-square over the 9 values
         counts = torch.bincount(offsets, minlength=2 * padding + 1).numpy()
         assert len(counts) == 2 * padding + 1 and stats.chisquare(counts).pvalue > 1e-4
+    # The ranges and the flip rate of train_transform's own steps (the worker path's).
+    [flip] = [t for t in _steps(32, padding, CIFAR_NORMALIZATION) if isinstance(t, T.RandomHorizontalFlip)]
     flips = int(p.flip.sum())
-    assert stats.binomtest(flips, n, 0.5).pvalue > 1e-4
-    for j in range(3):
+    assert stats.binomtest(flips, n, flip.p).pvalue > 1e-4
+    for j, (low, high) in _jitter_ranges(32, padding).items():
         factors = p.factors[:, j].double().numpy()
-        assert factors.min() >= 0.6 and factors.max() < 1.4
-        assert stats.kstest(factors, stats.uniform(0.6, 0.8).cdf).pvalue > 1e-4
+        assert factors.min() >= low and factors.max() < high
+        assert stats.kstest(factors, stats.uniform(low, high - low).cdf).pvalue > 1e-4
     order_ids = (p.order[:, None, :] == ORDERS[None]).all(2).float().argmax(1)
     assert stats.chisquare(torch.bincount(order_ids, minlength=6).numpy()).pvalue > 1e-4
     # Independent across images and across parameters, not one draw per batch.

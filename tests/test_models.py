@@ -9,7 +9,7 @@ from models.dropblock import RAMP_STEPS, DropBlock
 
 
 def expected_state_dict_shapes(n_cls: int) -> dict[str, tuple]:
-    """The 100 entries of the official resnet12_ssl checkpoints (SPEC section 1)."""
+    """The 100 entries of the official resnet12_ssl checkpoints."""
     shapes, inplanes = {}, 3
     for stage, planes in enumerate((64, 160, 320, 640), start=1):
         p = f"layer{stage}.0."
@@ -108,14 +108,14 @@ def test_dropblock_is_identity_in_eval_mode():
 
 
 def spec_gamma(n: int, drop_rate: float, block: int, feat: int) -> float:
-    """SPEC section 1: keep = max(1 - drop_rate * n / 40000, 1 - drop_rate);
+    """The release's ramp: keep = max(1 - drop_rate * n / 40000, 1 - drop_rate);
     gamma = (1 - keep) / block^2 * feat^2 / (feat - block + 1)^2."""
     keep = max(1 - drop_rate * n / 40000, 1 - drop_rate)
     return (1 - keep) / block**2 * feat**2 / (feat - block + 1) ** 2
 
 
 def loop_block_mask(seeds: torch.Tensor, block: int) -> torch.Tensor:
-    """SPEC section 1 with plain loops: a seed at grid (i, j) zeroes rows i..i+block-1 and columns
+    """DropBlock's mask with plain loops: a seed at grid (i, j) zeroes rows i..i+block-1 and columns
     j..j+block-1 of a (grid + block - 1)^2 map."""
     n, c, gh, gw = seeds.shape
     mask = torch.ones(n, c, gh + block - 1, gw + block - 1)
@@ -402,7 +402,7 @@ def test_stages_1_and_2_use_dropout_with_the_drop_rate(monkeypatch):
 
 
 def _spec_forward(model: ResNet12SSL, x: torch.Tensor) -> torch.Tensor:
-    """SPEC section 1 in eval mode, written with functional ops on the model's weights."""
+    """The network in eval mode, written with functional ops on the model's weights."""
     def bn(m, t):
         return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, 1e-5)
 

@@ -1,5 +1,5 @@
 """scripts/reproduce.py --dry_run: the commands of each table carry exactly the published settings (read
-back from the printed commands, checked against values written here from SPEC 3-5), in dependency order."""
+back from the printed commands, checked against values written here from the papers and releases), in dependency order."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,8 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +83,7 @@ def script_runs(cmds: list[list[str]], script: str) -> list[tuple[int, dict]]:
 
 
 def script_folder(command: list[str]) -> str:
-    """The run-folder name a training command writes, as its script names it (SPEC's official names)."""
+    """The run-folder name a training command writes, as its script names it."""
     f = flags(command)
     letter = LETTER[f["--dataset"]]
     if f.get("--objective") == "rfs":
@@ -339,6 +341,74 @@ def test_sigterm_to_the_job_stops_the_plan_after_its_stage_and_the_same_command_
                                                    "exited with code 143)")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the plan's handler is gone with the stage
     stages.commands.clear()
+    second = reproduce(*argv)
+    assert second.returncode == 0, second.stderr
+    assert stages.commands[0][-1] == "--resume"
+
+
+LIVE_STAGE = """
+import os, signal, sys, time
+template, target, pid_file = sys.argv[1:4]
+stopped = []
+signal.signal(signal.SIGTERM, lambda *a: stopped.append(1))
+open(pid_file, "w").write(str(os.getpid()))
+deadline = time.time() + 60
+while not stopped and time.time() < deadline:
+    time.sleep(0.01)
+time.sleep(0.5)  # finishing its step, then writing its checkpoint
+os.replace(template, target)
+sys.exit(143 if stopped else 0)
+"""
+
+
+class _LiveStage(_FakeStages):
+    """The training stage as a live process: it runs until SIGTERM, takes 0.5 s to finish its step and
+    only then writes its checkpoint (what _FakeStages would write, held back until then) and exits 143."""
+
+    def __init__(self, monkeypatch, tmp_path: Path):
+        self.real_popen = subprocess.Popen
+        super().__init__(monkeypatch, stop_after=3)
+        self.pid_file = tmp_path / "stage.pid"
+        self.checkpoint: Path | None = None
+        self.process: subprocess.Popen | None = None
+
+    def popen(self, command, *a, env=None, **k):
+        self.stage(command)
+        [self.checkpoint] = Path(flags(command)["--model_path"]).rglob("checkpoint.pth")
+        template = self.checkpoint.with_name("held_back.pth")
+        self.checkpoint.rename(template)
+        self.process = self.real_popen([sys.executable, "-c", LIVE_STAGE, str(template), str(self.checkpoint),
+                                        str(self.pid_file)])
+        return self.process
+
+
+def test_sigterm_waits_for_the_live_stage_to_checkpoint_then_the_same_command_resumes(reproduce, monkeypatch,
+                                                                                    tmp_path):
+    """SLURM's SIGTERM reaches the plan (this process) and its running stage, a real child process: the plan
+    waits for that stage's exit, after its checkpoint is written, exits 143 itself, and the same command
+    then resumes the stage."""
+    data = _tiny_folder(tmp_path / "data")
+    argv = ["--dataset", "folder", "--data_root", str(data), "--output", str(tmp_path / "out"), "--seeds", "0",
+            "--wandb_group", "g", "--methods", "rfs_simple"]
+    stages = _LiveStage(monkeypatch, tmp_path)
+
+    def signal_the_job() -> None:
+        deadline = time.time() + 60
+        while not stages.pid_file.is_file() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        os.kill(int(stages.pid_file.read_text()), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=signal_the_job, daemon=True).start()
+    first = reproduce(*argv)
+    assert stages.process.poll() == 143  # the plan returned after its stage had exited
+    assert stages.checkpoint.is_file()  # ... and so after the stage's checkpoint was on disk
+    assert first.returncode == 143
+    assert first.stderr.splitlines()[-1].startswith("stopped: SIGTERM during rfs_simple seed 0 (train_supervised_ssl.py "
+                                                   "exited with code 143)")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    stages = _FakeStages(monkeypatch)
     second = reproduce(*argv)
     assert second.returncode == 0, second.stderr
     assert stages.commands[0][-1] == "--resume"

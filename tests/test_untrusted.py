@@ -111,17 +111,28 @@ def _valid_checkpoint(tmp_path: Path) -> bytes:
     return (tmp_path / "seed.pth").read_bytes()
 
 
+def _assert_well_formed(images) -> None:
+    """What a reader may return: uint8 images (N, H, W, 3), one label each."""
+    assert images.images.dtype == np.uint8 and images.images.ndim == 4 and images.images.shape[3] == 3
+    assert len(images.labels) == len(images.images)
+
+
 @FUZZ
 @given(cuts=CORRUPTION, keep=st.floats(0, 1))
 def test_fuzzed_data_pickles_raise_only_data_errors(tmp_path, cuts, keep):
+    """A corrupted pickle is refused with a DataError or read as well-formed images (and the file
+    unchanged by the corruption as the original); anything else fails the test."""
     valid = _valid_pickle()
     corrupted = _corrupt(valid, cuts)[: max(0, int(len(valid) * keep))]
     path = tmp_path / "train.pickle"
     path.write_bytes(corrupted)
     try:
-        read_data_pickle(path)
+        images = read_data_pickle(path)
     except DataError:
-        pass  # the clean error; anything else fails the test
+        return
+    _assert_well_formed(images)
+    if corrupted == valid:
+        assert images.images.tobytes() == pickle.loads(valid)["data"].tobytes()
 
 
 @FUZZ
@@ -132,9 +143,10 @@ def test_fuzzed_npz_files_raise_only_data_errors(tmp_path, cuts, keep):
     (tmp_path / "train_images.npz").write_bytes(_corrupt(valid, cuts)[: max(0, int(len(valid) * keep))])
     write_pickle(tmp_path / "train_labels.pkl", {"labels": [0, 1]})
     try:
-        read_tiered_split(tmp_path, "train")
+        images = read_tiered_split(tmp_path, "train")
     except DataError:
-        pass
+        return
+    _assert_well_formed(images)
 
 
 @FUZZ
@@ -143,11 +155,18 @@ def test_fuzzed_checkpoints_raise_only_checkpoint_errors(tmp_path, cuts, keep):
     valid = _valid_checkpoint(tmp_path)
     path = tmp_path / "ckpt.pth"
     path.write_bytes(_corrupt(valid, cuts)[: max(0, int(len(valid) * keep))])
+    corrupted = path.read_bytes()
     try:
         checkpoint = engine.checkpoint.load_checkpoint(path)
+    except CheckpointError:
+        return
+    assert isinstance(checkpoint, dict)  # what the loader accepts is a checkpoint's mapping
+    if corrupted == valid:
+        assert checkpoint["epoch"] == 1 and torch.equal(checkpoint["model"]["classifier.weight"], torch.ones(2, 3))
+    # The seed holds one weight of the network's ~100: no corruption of it makes a model, only the clean error
+    # (a CheckpointError, or a DataError on a bad class count).
+    with pytest.raises(UsageError):
         engine.checkpoint.model_from_checkpoint("resnet12_ssl", path, checkpoint, "CIFAR-FS", 32)
-    except UsageError:  # CheckpointError, or a DataError raised on a bad class count
-        pass
 
 
 @FUZZ
@@ -157,9 +176,10 @@ def test_fuzzed_checkpoints_raise_only_checkpoint_errors(tmp_path, cuts, keep):
 def test_well_formed_pickles_of_the_wrong_shape_raise_only_data_errors(tmp_path, content):
     write_pickle(tmp_path / "CIFAR-FS" / "train.pickle", content)
     try:
-        load_split("CIFAR-FS", tmp_path, "train")
+        images = load_split("CIFAR-FS", tmp_path, "train")
     except DataError:
-        pass
+        return
+    _assert_well_formed(images)
 
 
 def test_zip_errors_are_data_errors(tmp_path):

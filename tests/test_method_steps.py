@@ -1,0 +1,67 @@
+"""Every registered method built and stepped in-process (no subprocess): its network, its extra
+modules, each phase's step and the method's own, one optimizer step each on built-in data."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import engine.run
+import methods
+from conftest import TEST_MODEL
+from dataset import load_split
+from dataset.transforms import choose_normalization
+from models import create_model
+
+
+def _args(method: type[methods.Method]):
+    import train_distillation
+    import train_supervised_ssl
+
+    script = train_supervised_ssl if method.script == methods.GEN0_SCRIPT else train_distillation
+    argv = [*method.mode_flags, "--dataset", "synthetic", "--image_size", "16", "--batch_size", "8",
+            "--num_workers", "0", "--no_final_eval", "--wandb", "disabled"]
+    if method.script == methods.GEN0_SCRIPT:
+        argv += ["--model", TEST_MODEL]
+    else:
+        argv += ["--path_t", "teacher.pth", "--model_t", TEST_MODEL, "--model_s", TEST_MODEL]
+    if method.name == "dvp_prior":
+        argv += ["--dvp_queue", "16"]
+    return script.get_args_parser().parse_args(argv)
+
+
+def _one_step(step, optimizer, batch) -> float:
+    images, targets = batch
+    result = step(images, targets)
+    optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    optimizer.step()
+    return float(result.loss.detach())
+
+
+@pytest.mark.parametrize("name", methods.method_names())
+def test_each_method_builds_and_steps_in_process(name):
+    method = methods.get_method(name)
+    args = _args(method)
+    torch.manual_seed(0)
+    train = load_split("synthetic", None, "train", 16)
+    data = engine.run.TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
+    teacher = None
+    if method.script == methods.DISTILL_SCRIPT:
+        teacher = create_model(TEST_MODEL, train.num_classes, "synthetic", image_size=16).requires_grad_(False).eval()
+    run = method(args=args, device=torch.device("cpu"), data=data, teacher=teacher)
+    loader = engine.run.make_train_loader(data, args, torch.device("cpu"), run.train_transform())
+    loader.sampler.set_epoch(1)
+    batch = next(iter(loader))
+    for phase in run.pre_phases(None, loader):  # SSKD's teacher head
+        before = {k: v.clone() for k, v in run.extra_modules["sskd_heads"].state_dict().items()}
+        assert torch.isfinite(torch.tensor(_one_step(phase.make_step(), phase.optimizer, batch)))
+        after = run.extra_modules["sskd_heads"].state_dict()
+        assert any(not torch.equal(before[k], after[k]) for k in before), phase.name
+    optimizer = engine.run.sgd(run.model, run.extra_parameters(), args)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    loss = _one_step(run.make_step(None, loader), optimizer, batch)
+    assert torch.isfinite(torch.tensor(loss)), name
+    changed = [k for k, v in run.model.state_dict().items() if not torch.equal(before[k], v)]
+    assert any(k.endswith(".weight") for k in changed), name  # the step trained the network
+    if teacher is not None:
+        run.check_frozen()  # the teacher (and SSKD's head after its phase) did not move
