@@ -160,3 +160,18 @@ def omniglot_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("omniglot") / "omniglot"
     build_omniglot(OMNIGLOT_ZIP, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def omniglot_gen0(omniglot_root, tmp_path_factory) -> Path:
+    """A Gen-0 checkpoint trained once on the Omniglot sample (narrow ResNet-12, 28 px, 6 epochs), for
+    every slow test that needs a trained network on real images; tests read it, never write beside it."""
+    save = tmp_path_factory.mktemp("omniglot_gen0")
+    # Features transfer only after a few epochs (ResNet-12 after 2: below the untrained network).
+    done = run_script("train_supervised_ssl.py", "--dataset", "folder", "--image_size", "28", "--device", "cpu",
+                      "--amp", CPU_AMP, "--num_workers", "0", "--batch_size", "32", "--no_final_eval",
+                      "--data_root", str(omniglot_root), "--model_path", str(save), "--model", TEST_MODEL,
+                      "--epochs", "6", "--lr_decay_epochs", "5", timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Path(next(line for line in done.stdout.splitlines()
+                     if line.startswith("checkpoint: "))[len("checkpoint: "):])

@@ -34,13 +34,9 @@ def _test_accuracy(checkpoint: Path, root: Path, output: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def pipeline(omniglot_root, tmp_path_factory):
+def pipeline(omniglot_root, omniglot_gen0, tmp_path_factory):
     save = tmp_path_factory.mktemp("omniglot_runs")
-    # Features transfer only after a few epochs (ResNet-12 after 2: below the untrained network).
-    gen0 = run_script("train_supervised_ssl.py", *TRAIN, "--data_root", str(omniglot_root), "--model_path", str(save),
-                      "--model", TEST_MODEL, "--epochs", "6", "--lr_decay_epochs", "5", timeout=1800)
-    assert gen0.returncode == 0, gen0.stderr[-3000:]
-    gen0_path = _checkpoint_path(gen0.stdout)
+    gen0_path = omniglot_gen0
     gen1 = run_script("train_distillation.py", *TRAIN, "--data_root", str(omniglot_root), "--model_path", str(save),
                       "--path_t", str(gen0_path), "--epochs", "1", "--lr_decay_epochs", "1", timeout=1800)
     assert gen1.returncode == 0, gen1.stderr[-3000:]

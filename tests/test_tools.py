@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import util
-from conftest import CPU_AMP, TEST_MODEL, run_script
+from conftest import TEST_MODEL, run_script
 from models import create_model
 
 CHANCE = 20.0  # 5-way
@@ -163,15 +163,9 @@ SHOTS = 5
 
 
 @pytest.fixture(scope="module")
-def omniglot_run(omniglot_root, tmp_path_factory) -> dict[str, Path]:
+def omniglot_run(omniglot_root, omniglot_gen0, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("own_images")
-    train = run_script("train_supervised_ssl.py", "--dataset", "folder", "--data_root", str(omniglot_root),
-                       "--image_size", "28", "--device", "cpu", "--amp", CPU_AMP, "--num_workers", "0",
-                       "--batch_size", "32", "--no_final_eval", "--model", TEST_MODEL, "--epochs", "6",
-                       "--lr_decay_epochs", "5", "--model_path", str(root / "save"), timeout=1800)
-    assert train.returncode == 0, train.stderr[-3000:]
-    checkpoint = Path(next(line for line in train.stdout.splitlines()
-                           if line.startswith("checkpoint: "))[len("checkpoint: "):])
+    checkpoint = omniglot_gen0  # the slow tests' shared Gen-0 (tests/conftest.py)
     for character in CHARACTERS:
         drawings = sorted((omniglot_root / "test" / character).iterdir())
         for folder, files in (("support", drawings[:SHOTS]), ("queries", drawings[SHOTS:])):
