@@ -1,5 +1,8 @@
-"""Few-shot evaluation: embed once, batched classifiers, mean and 95% interval, the final report;
-`python -m eval.table` gathers many runs' results into the paper's table."""
+"""The evaluator: embed a split once, batched classifiers, few-shot episodes with mean and 95%
+interval, sharding that work over ranks, the per-episode reference, the end-of-training report, and
+`python -m eval.table` (results files into the paper's table; it reads method cards in published/,
+never the training code). It sits beneath the training run (engine/ calls it) and above the process
+plumbing (runtime/)."""
 from eval.classifiers import CLASSIFIERS, classify, logistic_regression, logistic_regression_scores
 from eval.fewshot import EMBEDDINGS, EpisodeSetting, FewShotResult, evaluate
 from eval.report import final_report, summary_metrics, write_results
