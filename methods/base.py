@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -27,7 +28,23 @@ from published.cards import DISTILL_SCRIPT, GEN0_SCRIPT, MethodCard
 from models import architecture_of, create_model
 from models.dropblock import dropblock_calls, set_dropblock_calls, set_dropblock_mask
 
-__all__ = ["DISTILL_SCRIPT", "GEN0_SCRIPT", "DistillationMethod", "Gen0Method", "Method", "clone_student"]
+__all__ = ["DISTILL_SCRIPT", "GEN0_SCRIPT", "DistillationMethod", "Gen0Method", "Method", "RunSetting", "clone_student"]
+
+
+@dataclass(frozen=True)
+class RunSetting:
+    """What every method's run reads of its command line besides its own values."""
+    model: str  # the architecture (a student's is its teacher's)
+    dataset: str
+    bn_stats: str  # "global" or "per_rank" (runtime.distributed.use_global_batch_statistics)
+    dropblock_mask: str  # "full" or "release"
+    seed: int
+    teacher_path: str | None = None  # --path_t, named when a frozen teacher changes
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunSetting:
+        return cls(model=architecture_of(vars(args)), dataset=args.dataset, bn_stats=args.bn_stats,
+                   dropblock_mask=dropblock_mask_of(args), seed=args.seed, teacher_path=getattr(args, "path_t", None))
 
 
 class Method:
@@ -88,28 +105,37 @@ class Method:
 
     # ----------------------------------------------------------------- one run of it
 
-    def __init__(self, *, args: argparse.Namespace, device: torch.device, data: TrainingData,
+    # Its own values (a frozen dataclass whose fields are named as its flags' dests), read by from_args.
+    Values: ClassVar[type] = None
+
+    def __init__(self, *, values: Any, setting: RunSetting, device: torch.device, data: TrainingData,
                  teacher: nn.Module | None = None) -> None:
-        self.args, self.device, self.data, self.teacher = args, device, data, teacher
+        self.values, self.setting, self.device, self.data, self.teacher = values, setting, device, data, teacher
         self.extra_modules: dict[str, nn.Module] = {}  # trained modules checkpointed beside "model", by key
         self._frozen: list[tuple[nn.Module, dict[str, torch.Tensor], str]] = []
         self.model = self.create_network()  # checkpointed under "model", with the official keys
-        set_dropblock_mask(self.model, dropblock_mask_of(args))
+        set_dropblock_mask(self.model, setting.dropblock_mask)
         self.create_extra_modules()
         # After the extra modules, which may copy the network and keep per-rank statistics (DVP's key encoder).
-        if args.bn_stats == "global":
+        if setting.bn_stats == "global":
             self.model = runtime.distributed.use_global_batch_statistics(self.model)
         if teacher is not None:
-            self.freeze(teacher, f"teacher {args.path_t}")
+            self.freeze(teacher, f"teacher {setting.teacher_path}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, *, device: torch.device, data: TrainingData,
+                  teacher: nn.Module | None = None) -> Method:
+        """The run of the command line `args`: its values and the run's setting read from them."""
+        values = cls.Values(**{f.name: getattr(args, f.name) for f in fields(cls.Values)}) if cls.Values else None
+        return cls(values=values, setting=RunSetting.from_args(args), device=device, data=data, teacher=teacher)
 
     def create_network(self) -> nn.Module:
         """The network to train, on the run's device; default: freshly initialised."""
         return self.fresh_network()
 
     def fresh_network(self) -> nn.Module:
-        a, data = self.args, self.data
-        name = architecture_of(vars(a))
-        return util.to_device(create_model(name, data.train.num_classes, a.dataset, image_size=data.image_size),
+        s, data = self.setting, self.data
+        return util.to_device(create_model(s.model, data.train.num_classes, s.dataset, image_size=data.image_size),
                               self.device)
 
     def create_extra_modules(self) -> None:

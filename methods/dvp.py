@@ -5,6 +5,7 @@ connector each) and the frozen teacher's, with margins from the teacher's BatchN
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,9 +21,16 @@ from published.dvp import DVP_CARD
 from models import ResNet12SSL, WithConnectors, connector
 
 
+@dataclass(frozen=True)
+class DVPValues:
+    dvp_weight: float
+    dvp_no_distill_epochs: int
+
+
 @register_method
 class DVP(DistillationMethod):
     card = DVP_CARD
+    Values = DVPValues
     kind = "a DVP student"
     objective_help = ("DVP phase 2 (student and teacher from a train_supervised_ssl.py --objective dvp prior; Zhao "
                       "and Wen, 2020)")
@@ -57,10 +65,10 @@ class DVP(DistillationMethod):
         self.connectors = nn.ModuleList([
             connector(s.num_features, t.num_features) for s, t in
             zip(self.model.preactivation_batchnorms(), self.teacher.preactivation_batchnorms())]).to(self.device)
-        if self.args.bn_stats == "global":  # their BatchNorms, as the student's, over the global batch
+        if self.setting.bn_stats == "global":  # their BatchNorms, as the student's, over the global batch
             self.connectors = runtime.distributed.use_global_batch_statistics(self.connectors)
         self.extra_modules["dvp_connectors"] = self.connectors  # DDP broadcasts rank 0's with the student
-        self.distill_weight = DistillWeight(self.args.dvp_weight, self.args.dvp_no_distill_epochs)
+        self.distill_weight = DistillWeight(self.values.dvp_weight, self.values.dvp_no_distill_epochs)
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return list(self.connectors.parameters())

@@ -5,6 +5,7 @@ DVP phase 2 (methods/dvp.py)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 import copy
 
 import torch
@@ -22,25 +23,37 @@ from models import ProjectedFeatures, ResNet12SSL
 from models.dropblock import dropblock_calls, set_dropblock_calls
 
 
+@dataclass(frozen=True)
+class DVPPriorValues:
+    dvp_dim: int
+    dvp_head: str
+    dvp_queue: int
+    dvp_momentum: float
+    dvp_temperature: float
+    dvp_margin: float
+    dvp_key_groups: int
+
+
 class MomentumContrast(nn.Module):
     """What phase 1 trains besides the network: the query's projection head, the key encoder (a
     momentum copy of network + head, never trained by gradients) and the queue of negatives.
     Checkpointed under "dvp_prior", so "model" keeps the official ResNet-12 keys."""
 
-    def __init__(self, model: ResNet12SSL, args: argparse.Namespace) -> None:
+    def __init__(self, model: ResNet12SSL, values: DVPPriorValues, seed: int) -> None:
         super().__init__()
         dim = model.feature_dim
         # The pooled features of ResNet-12 (after LeakyReLU and max-pool) share a large positive common part,
         # which a linear head turns into one direction shared by every embedding; BatchNorm removes it first.
-        linear = nn.Linear(dim, args.dvp_dim)
-        self.query_head = linear if args.dvp_head == "linear" else nn.Sequential(nn.BatchNorm1d(dim), linear)
+        linear = nn.Linear(dim, values.dvp_dim)
+        self.query_head = linear if values.dvp_head == "linear" else nn.Sequential(nn.BatchNorm1d(dim), linear)
         self.key = copy.deepcopy(ProjectedFeatures(model, self.query_head)).requires_grad_(False)
-        self.queue = KeyQueue(args.dvp_queue, args.dvp_dim, torch.Generator().manual_seed(args.seed))
+        self.queue = KeyQueue(values.dvp_queue, values.dvp_dim, torch.Generator().manual_seed(seed))
 
 
 @register_method
 class DVPPrior(Gen0Method):
     card = DVP_PRIOR_CARD
+    Values = DVPPriorValues
     kind = "a DVP prior"
     objective_help = "DVP phase 1, a momentum-contrast prior trained without labels (Zhao and Wen, 2020)"
     uses_labels = False
@@ -88,7 +101,7 @@ class DVPPrior(Gen0Method):
         return f"_dvp_margin_{args.dvp_margin}_K_{args.dvp_queue}_m_{args.dvp_momentum}_T_{args.dvp_temperature}"
 
     def create_extra_modules(self) -> None:
-        self.prior = MomentumContrast(self.model, self.args).to(self.device)
+        self.prior = MomentumContrast(self.model, self.values, self.setting.seed).to(self.device)
         runtime.distributed.broadcast_module(self.prior)  # the key encoder starts as rank 0's query encoder, as DDP's
         self.extra_modules["dvp_prior"] = self.prior
 
@@ -99,10 +112,10 @@ class DVPPrior(Gen0Method):
         return TwoViews(contrastive_transform(self.data.image_size, self.data.norm))
 
     def make_step(self, state: engine.loop.TrainState, loader) -> engine.loop.Step:
-        return dvp_prior_step(self.model, self.prior, self.args)
+        return dvp_prior_step(self.model, self.prior, self.values)
 
 
-def dvp_prior_step(model: ResNet12SSL, prior: MomentumContrast, args: argparse.Namespace) -> engine.loop.Step:
+def dvp_prior_step(model: ResNet12SSL, prior: MomentumContrast, values: DVPPriorValues) -> engine.loop.Step:
     """Each image comes as two views (B, 2, 3, H, W); the labels are never read."""
     query = ProjectedFeatures(model, prior.query_head)
     # The classifier and the rotation head are not part of the contrastive task.
@@ -111,15 +124,15 @@ def dvp_prior_step(model: ResNet12SSL, prior: MomentumContrast, args: argparse.N
     def step(images: torch.Tensor, targets: torch.Tensor) -> engine.loop.StepResult:
         q = forward(images[:, 0])
         with torch.no_grad():
-            momentum_update(query, prior.key, args.dvp_momentum)  # after the previous step's update, as MoCo
+            momentum_update(query, prior.key, values.dvp_momentum)  # after the previous step's update, as MoCo
             # The key encoder drops as much as the query encoder at this point of the DropBlock ramp (its own
             # counters are not checkpointed and would count each key group).
             set_dropblock_calls(prior.key, dropblock_calls(model))
-            k = grouped_forward(prior.key, images[:, 1], args.dvp_key_groups)
+            k = grouped_forward(prior.key, images[:, 1], values.dvp_key_groups)
         negatives = prior.queue.keys.clone()
-        loss = margin_contrastive_loss(q, k, negatives, args.dvp_margin, args.dvp_temperature)
+        loss = margin_contrastive_loss(q, k, negatives, values.dvp_margin, values.dvp_temperature)
         with torch.no_grad():  # how often the positive (margin included) beats every negative
-            logits = margin_contrastive_logits(q, k, negatives, args.dvp_margin, args.dvp_temperature)
+            logits = margin_contrastive_logits(q, k, negatives, values.dvp_margin, values.dvp_temperature)
             found = (logits.argmax(1) == 0).float().mean() * 100
         prior.queue.enqueue(runtime.distributed.all_gather_tensor(k))  # every rank's keys: one queue on all ranks
         return engine.loop.StepResult(loss, {"instance_acc": found}, None, len(images))

@@ -4,6 +4,7 @@ plain images only."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,9 +18,17 @@ from published.rfs import RFS_DISTILL_CARD
 from models import ResNet12SSL
 
 
+@dataclass(frozen=True)
+class RFSDistillValues:
+    ce_weight: float
+    kd_weight: float
+    kd_T: float
+
+
 @register_method
 class RFSDistill(DistillationMethod):
     card = RFS_DISTILL_CARD
+    Values = RFSDistillValues
     kind = "an RFS-distill student"
     objective_help = "the RFS-distill baseline (fresh student, CE + KD)"
     shared_flags = ("kd_T",)
@@ -40,8 +49,8 @@ class RFSDistill(DistillationMethod):
         return self.fresh_network()  # born-again: a fresh student of the teacher's architecture
 
     def make_step(self, state: engine.loop.TrainState, loader) -> engine.loop.Step:
-        a = self.args
-        return rfs_distill_step(self.model, self.teacher, a.ce_weight, a.kd_weight, a.kd_T)
+        v = self.values
+        return rfs_distill_step(self.model, self.teacher, v.ce_weight, v.kd_weight, v.kd_T)
 
 
 def rfs_distill_step(student: ResNet12SSL, teacher: ResNet12SSL, ce_weight: float, kd_weight: float,

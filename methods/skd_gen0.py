@@ -7,6 +7,7 @@ logits, predicts which rotation each one is:  loss = CE + gamma * L_rot.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import torch
 
@@ -19,9 +20,15 @@ from published.skd import SKD_GEN0_CARD
 from models import ResNet12SSL
 
 
+@dataclass(frozen=True)
+class SKDGen0Values:
+    gamma: float  # the rotation loss's weight
+
+
 @register_method
 class SKDGen0(Gen0Method):
     card = SKD_GEN0_CARD
+    Values = SKDGen0Values
     kind = "an SKD Gen-0 model"
     objective_help = "SKD Gen-0 (default)"
 
@@ -35,7 +42,7 @@ class SKDGen0(Gen0Method):
         return ""
 
     def make_step(self, state: engine.loop.TrainState, loader) -> engine.loop.Step:
-        return gen0_step(self.model, self.args.gamma)
+        return gen0_step(self.model, self.values.gamma)
 
 
 def gen0_step(model: ResNet12SSL, gamma: float) -> engine.loop.Step:

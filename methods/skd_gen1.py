@@ -10,6 +10,7 @@ and DropBlock ramps as fast as there (`--official_ramp`).
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 import math
 
 import torch
@@ -27,9 +28,20 @@ from models import ResNet12SSL
 from models.dropblock import add_dropblock_calls
 
 
+@dataclass(frozen=True)
+class SKDGen1Values:
+    beta: float  # the L2 term's weight (-r/--gamma)
+    kd_T: float
+    official_quirks: bool
+    official_ramp: bool
+    test_batch_size: int  # episodes per batch of the released per-epoch evaluation (its ramp count)
+    n_test_runs: int  # episodes of that evaluation
+
+
 @register_method
 class SKDGen1(DistillationMethod):
     card = SKD_GEN1_CARD
+    Values = SKDGen1Values
     kind = "an SKD Gen-1 student"
     objective_help = "SKD Gen-1 (default)"
     shared_flags = ("kd_T",)
@@ -66,12 +78,13 @@ class SKDGen1(DistillationMethod):
         return self.clone_teacher()
 
     def make_step(self, state: engine.loop.TrainState, loader) -> engine.loop.Step:
-        a = self.args
-        return gen1_step(self.model, self.teacher, a.beta, a.kd_T, a.official_quirks)
+        v = self.values
+        return gen1_step(self.model, self.teacher, v.beta, v.kd_T, v.official_quirks)
 
     def after_epoch(self, epoch: int) -> None:
-        if self.args.official_ramp or self.args.official_quirks:
-            add_dropblock_calls(self.model, official_eval_calls_per_epoch(self.args))
+        if self.values.official_ramp or self.values.official_quirks:
+            add_dropblock_calls(self.model, official_eval_calls_per_epoch(self.values.n_test_runs,
+                                                                          self.values.test_batch_size))
 
 
 def gen1_step(student: ResNet12SSL, teacher: ResNet12SSL, beta: float, temperature: float,
@@ -96,7 +109,7 @@ def gen1_step(student: ResNet12SSL, teacher: ResNet12SSL, beta: float, temperatu
     return step
 
 
-def official_eval_calls_per_epoch(args: argparse.Namespace) -> int:
+def official_eval_calls_per_epoch(n_test_runs: int, test_batch_size: int) -> int:
     """DropBlock counter steps the released Gen-1 adds per epoch outside training: it evaluates the
     test split after every epoch, two forwards (support, query) per batch of episodes."""
-    return 2 * math.ceil(args.n_test_runs / args.test_batch_size)
+    return 2 * math.ceil(n_test_runs / test_batch_size)

@@ -5,6 +5,7 @@ teacher's features (--sskd_head_epochs), a phase of its own through the training
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,9 +21,25 @@ from published.sskd import SSKD_CARD
 from models import ProjectionHead, ResNet12SSL, WithProjection
 
 
+@dataclass(frozen=True)
+class SSKDValues:
+    sskd_ce: float
+    sskd_kd: float
+    sskd_tf: float
+    sskd_ss: float
+    sskd_kd_T: float
+    sskd_tf_T: float
+    sskd_ss_T: float
+    sskd_tf_ratio: float
+    sskd_ss_ratio: float
+    sskd_head_epochs: int
+    sskd_head_lr: float
+
+
 @register_method
 class SSKD(DistillationMethod):
     card = SSKD_CARD
+    Values = SSKDValues
     kind = "an SSKD student"
     objective_help = "SSKD (fresh student; Xu et al., ECCV 2020)"
 
@@ -72,7 +89,7 @@ class SSKD(DistillationMethod):
         match each rotated image to its own plain image among the batch's (SGD, momentum 0.9, weight decay
         5e-4, lr x0.1 at 50% and 75% of --sskd_head_epochs, as the release's 30 and 45 of 60), on a data
         order of its own (epoch keys -1, -2, ...)."""
-        a, head = self.args, self.heads["teacher"]
+        a, head = self.values, self.heads["teacher"]
         optimizer = torch.optim.SGD(head.parameters(), lr=a.sskd_head_lr, momentum=0.9, weight_decay=5e-4)
         epochs = a.sskd_head_epochs
 
@@ -87,7 +104,7 @@ class SSKD(DistillationMethod):
         teacher, teacher_head = self.teacher, self.heads["teacher"]
         teacher_head.requires_grad_(False).eval()
         self.freeze(teacher_head, "the teacher's projection head")
-        a = self.args
+        a = self.values
         weights = SSKDWeights(a.sskd_ce, a.sskd_kd, a.sskd_tf, a.sskd_ss, a.sskd_kd_T, a.sskd_tf_T, a.sskd_ss_T,
                               a.sskd_tf_ratio, a.sskd_ss_ratio)
         return sskd_step(WithProjection(self.model, self.heads["student"]), teacher, teacher_head, weights)

@@ -19,7 +19,7 @@ def train(method: type[Method], *, args: argparse.Namespace, device: torch.devic
     """Build the run of `method`, open (or resume) its run folder `name`, train its phases and its own
     epochs, check what must have stayed frozen, and report. `identity`: what a resumed run must share
     with its checkpoint besides the method (model, dataset, image size, the teacher file)."""
-    run = method(args=args, device=device, data=data, teacher=teacher)
+    run = method.from_args(args, device=device, data=data, teacher=teacher)
     optimizer = engine.run.sgd(run.model, run.extra_parameters(), args)
     data_seed = engine.run.stage_seed(args.seed, method.generation)
     state = engine.run.prepare_run(args=args, name=name, model=run.model, optimizer=optimizer, job_type=method.name,

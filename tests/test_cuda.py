@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import argparse
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ from distill.sskd import SSKDWeights
 from models import ProjectionHead, WithConnectors, WithProjection, connector
 from methods.base import clone_student
 from methods.dvp import DistillWeight, dvp_step
-from methods.dvp_prior import MomentumContrast, dvp_prior_step
+from methods.dvp_prior import DVPPriorValues, MomentumContrast, dvp_prior_step
 from methods.skd_gen0 import gen0_step
 from methods.skd_gen1 import gen1_step
 from methods.sskd import sskd_step
@@ -52,11 +51,11 @@ def _step(stage: str):
     if stage == "gen0":
         return gen0_step(model, gamma=2.0), list(model.parameters()), x
     if stage == "dvp_prior":
-        args = argparse.Namespace(dvp_dim=16, dvp_head="bn_linear", dvp_queue=64, seed=0, dvp_momentum=0.999,
-                                  dvp_key_groups=2, dvp_margin=0.4, dvp_temperature=0.07)
-        prior = MomentumContrast(model, args).to(CUDA)
+        values = DVPPriorValues(dvp_dim=16, dvp_head="bn_linear", dvp_queue=64, dvp_momentum=0.999,
+                                dvp_key_groups=2, dvp_margin=0.4, dvp_temperature=0.07)
+        prior = MomentumContrast(model, values, seed=0).to(CUDA)
         params = [p for n, p in model.named_parameters() if "classifier" not in n] + list(prior.query_head.parameters())
-        return dvp_prior_step(model, prior, args), params, torch.stack([x, x.flip(3)], 1)
+        return dvp_prior_step(model, prior, values), params, torch.stack([x, x.flip(3)], 1)
     teacher = model.eval().requires_grad_(False)
     student = clone_student(teacher).train()
     params = [p for n, p in student.named_parameters() if not n.startswith("rot_classifier")]

@@ -48,7 +48,7 @@ def test_each_method_builds_and_steps_in_process(name):
     teacher = None
     if method.script == methods.DISTILL_SCRIPT:
         teacher = create_model(TEST_MODEL, train.num_classes, "synthetic", image_size=16).requires_grad_(False).eval()
-    run = method(args=args, device=torch.device("cpu"), data=data, teacher=teacher)
+    run = method.from_args(args, device=torch.device("cpu"), data=data, teacher=teacher)
     loader = engine.run.make_train_loader(data, args, torch.device("cpu"), run.train_transform())
     loader.sampler.set_epoch(1)
     batch = next(iter(loader))
@@ -65,3 +65,22 @@ def test_each_method_builds_and_steps_in_process(name):
     assert any(k.endswith(".weight") for k in changed), name  # the step trained the network
     if teacher is not None:
         run.check_frozen()  # the teacher (and SSKD's head after its phase) did not move
+
+
+def test_a_method_is_built_from_values_without_a_command_line():
+    from methods.base import RunSetting
+    from methods.skd_gen1 import SKDGen1, SKDGen1Values
+
+    train = load_split("synthetic", None, "train", 16)
+    data = engine.run.TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
+    teacher = create_model(TEST_MODEL, train.num_classes, "synthetic", image_size=16).requires_grad_(False).eval()
+    values = SKDGen1Values(beta=0.2, kd_T=4.0, official_quirks=False, official_ramp=False, test_batch_size=1,
+                           n_test_runs=600)
+    setting = RunSetting(model=TEST_MODEL, dataset="synthetic", bn_stats="per_rank", dropblock_mask="full", seed=0)
+    run = SKDGen1(values=values, setting=setting, device=torch.device("cpu"), data=data, teacher=teacher)
+    images, targets = torch.randn(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)
+    result = run.make_step(None, None)(images, targets)
+    assert set(result.metrics) == {"kd", "l2"} and torch.isfinite(result.loss)
+    # The student starts as the teacher's exact copy: KL to it is 0 on the same images in eval mode.
+    run.model.eval()
+    assert float(run.make_step(None, None)(images, targets).metrics["kd"]) == pytest.approx(0, abs=1e-6)

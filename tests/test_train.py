@@ -346,8 +346,7 @@ def test_gen1_teacher_of_another_dataset_or_size_is_refused_unless_allowed():
 
 
 def test_official_ramp_counts_the_released_per_epoch_evaluation():
-    args = argparse.Namespace(n_test_runs=600, test_batch_size=1)
-    assert official_eval_calls_per_epoch(args) == 1200  # support + query forward per episode
+    assert official_eval_calls_per_epoch(600, 1) == 1200  # support + query forward per episode
     model = create_model("resnet12_ssl", 5, "CIFAR-FS")
     add_dropblock_calls(model, 1200)
     assert dropblock_calls(model) == [1200, 1200]
