@@ -89,8 +89,8 @@ def test_a_refused_release_flag_is_one_line_before_anything_is_printed(cifar_roo
     done = run_script("train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(cifar_root),
                       "--model_path", str(tmp_path / "save"), "--device", "cpu", "--adam")
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.splitlines() == ["error: --adam: the paper trains with SGD (momentum 0.9); Adam would change the "
-                                        "method and is not implemented"]
+    assert done.stderr.splitlines() == ["error: --adam: the paper trains with SGD (momentum 0.9); Adam would change "
+                                        "the method and is not implemented"]
     assert not (tmp_path / "save").exists()
 
 

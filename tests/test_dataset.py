@@ -133,7 +133,8 @@ def test_each_data_error_names_the_path(tmp_path, case, message):
         (folder / "train.pickle").write_bytes(b"definitely not a pickle")
     elif case != "wrong_folder":
         write_pickle(folder / "train.pickle", content)
-    root = {"no_root": None, "missing_root": tmp_path / "nowhere", "wrong_folder": tmp_path / "CIFAR-FS"}.get(case, tmp_path)
+    root = {"no_root": None, "missing_root": tmp_path / "nowhere",
+            "wrong_folder": tmp_path / "CIFAR-FS"}.get(case, tmp_path)
     split = {"missing_file": "val"}.get(case, "train")
     dataset = "toy" if case == "unknown_split" else "CIFAR-FS"
     split = "trainval" if case == "unknown_split" else split

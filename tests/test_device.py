@@ -62,7 +62,8 @@ def test_cuda_unavailable_reasons(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_device_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
-    done = run_script("train_supervised_ssl.py", "--dataset", "synthetic", "--device", "cuda", "--model_path", str(tmp_path / "save"))
+    done = run_script("train_supervised_ssl.py", "--dataset", "synthetic", "--device", "cuda",
+                      "--model_path", str(tmp_path / "save"))
     assert done.returncode == 2
     assert done.stderr.startswith("error: --device cuda: no usable GPU (") and done.stderr.count("\n") == 1
     assert not (tmp_path / "save").exists()

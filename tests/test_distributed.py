@@ -125,8 +125,8 @@ def test_sigterm_under_torchrun_resumes_bit_identically(cifar_root, tmp_path):
     import signal
 
     common = ["train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--batch_size", "8",
-              "--augment", "workers", "--num_workers", "1", "--device", "cpu", "--no_final_eval", "--epochs", "3", "--log_interval", "1",
-              "--model", TEST_MODEL]
+              "--augment", "workers", "--num_workers", "1", "--device", "cpu", "--no_final_eval", "--epochs", "3",
+              "--log_interval", "1", "--model", TEST_MODEL]
     straight = torchrun(*common, "--model_path", str(tmp_path / "a"))
     assert straight.returncode == 0, straight.stderr[-3000:]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}

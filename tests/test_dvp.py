@@ -129,7 +129,8 @@ def test_connectors_map_student_stages_to_the_teachers_channels():
     torch.manual_seed(0)
     c = connector(160, 320)
     assert c[0].weight.shape == (320, 160, 1, 1) and c[0].bias is None
-    assert abs(float(c[0].weight.detach().std()) - math.sqrt(2 / 320)) < 0.005  # He-normal over the outputs, as the release
+    # He-normal over the outputs, as the release
+    assert abs(float(c[0].weight.detach().std()) - math.sqrt(2 / 320)) < 0.005
     assert torch.equal(c[1].weight, torch.ones(320)) and torch.equal(c[1].bias, torch.zeros(320))
     model = create_model("resnet12_ssl", 5, "CIFAR-FS")
     connectors = nn.ModuleList([connector(w, w) for w in (64, 160, 320, 640)])

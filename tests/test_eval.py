@@ -221,7 +221,8 @@ def test_checkpoint_mismatch_names_keys_and_shapes(small_model, tmp_path):
     with pytest.raises(util.CheckpointError, match=r"shape mismatch: classifier.weight \(6, 640\) vs model \(7, 640\)"):
         engine.checkpoint.load_model_weights(create_model("resnet12_ssl", 7, image_size=32), tmp_path / "ckpt.pth")
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(util.CheckpointError, match=r"junk.pth: not a PyTorch checkpoint: text, not a zip archive or a pickle"):
+    with pytest.raises(util.CheckpointError,
+                       match=r"junk.pth: not a PyTorch checkpoint: text, not a zip archive or a pickle"):
         engine.checkpoint.load_checkpoint(tmp_path / "junk.pth")
 
 
@@ -320,14 +321,16 @@ def test_eval_normalisation_never_comes_from_the_evaluated_split(tmp_path):
         for c in range(5):
             (tmp_path / split / f"c{c}").mkdir(parents=True)
             for i in range(2):
-                Image.fromarray(np.full((28, 28, 3), value + c + i, np.uint8)).save(tmp_path / split / f"c{c}" / f"{i}.png")
+                Image.fromarray(np.full((28, 28, 3), value + c + i, np.uint8)).save(
+                    tmp_path / split / f"c{c}" / f"{i}.png")
     args = eval_fewshot.get_args_parser().parse_args(["--model_path", "x", "--dataset", "folder", "--data_root",
                                                       str(tmp_path)])
     norm, source = eval_fewshot.evaluation_normalization(args, {"model": {}}, 28)
     assert norm == data_normalization(load_split("folder", tmp_path, "train").images)
     assert source.startswith("statistics of the training split")
     args.normalization = "imagenet"
-    assert eval_fewshot.evaluation_normalization(args, {"model": {}}, 28)[0].mean[0] == pytest.approx(120.39586422 / 255)
+    assert (eval_fewshot.evaluation_normalization(args, {"model": {}}, 28)[0].mean[0]
+            == pytest.approx(120.39586422 / 255))
     recorded = {"normalization": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}}
     args.normalization = "auto"
     assert eval_fewshot.evaluation_normalization(args, recorded, 28)[0].mean == (0.1, 0.2, 0.3)
@@ -419,7 +422,8 @@ def test_table_cells_seed_spread_paper_and_paired_difference_by_hand(tmp_path):
 
     md = (tmp_path / "out" / "t.md").read_text()
     assert f"| SKD Gen-1 | {cell.mean:.2f} ± {cell.ci95:.2f} (sd {cell.seed_std:.2f}, 3 seeds) |" in md
-    assert "## Paper (the SKD paper's table: 5-way accuracy (%), ResNet-12)" in md and "| SKD Gen-1 | 76.90 | 88.90 |" in md
+    assert ("## Paper (the SKD paper's table: 5-way accuracy (%), ResNet-12)" in md
+            and "| SKD Gen-1 | 76.90 | 88.90 |" in md)
     assert f"| SKD Gen-1 | {cell.mean - 76.9:+.2f} |" in md
     assert "| SKD Gen-0 | baseline | baseline |" in md
     assert f" | {paired.mean:+.2f} ± {paired.ci95:.2f} (2 seeds) |\n" in md

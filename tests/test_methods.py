@@ -72,9 +72,9 @@ def test_every_method_trains_resumes_and_evaluates(name, tiny):
     assert [r["epoch"] for r in log] == [1, 2]
 
     output = tiny["root"] / f"{name}_eval.json"
-    evaluated = run_script("eval_fewshot.py", "--model_path", str(checkpoint), "--data_root", str(tiny["root"] / "data"),
-                           "--device", "cpu", "--n_shots", "1", "--n_queries", "2", "--n_test_runs", "2",
-                           "--output", str(output))
+    evaluated = run_script("eval_fewshot.py", "--model_path", str(checkpoint),
+                           "--data_root", str(tiny["root"] / "data"), "--device", "cpu", "--n_shots", "1",
+                           "--n_queries", "2", "--n_test_runs", "2", "--output", str(output))
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads(output.read_text())["results"][0]["n_episodes"] == 2
 
@@ -83,7 +83,8 @@ def _parsers():
     import train_distillation
     import train_supervised_ssl
 
-    gen0 = lambda argv: train_supervised_ssl.get_args_parser().parse_args(["--dataset", "synthetic", *argv])  # noqa: E731
+    gen0 = lambda argv: train_supervised_ssl.get_args_parser().parse_args(  # noqa: E731
+        ["--dataset", "synthetic", *argv])
     gen1 = lambda argv: train_distillation.get_args_parser().parse_args(  # noqa: E731
         ["--path_t", "t.pth", "--dataset", "synthetic", *argv])
     return gen0, gen1

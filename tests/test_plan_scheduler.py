@@ -63,6 +63,8 @@ def ran(tmp_path: Path) -> dict[str, dict]:
 
 def test_stages_run_side_by_side_after_their_dependencies_each_pinned_to_its_gpu_and_cpus(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    # Each stage lasts longer than an interpreter takes to start on a loaded 2-core machine, so that two run at once.
+    monkeypatch.setenv("FAKE_SECONDS", "1.0")
     slots = make_slots(2, ["3", "5"])
     outcome = Scheduler(fake_stages(tmp_path), slots, echo=lambda line: None).run()
     assert sorted(outcome.finished) == sorted(GRAPH) and not outcome.failed

@@ -132,7 +132,8 @@ def test_resuming_mid_epoch_with_another_number_of_processes_is_refused(tmp_path
     checkpoint = engine.checkpoint.load_checkpoint(path)
     checkpoint["partial"]["world_size"] = 2
     engine.checkpoint.save_checkpoint(checkpoint, path)
-    with pytest.raises(util.CheckpointError, match="stopped mid-epoch with 2 processes; resume it with the same number"):
+    with pytest.raises(util.CheckpointError,
+                       match="stopped mid-epoch with 2 processes; resume it with the same number"):
         _train(tmp_path, resume=True)
 
 
@@ -142,8 +143,8 @@ def test_sigterm_to_the_training_command_with_workers(cifar_root, tmp_path):
     group signalled as SLURM does, as soon as epoch 1 is done (so early in epoch 2: the signal meets the
     workers starting the epoch's first batches)."""
     common = ["train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--batch_size", "8",
-              "--augment", "workers", "--num_workers", "2", "--device", "cpu", "--no_final_eval", "--epochs", "3", "--log_interval", "1",
-              "--model", TEST_MODEL]
+              "--augment", "workers", "--num_workers", "2", "--device", "cpu", "--no_final_eval", "--epochs", "3",
+              "--log_interval", "1", "--model", TEST_MODEL]
     straight = run_script(*common, "--model_path", str(tmp_path / "a"))
     assert straight.returncode == 0, straight.stderr[-3000:]
     process = subprocess.Popen([sys.executable, *common, "--model_path", str(tmp_path / "b")], cwd=REPO,
@@ -158,7 +159,8 @@ def test_sigterm_to_the_training_command_with_workers(cifar_root, tmp_path):
         pytest.skip("the run finished before the signal arrived")
     assert process.returncode == 143, err[-3000:]
     [message] = [line for line in err.splitlines() if line.startswith("stopped: ")]
-    assert message.startswith("stopped: SIGTERM at ") and message.endswith("Continue with the same command plus --resume")
+    assert (message.startswith("stopped: SIGTERM at ")
+            and message.endswith("Continue with the same command plus --resume"))
     assert "Traceback" not in err
     resumed = run_script(*common, "--model_path", str(tmp_path / "b"), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -1,5 +1,6 @@
 """scripts/reproduce.py --dry_run: the commands of each table carry exactly the published settings (read
-back from the printed commands, checked against values written here from the papers and releases), in dependency order."""
+back from the printed commands, checked against values written here from the papers and releases), in
+dependency order."""
 from __future__ import annotations
 
 import json
@@ -98,6 +99,25 @@ def script_folder(command: list[str]) -> str:
             f"_trans_{letter}{plain}_trial_{f['--trial']}")
 
 
+def assert_every_run_is_evaluated_after_training(cmds: list[list[str]], training: list[tuple[int, dict]],
+                                                 evals: list[tuple[int, dict]], gen1_swept: bool) -> None:
+    """Every run is evaluated after it is trained, on test 1- and 5-shot; a swept run (a Gen-1 run when the
+    dataset sweeps beta) also on val (which decides)."""
+    evaluated = {}
+    for pos, f in evals:
+        evaluated.setdefault(f["--model_path"], []).append((pos, (f["--split"], f["--n_shots"])))
+        folder = Path(f["--model_path"]).parent
+        assert f["--output"] == str(folder / f"results_{f['--split']}_{f['--n_shots']}shot.json")
+        assert (f["--n_test_runs"], f["--n_ways"], f["--n_queries"], f["--n_aug_support_samples"],
+                f["--classifier"]) == ("600", "5", "15", "5", "LR")
+    trained = [(pos, f, f"{OUT}/{script_folder(cmds[pos])}/checkpoint.pth") for pos, f in training]
+    assert set(evaluated) == {ckpt for _, _, ckpt in trained}
+    for pos, f, ckpt in trained:
+        splits = ("val", "test") if gen1_swept and "--path_t" in f and f.get("--objective") == "skd" else ("test",)
+        assert sorted(what for _, what in evaluated[ckpt]) == sorted((s, k) for s in splits for k in ("1", "5"))
+        assert all(eval_pos > pos for eval_pos, _ in evaluated[ckpt])
+
+
 @pytest.mark.parametrize("dataset", list(GEN0))
 def test_dry_run_lists_the_published_settings(reproduce, dataset):
     result = reproduce("--dataset", dataset, *ARGS)
@@ -134,9 +154,9 @@ def test_dry_run_lists_the_published_settings(reproduce, dataset):
     assert [f["--seed"] for _, f in gen0] == ["0", "1", "2"]
     checkpoints = {}
     for pos, f in gen0:
-        assert f == {"--objective": "skd", "--dataset": dataset, "--data_root": "DATA", "--epochs": epochs, "--lr_decay_epochs": decay,
-                     "--learning_rate": "0.05", "--gamma": "2.0", **COMMON, "--model_path": OUT,
-                     "--seed": f["--seed"], "--trial": f["--seed"], "--wandb_group": "g"}
+        assert f == {"--objective": "skd", "--dataset": dataset, "--data_root": "DATA", "--epochs": epochs,
+                     "--lr_decay_epochs": decay, "--learning_rate": "0.05", "--gamma": "2.0", **COMMON,
+                     "--model_path": OUT, "--seed": f["--seed"], "--trial": f["--seed"], "--wandb_group": "g"}
         run = f"{OUT}/resnet12_ssl_{dataset}_lr_0.05_decay_0.0005_trans_{LETTER[dataset]}_trial_{f['--seed']}"
         checkpoints[f["--seed"]] = (pos, f"{run}/checkpoint.pth")
 
@@ -151,20 +171,8 @@ def test_dry_run_lists_the_published_settings(reproduce, dataset):
                      "--path_t": teacher, "--model_path": OUT, "--seed": f["--seed"], "--trial": f["--seed"],
                      "--wandb_group": "g"}
 
-    # Every run is evaluated after it is trained, on test 1- and 5-shot; a swept run also on val (which decides).
-    evaluated = {}
-    for pos, f in evals:
-        evaluated.setdefault(f["--model_path"], []).append((pos, (f["--split"], f["--n_shots"])))
-        folder = Path(f["--model_path"]).parent
-        assert f["--output"] == str(folder / f"results_{f['--split']}_{f['--n_shots']}shot.json")
-        assert (f["--n_test_runs"], f["--n_ways"], f["--n_queries"], f["--n_aug_support_samples"],
-                f["--classifier"]) == ("600", "5", "15", "5", "LR")
-    trained = [(pos, f, f"{OUT}/{script_folder(cmds[pos])}/checkpoint.pth") for pos, f in supervised + distilled]
-    assert set(evaluated) == {ckpt for _, _, ckpt in trained}
-    for pos, f, ckpt in trained:
-        splits = ("val", "test") if len(betas) > 1 and "--path_t" in f and f.get("--objective") == "skd" else ("test",)
-        assert sorted(what for _, what in evaluated[ckpt]) == sorted((s, k) for s in splits for k in ("1", "5"))
-        assert all(eval_pos > pos for eval_pos, _ in evaluated[ckpt])
+    assert_every_run_is_evaluated_after_training(cmds, supervised + distilled, evals,
+                                                 gen1_swept=len(betas) > 1)
 
     assert result.stdout.count(f": {rfs_epochs} epochs x ") == 6 + 3 * (dataset == "tieredImageNet")  # RFS rows
     assert "github.com/WangYueFt/rfs/issues/5" in result.stdout or dataset == "miniImageNet"  # the recipe's source
@@ -337,8 +345,8 @@ def test_sigterm_to_the_job_stops_the_plan_after_its_stage_and_the_same_command_
     stages = _FakeStages(monkeypatch, stop_after=3, sigterm=True)
     first = reproduce(*argv)
     assert first.returncode == 143
-    assert first.stderr.splitlines()[-1].startswith("stopped: SIGTERM during rfs_simple seed 0 (train_supervised_ssl.py "
-                                                   "exited with code 143)")
+    assert first.stderr.splitlines()[-1].startswith("stopped: SIGTERM during rfs_simple seed 0 "
+                                                   "(train_supervised_ssl.py exited with code 143)")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the plan's handler is gone with the stage
     stages.commands.clear()
     second = reproduce(*argv)
@@ -405,8 +413,8 @@ def test_sigterm_waits_for_the_live_stage_to_checkpoint_then_the_same_command_re
     assert stages.process.poll() == 143  # the plan returned after its stage had exited
     assert stages.checkpoint.is_file()  # ... and so after the stage's checkpoint was on disk
     assert first.returncode == 143
-    assert first.stderr.splitlines()[-1].startswith("stopped: SIGTERM during rfs_simple seed 0 (train_supervised_ssl.py "
-                                                   "exited with code 143)")
+    assert first.stderr.splitlines()[-1].startswith("stopped: SIGTERM during rfs_simple seed 0 "
+                                                   "(train_supervised_ssl.py exited with code 143)")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     stages = _FakeStages(monkeypatch)
     second = reproduce(*argv)
@@ -496,7 +504,8 @@ def test_a_student_is_planned_with_its_teachers_architecture(reproduce):
     student = next(c for c in cmds if Path(c[1]).name == "train_distillation.py")
     assert "--model" not in student and "resnet12_ssl_narrow_CIFAR-FS_lr_0.05" in flags(student)["--path_t"]
     [evaluation] = [c for c in cmds if Path(c[1]).name == "eval_fewshot.py"][-1:]
-    assert "/S_resnet12_ssl_narrow_T_resnet12_ssl_narrow_CIFAR-FS_kd_T_2.0_beta_0.1_" in flags(evaluation)["--model_path"]
+    assert ("/S_resnet12_ssl_narrow_T_resnet12_ssl_narrow_CIFAR-FS_kd_T_2.0_beta_0.1_"
+            in flags(evaluation)["--model_path"])
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -86,6 +86,20 @@ def after(script: str) -> set[str]:
     return set(deps.removeprefix("afterok:").split(":")) if deps else set()
 
 
+def assert_each_job_waits_and_requeues(by_stage: dict[str, dict], ids: dict[str, str]) -> None:
+    """Each evaluation's job waits for its own training run; every job goes to the partition and account the
+    command named (gpu, lab), is requeued when SIGTERM stops it, and asks for its stage's time."""
+    for stage, job in by_stage.items():
+        script = job["script"]
+        if stage.startswith("eval "):  # each evaluation after its own training run
+            assert after(script) == {ids["train " + stage.split()[1]]}
+        assert directive(script, "partition") == "gpu" and directive(script, "account") == "lab"
+        assert "#SBATCH --requeue" in script and "#SBATCH --signal=TERM@120" in script
+        assert "scontrol requeue" in script  # stopped by SIGTERM with a checkpoint: back in the queue, same id
+        assert directive(script, "time") == ("0-01:00:00" if stage.startswith("train ") else "01:00:00" if
+                                             stage.startswith("eval ") else "00:30:00")  # tiny runs: the 1 h floor
+
+
 def test_a_table_is_submitted_as_one_job_per_stage_and_resubmitted_after_a_failure(reproduce, slurm, tmp_path):
     data = _tiny_folder(tmp_path / "data")
     argv = ["--dataset", "folder", "--data_root", str(data), "--output", str(tmp_path / "out"), "--seeds", "0",
@@ -108,15 +122,7 @@ def test_a_table_is_submitted_as_one_job_per_stage_and_resubmitted_after_a_failu
     gen1 = next(s for s in trains if "_beta_" in s)
     assert after(by_stage[simple]["script"]) == set() and after(by_stage[gen0]["script"]) == set()
     assert after(by_stage[distill]["script"]) == {ids[simple]} and after(by_stage[gen1]["script"]) == {ids[gen0]}
-    for stage, job in by_stage.items():
-        script = job["script"]
-        if stage.startswith("eval "):  # each evaluation after its own training run
-            assert after(script) == {ids["train " + stage.split()[1]]}
-        assert directive(script, "partition") == "gpu" and directive(script, "account") == "lab"
-        assert "#SBATCH --requeue" in script and "#SBATCH --signal=TERM@120" in script
-        assert "scontrol requeue" in script  # stopped by SIGTERM with a checkpoint: back in the queue, same id
-        assert directive(script, "time") == ("0-01:00:00" if stage.startswith("train ") else "01:00:00" if
-                                             stage.startswith("eval ") else "00:30:00")  # tiny runs: the 1 h floor
+    assert_each_job_waits_and_requeues(by_stage, ids)
     assert after(by_stage["eval.table"]["script"]) == {j["id"] for j in jobs[:-1]}
     assert directive(by_stage["eval.table"]["script"], "gpus") is None
     assert directive(by_stage[gen0]["script"], "gpus") == "1"

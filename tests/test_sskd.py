@@ -60,7 +60,8 @@ def test_similarity_rows_are_rotated_images_against_the_plain_batch():
     sim = similarity_logits(rotated, plain)
     assert sim.shape == (6, 2)
     r = 1 / math.sqrt(2)
-    torch.testing.assert_close(sim, torch.tensor([[1.0, 0.0], [r, r], [0.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    torch.testing.assert_close(sim, torch.tensor([[1.0, 0.0], [r, r], [0.0, -1.0],
+                                                  [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
     # The head's task: rotated row i (rotation-major) must pick plain image i % B.
     expected = F.cross_entropy(sim, torch.tensor([0, 1, 0, 1, 0, 1]))
     torch.testing.assert_close(similarity_head_loss(torch.cat([plain, rotated]), 2), expected)

@@ -63,7 +63,8 @@ def test_classify_writes_csv_and_json_says_conversions_once(tiny, tmp_path, caps
         "converted to RGB: 1 greyscale (L), 1 RGBA"]
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert len(rows) == 14 and json.loads((tmp_path / "p.json").read_text()) == report
-    assert report["classes"] == ["blue", "green", "red"] and report["support_images"] == {"blue": 4, "green": 3, "red": 2}
+    assert (report["classes"] == ["blue", "green", "red"]
+            and report["support_images"] == {"blue": 4, "green": 3, "red": 2})
     for row in report["predictions"]:
         assert sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-6)
         assert row["probability"] == max(row["probabilities"].values())
@@ -127,7 +128,8 @@ def test_embed_resumes_after_a_stop_and_eval_reads_its_file(tiny, tmp_path, monk
 
     output = tmp_path / "results.json"
     eval_fewshot.main(["--features", str(whole), "--n_ways", "3", "--n_shots", "1", "--n_queries", "1",
-                       "--n_test_runs", "4", "--n_aug_support_samples", "2", "--device", "cpu", "--output", str(output)])
+                       "--n_test_runs", "4", "--n_aug_support_samples", "2", "--device", "cpu",
+                       "--output", str(output)])
     data = json.loads(output.read_text())
     assert data["source_domain"] == "mine" and data["target_domain"] == "query"
     assert data["results"][0]["n_aug"] == 2 and len(data["results"][0]["accuracies"]) == 4
@@ -203,8 +205,8 @@ def test_embed_then_evaluate_from_features_matches_evaluating_images(omniglot_ru
     root = omniglot_run["root"]
     features = root / "test_features.npz"
     done = run_script("-m", "tools.embed", "--model_path", str(omniglot_run["checkpoint"]),
-                      "--images", str(omniglot_root / "test"), "--output", str(features), "--n_aug_support_samples", "5",
-                      "--shard_size", "256")
+                      "--images", str(omniglot_root / "test"), "--output", str(features),
+                      "--n_aug_support_samples", "5", "--shard_size", "256")
     assert done.returncode == 0, done.stderr[-3000:]
     accuracy = {}
     for name, source in (("features", ["--features", str(features)]),
@@ -229,7 +231,8 @@ def test_export_matches_pytorch_on_real_images(omniglot_run):
     except ImportError:
         formats = "torchscript"
     done = run_script("-m", "tools.export", "--model_path", str(omniglot_run["checkpoint"]),
-                      "--images", str(root / "queries"), "--out", str(root / "export" / "backbone"), "--formats", formats)
+                      "--images", str(root / "queries"), "--out", str(root / "export" / "backbone"),
+                      "--formats", formats)
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads((root / "export" / "backbone.json").read_text())
     assert set(info["exports"]) == set(formats.split(","))

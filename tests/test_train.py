@@ -364,7 +364,8 @@ def test_cosine_and_trainval_in_a_real_run(tmp_path):
     folder = tmp_path / "save" / f"{TEST_MODEL}_CIFAR-FS_lr_0.05_decay_0.0005_trans_D_cosine_trial_1_trainval"
     checkpoint = _checkpoint(folder)
     # trainval: 6 x 8 train + 5 x 20 val images = 148, 9 batches of 16 per epoch (train alone: 3)
-    assert checkpoint["dropblock_calls"] == [18, 18] and checkpoint["model"]["classifier.weight"].shape == (11, TEST_FEATURE_DIM)
+    assert (checkpoint["dropblock_calls"] == [18, 18]
+            and checkpoint["model"]["classifier.weight"].shape == (11, TEST_FEATURE_DIM))
     lrs = [json.loads(line)["lr"] for line in (folder / "log.jsonl").read_text().splitlines()]
     eta_min = 0.05 * 0.1**3
     assert lrs == pytest.approx([eta_min + (0.05 - eta_min) * (1 + math.cos(math.pi * e / 2)) / 2 for e in (1, 2)])
@@ -461,7 +462,8 @@ def test_best_checkpoint_is_selected_on_val_reported_and_kept_across_resume(cifa
     monkeypatch.setattr(engine.run.ValEvaluation, "__call__", validation)
     monkeypatch.setattr(engine.run, "final_report", report)
     common = [*GEN0, "--data_root", str(cifar_root), "--model_path", str(tmp_path), "--eval_freq", "1"]
-    monkeypatch.setattr(sys, "argv", ["train_supervised_ssl.py", *common, "--epochs", "3", "--final_checkpoint", "best"])
+    monkeypatch.setattr(sys, "argv",
+                        ["train_supervised_ssl.py", *common, "--epochs", "3", "--final_checkpoint", "best"])
     train_supervised_ssl.main()
     folder = tmp_path / GEN0_NAME
 
