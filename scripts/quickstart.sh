@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole SKD pipeline on the built-in `synthetic` dataset, in about three minutes on a laptop CPU:
+# The whole SKD pipeline on the built-in `synthetic` dataset, in about a minute on a 2-core CPU (README: the measured time):
 # Gen-0 (supervised + rotation), Gen-1 (self-supervised distillation from Gen-0), then
 # few-shot evaluation of each, printing the accuracy of every stage.
 #
