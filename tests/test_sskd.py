@@ -134,8 +134,9 @@ def test_sskd_objective_end_to_end(cifar_root, tmp_path):
               "--device", "cpu", "--sskd_head_epochs", "2", "--no_final_eval", "--model_path", str(tmp_path / "save")]
     first = run_script(*common, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
-    assert [line.split()[2] for line in first.stdout.splitlines() if line.startswith("teacher head")] == \
-        ["epoch=1", "epoch=2"]
+    # The teacher head's epochs, a phase of the training loop, print their own lines before the student's.
+    assert [line.split()[1] for line in first.stdout.splitlines() if line.startswith("phase=teacher_head")] == \
+        ["teacher_head_epoch=1", "teacher_head_epoch=2"]
     assert "teacher check: weights and BatchNorm statistics unchanged" in first.stdout
     [folder] = (tmp_path / "save").iterdir()
     assert folder.name.startswith(f"S_{TEST_MODEL}_T_{TEST_MODEL}_CIFAR-FS_sskd_ce_0.1_kd_0.9_tf_2.7_ss_10.0")
@@ -145,12 +146,12 @@ def test_sskd_objective_end_to_end(cifar_root, tmp_path):
                                       for p in ("weight", "bias")}
     resumed = run_script(*common, "--epochs", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "teacher head" not in resumed.stdout  # restored from the checkpoint
+    assert "phase=teacher_head" not in resumed.stdout  # restored from the checkpoint
     two = torch.load(folder / "checkpoint.pth", map_location="cpu", weights_only=True)
     for key, value in one["sskd_heads"].items():
         same = torch.equal(two["sskd_heads"][key], value)
         assert same if key.startswith("teacher") else not same, key  # the teacher head frozen, the student's trained
-    records = [line for line in (folder / "log.jsonl").read_text().splitlines()]
+    records = [line for line in (folder / "log.jsonl").read_text().splitlines() if '"phase"' not in line]
     assert len(records) == 2 and all(f'"train_{k}"' in r for r in records for k in ("ce", "kd", "tf", "ss"))
     evaluated = run_script("eval_fewshot.py", "--model_path", str(folder / "checkpoint.pth"), "--device", "cpu",
                            "--n_test_runs", "2")
