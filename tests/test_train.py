@@ -103,8 +103,8 @@ def test_gen0_resume_reproduces_an_uninterrupted_run(gen0_run, cifar_root, tmp_p
 def test_gen0_one_epoch_on_synthetic_reloads_and_resumes(tmp_path):
     """The first run's data and size: built-in data, no files, at the quickstart's 16x16. Its checkpoint
     loads into a fresh model and --resume continues it."""
-    common = ["--batch_size", "64", "--num_workers", "0", "--device", "cpu", "--amp", CPU_AMP, "--no_final_eval",
-              "--image_size", "16", "--model_path", str(tmp_path), "--model", TEST_MODEL]
+    common = ["--dataset", "synthetic", "--batch_size", "64", "--num_workers", "0", "--device", "cpu", "--amp", CPU_AMP,
+              "--no_final_eval", "--image_size", "16", "--model_path", str(tmp_path), "--model", TEST_MODEL]
     first = run_script("train_supervised_ssl.py", *common, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     folder = tmp_path / f"{TEST_MODEL}_synthetic_lr_0.05_decay_0.0005_trans_D_trial_1"
