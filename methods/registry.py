@@ -83,13 +83,6 @@ def add_method_args(parser: MethodArgumentParser, script: str) -> None:
             action.default = Unset(action.default)
 
 
-def unset_defaults(parser: argparse.ArgumentParser, dests: Sequence[str]) -> None:
-    """Make the defaults of the script's own `dests` (the schedule, a shared weight) Unset."""
-    for action in parser._actions:
-        if action.dest in dests and not isinstance(action.default, Unset):
-            action.default = Unset(action.default)
-
-
 def resolve_method_args(script: str, args: argparse.Namespace, owners: Mapping[str, str],
                         flags: Mapping[str, str]) -> list[str]:
     """Select the method, refuse in one line a method flag it does not use, map the release's flag
@@ -124,9 +117,8 @@ def _select_given(script: str, args: argparse.Namespace) -> type[Method]:
             raise UsageError(f"--plain: the alias of --objective rfs_simple; it does not combine with --objective "
                              f"{objective}")
         args.objective = objective = "rfs_simple"
-    objective = objective.fallback if isinstance(objective, Unset) else objective
-    args.objective = objective
-    return next(m for m in methods_of_script(script) if m.objective == objective)
+    args.objective = objective.fallback if isinstance(objective, Unset) else objective
+    return select_method(script, {"objective": args.objective})
 
 
 def _apply_release_aliases(method: type[Method], args: argparse.Namespace, flags: Mapping[str, str]) -> None:
