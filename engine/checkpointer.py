@@ -31,7 +31,6 @@ class ResumePoint:
     epoch: int
     phase: dict | None  # {"name", "epoch", "optimizer"} of a phase before the method's own, in progress
     partial: dict | None  # {"epoch", "step", "rng", "meter"}
-    wandb_id: str | None
 
 
 class Checkpointer:
@@ -85,8 +84,7 @@ class Checkpointer:
             self.scaler.load_state_dict(checkpoint["scaler"])
         set_dropblock_calls(self.model, checkpoint.get("dropblock_calls", []))
         self.wandb_id = checkpoint.get("wandb_id")
-        return ResumePoint(int(checkpoint["epoch"]), checkpoint.get("phase"), _partial_epoch(checkpoint, path),
-                           self.wandb_id)
+        return ResumePoint(int(checkpoint["epoch"]), checkpoint.get("phase"), _partial_epoch(checkpoint, path))
 
     def _check_identity(self, checkpoint: dict, path: Path) -> None:
         """Refuse to resume a checkpoint made with another model, dataset, image size, method or teacher."""

@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -29,8 +29,12 @@ def learning_rate_at(epoch: int, args: argparse.Namespace) -> float:
     if args.cosine:
         eta_min = args.learning_rate * args.lr_decay_rate**3
         return eta_min + (args.learning_rate - eta_min) * (1 + math.cos(math.pi * epoch / args.epochs)) / 2
-    steps = sum(epoch > e for e in args.lr_decay_epochs)
-    return args.learning_rate * args.lr_decay_rate**steps
+    return step_decay(args.learning_rate, args.lr_decay_rate, args.lr_decay_epochs, epoch)
+
+
+def step_decay(learning_rate: float, rate: float, milestones: Iterable[float], epoch: int) -> float:
+    """lr for 1-based `epoch`, multiplied by `rate` after each of `milestones`."""
+    return learning_rate * rate**sum(epoch > m for m in milestones)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

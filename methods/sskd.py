@@ -94,7 +94,7 @@ class SSKD(DistillationMethod):
         epochs = a.sskd_head_epochs
 
         def learning_rate_at(epoch: int) -> float:
-            return a.sskd_head_lr * 0.1 ** sum(epoch > m for m in (epochs * 0.5, epochs * 0.75))
+            return engine.loop.step_decay(a.sskd_head_lr, 0.1, (epochs * 0.5, epochs * 0.75), epoch)
 
         return [engine.loop.Phase("teacher_head", epochs, lambda: teacher_head_step(self.teacher, head), optimizer,
                                   learning_rate_at, data_epoch=lambda epoch: -epoch)]
