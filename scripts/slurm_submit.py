@@ -28,7 +28,8 @@ MIN_TRAIN_S = 3600
 
 
 class SubmitError(RuntimeError):
-    """sbatch is missing or refused a job, or a resource flag is malformed; what was submitted is recorded."""
+    """sbatch is missing or refused a job, a resource flag is malformed, or a path cannot be written in a job
+    script (refused before any job is submitted); what was submitted is recorded."""
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -86,19 +87,45 @@ def scaled(mem: str, n: int) -> str:
     return f"{int(match.group(1)) * n}{match.group(2)}"
 
 
+# The job's paths go in its #SBATCH lines rather than on sbatch's command line, so that the script (printed by
+# --dry_run, kept in OUTPUT/slurm/) is the whole job and `sbatch FILE` submits it again as it was. sbatch splits
+# an #SBATCH line into arguments itself (src/sbatch/opt.c, get_argument): at unquoted whitespace, an unquoted `#`
+# ends the line, single or double quotes group, and a backslash makes the next character literal, inside quotes
+# too. Every value is therefore written in double quotes with `\` and `"` backslashed: each other character,
+# non-ASCII bytes included, is then read as written. A newline cannot be written: sbatch reads one line at a time.
+def sbatch_quoted(value: str) -> str:
+    """`value` as one argument of an #SBATCH line."""
+    if "\n" in value:
+        raise SubmitError(f"{value!r}: holds a newline, which an #SBATCH line cannot (sbatch reads it line by line)")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def output_pattern(log: Path) -> str:
+    """The --output value SLURM expands to exactly `log`. slurmstepd reads it as a filename pattern (%j, %x, ...;
+    `%%` is one `%`), so each `%` is doubled; a backslash anywhere turns the patterns off and is itself dropped,
+    so a path with one cannot be named. Absolute: a relative one would be joined to --chdir, whose `%`s would then
+    be expanded as well (--chdir itself is taken as written)."""
+    path = os.path.abspath(log)
+    if "\\" in path:
+        raise SubmitError(f"{path}: SLURM drops every backslash of a job's --output path; use an --output folder "
+                          "without one")
+    return sbatch_quoted(path.replace("%", "%%"))
+
+
 def job_script(stage_id: str, label: str, request: Request, command: list[str], log: Path,
                dependencies: list[str], args: argparse.Namespace, env: dict[str, str] | None = None) -> str:
     """The sbatch script of one stage. A stage stopped by SIGTERM (SLURM's --signal before the time limit, or
     pre-emption) writes its checkpoint and exits 143; the job then requeues itself, keeping its id, so the jobs
     waiting for it (afterok) still wait, and the requeued job resumes the stage from its checkpoint."""
     lines = ["#!/bin/bash", f"#SBATCH --job-name=skd-{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)[:60]}",
-             f"#SBATCH --output={log}", "#SBATCH --open-mode=append", f"#SBATCH --chdir={os.getcwd()}",
+             f"#SBATCH --output={output_pattern(log)}", "#SBATCH --open-mode=append",
+             f"#SBATCH --chdir={sbatch_quoted(os.getcwd())}",
              "#SBATCH --ntasks=1", *([f"#SBATCH --gpus={request.gpus}"] if request.gpus else []),
              f"#SBATCH --cpus-per-task={request.cpus}", f"#SBATCH --mem={request.mem}",
              f"#SBATCH --time={request.time}",
              "#SBATCH --requeue", "#SBATCH --signal=TERM@120",
-             *([f"#SBATCH --partition={args.partition}"] if args.partition else []),
-             *([f"#SBATCH --account={args.account}"] if args.account else []),
+             *([f"#SBATCH --partition={sbatch_quoted(args.partition)}"] if args.partition else []),
+             *([f"#SBATCH --account={sbatch_quoted(args.account)}"] if args.account else []),
              *([f"#SBATCH --dependency=afterok:{':'.join(dependencies)}", "#SBATCH --kill-on-invalid-dep=yes"]
                if dependencies else []),
              f"# stage: {stage_id}",
@@ -158,10 +185,19 @@ def sbatch(script: Path) -> str:
     return done.stdout.strip().split(";")[0]
 
 
+def check_paths(args: argparse.Namespace, logs: list[Path]) -> None:
+    """SubmitError, naming the path, when a job script cannot name one of the jobs' paths."""
+    for log in logs:
+        output_pattern(log)
+    for value in (os.getcwd(), args.partition, args.account):
+        if value:
+            sbatch_quoted(value)
+
+
 def write_and_sbatch(folder: Path, stage_id: str, script: str) -> str:
     """Write a stage's job script into `folder` (a file name made of the stage id) and submit it; the job id."""
     path = folder / (re.sub(r"[^A-Za-z0-9_.-]+", "_", stage_id) + ".sbatch")
-    path.write_text(script)
+    path.write_bytes(os.fsencode(script))  # a path's own bytes, whatever the locale, undecodable ones too
     return sbatch(path)
 
 
@@ -186,7 +222,9 @@ def submit(args: argparse.Namespace, stages: list[Stage], requests: dict[str, Re
     kind: dict[str, str] = {}  # done, kept (queued or running), new (submitted now)
     job: dict[str, str] = {}
     ended: list[str] = []  # the states of the jobs that ended without finishing their stage
-    folder = Path(args.output) / "slurm"
+    folder, table_log = Path(args.output) / "slurm", Path(args.output) / "eval_table.log"
+    if not args.status:  # every job's paths, before the first job is submitted (or printed)
+        check_paths(args, [*(s.log for s in stages if s.id not in done), table_log])
     if not args.dry_run and not args.status:
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -223,7 +261,6 @@ def submit(args: argparse.Namespace, stages: list[Stage], requests: dict[str, Re
             continue
         place(stage.id, stage.deps, stage.label, lambda deps, s=stage: job_script(
             s.id, s.label, requests[s.id], [*command, "--stage", s.id], s.log, deps, args))
-    table_log = Path(args.output) / "eval_table.log"
     table_state = states.get(record.get(TABLE, ""), "")
     if any(k in ("new", "kept", "unsubmitted", "failed") for k in kind.values()) or table_state != "COMPLETED":
         place(TABLE, tuple(s.id for s in stages), "eval.table", lambda deps: job_script(

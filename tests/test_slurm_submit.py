@@ -3,14 +3,19 @@ one job per stage with its resources, afterok on its teacher or training run, ev
 that submits nothing, and a second submission that re-submits only what failed (and what waited for it)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import shlex
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from scripts.plan_scheduler import Stage
+from scripts.slurm_submit import Request, SubmitError, submit
 from test_reproduce import _FakeStages, _tiny_folder, reproduce  # noqa: F401 (reproduce is a fixture)
 
 SBATCH = """
@@ -19,7 +24,7 @@ folder = os.environ["FAKE_SLURM"]
 log = os.path.join(folder, "submitted.json")
 jobs = json.load(open(log)) if os.path.exists(log) else []
 job = str(1001 + len(jobs))
-script = open(sys.argv[-1]).read()
+script = open(sys.argv[-1], encoding="utf-8", errors="surrogateescape").read()
 jobs.append({"id": job, "argv": sys.argv[1:], "script": script})
 json.dump(jobs, open(log, "w"))
 states = os.path.join(folder, "states.json")
@@ -72,9 +77,75 @@ def slurm(tmp_path, monkeypatch):
     return Recorded()
 
 
+SPACE = b" \t\n\v\f\r"  # C's isspace() in sbatch
+
+
+def sbatch_arguments(text: bytes) -> list[str]:
+    """The arguments of one #SBATCH line (after the magic word) as sbatch's get_argument (src/sbatch/opt.c) reads
+    them, byte by byte: an argument ends at unquoted whitespace; single or double quotes group; a backslash makes
+    the next byte literal, inside quotes too; an unquoted # ends the line, and so does an empty argument."""
+    arguments, i = [], 0
+    while True:
+        while i < len(text) and text[i] in SPACE:
+            i += 1
+        argument, quote = bytearray(), None
+        while i < len(text) and (quote or text[i] not in SPACE):
+            byte, i = text[i:i + 1], i + 1
+            if byte == b"\\":
+                argument += text[i:i + 1]
+                i += 1
+            elif quote:
+                argument += b"" if byte == quote else byte
+                quote = None if byte == quote else quote
+            elif byte in (b'"', b"'"):
+                quote = byte
+            elif byte == b"#":
+                return arguments + ([os.fsdecode(bytes(argument))] if argument else [])
+            else:
+                argument += byte
+        if quote:  # sbatch stops: "Unmatched quote"
+            raise ValueError(f"unmatched {quote!r} in #SBATCH{text!r}")
+        if not argument:
+            return arguments
+        arguments.append(os.fsdecode(bytes(argument)))
+
+
+def sbatch_options(script: str) -> dict[str, str]:
+    """The --name=value options sbatch takes from a script: its #SBATCH lines up to the first command."""
+    options = {}
+    for line in os.fsencode(script).split(b"\n"):
+        if not line.startswith(b"#SBATCH"):
+            if line.strip() and not line.strip().startswith(b"#"):
+                break
+            continue
+        for argument in sbatch_arguments(line[len(b"#SBATCH"):]):
+            name, _, value = argument.partition("=")
+            options[name.removeprefix("--")] = value
+    return options
+
+
+def slurm_filename(pattern: str, chdir: str, job_id: str, job_name: str) -> str:
+    """The file an --output pattern names, as sbatch (relative: joined to --chdir) and then slurmstepd
+    (expand_stdio_fields, src/common/print_fields.c) make it: with a backslash anywhere, the backslashes dropped
+    and nothing expanded; else `%%` is `%`, `%j` the job id, `%x` its name and so on, any other `%c` kept, a last
+    lone `%` dropped."""
+    if not pattern.startswith("/"):
+        pattern = chdir.rstrip("/") + "/" + pattern
+    if "\\" in pattern:
+        return pattern.replace("\\", "")
+    values = {"A": job_id, "j": job_id, "J": job_id, "a": "0", "b": "0", "r": "0", "n": "0", "t": "0", "s": "batch",
+              "x": job_name, "N": "node1", "u": "someone", "S": "sluid"}
+
+    def expand(match: re.Match) -> str:
+        width, letter = match.groups()
+        if not letter or (letter == "%" and not width):
+            return letter  # a last lone `%` is dropped, `%%` is one `%`
+        return values[letter].zfill(int(width or 0)) if letter in values else match.group(0)
+    return re.sub(r"%(\d*)(.?)", expand, pattern, flags=re.S)
+
+
 def directive(script: str, name: str) -> str | None:
-    match = re.search(rf"^#SBATCH --{name}=(.*)$", script, re.M)
-    return match.group(1) if match else None
+    return sbatch_options(script).get(name)
 
 
 def stage_of(script: str) -> str:
@@ -170,8 +241,6 @@ def test_a_job_runs_its_one_stage_as_the_local_plan_would(reproduce, monkeypatch
 
 
 def test_a_training_jobs_time_limit_is_projected_from_the_images_it_forwards():
-    import argparse
-
     from scripts.slurm_submit import train_request
 
     args = argparse.Namespace(time_limit=None, images_per_s=2000.0, cpus_per_gpu=8, mem_per_gpu="32G")
@@ -180,3 +249,68 @@ def test_a_training_jobs_time_limit_is_projected_from_the_images_it_forwards():
     four = train_request(args, 4, 107_673_600)
     assert (four.gpus, four.cpus, four.mem, four.time) == (4, 32, "128G", "0-05:52:00")
     assert train_request(argparse.Namespace(**{**vars(args), "time_limit": "3:00:00"}), 1, 10).time == "3:00:00"
+
+
+# A space, a %-pattern, both quotes, non-ASCII: each changes what sbatch or SLURM reads from an unquoted path.
+AWKWARD = "runs/ä ö%j 'x\""
+
+
+def submit_two_jobs(tmp_path: Path, output: Path, logs: list[Path]) -> tuple[list[str], list[str]]:
+    """Submit one stage logging to each of `logs` and the eval.table job (logging in `output`), from the
+    current folder; the stages' commands and the table's."""
+    args = argparse.Namespace(dry_run=False, status=False, output=str(output), partition=None, account=None)
+    stages = [Stage(f"train r{i}", f"run {i}", (), lambda: False, list, log=log) for i, log in enumerate(logs)]
+    command = [sys.executable, "scripts/reproduce.py", "--data_root", str(tmp_path / AWKWARD / "data"),
+               "--output", str(output)]
+    table = [sys.executable, "-m", "eval.table", str(output)]
+    submit(args, stages, {s.id: Request(1, 8, "32G", "1:00:00") for s in stages}, command, table,
+           {"PYTHONPATH": str(tmp_path / AWKWARD)})
+    return command, table
+
+
+def run_body(script: str, chdir: str, tmp_path: Path) -> dict:
+    """Run a job script with bash in its --chdir folder, as its job would, with a stand-in srun that records the
+    command it was given, the folder and PYTHONPATH."""
+    bin_dir, record = tmp_path / "srun_bin", tmp_path / "srun.json"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text(f"#!{sys.executable}\nimport json, os, sys\njson.dump({{'argv': sys.argv[1:], "
+                                  f"'cwd': os.getcwd(), 'PYTHONPATH': os.environ.get('PYTHONPATH')}}, "
+                                  f"open(os.environ['SRUN_RECORD'], 'w'))\n")
+    (bin_dir / "srun").chmod(0o755)
+    (tmp_path / "job.sh").write_bytes(os.fsencode(script))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    done = subprocess.run(["bash", str(tmp_path / "job.sh")], cwd=chdir, capture_output=True, text=True,
+                          env={**env, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}", "SRUN_RECORD": str(record)})
+    assert done.returncode == 0, done.stderr
+    return json.loads(record.read_text())
+
+
+def test_job_scripts_name_any_path_exactly_as_slurm_and_bash_read_it(slurm, tmp_path, monkeypatch):
+    repo, output = tmp_path / AWKWARD / "repo", tmp_path / AWKWARD / "out"
+    repo.mkdir(parents=True)
+    monkeypatch.chdir(repo)
+    command, table = submit_two_jobs(tmp_path, output, [output / "r0.train.log"])
+    jobs = slurm.jobs()
+    assert [stage_of(j["script"]) for j in jobs] == ["train r0", "eval.table"]
+    for job, log, argv in zip(jobs, [output / "r0.train.log", output / "eval_table.log"],
+                              [[*command, "--stage", "train r0"], table]):
+        options = sbatch_options(job["script"])
+        assert options["chdir"] == str(repo)
+        assert slurm_filename(options["output"], options["chdir"], job["id"], options["job-name"]) == str(log)
+        ran = run_body(job["script"], options["chdir"], tmp_path)
+        assert ran["argv"] == ["--ntasks=1", *argv] and ran["cwd"] == str(repo)
+    assert ran["PYTHONPATH"] == str(tmp_path / AWKWARD)  # the table job's exported environment
+
+
+@pytest.mark.parametrize("folder, why", [("a\nb", "newline"), ("a\\b", "backslash")])
+def test_a_path_no_job_script_can_name_is_refused_before_any_job_is_submitted(slurm, tmp_path, monkeypatch,
+                                                                               folder, why):
+    """sbatch reads a script line by line, and SLURM drops every backslash of an --output path: neither can be
+    named. The second stage's log is the one: the first stage's job is not submitted either."""
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "out"
+    with pytest.raises(SubmitError) as refused:
+        submit_two_jobs(tmp_path, output, [output / "r0.train.log", output / folder / "r1.train.log"])
+    message = str(refused.value)
+    assert slurm.jobs() == [] and why in message and "\n" not in message
+    assert str(output / folder) in message or repr(str(output / folder / "r1.train.log")) in message
