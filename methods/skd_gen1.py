@@ -50,8 +50,10 @@ class SKDGen1(DistillationMethod):
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("SKD Gen-1 (--objective skd)")
         g.add_argument("-r", "--gamma", dest="beta", type=float, default=0.1,
-                       help="beta, the weight of the L2 term (official per-dataset values: CIFAR-FS 0.1, FC100 0.2, "
-                            "miniImageNet 0.025-0.5)")
+                       help="beta, the weight of the L2 term (not given: the value for --dataset, CIFAR-FS 0.1, "
+                            "FC100 0.2, miniImageNet 0.025, 0.05 or 0.075 (the release's sweep: give one; "
+                            "scripts/reproduce.py trains each and keeps the best on val), tieredImageNet 0.2 "
+                            "(ours: FC100's))")
         g.add_argument("--official_quirks", action="store_true",
                        help="as the released code: forward the student on all four rotations, divide L2 by 3, "
                             "and ramp DropBlock as --official_ramp")

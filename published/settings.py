@@ -11,10 +11,13 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-# Where the values come from, as --dry_run prints them.
-SKD_GEN0 = "SKD paper and release (Gen-0)"
-SKD_GEN1 = "SKD paper and release (Gen-1)"
-SKD_RUN_SCRIPT = "SKD release's run script (Gen-1)"
+# Where the values come from, as --dry_run prints them: a file of a release and what in it says the value, or
+# "ours: <why>". The SKD release (github.com/brjathu/SKD) ships run.sh, one commented-out block of commands per
+# dataset, which keep the defaults of the two scripts the release ships: Gen-0's train_selfsupervison.py (run.sh and
+# the README call it train_supervised_ssl.py; the teacher paths there, ..._lr_0.05_decay_0.0005_..., are that
+# script's run-folder names) and Gen-1's train_distillation.py.
+SKD_GEN0 = "SKD release Gen-0 default (train_selfsupervison.py)"
+SKD_GEN1 = "SKD release Gen-1 default (train_distillation.py)"
 RFS_DEFAULT = "RFS release {} default"
 # An RFS author's per-dataset recipes: https://github.com/WangYueFt/rfs/issues/5 ("Doubt regarding training
 # settings"): CIFAR-FS and FC100 --epochs 90 --lr_decay_epochs 45,60,75; tieredImageNet --epochs 60
@@ -60,10 +63,15 @@ class EvalProtocol:
     classifier: Sourced[str]
 
 
-_EVAL = "SKD paper and release (evaluation, as RFS)"
-PUBLISHED_EVAL = EvalProtocol(n_ways=Sourced(5, _EVAL), shots=Sourced((1, 5), _EVAL), n_queries=Sourced(15, _EVAL),
-                              n_aug_support_samples=Sourced(5, _EVAL), episodes=Sourced(600, _EVAL),
-                              classifier=Sourced("LR", f"{_EVAL}: logistic regression"))
+_EVAL = "SKD release eval_fewshot.py default, as RFS's"
+_TABLES = "SKD paper's tables (the release's utils/figs/results1.png, results2.png)"
+PUBLISHED_EVAL = EvalProtocol(
+    n_ways=Sourced(5, f"{_TABLES}: 5-way"), shots=Sourced((1, 5), f"{_TABLES}: 1-shot and 5-shot"),
+    n_queries=Sourced(15, f"{_EVAL} (--n_queries)"),
+    n_aug_support_samples=Sourced(5, f"{_EVAL} (--n_aug_support_samples)"),
+    episodes=Sourced(600, f"{_EVAL} (--n_test_runs)"),
+    classifier=Sourced("LR", "SKD release eval/meta_eval.py, as RFS's: meta_test's default classifier 'LR', "
+                             "scikit-learn's logistic regression"))
 
 _PER_CLASS = "the RFS packages: {} classes x 600 images"
 # Images in each benchmark's train split; an epoch draws all of them but the last incomplete batch.

@@ -21,8 +21,8 @@ SSKD_CARD = MethodCard(
     forwards_per_image=4,  # the plain images and their three rotations, as in Gen-0
     # Its student gets RFS-distill's schedule: the training budget of the born-again baseline it is compared with.
     published={dataset: rfs_settings(dataset, "train_distillation.py",
-                                     sskd_weights(Sourced(60, f"{RELEASE} (t_epoch)")),
-                                     Sourced(0.05, "ours: RFS-distill's (the SSKD release also uses 0.05)"),
+                                     sskd_weights(Sourced(60, f"{RELEASE} (--t-epoch)")),
+                                     Sourced(0.05, "ours: RFS-distill's (the SSKD release's student.py default too)"),
                                      "RFS-distill's schedule, SSKD publishes no few-shot settings")
                for dataset in DATASETS},
     small_scale=small_scale(10, (7,), 0.02, SMALL_LR, sskd_weights(Sourced(5, OURS_SMALL + " (the release: 60)"))))
