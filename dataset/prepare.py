@@ -4,6 +4,7 @@
     python -m dataset.prepare fc100    --cifar100 PATH --out DIR   # DIR/FC100/...
     python -m dataset.prepare omniglot --zip images_background_small1.zip --out DIR   # DIR/{train,val,test}/<class>/
     python -m dataset.prepare omniglot --download          # fetch the Omniglot sample into the cache (the tests use it)
+    python -m dataset.prepare omniglot --download --out DIR   # both: fetch it (if not yet there), then build DIR
 
 PATH is CIFAR-100's python archive (`cifar-100-python.tar.gz`), its extracted folder, or the folder
 holding either; `--download` fetches it there through torchvision. CIFAR-FS and FC100 are fixed
@@ -11,7 +12,8 @@ class splits of CIFAR-100 (class lists in dataset/splits/) using all 600 images 
 the 500 of CIFAR-100's train part, then the 100 of its test part, class by class in list order.
 Labels are CIFAR-100 fine-label ids, as in the official files. The Omniglot sample (1.3 MB, MIT
 licence, Brenden Lake's Omniglot repository) is fetched into ~/.cache/skd/omniglot/ (or
-$XDG_CACHE_HOME/skd/omniglot/); without --zip, the omniglot package reads it from there.
+$XDG_CACHE_HOME/skd/omniglot/); without --zip, the omniglot package reads it from there. Where there
+is no network, --download fails naming the file's address: fetch it by hand and give it with --zip.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ import json
 import os
 import pickle
 import shutil
-import sys
 import tarfile
 import urllib.request
 import zipfile
@@ -31,7 +32,7 @@ import numpy as np
 
 from dataset.errors import DataError
 from dataset.readers import safe_unpickle
-from util import ArgumentParser, atomic_write
+from util import ArgumentParser, atomic_write, run_cli
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 ARCHIVE_NAME = "cifar-100-python.tar.gz"
@@ -159,8 +160,10 @@ def omniglot_cache_path() -> Path:
 
 def download_omniglot(dest: Path, url: str | None = None) -> Path:
     """Fetch the Omniglot sample (from OMNIGLOT_URL unless `url` is given) to `dest`, written only once it is a
-    readable zip of the expected alphabets."""
+    readable zip of the expected alphabets. On failure nothing is left behind: the folders made for `dest`
+    are removed again (folders that were there before are kept)."""
     url = url or OMNIGLOT_URL
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # innermost first
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     try:
@@ -175,10 +178,24 @@ def download_omniglot(dest: Path, url: str | None = None) -> Path:
     except zipfile.BadZipFile:
         raise DataError(f"{url}: not a zip; expected {OMNIGLOT_ZIP_NAME}") from None
     except OSError as e:  # URLError is an OSError
-        raise DataError(f"--download: could not fetch {url} ({type(e).__name__}: {e})") from None
+        reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line, whatever the OS's message holds
+        raise DataError(f"--download: could not fetch {url} ({reason}); download that file by hand and give it "
+                        f"with --zip PATH") from None
     finally:
         staging.unlink(missing_ok=True)
+        if not dest.exists():
+            _remove_empty(created)
     return dest
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (innermost first) where they are still empty: another process may have written into them
+    meanwhile, and what it wrote stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone already): kept
+            continue
 
 
 def build_omniglot(zip_path: Path, out: Path) -> dict[str, int]:
@@ -216,15 +233,21 @@ def build_omniglot(zip_path: Path, out: Path) -> dict[str, int]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser("python -m dataset.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("package", choices=[*PACKAGES, "omniglot"])
-    parser.add_argument("--out", help="data root to write into (the package folder is made inside); optional only "
-                                      "for `omniglot --download`, which then fetches the sample alone")
-    parser.add_argument("--cifar100", help="CIFAR-100 python archive, its extracted folder, or the folder holding it")
+    parser.add_argument("--out", metavar="DIR",
+                        help="where to write: cifar-fs and fc100 make their package folder inside it (DIR/CIFAR-FS/, "
+                             "DIR/FC100/); omniglot writes DIR/{train,val,test}/ itself, the --data_root of "
+                             "--dataset folder. Optional only for `omniglot --download`, which then fetches the "
+                             "sample alone")
+    parser.add_argument("--cifar100", metavar="PATH",
+                        help="CIFAR-100 python archive, its extracted folder, or the folder holding it")
     parser.add_argument("--download", action="store_true",
-                        help="download CIFAR-100 into --cifar100 first; for omniglot, the sample into the cache")
-    parser.add_argument("--zip", help="Omniglot images_background_small1.zip (for the omniglot package; "
-                                      "default: the one --download put in the cache)")
+                        help="download CIFAR-100 into --cifar100 first; for omniglot, the sample to --zip or the "
+                             "cache, unless it is there already")
+    parser.add_argument("--zip", metavar="PATH",
+                        help="Omniglot images_background_small1.zip (for the omniglot package; default: the one "
+                             "--download put in the cache)")
     return parser
 
 
@@ -232,7 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     if args.package == "omniglot":
         zip_path = Path(args.zip) if args.zip else omniglot_cache_path()
-        if args.download:
+        if args.download and zip_path.is_file():  # as torchvision's download=True: fetched once
+            print(f"already fetched: {zip_path}")
+        elif args.download:
             print(f"fetched {download_omniglot(zip_path)}")
         if not args.out:
             if args.download:
@@ -261,8 +286,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -6,6 +6,8 @@ import io
 import json
 import pickle
 import tarfile
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from conftest import make_cifar_package
 from dataset import DataError, load_split
 from dataset import check as check_module
 from dataset import prepare
+from util import run_cli
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 5, 1  # the real archive has 500 + 100
 
@@ -224,7 +227,33 @@ def test_omniglot_download_of_something_else_writes_nothing(tmp_path, served):
     dest = tmp_path / "cache" / "images_background_small1.zip"
     with pytest.raises(DataError, match=r"served: not a zip; expected images_background_small1\.zip"):
         prepare.download_omniglot(dest, (tmp_path / "served").as_uri())
-    assert list(dest.parent.iterdir()) == []
+    assert not dest.parent.exists()  # made for the download, removed with it
+
+
+def test_omniglot_download_is_not_repeated(tmp_path, monkeypatch, capsys):
+    cached = _omniglot_zip(tmp_path / "images_background_small1.zip")
+    monkeypatch.setattr(prepare, "OMNIGLOT_URL", "http://127.0.0.1:9/unused")  # would fail if fetched
+    prepare.main(["omniglot", "--download", "--zip", str(cached), "--out", str(tmp_path / "omni")])
+    assert capsys.readouterr().out.startswith(f"already fetched: {cached}\n")
+    assert sorted(p.name for p in (tmp_path / "omni").iterdir()) == ["test", "train", "val"]
+
+
+def test_omniglot_download_without_a_network_names_the_fix_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    def no_network(url, timeout):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    cache = tmp_path / "cache"  # exists, with something of its own: kept; skd/omniglot/ inside it is ours
+    cache.mkdir()
+    (cache / "other").write_text("kept")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(lambda: prepare.main(["omniglot", "--download", "--out", str(tmp_path / "omni")]))
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and message.startswith("error: --download: could not fetch ")
+    assert f"{prepare.OMNIGLOT_URL} (URLError: " in message and message.rstrip().endswith("give it with --zip PATH")
+    assert sorted(p.name for p in cache.iterdir()) == ["other"] and not (tmp_path / "omni").exists()
 
 
 def test_omniglot_without_the_sample_names_the_download(tmp_path, monkeypatch):

@@ -16,9 +16,14 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import util
 from runtime.logger import LOG_NAME
+
+if TYPE_CHECKING:  # matplotlib is optional: imported by pyplot() when a chart is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 MATPLOTLIB_INSTALL = "pip install matplotlib"
 LOSS_SKIPPED = ("train_acc",)  # the train_* keys that are not loss terms
@@ -88,10 +93,15 @@ def save(figure, out: Path) -> list[Path]:
     return written
 
 
-def plot_curves(runs: list[Path], out: Path) -> list[Path]:
-    plt = pyplot()
-    logs = [read_log(run) for run in runs]
-    figure, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+def legend_outside(ax: Axes) -> None:
+    """The legend to the right of the axes, never over the data: curves and bars may reach any corner, so no
+    place inside ("best" included) is free in general. bbox_inches="tight" (save) keeps it in the file."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+
+
+def curves_figure(plt, logs: list[tuple[str, list[dict]]]) -> Figure:
+    """One panel per curve_panels title, each run's keys drawn over one another."""
+    figure, axes = plt.subplots(2, 2, figsize=(13, 7), constrained_layout=True)  # wide: room for two legends
     for ax, title in zip(axes.flat, curve_panels([r for _, records in logs for r in records])):
         for name, records in logs:
             for key in curve_panels(records)[title]:
@@ -102,8 +112,14 @@ def plot_curves(runs: list[Path], out: Path) -> list[Path]:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         if ax.lines:
-            ax.legend(fontsize=7)
+            legend_outside(ax)
     figure.suptitle(", ".join(name for name, _ in logs), fontsize=9)
+    return figure
+
+
+def plot_curves(runs: list[Path], out: Path) -> list[Path]:
+    plt = pyplot()
+    figure = curves_figure(plt, [read_log(run) for run in runs])
     written = save(figure, out)
     plt.close(figure)
     return written
@@ -134,10 +150,10 @@ def read_cells(path: Path) -> list[dict]:
              "ci95": number(r["ci95"]) or 0.0, "paper": number(r["paper"])} for r in rows]
 
 
-def plot_table(table: Path, out: Path) -> list[Path]:
-    plt = pyplot()
-    cells = read_cells(table)
-    figure, ax = plt.subplots(figsize=(max(6, 0.9 * len(cells) + 2), 4.5), constrained_layout=True)
+def table_figure(plt, cells: list[dict], title: str) -> Figure:
+    """Ours (with its 95% interval) beside the paper's number, one pair of bars per cell."""
+    legend_room = 1.5  # inches on the right
+    figure, ax = plt.subplots(figsize=(max(6, 0.9 * len(cells) + 2) + legend_room, 4.5), constrained_layout=True)
     x = range(len(cells))
     width = 0.4
     ax.bar([i - width / 2 for i in x], [c["mean"] for c in cells], width, yerr=[c["ci95"] for c in cells],
@@ -147,8 +163,14 @@ def plot_table(table: Path, out: Path) -> list[Path]:
                label="paper", color="tab:gray")
     ax.set_xticks(list(x), [c["label"] for c in cells], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"few-shot accuracy: {table.name}")
-    ax.legend()
+    ax.set_title(f"few-shot accuracy: {title}")
+    legend_outside(ax)
+    return figure
+
+
+def plot_table(table: Path, out: Path) -> list[Path]:
+    plt = pyplot()
+    figure = table_figure(plt, read_cells(table), table.name)
     written = save(figure, out)
     plt.close(figure)
     return written
