@@ -32,6 +32,7 @@ from dataset.transforms import data_normalization
 from eval import CLASSIFIERS, EpisodeSetting, evaluate, summary_metrics, write_results
 from eval.classifiers import classify
 from eval.fewshot import SUPPORT_IMAGES_PER_CHUNK, FewShotResult, l2_normalize
+from eval.report import evaluation_projection
 from models import DEFAULT_MODEL, list_models
 import engine.args
 import engine.checkpoint
@@ -142,6 +143,26 @@ def load_images(args: argparse.Namespace) -> ImageSet:
         return load_split(args.dataset, args.data_root, args.split, args.image_size)
     images.profile = dataset_profile("folder", images.image_size)
     return images
+
+
+def checkpoint_file(given: str) -> Path:
+    """--model_path as a checkpoint file: a file as given; a run folder's checkpoint.pth (its last epoch,
+    the paper's protocol), said in one line; a folder without one refused, naming what it holds."""
+    path = Path(given)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise util.UsageError(f"--model_path {given}: checkpoint not found")
+    last, best = path / engine.checkpoint.CHECKPOINT_NAME, path / engine.checkpoint.BEST_NAME
+    if last.is_file():
+        other = f"; best.pth: give {best} as --model_path" if best.is_file() else ""
+        print(f"checkpoint: {last} (the run folder's last epoch{other})")
+        return last
+    found = sorted(p.name for p in path.glob("*.pth") if p.is_file())
+    held = (f"it holds {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}: give one as --model_path" if found
+            else "it holds no .pth file")
+    raise util.UsageError(f"--model_path {given}: a folder without {engine.checkpoint.CHECKPOINT_NAME} (a run "
+                          f"folder's last-epoch checkpoint); {held}")
 
 
 def trained_with(checkpoint: dict) -> dict[str, Any]:
@@ -353,6 +374,15 @@ def load_model_and_images(args: argparse.Namespace, checkpoint: dict, recorded: 
     return images, model, norm, norm_source
 
 
+def projected_time(args: argparse.Namespace, images: ImageSet, model: torch.nn.Module, norm: Normalization,
+                   device: torch.device) -> str:
+    """eval.report.evaluation_projection's line for this command's evaluations."""
+    planned = [(args.split, images, EpisodeSetting(args.n_ways, shots, args.n_queries, args.n_test_runs,
+                                                   args.n_aug_support_samples)) for shots in args.shots]
+    return evaluation_projection(planned, model, norm, device, args.eval_batch_size, args.amp, (args.classifier,),
+                                 ("logit" if args.use_logit else "feature",))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     util.check_positive(args, "n_ways", "n_shots", "n_queries", "n_test_runs", "n_aug_support_samples",
@@ -364,8 +394,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     ranks, device = runtime.distributed.setup(args.device)  # torchrun: the episodes are shared out over the ranks
     precision = util.setup_precision(args, device)  # --amp auto decided, --tf32 applied, --amp checked
-    if not Path(args.model_path).is_file():
-        raise util.UsageError(f"--model_path {args.model_path}: checkpoint not found")
+    args.model_path = str(checkpoint_file(args.model_path))
     checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
     resolve_setting(args, checkpoint)
     recorded = trained_with(checkpoint)
@@ -380,6 +409,8 @@ def main(argv: list[str] | None = None) -> None:
 
     check_shots(images.class_indices(), args, images.source)
     embedding = "logit" if args.use_logit else "feature"
+    if device.type == "cpu" and ranks.is_main:  # minutes on a CPU: say how long before they start
+        print(projected_time(args, images, model, norm, device), flush=True)
     start = time.perf_counter()
     results = []
     for shots in args.shots:

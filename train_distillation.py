@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
-from dataset.profiles import DatasetProfile
+from dataset.profiles import DatasetProfile, Normalization
 from models import ResNet12SSL, list_models
 import engine.args
 from engine.args import Unset
@@ -19,6 +20,7 @@ import engine.checkpoint
 import engine.loop
 import engine.official_flags
 import engine.run
+import eval_fewshot
 import methods
 import util
 
@@ -60,20 +62,23 @@ def load_teacher(args: argparse.Namespace, checkpoint: dict, image_size: int, de
 
 
 def check_teacher_matches_run(args: argparse.Namespace, method: type[methods.DistillationMethod], checkpoint: dict,
-                              image_size: int) -> None:
-    """A teacher trained on another dataset or image size, or by a method of the other kind (with or
-    without labels) than `method` distils, is almost always a wrong --path_t."""
+                              image_size: int | None) -> None:
+    """A given --dataset or --image_size (`image_size`) other than the teacher's, or a teacher trained by a
+    method of the other kind (with or without labels) than `method` distils, is almost always a wrong flag or
+    --path_t: refused in one line naming the teacher's value and the flag that gives it."""
     if args.allow_teacher_mismatch:
         return
-    train_args = engine.checkpoint.training_args(checkpoint)
-    recorded = {"--dataset": train_args.get("dataset"), "image size": checkpoint.get("image_size")}
-    given = {"--dataset": args.dataset, "image size": image_size}
-    for what, value in recorded.items():
-        if value is not None and value != given[what]:
-            raise util.UsageError(f"--path_t {args.path_t}: the teacher was trained with {what} {value}, this run "
-                                  f"has {given[what]}; pass --allow_teacher_mismatch if that is intended")
+    recorded = eval_fewshot.trained_with(checkpoint)
+    take = "(or leave it out to take the teacher's)"
+    if recorded["dataset"] is not None and args.dataset != recorded["dataset"]:
+        raise util.UsageError(f"--dataset {args.dataset}: the teacher {args.path_t} was trained on "
+                              f"{recorded['dataset']}; give --dataset {recorded['dataset']} {take}")
+    if recorded["image_size"] is not None and image_size != recorded["image_size"]:
+        raise util.UsageError(f"--image_size {image_size}: the teacher {args.path_t} was trained on "
+                              f"{recorded['image_size']} px images; give --image_size {recorded['image_size']} {take}")
     # DVP distils features from a label-free prior whose classifier never trained; the other methods distil
     # a classifier's logits, so each needs its own kind of teacher.
+    train_args = engine.checkpoint.training_args(checkpoint)
     if train_args.get("objective") is None:  # checkpoints of the official release record no method
         return
     trained_by = methods.method_of_training_args(train_args)
@@ -84,6 +89,59 @@ def check_teacher_matches_run(args: argparse.Namespace, method: type[methods.Dis
         raise util.UsageError(f"--path_t {args.path_t}: --objective {args.objective} needs {needed}; the teacher was "
                               f"trained with --objective {train_args['objective']}; pass --allow_teacher_mismatch if "
                               f"that is intended")
+
+
+def check_teacher_normalization(args: argparse.Namespace, checkpoint: dict, norm: Normalization) -> None:
+    """A given --normalization whose constants (`norm`) are not the ones the teacher was trained with feeds
+    the frozen teacher inputs it never saw: refused in one line, as check_teacher_matches_run refuses."""
+    recorded = engine.checkpoint.checkpoint_normalization(checkpoint)
+    if args.allow_teacher_mismatch or args.normalization == "auto" or recorded is None:
+        return
+    if not (np.allclose(norm.mean, recorded.mean) and np.allclose(norm.std, recorded.std)):
+        raise util.UsageError(f"--normalization {args.normalization}: the teacher {args.path_t} was trained with "
+                              f"{describe_normalization(recorded)}; leave --normalization out (or give auto) to "
+                              f"take the teacher's")
+
+
+def describe_normalization(norm: Normalization) -> str:
+    return f"mean ({', '.join(f'{v:.4g}' for v in norm.mean)}), std ({', '.join(f'{v:.4g}' for v in norm.std)})"
+
+
+def take_teacher_settings(args: argparse.Namespace, checkpoint: dict) -> list[str]:
+    """--dataset, --data_root and --image_size where not given: what the teacher (`checkpoint`) records,
+    read as eval_fewshot.py reads a checkpoint; the data root only on the teacher's dataset, whose files it
+    names. Returns a `setting:` line for each value taken, and for the teacher's normalisation, which
+    --normalization auto uses (teacher_for_run). Official checkpoints record none: the defaults stay."""
+    recorded = eval_fewshot.trained_with(checkpoint)
+    source = f"(the teacher's, {args.path_t})"
+    lines = []
+    for name, value in recorded.items():
+        given = getattr(args, name)
+        if value is None or not (given is None or isinstance(given, Unset)):
+            continue
+        if name == "data_root" and args.dataset != recorded["dataset"]:
+            continue
+        setattr(args, name, value)
+        lines.append(f"--{name} {value} {source}")
+    norm = engine.checkpoint.checkpoint_normalization(checkpoint)
+    if args.normalization == "auto" and norm is not None:
+        lines.append(f"--normalization auto: {describe_normalization(norm)} {source}")
+    return lines
+
+
+class TeacherFile:
+    """--path_t, read while the command line is resolved (MethodArgumentParser.before_published): the
+    teacher's settings fill the flags not given, and given ones are checked against it, before the published
+    settings are looked up for the dataset. `checkpoint`: its content, for the run."""
+
+    def __init__(self) -> None:
+        self.checkpoint: dict = {}
+
+    def settings(self, method: type[methods.DistillationMethod], args: argparse.Namespace) -> list[str]:
+        self.checkpoint = read_teacher(args)
+        lines = take_teacher_settings(args, self.checkpoint)
+        check_teacher_matches_run(args, method, self.checkpoint, args.image_size)
+        return lines
 
 
 def read_teacher(args: argparse.Namespace) -> dict:
@@ -106,14 +164,14 @@ def resolve_architectures(args: argparse.Namespace, teacher_model: str) -> None:
                               f"the teacher's architecture, {args.model_t}")
 
 
-def teacher_for_run(args: argparse.Namespace, method: type[methods.DistillationMethod], checkpoint: dict,
-                    device) -> tuple[nn.Module, dict]:
-    """Check the teacher (`checkpoint`, the content of --path_t) against the run, refusing a wrong one in
-    one line, and load the run's data; return the frozen teacher and the run's TrainingData
-    (normalised as the teacher was trained, unless --normalization says otherwise)."""
+def teacher_for_run(args: argparse.Namespace, checkpoint: dict, device) -> tuple[nn.Module, dict]:
+    """Load the run's data and the frozen teacher (`checkpoint`, the content of --path_t, already checked
+    against the run by TeacherFile), refusing in one line a teacher that does not fit the data; return the
+    teacher and the run's TrainingData (normalised as the teacher was trained, unless --normalization says
+    otherwise)."""
     teacher_norm = engine.checkpoint.checkpoint_normalization(checkpoint) if args.normalization == "auto" else None
     data = engine.run.load_training_data(args, teacher_norm)
-    check_teacher_matches_run(args, method, checkpoint, data.image_size)
+    check_teacher_normalization(args, checkpoint, data.norm)
     teacher = load_teacher(args, checkpoint, data.image_size, device)
     if teacher.classifier.out_features != data.train.num_classes:
         raise util.UsageError(f"--path_t {args.path_t}: the teacher has {teacher.classifier.out_features} classes, "
@@ -123,13 +181,14 @@ def teacher_for_run(args: argparse.Namespace, method: type[methods.DistillationM
 
 def main() -> None:
     parser = get_args_parser()
+    teacher_file = TeacherFile()
+    parser.before_published = teacher_file.settings
     args = parser.parse_args()
     method = methods.select_method(SCRIPT, args)
-    checkpoint = read_teacher(args)
     device = engine.run.start_training_run(args, method.device_augment_refusal, parser.settings)
     method.check_args(args)
-    teacher, data = teacher_for_run(args, method, checkpoint, device)
-    del checkpoint  # the teacher's whole file (its optimizer state too) is not needed past here
+    teacher, data = teacher_for_run(args, teacher_file.checkpoint, device)
+    teacher_file.checkpoint = {}  # the teacher's whole file (its optimizer state too) is not needed past here
     identity = {"model": args.model_s, "dataset": args.dataset, "image_size": data.image_size,
                 "path_t": str(Path(args.path_t).resolve()), "teacher_sha256": util.file_sha256(args.path_t)}
     methods.train(method, args=args, device=device, data=data, name=run_name(args, data.profile), identity=identity,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -35,6 +36,10 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: the run stops loudly instead of training on garbage."""
 
 
+class WriteFailed(RuntimeError):
+    """A file could not be written (a full disk, a quota, an I/O error); what was there before is intact."""
+
+
 class Preempted(RuntimeError):
     """SIGTERM or SIGINT stopped training after a checkpoint; exit code 128 + the signal's number."""
 
@@ -50,7 +55,7 @@ def run_cli(main: Callable[[], Any]) -> None:
     except UsageError as e:  # dataset.DataError is one too
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, WriteFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except Preempted as e:
@@ -272,15 +277,31 @@ def print_run_header(args: argparse.Namespace, device: torch.device | None = Non
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write to; it replaces `path` only if the block
-    finishes, so a reader never sees a half-written file, even if the process is killed."""
+    finishes, so a reader never sees a half-written file, even if the process is killed. The file's
+    bytes reach the disk before the rename, and the rename before this returns (fsync of the file,
+    then of its folder): without them a node that crashes soon after can leave an empty `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     _remove_dead_writers_files(path)
     try:
         yield tmp
+        _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
+        try:
+            _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as e:  # some filesystems (and Windows) cannot sync a folder; the file itself is synced
+            if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES, errno.EISDIR):
+                raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove_dead_writers_files(path: Path) -> None:

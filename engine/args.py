@@ -60,12 +60,14 @@ def default_num_workers() -> int:
     return min(8, cores // ranks_on_node)
 
 
-def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "miniImageNet",
+def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | Unset | None = Unset("miniImageNet"),
                   dataset_help: str = "dataset (the release's default: miniImageNet); 'synthetic' is built in and "
                                       "needs no files",
                   loader: bool = True) -> argparse._ArgumentGroup:
     """`loader`: the script reads images through a DataLoader (training), so --num_workers applies.
-    Returns the group, for a script's own data flags."""
+    `dataset_default`: an Unset by default, so that the training scripts know whether --dataset was given
+    (Gen-1 then takes its teacher's; methods.registry fills the fallback). Returns the group, for a
+    script's own data flags."""
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default=dataset_default, choices=dataset_names(), help=dataset_help)
     g.add_argument("--data_root", default=None,
@@ -168,6 +170,9 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g.add_argument("--log_interval", type=int, default=20,
                    help="steps between progress-bar updates, non-finite loss checks and, under torchrun, the ranks' "
                         "check for a stop signal (each reads the GPU once): SIGTERM stops within this many steps")
+    g.add_argument("--halt_on_divergence", action="store_true",
+                   help="stop (exit code 1, as a non-finite loss) instead of warning when a window of --log_interval "
+                        "steps has a mean loss 10x the first step's, or an epoch's training accuracy is at chance")
     g.add_argument("--no_final_eval", action="store_true", help="skip the few-shot report at the end of training")
 
 

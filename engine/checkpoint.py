@@ -12,15 +12,23 @@ from torch import nn
 
 from dataset.transforms import Normalization
 from models import architecture_of, create_model, list_models
-from util import CheckpointError, atomic_write
+from util import CheckpointError, WriteFailed, atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pth"  # the last epoch's
 BEST_NAME = "best.pth"  # the best epoch by val accuracy (--eval_freq), beside it
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
+    """Write `state` to `path` atomically. A failed write (a full disk, a quota) leaves the file that was
+    there before intact and stops the run in one line. torch.save is given a Python file so that the
+    failure arrives as the OSError that names it, not as the zip writer's position mismatch."""
+    try:
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
+    except OSError as e:
+        before = ("the previous checkpoint there is intact: free space, then run the same command with --resume"
+                  if path.is_file() else "nothing was saved")
+        raise WriteFailed(f"{path}: could not be written ({e.strerror or e}); {before}") from None
 
 
 # Besides tensors, numbers, strings and containers, the official RFS/SKD `*_last.pth` files hold the
@@ -120,9 +128,43 @@ def load_model_weights(model: nn.Module, path: str | Path, checkpoint: dict | No
             shown = ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
             problems.append(f"{label}: {shown}")
     if problems:
-        raise CheckpointError(f"{path}: does not fit the model: " + "; ".join(problems))
+        raise CheckpointError(other_architecture(path, checkpoint, state, expected)
+                              or f"{path}: does not fit the model: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
     return checkpoint
+
+
+def other_architecture(path: str | Path, checkpoint: dict, state: dict[str, torch.Tensor],
+                       expected: dict[str, torch.Tensor]) -> str | None:
+    """For weights of another registered architecture than the model's (`expected`, its state dict),
+    one line naming it, how that is known, and the flag that builds it; None where no registered
+    architecture other than the model's fits them (a damaged or foreign file, another class count),
+    which the key and shape lists describe better."""
+    held, built = fitting_architectures(state), fitting_architectures(expected)
+    if not held or set(held) & set(built):
+        return None
+    train_args = training_args(checkpoint)
+    recorded = train_args.get("model_s") or train_args.get("model")  # what architecture_of reads, sans default
+    name = recorded if recorded in held else held[0]
+    how = "recorded in its args" if recorded in held else "told by its weights' shapes"
+    fix = (f"leave --model out to use the checkpoint's, or pass --model {name}" if recorded in held
+           else f"pass --model {name}")
+    return (f"{path}: holds a {name} ({how}), not the {' / '.join(built) or 'model'} built for it: {fix} "
+            f"(a Gen-1 teacher: --model_t)")
+
+
+def fitting_architectures(state: dict[str, torch.Tensor]) -> list[str]:
+    """The registered models with exactly the keys of `state` and its shapes, for its class count
+    (classifier.weight's rows). Built on the meta device: shapes only, no memory or initialisation."""
+    classes = int(state["classifier.weight"].shape[0]) if "classifier.weight" in state else 1
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    fitting = []
+    for name in list_models():
+        with torch.device("meta"):
+            candidate = create_model(name, classes, image_size=32)  # the image size shapes no weight
+        if {k: tuple(v.shape) for k, v in candidate.state_dict().items()} == shapes:
+            fitting.append(name)
+    return fitting
 
 
 def model_from_checkpoint(name: str, path: str | Path, checkpoint: dict, dataset: str | None,

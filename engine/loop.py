@@ -1,6 +1,6 @@
-"""The epoch loop: steps under autocast with a grad scaler, a loud stop on a non-finite loss, the
-learning-rate schedule, one checkpoint and one log line per epoch, and (with --eval_freq) a val
-evaluation that keeps best.pth."""
+"""The epoch loop: steps under autocast with a grad scaler, a loud stop on a non-finite loss, a line (or
+with --halt_on_divergence the same stop) on a finite one that diverges, the learning-rate schedule, one
+checkpoint and one log line per epoch, and (with --eval_freq) a val evaluation that keeps best.pth."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,7 @@ from runtime import distributed
 from runtime.preemption import StopRequest, rng_state, set_rng_state
 from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from engine.checkpointer import Checkpointer
+from runtime.folder_lock import FolderLock
 from runtime.logger import ProgressLines, RunLogger
 from models.dropblock import keep_dropblock_eager
 from util import CheckpointError, NonFiniteLossError, Preempted, autocast
@@ -33,8 +34,11 @@ def learning_rate_at(epoch: int, args: argparse.Namespace) -> float:
 
 
 def step_decay(learning_rate: float, rate: float, milestones: Iterable[float], epoch: int) -> float:
-    """lr for 1-based `epoch`, multiplied by `rate` after each of `milestones`."""
-    return learning_rate * rate**sum(epoch > m for m in milestones)
+    """lr for 1-based `epoch`, multiplied by `rate` once for each milestone the epochs before it have
+    reached (epoch - 1 >= m). A whole-number milestone m decays from epoch m + 1 on, as the releases'
+    MultiStepLR; a fractional one (SSKD's head decays at 50% and 75% of its epochs) is not reached by
+    the epoch it falls in, so a 1-epoch head trains at its given lr."""
+    return learning_rate * rate**sum(epoch - 1 >= m for m in milestones)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -104,12 +108,86 @@ class Meter:
         return out, int(totals[-3])
 
 
+# A window of steps whose mean loss is this many times the stretch's first loss is diverging: SSKD's release
+# recipe on ResNet-12 at lr 0.05 (issue 43) reached thousands from a first loss of a few. A collapse that stays
+# under it (26 -> 105 -> 26 on Omniglot) ends at chance accuracy, which the epoch's check names.
+DIVERGENCE_FACTOR = 10.0
+
+
+class DivergenceError(NonFiniteLossError):
+    """A finite loss that ran away, or a training accuracy at chance, with --halt_on_divergence: the run
+    stops as for a non-finite loss (a subclass, so util.run_cli gives it the same one line and exit code 1)."""
+
+
+@dataclass
+class DivergenceWatch:
+    """One stretch's watch for a run that trains into the ground while its loss stays finite: a window of
+    steps whose mean loss is DIVERGENCE_FACTOR times the stretch's first loss (seen by this process: a
+    resumed run starts over), or, on a labelled step, an epoch's training accuracy not above chance. One
+    line per occurrence (a window rule at most once an epoch); with `halt`, a DivergenceError instead.
+    It reads only what the loop already brought to the host (FinitenessCheck's losses, the epoch's sums)."""
+
+    first_loss: float | None = None
+    reported_epoch: int = 0
+
+    def window(self, epoch: int, steps: list[int], losses: torch.Tensor, metrics: list[dict[str, torch.Tensor]],
+               halt: bool, last_good: Path | None) -> None:
+        """`losses`: the window's per-step losses on the host (summed over ranks), `metrics` their steps'."""
+        losses = losses / distributed.current().world_size
+        if self.first_loss is None:
+            self.first_loss = float(losses[0])
+        mean = float(losses.mean())
+        if self.first_loss <= 0 or mean <= DIVERGENCE_FACTOR * self.first_loss or epoch == self.reported_epoch:
+            return
+        self.reported_epoch = epoch
+        terms = {k: float(torch.stack([m[k].detach().float() for m in metrics]).mean()) for k in metrics[-1]}
+        over = f"steps {steps[0]}-{steps[-1]}" if len(steps) > 1 else f"step {steps[0]}"
+        _diverged(f"diverging loss (mean {mean:.4g} over {over}, {mean / self.first_loss:.3g}x the first step's "
+                  f"{self.first_loss:.4g}) at epoch {epoch}, step {steps[-1]}", terms, halt, last_good)
+
+    def epoch_accuracy(self, epoch: int, averages: dict[str, float], images: int, classes: int | None, halt: bool,
+                       last_good: Path | None) -> None:
+        """`averages`: the epoch's (Meter.averages), with "acc" where the step counts correct images, over
+        `images`. At chance: not above guessing by more than one standard error of guessing on that many
+        images. On 1,300 Omniglot images of 66 classes (bound 1.86%) a collapsed SSKD student's epochs scored
+        1.48-1.72% and a healthy Gen-0's first 2.06%: a first epoch that close to chance may be named too.
+        Not judged on fewer images than make that error a third of chance (9 per class beyond the first): a
+        few dozen images (tests, smoke runs) say nothing about chance."""
+        if "acc" not in averages or not classes or images < 9 * (classes - 1):
+            return
+        chance = 1.0 / classes
+        bound = 100.0 * (chance + math.sqrt(chance * (1 - chance) / images))
+        if averages["acc"] > bound:
+            return
+        terms = {k: v for k, v in averages.items() if k != "acc"}
+        _diverged(f"training accuracy at chance ({averages['acc']:.3g}% of {images} images, guessing among {classes} "
+                  f"classes {100 * chance:.3g}%, at most {bound:.3g}% by chance) after epoch {epoch}", terms, halt,
+                  last_good)
+
+
+def _diverged(what: str, terms: dict[str, float], halt: bool, last_good: Path | None) -> None:
+    message = f"{what}; metrics: {', '.join(f'{k}={v:.4g}' for k, v in terms.items())}"
+    if halt:
+        raise DivergenceError(f"{message}. Last good checkpoint: {last_good or 'none'}")
+    # On stdout, among the epoch lines it is about; stderr stays for what ends a run.
+    print(f"warning: {message} (--halt_on_divergence stops such a run)", flush=True)
+
+
+def _classes(model: nn.Module) -> int | None:
+    """The classes of the network's classifier, what chance accuracy is 1 over (None: it has none)."""
+    classifier = getattr(model, "classifier", None)
+    return classifier.out_features if isinstance(classifier, nn.Linear) else None
+
+
 class FinitenessCheck:
     """Collects each step's loss on the device and checks them together every few steps, so that a
-    non-finite loss stops the run naming its first bad step without a host sync per step."""
+    non-finite loss stops the run naming its first bad step without a host sync per step; the losses it
+    read go on to the stretch's DivergenceWatch."""
 
-    def __init__(self) -> None:
+    def __init__(self, watch: DivergenceWatch | None = None, halt_on_divergence: bool = False) -> None:
+        """`watch`: the stretch's, kept across its epochs (None: one of its own)."""
         self.pending: list[tuple[int, StepResult]] = []
+        self.watch, self.halt = watch or DivergenceWatch(), halt_on_divergence
 
     def add(self, step: int, result: StepResult) -> None:
         self.pending.append((step, StepResult(result.loss.detach(), result.metrics)))
@@ -127,6 +205,8 @@ class FinitenessCheck:
                 f"non-finite loss ({float(losses[int(bad[0])])}) at epoch {epoch}, step {step}; "
                 f"metrics: {', '.join(f'{k}={float(v):.4g}' for k, v in result.metrics.items())}. "
                 f"Last good checkpoint: {last_good or 'none'}")
+        self.watch.window(epoch, [i for i, _ in self.pending], losses, [r.metrics for _, r in self.pending], self.halt,
+                          last_good)
         self.pending.clear()
         return float(losses[-1])
 
@@ -161,6 +241,7 @@ class TrainState:
     phase: dict | None = None  # a phase before the method's own being resumed: {"name", "epoch", "optimizer"}
     resumed: bool = False  # from a checkpoint: phases before the one it names (all, if none) are done
     data_seed: int = 0  # the stage's seed of data order, augmentations and dropout (engine.run.stage_seed)
+    lock: FolderLock | None = None  # the run folder's, held by the process that writes it (rank 0)
 
     @property
     def model(self) -> nn.Module:  # the network itself, never its DDP wrapper: checkpoints keep the official keys
@@ -197,6 +278,7 @@ class _Stretch:
     scaler: torch.amp.GradScaler
     learning_rate_at: Callable[[int], float]
     data_epoch: Callable[[int], int]
+    watch: DivergenceWatch = field(default_factory=DivergenceWatch)  # across the stretch's epochs
 
     @property
     def prefix(self) -> str:
@@ -250,8 +332,11 @@ def _save_partial(state: TrainState, stretch: _Stretch, epoch: int, step: int, m
         state.checkpointer.save(state.checkpoint_path, checkpoint)
 
 
-def _stop(stop: StopRequest, state: TrainState, epoch: int, step: int | None, steps: int) -> Preempted:
+def _stop(stop: StopRequest, state: TrainState, stretch: _Stretch, epoch: int, step: int | None,
+          steps: int) -> Preempted:
     where = f"epoch {epoch}, step {step}/{steps}" if step is not None else f"the end of epoch {epoch}"
+    if stretch.phase is not None:  # its epochs count apart from the method's own
+        where += f" of the {stretch.phase.name} phase"
     code = 130 if stop.signal_name == "SIGINT" else 143
     return Preempted(f"{stop.signal_name} at {where}; checkpoint {state.checkpoint_path}. Continue with the same "
                      f"command plus --resume", code)
@@ -326,7 +411,7 @@ def _train_stretch(state: TrainState, stretch: _Stretch, step: Step, loader, arg
         # Arrived during the epoch's last step, its evaluation or its save; an all-reduce that rank 0
         # joins after writing the checkpoint, so no rank exits before it is on disk.
         if stop.requested():
-            raise _stop(stop, state, epoch, None, 0)
+            raise _stop(stop, state, stretch, epoch, None, 0)
 
 
 def _train_epoch(state: TrainState, stretch: _Stretch, step: Step, loader, args: argparse.Namespace,
@@ -335,7 +420,7 @@ def _train_epoch(state: TrainState, stretch: _Stretch, step: Step, loader, args:
     sums, its seconds and the steps it resumed after."""
     set_learning_rate(stretch.optimizer, stretch.learning_rate_at(epoch))
     state.model.train()
-    meter, finite = Meter(), FinitenessCheck()
+    meter, finite = Meter(), FinitenessCheck(stretch.watch, getattr(args, "halt_on_divergence", False))
     resumed, state.partial = state.partial, None
     skip = resumed["step"] if resumed is not None else 0
     last_good = state.checkpoint_path if state.checkpoint_path.is_file() else None
@@ -367,7 +452,7 @@ def _train_epoch(state: TrainState, stretch: _Stretch, step: Step, loader, args:
             progress.close()
             _save_partial(state, stretch, epoch, i, meter)
             distributed.wait_for_checkpoint(state.checkpoint_path)  # no rank exits before it is on disk
-            raise _stop(stop, state, epoch, i, steps)
+            raise _stop(stop, state, stretch, epoch, i, steps)
     finite.check(epoch, last_good)
     return meter, time.perf_counter() - start, skip
 
@@ -376,6 +461,10 @@ def _end_epoch(state: TrainState, stretch: _Stretch, epoch: int, meter: Meter, s
                args: argparse.Namespace, device: torch.device) -> None:
     """The epoch's log line, its val evaluation (the method's own epochs, with --eval_freq) and checkpoint."""
     averages, images = meter.averages()
+    # Before this epoch's checkpoint, so that a halted run keeps the last good one, as for a non-finite loss.
+    stretch.watch.epoch_accuracy(epoch, averages, images, _classes(state.model),
+                                 getattr(args, "halt_on_divergence", False),
+                                 state.checkpoint_path if state.checkpoint_path.is_file() else None)
     p = stretch.prefix
     record = {**({"phase": stretch.phase.name} if stretch.phase else {}), f"{p}epoch": epoch,
               f"{p}lr": stretch.optimizer.param_groups[0]["lr"], **{f"{p}train_{k}": v for k, v in averages.items()},

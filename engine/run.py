@@ -24,6 +24,7 @@ from dataset.profiles import DatasetProfile
 from runtime import distributed
 from engine.checkpoint import load_checkpoint, load_model_weights
 from engine.checkpointer import Checkpointer
+from runtime.folder_lock import FolderLock
 from runtime.logger import LOG_NAME, RunLogger
 from engine.official_flags import report_official_flags
 from engine.loop import TrainState
@@ -197,9 +198,13 @@ def prepare_run(*, args: argparse.Namespace, name: str, model: nn.Module, optimi
                                        **(checkpoint_extra or {})})
     state = TrainState(checkpointer=checkpointer, folder=run_folder(args, name), logger=None, validation=validation,
                        data_seed=args.seed if data_seed is None else data_seed)
-    args_file = _resume(state) if args.resume else _start_fresh(state)
+    state.lock = _lock_run_folder(state.folder) if distributed.is_main_process() else None
+    try:
+        args_file = _resume(state, args.epochs) if args.resume else _start_fresh(state)
+    except BaseException:
+        release_run_folder(state)
+        raise
     if distributed.is_main_process():
-        state.folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(state.folder / args_file) as tmp:
             tmp.write_text(json.dumps(vars(args), indent=2, default=str) + "\n")
         state.logger = training_logger(state.folder, args, name, job_type, checkpointer.wandb_id,
@@ -208,6 +213,21 @@ def prepare_run(*, args: argparse.Namespace, name: str, model: nn.Module, optimi
         state.logger = RunLogger(None, mode="disabled", project="", config={}, wandb_dir=state.folder)
     checkpointer.wandb_id = state.logger.wandb_id
     return state
+
+
+def _lock_run_folder(folder: Path) -> FolderLock:
+    """This process is the run folder's one writer (runtime.folder_lock) before anything in it is read."""
+    lock = FolderLock(folder, what="run folder")
+    lock.acquire()
+    return lock
+
+
+def release_run_folder(state: TrainState) -> None:
+    """Give the run folder's lock back (the process's end does too); a folder this run made and left
+    empty (a run refused after the lock) is removed."""
+    if state.lock is not None:
+        state.lock.release()
+        state.lock = None
 
 
 def _start_fresh(state: TrainState) -> str:
@@ -223,9 +243,9 @@ def _start_fresh(state: TrainState) -> str:
     return "args.json"
 
 
-def _resume(state: TrainState) -> str:
+def _resume(state: TrainState, epochs: int) -> str:
     """Restore the last checkpoint; returns the name of this resumption's arguments file (args.json
-    stays the original run's)."""
+    stays the original run's). `epochs`: the run's, to say so when the checkpoint already holds them all."""
     point = state.checkpointer.resume(state.checkpoint_path)
     state.resumed, state.start_epoch, state.phase, state.partial = True, point.epoch + 1, point.phase, point.partial
     if state.best_path.is_file():  # a resumed run must beat the best epoch before the interruption
@@ -234,8 +254,12 @@ def _resume(state: TrainState) -> str:
         _trim_log(state.folder / LOG_NAME, point.epoch, point.phase)
     where = (f"epoch {point.phase['epoch']} of phase {point.phase['name']}" if point.phase
              else f"epoch {point.epoch}")
-    print(f"resuming {state.checkpoint_path} after {where}"
-          + (f", step {point.partial['step']} of epoch {point.partial['epoch']}" if point.partial else ""))
+    if point.epoch >= epochs and not point.phase and not point.partial:
+        print(f"resume: {state.checkpoint_path} already holds all {point.epoch} epochs (--epochs {epochs}); "
+              f"nothing left to train")
+    else:
+        print(f"resuming {state.checkpoint_path} after {where}"
+              + (f", step {point.partial['step']} of epoch {point.partial['epoch']}" if point.partial else ""))
     phase = f"_{point.phase['name']}_{point.phase['epoch']}" if point.phase else ""
     return f"args.resume_after_epoch_{point.epoch}{phase}.json"
 
@@ -316,4 +340,5 @@ def finish_training(state: TrainState, data: TrainingData, args: argparse.Namesp
         final_report(state.model, splits, data.norm, device, args, args.amp, state.logger,
                      state.folder / "results.json" if distributed.is_main_process() else None, extra)
     state.logger.finish()
+    release_run_folder(state)
     distributed.cleanup()

@@ -1,13 +1,14 @@
 """The paper's results table from many runs and seeds : rows = methods, columns =
 dataset x shots, ours beside the paper's numbers.
 
-    python -m eval.table RUN_DIR... [--baseline METHOD] [--out PREFIX]
+    python -m eval.table RUN_DIR... [--baseline METHOD] [--out PREFIX] [--wandb offline]
 
 Reads every results file under each RUN_DIR (training's end-of-run results.json, eval_fewshot.py
 --output), recognised by its content: other JSON there (args.json, W&B's files) is skipped, so runs on
 the same folders give the same table. By default the test split, pooled features, logistic regression.
 Writes PREFIX.md, PREFIX.csv (one line per cell, machine readable) and PREFIX.tex (a LaTeX tabular
-of ours), prints the markdown, and logs a W&B Table with a bar chart of ours vs the paper.
+of ours) and prints the markdown; with --wandb auto|online|offline it also logs a W&B Table with a bar
+chart of ours vs the paper (no W&B run otherwise).
 
 A cell over several seeds (each seed one training run, evaluated on n episodes):
   - ours = the mean over seeds of the per-seed mean accuracies; the protocol check below makes every
@@ -432,8 +433,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", choices=["val", "test"], help="which results to tabulate")
     parser.add_argument("--embedding", default="feature", choices=EMBEDDINGS, help="which embedding's results")
     parser.add_argument("--classifier", default="LR", help="which classifier's results")
-    parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
-                        help="log the table to W&B; auto: online when logged in, otherwise offline")
+    # Off unless asked: a table is rebuilt often, from runs that W&B already holds, and each logged table
+    # is a W&B run of its own (an offline one is a folder beside the table's files).
+    parser.add_argument("--wandb", default="disabled", choices=["auto", "online", "offline", "disabled"],
+                        help="log the table to a W&B run of its own (default: disabled, no run); auto: online when "
+                             "logged in, otherwise offline")
     parser.add_argument("--wandb_project", default=None,
                         help="default: the first RUN_DIR's name, the training scripts' project for that --model_path")
     return parser

@@ -10,7 +10,7 @@ the dataset has none published (`synthetic`, `folder`).
 from __future__ import annotations
 
 import argparse
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from engine.args import SCHEDULE_FLAGS, Unset
 from methods.base import Method
@@ -18,6 +18,11 @@ from published import card_of_args, card_of_training_args
 from util import ArgumentParser, UsageError, as_typed
 
 _METHODS: dict[str, type[Method]] = {}
+
+# Fills flags not given from what the run's input records (Gen-1: its teacher's dataset, image size...) once the
+# method is known and before the published settings are resolved for the dataset; returns `setting:` lines.
+BeforePublished = Callable[[type[Method], argparse.Namespace], list[str]]
+
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: add `cls` to the registry under `cls.name` (registration order is the table's)."""
@@ -49,18 +54,21 @@ def default_method(script: str) -> type[Method]:
 
 class MethodArgumentParser(ArgumentParser):
     """A training script's parser: after parsing it selects the method and fills every flag left
-    unset (resolve_method_args); `settings` then holds one line per filled or given schedule value."""
+    unset (resolve_method_args); `settings` then holds one line per filled or given schedule value.
+    `before_published` is set by a script's main, not by its get_args_parser: plans (scripts/reproduce.py)
+    parse command lines whose inputs do not exist yet."""
 
     def __init__(self, *args, script: str, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.script = script
         self.owners: dict[str, str] = {}  # dest -> the method whose own flag it is
         self.settings: list[str] = []
+        self.before_published: BeforePublished | None = None
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
         parsed, extras = super().parse_known_args(args, namespace)
         flags = {action.dest: "/".join(action.option_strings) for action in self._actions if action.option_strings}
-        self.settings = resolve_method_args(self.script, parsed, self.owners, flags)
+        self.settings = resolve_method_args(self.script, parsed, self.owners, flags, self.before_published)
         return parsed, extras
 
 
@@ -84,9 +92,10 @@ def add_method_args(parser: MethodArgumentParser, script: str) -> None:
 
 
 def resolve_method_args(script: str, args: argparse.Namespace, owners: Mapping[str, str],
-                        flags: Mapping[str, str]) -> list[str]:
+                        flags: Mapping[str, str], before_published: BeforePublished | None = None) -> list[str]:
     """Select the method, refuse in one line a method flag it does not use, map the release's flag
-    aliases it honours, fill every unset flag; return the schedule's lines "--flag value (source)".
+    aliases it honours, fill every unset flag; return the schedule's lines "--flag value (source)",
+    after those of `before_published`.
     `owners`: dest -> the method whose flag it is; `flags`: dest -> its option strings, as typed."""
     method = _select_given(script, args)
     _apply_release_aliases(method, args, flags)
@@ -100,8 +109,11 @@ def resolve_method_args(script: str, args: argparse.Namespace, owners: Mapping[s
             raise UsageError(f"{flags.get(dest, '--' + dest)}: {method.label} (--objective {method.objective}) "
                              f"does not use it; it is a "
                              f"flag of {', '.join(f'--objective {m.objective}' for m in users)}")
-    lines = _published_defaults(method, args, {flag: dest for dest, names in flags.items()
-                                               for flag in names.split("/")})
+    taken = before_published(method, args) if before_published is not None else []
+    if isinstance(args.dataset, Unset):  # every published value is looked up by the dataset
+        args.dataset = args.dataset.fallback
+    lines = taken + _published_defaults(method, args, {flag: dest for dest, names in flags.items()
+                                                       for flag in names.split("/")})
     for dest, value in vars(args).items():
         if isinstance(value, Unset):
             setattr(args, dest, value.fallback)

@@ -51,6 +51,7 @@ from methods.base import dropblock_mask_of  # noqa: E402
 from published.settings import PUBLISHED_EVAL, TRAIN_IMAGES, PublishedSettings, Sourced  # noqa: E402
 from scripts import plan_scheduler, slurm_submit  # noqa: E402
 from scripts.plan_scheduler import Stage  # noqa: E402
+from runtime.folder_lock import FolderLock  # noqa: E402
 
 # The training script of each method, by the file name the method names.
 SCRIPTS: dict[str, ModuleType] = {Path(m.__file__).name: m for m in (train_supervised_ssl, train_distillation)}
@@ -334,8 +335,20 @@ def print_plan(args: argparse.Namespace, runs: list[Run]) -> None:
 # ----------------------------------------------------------------------------- running the plan
 
 def finished_epochs(checkpoint: Path) -> int:
-    """Epochs a run folder's checkpoint holds (0: none yet)."""
+    """Epochs of the method's own training a run folder's checkpoint holds (0: none yet, or stopped in its
+    first epoch or in a phase before it)."""
     return int(engine.checkpoint.load_checkpoint(checkpoint)["epoch"]) if checkpoint.is_file() else 0
+
+
+def stopped_at(checkpoint: Path) -> str:
+    """Where the run in a checkpoint stopped, as a person reads it: after an epoch, mid-epoch, or in a
+    phase before the method's own (SSKD's teacher head)."""
+    saved = engine.checkpoint.load_checkpoint(checkpoint)
+    if saved.get("phase"):
+        return f"in epoch {int(saved['phase']['epoch']) + 1} of its {saved['phase']['name']} phase"
+    if saved.get("partial"):
+        return f"in epoch {saved['partial']['epoch']}, step {saved['partial']['step']}"
+    return f"after epoch {int(saved['epoch'])}"
 
 
 def recorded_mask(checkpoint: Path) -> str | None:
@@ -399,9 +412,13 @@ def train_stage(run: Run, stage_id: dict[Path, str], announce: bool) -> Stage:
         return epochs >= run.epochs
 
     def command() -> list[str]:
-        epochs = finished_epochs(run.checkpoint)
-        print(f"== {run.label}: {'resuming after epoch ' + str(epochs) if epochs else 'training'}", flush=True)
-        return run.command + (["--resume"] if epochs else [])
+        # Any checkpoint is resumed, whatever it holds: one written in the first epoch or in a phase before
+        # the method's own says epoch 0, and the script refuses a folder with a checkpoint unless resumed.
+        if not run.checkpoint.is_file():
+            print(f"== {run.label}: training", flush=True)
+            return run.command
+        print(f"== {run.label}: resuming (stopped {stopped_at(run.checkpoint)})", flush=True)
+        return run.command + ["--resume"]
 
     deps = (stage_id[run.teacher],) if run.teacher else ()
     return Stage(stage_id[run.checkpoint], run.label, deps, done, command, stage_log(run.checkpoint, "train"))
@@ -560,14 +577,23 @@ def check_seeds(seeds: list[int]) -> None:
 
 def check_data_root(args: argparse.Namespace) -> None:
     """A --data_root that does not exist stops a run in one line; a dry run says so in one line and plans on."""
-    if not args.dry_run and not Path(args.data_root).is_dir():
-        raise util.UsageError(f"{args.data_root}: --data_root folder not found")
+    if not args.dry_run:
+        require_data_root(args.data_root)
 
 
-def note_missing_data_root(args: argparse.Namespace) -> None:
-    if not Path(args.data_root).is_dir():
-        print(f"note: {args.data_root}: --data_root folder not found; the plan below is printed without its data",
-          file=sys.stderr)
+def require_data_root(data_root: str) -> None:
+    if not Path(data_root).is_dir():
+        raise util.UsageError(f"{data_root}: --data_root folder not found")
+
+
+def note_missing_data(args: argparse.Namespace) -> None:
+    """A dry run plans without the data, but says in one line what the real run would refuse."""
+    try:
+        require_data_root(args.data_root)
+        if args.dataset != "folder":  # a folder dataset's images were counted to plan it
+            check_data(args)
+    except util.UsageError as e:
+        print(f"note: {e}; the plan below is printed without its data (the real run stops there)", file=sys.stderr)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -606,7 +632,8 @@ def main() -> None:
     if not args.dry_run:
         check_data(args)
         check_found_runs(runs)
-    note_missing_data_root(args)
+    else:
+        note_missing_data(args)
     if args.submit == "slurm":
         stages = stages_of(args, runs, announce=False)
         try:
@@ -623,10 +650,14 @@ def main() -> None:
         print_plan(args, runs)
     if args.dry_run:
         return
-    Path(args.output).mkdir(parents=True, exist_ok=True)
-    execute(args, runs)
-    if args.stage is None:
-        print(f"== done: python -m eval.table {args.output}")
+    if args.stage is not None:  # a SLURM job of one stage: the stage's script locks its own run folder
+        execute(args, runs)
+        return
+    # One plan at a time writes an output folder: a second launch would start the same stages again beside
+    # the first's (each stage's script also refuses a second writer of its run folder).
+    with FolderLock(args.output, name=".plan.lock", what="plan output folder"):
+        execute(args, runs)
+    print(f"== done: python -m eval.table {args.output}")
 
 
 def slurm_requests(args: argparse.Namespace, runs: list[Run], stages: list[Stage]) -> dict[str, slurm_submit.Request]:

@@ -87,6 +87,18 @@ def other_architecture(root: Path, tmp: Path) -> None:
     torch.save({"model": state}, tmp / "ckpt.pth")
 
 
+def narrow_checkpoint(root: Path, tmp: Path) -> None:
+    from models import create_model
+
+    state = create_model(TEST_MODEL, 6, "CIFAR-FS", image_size=32).state_dict()
+    torch.save({"model": state, "args": {"model": TEST_MODEL}}, tmp / "ckpt.pth")
+
+
+def run_folder_without_checkpoint(root: Path, tmp: Path) -> None:
+    (tmp / "run").mkdir()
+    write(tmp / "run" / "args.json", b"{}")
+
+
 DATA = np.zeros((4, 32, 32, 3), np.uint8)
 RNG = np.random.RandomState(0)
 
@@ -147,6 +159,12 @@ CASES = [
     Case("checkpoint of another architecture", evaluate(),
          r"ckpt\.pth: does not fit the model: missing: layer1\.0\.bn1\.bias, .*; unexpected: block1\.0\.bn1\.bias",
          other_architecture),
+    Case("narrow checkpoint given the full-width --model", evaluate("--model", "resnet12_ssl"),
+         rf"ckpt\.pth: holds a {TEST_MODEL} \(recorded in its args\), not the resnet12_ssl built for it: leave "
+         rf"--model out to use the checkpoint's, or pass --model {TEST_MODEL}", narrow_checkpoint),
+    Case("run folder without a checkpoint", evaluate(checkpoint="run"),
+         r"--model_path .*/run: a folder without checkpoint\.pth \(a run folder's last-epoch checkpoint\); it holds "
+         r"no \.pth file", run_folder_without_checkpoint),
     Case("Gen-1 teacher of another class count", gen1("ckpt.pth"),
          r"--path_t .*ckpt\.pth: the teacher has 9 classes, the training split .* has 6",
          checkpoint({"model": model_state(9)})),

@@ -2,7 +2,11 @@
 pipeline against the per-episode reference, checkpoint formats and the command line."""
 from __future__ import annotations
 
+import argparse
 import json
+import re
+import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -568,3 +572,77 @@ def test_table_says_which_value_each_sweep_picked(tmp_path):
     text = sweep_section([str(tmp_path)])
     assert "| SKD Gen-1 | 0 | S_beta_0.05 | 63.50 | 2 (mean val accuracy, 1- and 5-shot) |" in text.splitlines()
     assert sweep_section([str(tmp_path / "none")]) == ""
+
+
+# ----------------------------------------------------------------------------- messages that name the fix, CPU time
+
+def test_eval_of_a_run_folder_takes_its_checkpoint_and_says_how_long_on_a_cpu(narrow_model, cifar_root, tmp_path):
+    folder = _our_checkpoint(narrow_model, tmp_path / "save" / "run", cifar_root, architecture=TEST_MODEL).parent
+    shutil.copy(folder / "checkpoint.pth", folder / "best.pth")
+    output = tmp_path / "out" / "results.json"
+    done = run_script("eval_fewshot.py", "--model_path", str(folder), "--n_test_runs", "2", "--split", "val",
+                      "--device", "cpu", "--output", str(output))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert (f"checkpoint: {folder / 'checkpoint.pth'} (the run folder's last epoch; best.pth: give "
+            f"{folder / 'best.pth'} as --model_path)") in lines
+    [projected] = [i for i, line in enumerate(lines)
+                   if re.fullmatch(r"evaluation: 1 x 2 episodes \(val, 1-shot\), about \d+ s on this CPU", line)]
+    assert lines[projected + 1].startswith("val 5-way 1-shot")  # said before the evaluation starts
+    assert json.loads(output.read_text())["checkpoint"] == str(folder / "checkpoint.pth")
+
+
+def test_a_checkpoint_of_another_registered_architecture_is_named_with_the_flag(narrow_model, small_model, tmp_path):
+    path = tmp_path / "official.pth"
+    torch.save({"model": narrow_model.state_dict()}, path)  # records no architecture: its shapes tell it
+    with pytest.raises(util.CheckpointError) as error:
+        engine.checkpoint.load_model_weights(create_model("resnet12_ssl", 6, image_size=32), path)
+    assert str(error.value) == (f"{path}: holds a {TEST_MODEL} (told by its weights' shapes), not the resnet12_ssl "
+                                f"built for it: pass --model {TEST_MODEL} (a Gen-1 teacher: --model_t)")
+    torch.save({"model": small_model.state_dict(), "args": {"model": "resnet12_ssl"}}, path)
+    with pytest.raises(util.CheckpointError) as error:
+        engine.checkpoint.load_model_weights(create_model(TEST_MODEL, 6, image_size=32), path)
+    assert str(error.value).startswith(f"{path}: holds a resnet12_ssl (recorded in its args), not the {TEST_MODEL} "
+                                       f"built for it: leave --model out to use the checkpoint's, or pass --model "
+                                       f"resnet12_ssl")
+
+
+def test_final_report_on_a_cpu_first_says_how_long_and_how_to_shorten_it(narrow_model, cifar_root, capsys):
+    from eval.report import final_report
+
+    splits = {split: load_split("CIFAR-FS", cifar_root, split) for split in ("val", "test")}
+    args = argparse.Namespace(n_ways=5, n_queries=15, n_test_runs=2, n_aug_support_samples=1, eval_batch_size=64,
+                              seed=0)
+    final_report(narrow_model, splits, CIFAR_NORMALIZATION, torch.device("cpu"), args)
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"final report: 4 evaluations \(val and test x 1 and 5 shots\) x 2 episodes, about \d+ s on "
+                        r"this CPU; skip it with --no_final_eval and run eval_fewshot\.py on the checkpoint later",
+                        lines[0]), lines[0]
+    assert lines[1].startswith("val 5-way 1-shot") and len(lines) == 9
+
+
+def test_projection_counts_each_image_embedded_and_each_episode_classified(cifar_root):
+    from eval.report import EvaluationCost, projection
+
+    images = load_split("CIFAR-FS", cifar_root, "val")  # 5 classes of 20 images: 600 episodes query all 100
+    planned = [("val", images, EpisodeSetting(5, shots, 15, 600, 5)) for shots in (1, 5)]
+    cost = EvaluationCost(0.001, {EpisodeSetting(5, 1, 15, 0, 5): 0.01, EpisodeSetting(5, 5, 15, 0, 5): 0.02})
+    # 600 episodes: (100 + 600 x 25 + 100 + 600 x 125) images x 1 ms + 600 x (10 + 20) ms = 108.2 s;
+    # 100 episodes: (100 + 2500 + 100 + 12500) x 1 ms + 100 x 30 ms = 18.2 s.
+    assert projection(cost, planned) == ("about 1.8 min on this CPU; shorten it with --n_test_runs 100 (about 18 s, "
+                                         "wider intervals)")
+
+
+def test_table_opens_no_wandb_run_unless_asked(tmp_path, monkeypatch, capsys):
+    import runtime.logger
+    from eval import table
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a W&B run was opened")
+
+    monkeypatch.setattr(runtime.logger, "RunLogger", refuse)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # any `import wandb` now fails
+    _results(tmp_path / "runs" / "a", _gen0(0), {1: _accuracies(0)})
+    table.main([str(tmp_path / "runs")])
+    assert (tmp_path / "runs" / "results_table.md").is_file()
+    assert not [p for p in tmp_path.rglob("*") if "wandb" in p.name] and capsys.readouterr().err == ""

@@ -531,7 +531,16 @@ def test_a_dry_run_without_its_data_root_says_so_in_one_line(reproduce):
     result = reproduce("--dataset", "FC100", *ARGS)  # DATA does not exist
     assert result.returncode == 0 and commands(result.stdout)
     assert result.stderr.splitlines() == ["note: DATA: --data_root folder not found; the plan below is printed "
-                                          "without its data"]
+                                          "without its data (the real run stops there)"]
+
+
+def test_a_dry_run_over_an_empty_data_root_says_what_the_real_run_refuses(reproduce, tmp_path):
+    result = reproduce("--dataset", "FC100", *ARGS, "--data_root", str(tmp_path))
+    assert result.returncode == 0 and commands(result.stdout)
+    [note] = result.stderr.splitlines()
+    assert note.startswith(f"note: {tmp_path}") and "FC100" in note and note.endswith("(the real run stops there)")
+    real = reproduce("--dataset", "FC100", *[a for a in ARGS if a != "--dry_run"], "--data_root", str(tmp_path))
+    assert real.returncode == 2 and real.stderr.startswith(f"error: {note[len('note: '):note.index('; the plan')]}")
 
 
 def test_stages_are_pinned_one_per_visible_gpu_with_a_log_each(reproduce, monkeypatch, tmp_path):

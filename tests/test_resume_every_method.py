@@ -139,7 +139,8 @@ def test_sskd_teacher_head_phase_sigterm_then_resume_is_bit_identical(runs, tmp_
     with a checkpoint, and --resume finishes the head's training and the student's as an uninterrupted
     run does."""
     straight = _load(_straight("sskd", runs))
-    path = _stop_and_resume("sskd", runs, tmp_path, SIGNAL_STEP, f"epoch 2, step 1/{STEPS_PER_EPOCH}")
+    path = _stop_and_resume("sskd", runs, tmp_path, SIGNAL_STEP,
+                            f"epoch 2, step 1/{STEPS_PER_EPOCH} of the teacher_head phase")
     resumed = _load(path)
     # The head's epochs are logged once each, as its phase's, then the student's.
     log = [json.loads(line) for line in (path.parent / "log.jsonl").read_text().splitlines()]

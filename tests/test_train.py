@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -246,18 +247,23 @@ def test_non_finite_loss_stops_the_run_loudly(tmp_path):
     assert exit_info.value.code == 1
 
 
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so_in_one_line(tmp_path, monkeypatch):
+    """The kernel's own ENOSPC: the save's file is pointed at /dev/full halfway through writing."""
     path = tmp_path / "checkpoint.pth"
     engine.checkpoint.save_checkpoint({"epoch": 1}, path)
+    real_save = torch.save
 
-    def broken_save(obj, f):
-        Path(f).write_bytes(b"half a checkp")
-        raise OSError("disk full")
+    def save_onto_a_full_disk(obj, f):
+        f.write(b"half a checkp")
+        os.dup2(os.open("/dev/full", os.O_WRONLY), f.fileno())
+        real_save(obj, f)
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        engine.checkpoint.save_checkpoint({"epoch": 2}, path)
+    monkeypatch.setattr(torch, "save", save_onto_a_full_disk)
+    with pytest.raises(util.WriteFailed) as failed:
+        engine.checkpoint.save_checkpoint({"epoch": 2, "weights": torch.zeros(1 << 16)}, path)
     monkeypatch.undo()
+    assert str(failed.value) == (f"{path}: could not be written (No space left on device); the previous checkpoint "
+                                 f"there is intact: free space, then run the same command with --resume")
     assert engine.checkpoint.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
 
@@ -333,11 +339,12 @@ def test_gen1_student_equals_the_teacher_at_step_0():
 def test_gen1_teacher_of_another_dataset_or_size_is_refused_unless_allowed():
     checkpoint = {"args": {"dataset": "FC100"}, "image_size": 32}
     args = argparse.Namespace(path_t="t.pth", dataset="CIFAR-FS", allow_teacher_mismatch=False)
-    with pytest.raises(util.UsageError, match="--path_t t.pth: the teacher was trained with --dataset FC100, this "
-                                              "run has CIFAR-FS; pass --allow_teacher_mismatch"):
+    with pytest.raises(util.UsageError, match="--dataset CIFAR-FS: the teacher t.pth was trained on FC100; give "
+                                              "--dataset FC100"):
         check_teacher_matches_run(args, SKD_GEN1, checkpoint, 32)
     args.dataset = "FC100"
-    with pytest.raises(util.UsageError, match="trained with image size 32, this run has 84"):
+    with pytest.raises(util.UsageError, match="--image_size 84: the teacher t.pth was trained on 32 px images; give "
+                                              "--image_size 32"):
         check_teacher_matches_run(args, SKD_GEN1, checkpoint, 84)
     check_teacher_matches_run(args, SKD_GEN1, checkpoint, 32)
     check_teacher_matches_run(args, SKD_GEN1, {"model": {}}, 84)  # official checkpoints record neither
@@ -385,6 +392,7 @@ def test_a_rerun_after_a_crash_before_the_first_checkpoint_logs_each_epoch_once(
                                        "optimizer": state.optimizer.state_dict(), "identity": {}},
                                       folder / "checkpoint.pth")
     state.logger.log({"epoch": 2, "train_loss": 0.5})  # logged, then the process died before epoch 2's checkpoint
+    engine.run.release_run_folder(state)  # as the process's end does
     engine.run.prepare_run(args=_args(tmp_path, resume=True), name="run", model=model,
                            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), job_type="test", identity={})
     assert [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()] == [
@@ -539,6 +547,7 @@ def test_grad_scaler_state_is_checkpointed_and_restored_by_resume(tmp_path):
     args.amp = "off"  # fp16 autocast needs CUDA; the scaler made for fp16 stays on, as it would there
     engine.loop.fit(state=state, make_step=lambda: step, loader=loader, args=args, device=torch.device("cpu"))
     assert _checkpoint(tmp_path / "run")["scaler"]["scale"] == 512.0
+    engine.run.release_run_folder(state)  # the run stops here (the script's finish_training gives the lock back)
     model = torch.nn.Linear(2, 2)
     resumed = engine.run.prepare_run(args=_args(tmp_path, amp="fp16", epochs=2, resume=True), name="run",
                                      model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
