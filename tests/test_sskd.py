@@ -156,3 +156,47 @@ def test_sskd_objective_end_to_end(cifar_root, tmp_path):
     evaluated = run_script("eval_fewshot.py", "--model_path", str(folder / "checkpoint.pth"), "--device", "cpu",
                            "--n_test_runs", "2")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+
+
+def _teacher_head_phase(head_epochs: int):
+    """SSKD built in-process on built-in data (a random teacher): its teacher-head phase."""
+    import engine.run
+    import methods
+    import train_distillation
+    from conftest import TEST_MODEL
+    from dataset import load_split
+    from dataset.transforms import choose_normalization
+    from models import create_model
+
+    args = train_distillation.get_args_parser().parse_args(
+        ["--objective", "sskd", "--dataset", "synthetic", "--image_size", "16", "--batch_size", "8", "--num_workers",
+         "0", "--path_t", "teacher.pth", "--model_t", TEST_MODEL, "--model_s", TEST_MODEL, "--sskd_head_epochs",
+         str(head_epochs), "--sskd_head_lr", "0.05"])
+    train = load_split("synthetic", None, "train", 16)
+    data = engine.run.TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
+    teacher = create_model(TEST_MODEL, train.num_classes, "synthetic", image_size=16).requires_grad_(False).eval()
+    run = methods.get_method("sskd").from_args(args, device=torch.device("cpu"), data=data, teacher=teacher)
+    [phase] = run.pre_phases(None, None)
+    return phase
+
+
+@pytest.mark.parametrize("head_epochs, lrs", [
+    (1, [0.05]),  # the milestones 0.5 and 0.75 are not reached before its only epoch
+    (5, [0.05, 0.05, 0.05, 0.005, 0.0005]),  # 2.5 reached after epoch 3, 3.75 after epoch 4
+    (60, [0.05] * 30 + [0.005] * 15 + [0.0005] * 15),  # the release's MultiStepLR at 30 and 45
+])
+def test_the_teacher_heads_lr_decays_only_after_its_milestones_are_reached(head_epochs, lrs):
+    phase = _teacher_head_phase(head_epochs)
+    assert [phase.learning_rate_at(e) for e in range(1, head_epochs + 1)] == pytest.approx(lrs)
+
+
+def test_step_decay_with_whole_epoch_milestones_is_the_releases_multisteplr():
+    """What every method's own schedule (--lr_decay_epochs) computes: lr x rate after each milestone epoch."""
+    from engine.loop import step_decay
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[45, 60, 75], gamma=0.1)
+    for epoch in range(1, 91):  # stepped after each epoch, as the releases do
+        assert step_decay(0.05, 0.1, (45, 60, 75), epoch) == pytest.approx(optimizer.param_groups[0]["lr"]), epoch
+        optimizer.step()
+        scheduler.step()
