@@ -66,19 +66,14 @@ def test_gen1_takes_the_teachers_dataset_data_root_image_size_and_normalization(
     assert folder.name.startswith(f"S_{TEST_MODEL}_T_{TEST_MODEL}_folder_")
 
 
-def test_a_given_image_size_other_than_the_teachers_is_refused_naming_the_fix(teacher):
-    done = distill(teacher, "--image_size", "32")
+@pytest.mark.parametrize("flag, given, recorded", [("--image_size", "32", "28 px images"),
+                                                   ("--dataset", "CIFAR-FS", "folder")])
+def test_a_given_value_other_than_the_teachers_is_refused_naming_the_fix(teacher, flag, given, recorded):
+    done = distill(teacher, flag, given)
+    fix = recorded.split()[0]
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [
-        f"error: --image_size 32: the teacher {teacher['path']} was trained on 28 px images; give --image_size 28 "
-        f"(or leave it out to take the teacher's)"]
-
-
-def test_a_given_dataset_other_than_the_teachers_is_refused_naming_it(teacher):
-    done = distill(teacher, "--dataset", "CIFAR-FS")
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.splitlines() == [
-        f"error: --dataset CIFAR-FS: the teacher {teacher['path']} was trained on folder; give --dataset folder "
+        f"error: {flag} {given}: the teacher {teacher['path']} was trained on {recorded}; give {flag} {fix} "
         f"(or leave it out to take the teacher's)"]
 
 
