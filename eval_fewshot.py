@@ -13,10 +13,7 @@ checkpoint trained on one dataset, tested on another domain's classes.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +21,23 @@ import numpy as np
 import torch
 
 from dataset import dataset_names, load_split
-from dataset.episodes import check_episode_feasible, sample_episodes
+from dataset.episodes import check_episode_feasible
 from dataset.folder import RESIZE_MODES, class_folders, image_files, read_image_folder
 from dataset.imageset import ImageSet
-from dataset.profiles import NAMED_NORMALIZATIONS, Normalization, dataset_profile
-from dataset.transforms import data_normalization
-from eval import CLASSIFIERS, EpisodeSetting, evaluate, summary_metrics, write_results
-from eval.classifiers import classify
-from eval.fewshot import SUPPORT_IMAGES_PER_CHUNK, FewShotResult, l2_normalize
-from eval.report import evaluation_projection
+from published.profiles import Normalization, dataset_profile
+from eval import CLASSIFIERS, DEFAULT_CLASSIFIER, summary_metrics, write_results
+from eval.features import evaluate_features, feature_class_indices, read_features
+from eval.fewshot import EvalConfig
+from eval.report import evaluation_projection, run_evaluations
 from models import DEFAULT_MODEL, list_models
+from runtime.process import Process, ProcessConfig
 import engine.args
 import engine.checkpoint
+import engine.official_flags
+import engine.trained
 import runtime.distributed
 import runtime.logger
-import engine.official_flags
+import runtime.process
 import util
 
 # Evaluation protocols by name; flags given explicitly override a preset's values.
@@ -47,7 +46,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     # shots, 15 queries, 600 episodes; test images resized to 1.15 x the side and centre-cropped.
     "bscd": {"n_ways": 5, "shots": (5, 20, 50), "n_queries": 15, "n_test_runs": 600, "resize": "crop"},
 }
-FEATURE_KEYS = ("features", "labels", "class_names", "paths")  # what a tools.embed file holds at least
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -69,7 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="test", choices=["val", "test"], help="split the episodes come from")
     g.add_argument("--use_logit", action="store_true",
                    help="embed with the logits instead of the pooled feature (640-d for ResNet-12)")
-    g.add_argument("--classifier", default="LR", choices=CLASSIFIERS,
+    g.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=CLASSIFIERS.names(),
                    help="LR: batched logistic regression (scikit-learn's problem); sklearn: scikit-learn itself")
     g.add_argument("--seed", type=int, default=0, help="seed of the support augmentations")
     g.add_argument("--preset", default=None, choices=sorted(PRESETS),
@@ -113,13 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def domain_name(dataset: str | None, data_root: str | Path | None) -> str | None:
-    """A domain as results files name it: the dataset, or for a folder dataset the folder's name."""
-    if dataset == "folder" and data_root:
-        return Path(data_root).resolve().name
-    return dataset
-
-
 def is_class_folder(data_root: str | Path | None, split: str) -> bool:
     """Whether a folder dataset's root is itself a set of class folders (another domain's classes, no splits)."""
     if not data_root or not Path(data_root).is_dir() or (Path(data_root) / split).is_dir():
@@ -145,37 +136,10 @@ def load_images(args: argparse.Namespace) -> ImageSet:
     return images
 
 
-def checkpoint_file(given: str) -> Path:
-    """--model_path as a checkpoint file: a file as given; a run folder's checkpoint.pth (its last epoch,
-    the paper's protocol), said in one line; a folder without one refused, naming what it holds."""
-    path = Path(given)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise util.UsageError(f"--model_path {given}: checkpoint not found")
-    last, best = path / engine.checkpoint.CHECKPOINT_NAME, path / engine.checkpoint.BEST_NAME
-    if last.is_file():
-        other = f"; best.pth: give {best} as --model_path" if best.is_file() else ""
-        print(f"checkpoint: {last} (the run folder's last epoch{other})")
-        return last
-    found = sorted(p.name for p in path.glob("*.pth") if p.is_file())
-    held = (f"it holds {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}: give one as --model_path" if found
-            else "it holds no .pth file")
-    raise util.UsageError(f"--model_path {given}: a folder without {engine.checkpoint.CHECKPOINT_NAME} (a run "
-                          f"folder's last-epoch checkpoint); {held}")
-
-
-def trained_with(checkpoint: dict) -> dict[str, Any]:
-    """What the checkpoint records of its training run (ours do; official checkpoints record nothing)."""
-    train_args = engine.checkpoint.training_args(checkpoint)
-    return {"dataset": train_args.get("dataset"), "data_root": train_args.get("data_root"),
-            "image_size": checkpoint.get("image_size")}
-
-
 def resolve_setting(args: argparse.Namespace, checkpoint: dict) -> None:
     """Fill --dataset, --data_root, --image_size and --model from the checkpoint where not given; say in
     one line each which value is used when it is not simply the checkpoint's."""
-    recorded = trained_with(checkpoint)
+    recorded = engine.trained.trained_with(checkpoint)
     for name in ("dataset", "data_root", "image_size"):
         given, trained = getattr(args, name), recorded[name]
         if given is None:
@@ -193,102 +157,16 @@ def resolve_setting(args: argparse.Namespace, checkpoint: dict) -> None:
                               f"pass --dataset")
 
 
-def checkpoint_choice(checkpoint: dict) -> str:
-    """Which weights of a run these are, as results.json says it (tables never mix choices): a best.pth
-    ("best val (epoch K)"), an unfinished run's checkpoint ("epoch K of N"), else the last epoch."""
-    if "val_acc" in checkpoint and "epoch" in checkpoint:
-        return f"best val (epoch {checkpoint['epoch']})"
-    epochs = engine.checkpoint.training_args(checkpoint).get("epochs")
-    if epochs is not None and checkpoint.get("epoch") is not None and checkpoint["epoch"] < epochs:
-        return f"epoch {checkpoint['epoch']} of {epochs}"
-    return "last epoch"
-
-
-def evaluation_normalization(args: argparse.Namespace, checkpoint: dict, image_size: int) -> tuple[Normalization, str]:
-    """The checkpoint's normalisation, else the dataset profile's constants, else the statistics of
-    the training split: never of the split being evaluated."""
-    recorded = engine.checkpoint.checkpoint_normalization(checkpoint)
-    if args.normalization == "auto" and recorded is not None:
-        return recorded, "the checkpoint's"
-    profile_norm = dataset_profile(args.dataset, image_size).normalization
-    if args.normalization == "auto" and profile_norm is not None:
-        return profile_norm, f"the {args.dataset} profile's constants"
-    if args.normalization in ("auto", "data"):
-        train = load_split(args.dataset, args.data_root, "train", image_size)
-        return data_normalization(train.images), f"statistics of the training split {train.source}"
-    return NAMED_NORMALIZATIONS[args.normalization], f"--normalization {args.normalization}"
-
-
-def read_features(path: Path) -> dict[str, np.ndarray]:
-    """A tools.embed file's arrays (np.load, no pickles), refused with one line if it is none or has no labels."""
-    if not path.is_file():
-        raise util.UsageError(f"--features {path}: file not found")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except Exception as e:  # a damaged zip or header fails in many ways
-        raise util.UsageError(f"--features {path}: not a readable .npz "
-                              f"({type(e).__name__}: {str(e).split('. ')[0]})") from None
-    missing = [k for k in FEATURE_KEYS if k not in data]
-    if missing:
-        raise util.UsageError(f"--features {path}: lacks {', '.join(missing)}; expected a file of "
-                              f"`python -m tools.embed`")
-    if (data["labels"] < 0).any():
-        raise util.UsageError(f"--features {path}: its images have no classes (embedded from a flat folder); episodes "
-                              f"need a folder with one sub-folder per class")
-    return data
-
-
-def feature_class_indices(labels: np.ndarray) -> list[np.ndarray]:
-    """Indices of each class's images, in file order (as ImageSet.class_indices)."""
-    order = np.argsort(labels, kind="stable")
-    return np.split(order, np.cumsum(np.bincount(labels))[:-1])
-
-
 def check_shots(class_indices: list[np.ndarray], args: argparse.Namespace, source: str) -> None:
     """Every shot setting's episodes fit the classes, checked before the first is evaluated."""
     for shots in args.shots:
         check_episode_feasible(class_indices, args.n_ways, shots, args.n_queries, source)
 
 
-def evaluate_features(data: dict[str, np.ndarray], split: str, setting: EpisodeSetting, device: torch.device,
-                      classifiers: tuple[str, ...], seed: int) -> list[FewShotResult]:
-    """eval.fewshot.evaluate's episodes, on features embedded beforehand: the same episode sampler and classifiers
-    on L2-normalised features. Supports are the file's augmented copies (the first setting.n_aug of each image)
-    when it has them, else the plain features (setting.n_aug 0)."""
-    class_indices = feature_class_indices(data["labels"])
-    s = setting
-    episodes = sample_episodes(class_indices, s.n_episodes, s.n_ways, s.n_shots, s.n_queries, "--features")
-    features = torch.from_numpy(data["features"]).to(device)
-    augmented = torch.from_numpy(data["augmented"][:, :s.n_aug]).to(device) if s.n_aug else None
-    support_index = torch.from_numpy(np.stack([e.support.reshape(-1) for e in episodes])).to(device)
-    query_index = torch.from_numpy(np.stack([e.query.reshape(-1) for e in episodes])).to(device)
-    support_labels = torch.arange(s.n_ways, device=device).repeat_interleave(s.n_shots).repeat(max(s.n_aug, 1))
-    query_labels = torch.arange(s.n_ways).repeat_interleave(s.n_queries)
-    per_chunk = max(1, SUPPORT_IMAGES_PER_CHUNK // (support_index.shape[1] * max(s.n_aug, 1)))
-    predictions = {clf: [] for clf in classifiers}
-    for start in range(0, len(episodes), per_chunk):
-        ids = support_index[start:start + per_chunk]
-        if augmented is None:
-            support = features[ids]
-        else:  # (E, shots, n_aug, d) -> copy-major, as eval.fewshot tiles the supports
-            support = augmented[ids].transpose(1, 2).reshape(len(ids), -1, features.shape[1])
-        query = features[query_index[start:start + per_chunk]]
-        for clf in classifiers:
-            predictions[clf].append(classify(clf, l2_normalize(support), support_labels.expand(len(ids), -1),
-                                             l2_normalize(query), s.n_ways).cpu())
-    digest = hashlib.sha256(json.dumps({"setting": asdict(s), "seed": int(data.get("seed", seed))},
-                                       sort_keys=True).encode())
-    for key in ("labels", "features", *(["augmented"] if s.n_aug else [])):
-        digest.update(np.ascontiguousarray(data[key]))
-    results = []
-    for clf in classifiers:
-        found = torch.cat(predictions[clf])
-        accuracies = (found == query_labels).double().mean(1).numpy()
-        results.append(FewShotResult(split, s, "feature", clf, accuracies, found.numpy().astype(np.int8),
-                                     str(data.get("precision", "fp32")), digest.hexdigest()[:16],
-                                     int(data["image_size"]) if "image_size" in data else None))
-    return results
+def eval_config(args: argparse.Namespace, n_aug: int | None = None) -> EvalConfig:
+    """The episodes of this command (`n_aug`: the support copies, when not --n_aug_support_samples)."""
+    return EvalConfig(args.n_ways, args.n_queries, args.n_test_runs,
+                      args.n_aug_support_samples if n_aug is None else n_aug, args.eval_batch_size, args.seed)
 
 
 def main_features(args: argparse.Namespace) -> None:
@@ -313,8 +191,8 @@ def main_features(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     results = []
     for shots in args.shots:
-        setting = EpisodeSetting(args.n_ways, shots, args.n_queries, args.n_test_runs, n_aug)
-        for result in evaluate_features(data, args.split, setting, device, (args.classifier,), args.seed):
+        for result in evaluate_features(data, args.split, eval_config(args, n_aug).setting(shots), device,
+                                        (args.classifier,), args.seed):
             print(result.line())
             results.append(result)
     seconds = time.perf_counter() - start
@@ -327,10 +205,6 @@ def main_features(args: argparse.Namespace) -> None:
                        "device": util.describe_device(device, args.device), "args": vars(args)},
                       source_domain=args.source_dataset or source, target_domain=Path(folder).name)
         print(f"results: {args.output}")
-
-
-def replace_namespace(args: argparse.Namespace, **changes: Any) -> argparse.Namespace:
-    return argparse.Namespace(**{**vars(args), **changes})
 
 
 def eval_logger(args: argparse.Namespace, checkpoint: dict,
@@ -355,7 +229,7 @@ def eval_logger(args: argparse.Namespace, checkpoint: dict,
 
 
 def load_model_and_images(args: argparse.Namespace, checkpoint: dict, recorded: dict, source: str | None,
-                           device: torch.device) -> tuple[ImageSet, torch.nn.Module, Normalization, str]:
+                          device: torch.device) -> tuple[ImageSet, torch.nn.Module, Normalization, str]:
     """The split to evaluate, the checkpoint's network on the device in eval mode, and the source's
     normalisation (of the dataset the network was trained on, never of the evaluated images) with
     where it came from."""
@@ -363,9 +237,9 @@ def load_model_and_images(args: argparse.Namespace, checkpoint: dict, recorded: 
     model = engine.checkpoint.model_from_checkpoint(args.model, args.model_path, checkpoint, args.dataset,
                                                     images.image_size)
     util.to_device(model, device).eval()
-    source_setting = replace_namespace(args, dataset=source, data_root=args.data_root if source == args.dataset
-                                       else recorded["data_root"])
-    norm, norm_source = evaluation_normalization(source_setting, checkpoint, images.image_size)
+    source_root = args.data_root if source == args.dataset else recorded["data_root"]
+    norm, norm_source = engine.trained.evaluation_normalization(args.normalization, checkpoint, source, source_root,
+                                                                images.image_size)
     print(f"normalization: {norm_source}")
     trained_size = checkpoint.get("image_size")
     if trained_size is not None and trained_size != images.image_size:
@@ -374,73 +248,69 @@ def load_model_and_images(args: argparse.Namespace, checkpoint: dict, recorded: 
     return images, model, norm, norm_source
 
 
-def projected_time(args: argparse.Namespace, images: ImageSet, model: torch.nn.Module, norm: Normalization,
-                   device: torch.device) -> str:
-    """eval.report.evaluation_projection's line for this command's evaluations."""
-    planned = [(args.split, images, EpisodeSetting(args.n_ways, shots, args.n_queries, args.n_test_runs,
-                                                   args.n_aug_support_samples)) for shots in args.shots]
-    return evaluation_projection(planned, model, norm, device, args.eval_batch_size, args.amp, (args.classifier,),
-                                 ("logit" if args.use_logit else "feature",))
+def open_checkpoint(args: argparse.Namespace) -> tuple[dict, dict, str | None]:
+    """Read --model_path (a run folder: its checkpoint.pth), fill the flags it decides where not given;
+    returns its content, what its run recorded and the source domain's dataset."""
+    args.model_path = str(engine.trained.checkpoint_file(args.model_path))
+    checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
+    resolve_setting(args, checkpoint)
+    recorded = engine.trained.trained_with(checkpoint)
+    source = args.source_dataset or recorded["dataset"] or args.dataset
+    if args.image_size is None and args.dataset == "folder" and source not in (None, "folder"):
+        args.image_size = dataset_profile(source).image_size  # an official checkpoint's size on another domain
+        print(f"image_size: {args.image_size} (the {source} profile's)")
+    return checkpoint, recorded, source
+
+
+def write_output(args: argparse.Namespace, results: list, checkpoint: dict, recorded: dict, source: str | None,
+                 extra: dict[str, Any]) -> None:
+    """--output: the results with what produced them, and the source and target domains."""
+    source_root = recorded["data_root"] if source == recorded["dataset"] else None
+    write_results(results, Path(args.output), {"checkpoint": str(args.model_path), "dataset": args.dataset,
+                                               "checkpoint_choice": engine.trained.checkpoint_choice(checkpoint),
+                                               "git": util.git_sha(), **extra, "args": vars(args)},
+                  source_domain=engine.trained.domain_name(source, source_root),
+                  target_domain=engine.trained.domain_name(args.dataset, args.data_root))
+    print(f"results: {args.output}")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    util.check_positive(args, "n_ways", "n_shots", "n_queries", "n_test_runs", "n_aug_support_samples",
+    util.check_positive(vars(args), "n_ways", "n_shots", "n_queries", "n_test_runs", "n_aug_support_samples",
                         "eval_batch_size")
     if args.output:
         util.check_writable_folder(Path(args.output).parent, "--output")
     if args.features:
         main_features(args)
         return
-    ranks, device = runtime.distributed.setup(args.device)  # torchrun: the episodes are shared out over the ranks
-    precision = util.setup_precision(args, device)  # --amp auto decided, --tf32 applied, --amp checked
-    args.model_path = str(checkpoint_file(args.model_path))
-    checkpoint = engine.checkpoint.load_checkpoint(args.model_path)
-    resolve_setting(args, checkpoint)
-    recorded = trained_with(checkpoint)
-    source = args.source_dataset or recorded["dataset"] or args.dataset
-    if args.image_size is None and args.dataset == "folder" and source not in (None, "folder"):
-        args.image_size = dataset_profile(source).image_size  # an official checkpoint's size on another domain
-        print(f"image_size: {args.image_size} (the {source} profile's)")
+    # torchrun: the episodes are shared out over the ranks
+    process = runtime.process.start(ProcessConfig(args.device, args.amp, args.tf32))
+    args.amp = process.amp  # recorded as decided
+    checkpoint, recorded, source = open_checkpoint(args)
     engine.official_flags.report_official_flags(args)
-    util.print_run_header(args, device)
-
-    images, model, norm, norm_source = load_model_and_images(args, checkpoint, recorded, source, device)
-
+    runtime.process.print_header(vars(args), process)
+    images, model, norm, norm_source = load_model_and_images(args, checkpoint, recorded, source, process.device)
     check_shots(images.class_indices(), args, images.source)
-    embedding = "logit" if args.use_logit else "feature"
-    if device.type == "cpu" and ranks.is_main:  # minutes on a CPU: say how long before they start
-        print(projected_time(args, images, model, norm, device), flush=True)
+    episodes = eval_config(args)
+    planned = [(args.split, images, episodes.setting(shots)) for shots in args.shots]
+    evaluations = {"classifiers": (args.classifier,), "embeddings": ("logit" if args.use_logit else "feature",)}
+    if process.device.type == "cpu" and process.ranks.is_main:  # minutes on a CPU: say how long before they start
+        print(evaluation_projection(planned, model, norm, process.device, episodes, process.amp, **evaluations),
+              flush=True)
     start = time.perf_counter()
-    results = []
-    for shots in args.shots:
-        setting = EpisodeSetting(args.n_ways, shots, args.n_queries, args.n_test_runs, args.n_aug_support_samples)
-        for result in evaluate(model, images, args.split, setting, norm, device, (args.classifier,), (embedding,),
-                               args.eval_batch_size, args.seed, args.amp):
-            print(result.line(), flush=True)
-            results.append(result)
+    results = run_evaluations(planned, model, norm, process.device, episodes, process.amp, **evaluations)
     seconds = time.perf_counter() - start
-    print(f"evaluated in {seconds:.1f} s on {device} ({precision})"
-          + (f" x {ranks.world_size} processes" if ranks.enabled else ""))
-    if not ranks.is_main:
-        runtime.distributed.cleanup()
-        return
-    if args.output:
-        source_root = recorded["data_root"] if source == recorded["dataset"] else None
-        write_results(results, Path(args.output), {"checkpoint": str(args.model_path), "dataset": args.dataset,
-                                                   "checkpoint_choice": checkpoint_choice(checkpoint),
-                                                   "git": util.git_sha(), "seconds": seconds,
-                                                   "device": util.describe_device(device, args.device),
-                                                   "precision": precision,
-                                                   "normalization": norm_source, "args": vars(args)},
-                      source_domain=domain_name(source, source_root),
-                      target_domain=domain_name(args.dataset, args.data_root))
-        print(f"results: {args.output}")
-    logger = eval_logger(args, checkpoint, {"device_name": util.describe_device(device, args.device),
-                                            "precision": precision})
-    if logger is not None:
-        logger.summary(summary_metrics(results))
-        logger.finish()
+    print(f"evaluated in {seconds:.1f} s on {process.device} ({process.precision})"
+          + (f" x {process.ranks.world_size} processes" if process.ranks.enabled else ""))
+    if process.ranks.is_main:
+        facts = {"device": process.device_name, "precision": process.precision}
+        if args.output:
+            write_output(args, results, checkpoint, recorded, source,
+                         {"seconds": seconds, **facts, "normalization": norm_source})
+        logger = eval_logger(args, checkpoint, {"device_name": facts["device"], "precision": process.precision})
+        if logger is not None:
+            logger.summary(summary_metrics(results))
+            logger.finish()
     runtime.distributed.cleanup()
 
 

@@ -12,15 +12,16 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from dataset.profiles import DatasetProfile, Normalization
-from models import ResNet12SSL, list_models
+from published.profiles import DatasetProfile, Normalization
+from models import Backbone, list_models
 import engine.args
 from engine.args import Unset
 import engine.checkpoint
-import engine.loop
+import engine.config
+import engine.data
 import engine.official_flags
 import engine.run
-import eval_fewshot
+import engine.trained
 import methods
 import util
 
@@ -54,7 +55,7 @@ def run_name(args: argparse.Namespace, profile: DatasetProfile) -> str:
             f"_trans_{profile.transform_letter}{engine.args.run_name_suffix(args)}")
 
 
-def load_teacher(args: argparse.Namespace, checkpoint: dict, image_size: int, device) -> ResNet12SSL:
+def load_teacher(args: argparse.Namespace, checkpoint: dict, image_size: int, device) -> Backbone:
     """The model of --path_t (`checkpoint` is its content), frozen and in eval mode."""
     teacher = engine.checkpoint.model_from_checkpoint(args.model_t, args.path_t, checkpoint, args.dataset, image_size)
     teacher.requires_grad_(False)
@@ -68,7 +69,7 @@ def check_teacher_matches_run(args: argparse.Namespace, method: type[methods.Dis
     --path_t: refused in one line naming the teacher's value and the flag that gives it."""
     if args.allow_teacher_mismatch:
         return
-    recorded = eval_fewshot.trained_with(checkpoint)
+    recorded = engine.trained.trained_with(checkpoint)
     take = "(or leave it out to take the teacher's)"
     if recorded["dataset"] is not None and args.dataset != recorded["dataset"]:
         raise util.UsageError(f"--dataset {args.dataset}: the teacher {args.path_t} was trained on "
@@ -112,7 +113,7 @@ def take_teacher_settings(args: argparse.Namespace, checkpoint: dict) -> list[st
     read as eval_fewshot.py reads a checkpoint; the data root only on the teacher's dataset, whose files it
     names. Returns a `setting:` line for each value taken, and for the teacher's normalisation, which
     --normalization auto uses (teacher_for_run). Official checkpoints record none: the defaults stay."""
-    recorded = eval_fewshot.trained_with(checkpoint)
+    recorded = engine.trained.trained_with(checkpoint)
     source = f"(the teacher's, {args.path_t})"
     lines = []
     for name, value in recorded.items():
@@ -164,13 +165,14 @@ def resolve_architectures(args: argparse.Namespace, teacher_model: str) -> None:
                               f"the teacher's architecture, {args.model_t}")
 
 
-def teacher_for_run(args: argparse.Namespace, checkpoint: dict, device) -> tuple[nn.Module, dict]:
+def teacher_for_run(args: argparse.Namespace, config: engine.config.TrainConfig, checkpoint: dict,
+                    device) -> tuple[nn.Module, engine.data.TrainingData]:
     """Load the run's data and the frozen teacher (`checkpoint`, the content of --path_t, already checked
     against the run by TeacherFile), refusing in one line a teacher that does not fit the data; return the
     teacher and the run's TrainingData (normalised as the teacher was trained, unless --normalization says
     otherwise)."""
     teacher_norm = engine.checkpoint.checkpoint_normalization(checkpoint) if args.normalization == "auto" else None
-    data = engine.run.load_training_data(args, teacher_norm)
+    data = engine.data.load_training_data(config, teacher_norm)
     check_teacher_normalization(args, checkpoint, data.norm)
     teacher = load_teacher(args, checkpoint, data.image_size, device)
     if teacher.classifier.out_features != data.train.num_classes:
@@ -185,14 +187,16 @@ def main() -> None:
     parser.before_published = teacher_file.settings
     args = parser.parse_args()
     method = methods.select_method(SCRIPT, args)
-    device = engine.run.start_training_run(args, method.device_augment_refusal, parser.settings)
+    config = engine.args.training_config(args, method.device_augment_refusal)
+    config, process = engine.run.start_training_run(config, parser.settings)
     method.check_args(args)
-    teacher, data = teacher_for_run(args, teacher_file.checkpoint, device)
+    teacher, data = teacher_for_run(args, config, teacher_file.checkpoint, process.device)
     teacher_file.checkpoint = {}  # the teacher's whole file (its optimizer state too) is not needed past here
     identity = {"model": args.model_s, "dataset": args.dataset, "image_size": data.image_size,
                 "path_t": str(Path(args.path_t).resolve()), "teacher_sha256": util.file_sha256(args.path_t)}
-    methods.train(method, args=args, device=device, data=data, name=run_name(args, data.profile), identity=identity,
-                  teacher=teacher, checkpoint_extra={"path_t": str(args.path_t)})
+    run = method.from_args(args, device=process.device, data=data, teacher=teacher)
+    methods.train(run, config=config, process=process, data=data, name=run_name(args, data.profile),
+                  identity=identity, checkpoint_extra={"path_t": str(args.path_t)})
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from dataset.profiles import DatasetProfile
+from published.profiles import DatasetProfile
 from models import list_models
 import engine.args
-import engine.loop
+import engine.data
 import engine.official_flags
 import engine.run
 import methods
@@ -46,11 +46,14 @@ def main() -> None:
     parser = get_args_parser()
     args = parser.parse_args()
     method = methods.select_method(SCRIPT, args)
-    device = engine.run.start_training_run(args, method.device_augment_refusal, parser.settings)
+    config = engine.args.training_config(args, method.device_augment_refusal)
+    config, process = engine.run.start_training_run(config, parser.settings)
     method.check_args(args)
-    data = engine.run.load_training_data(args)
+    data = engine.data.load_training_data(config)
+    run = method.from_args(args, device=process.device, data=data)
     identity = {"model": args.model, "dataset": args.dataset, "image_size": data.image_size}
-    methods.train(method, args=args, device=device, data=data, name=run_name(args, data.profile), identity=identity)
+    methods.train(run, config=config, process=process, data=data, name=run_name(args, data.profile),
+                  identity=identity)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -100,10 +100,11 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (--help lists the flags)\n")
 
 
-def check_positive(args: argparse.Namespace, *names: str) -> None:
+def check_positive(flags: dict[str, Any], *names: str) -> None:
+    """Refuse in one line the first of `names` whose value in `flags` (a command line's, `vars(args)`) is below 1."""
     for name in names:
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name}: expected a positive integer, got {getattr(args, name)}")
+        if flags[name] < 1:
+            raise UsageError(f"--{name}: expected a positive integer, got {flags[name]}")
 
 
 def check_writable_folder(folder: str | Path, flag: str) -> None:
@@ -115,6 +116,62 @@ def check_writable_folder(folder: str | Path, flag: str) -> None:
         raise UsageError(f"{flag} {folder}: {existing} is a file, expected a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {folder}: {existing} is not writable")
+
+
+# ----------------------------------------------------------------------------- registries
+
+T = TypeVar("T")
+
+
+class UnknownName(UsageError, KeyError):
+    """A name no registry entry has: one line naming the registry and what it holds (a UsageError, so the
+    CLI reports it with exit code 2; a KeyError, as a lookup)."""
+
+    def __str__(self) -> str:  # KeyError's own quotes the message
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """Entries of one kind, by name, in registration order: the one way each part is extended (models,
+    methods, datasets, classifiers; detectron2's Registry). What an entry must be is the registry's
+    contract, written in the docstring of the module that creates it. An entry is added once, by
+    `@REGISTRY.register("name")` on a function or class or `REGISTRY.register("name", entry)`; everything
+    that offers a choice (--help's choices, validation, reports) reads `names()`, so a new entry needs no
+    other edit."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # "model", "method"...: named in errors
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, entry: T | None = None) -> Any:
+        """Add `entry` under `name`, or return a decorator that adds what it decorates."""
+        if entry is None:
+            return lambda decorated: self.register(name, decorated)
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = entry
+        return entry
+
+    def unregister(self, name: str) -> T:
+        """Remove an entry (a test's or a plugin's that must not outlive it); returns it."""
+        return self._entries.pop(name)
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise UnknownName(f"unknown {self.kind} {name!r}; registered: {', '.join(self._entries)}")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def values(self) -> list[T]:
+        return list(self._entries.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 # ----------------------------------------------------------------------------- device, precision, seeds
@@ -217,15 +274,6 @@ def precision_name(device: torch.device, amp: str) -> str:
     return "fp32"
 
 
-def setup_precision(args: argparse.Namespace, device: torch.device) -> str:
-    """Decide --amp (auto resolved, in `args`, so that the argument dump and checkpoints record what ran),
-    apply --tf32, check --amp against the device; returns the precision's name (precision_name)."""
-    args.amp = resolve_amp(args.amp, device)
-    configure_tf32(device, getattr(args, "tf32", False))
-    autocast(device, args.amp)  # fp16 on a CPU is refused here, before any work
-    return precision_name(device, args.amp)
-
-
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """An autocast context for `--amp`; a no-op when amp is off."""
     if amp == "off":
@@ -259,17 +307,6 @@ def git_sha() -> str:
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def print_run_header(args: argparse.Namespace, device: torch.device | None = None) -> None:
-    """The git sha, the device chosen and why, the precision, then every argument on one line (as
-    resolved: --amp auto shows what it chose; results.json and args.json keep them too)."""
-    print(f"git: {git_sha()}")
-    if device is not None:
-        print(f"device: {describe_device(device, args.device)}")
-        print(f"precision: {precision_name(device, getattr(args, 'amp', 'off'))}")
-    shown = {k: v for k, v in sorted(vars(args).items()) if not (k == "device" and device is not None)}
-    print("args: " + " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in shown.items()))
 
 
 # ----------------------------------------------------------------------------- files

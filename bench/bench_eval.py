@@ -23,10 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine.checkpoint  # noqa: E402
+import runtime.process  # noqa: E402
 import util  # noqa: E402
 from dataset import load_split  # noqa: E402
 from dataset.synthetic import make_synthetic_images  # noqa: E402
-from dataset.profiles import CIFAR_NORMALIZATION  # noqa: E402
+from published.profiles import CIFAR_NORMALIZATION  # noqa: E402
 from dataset.transforms import choose_normalization  # noqa: E402
 from eval import EpisodeSetting, evaluate, mean_confidence_interval  # noqa: E402
 from eval.reference import evaluate_reference  # noqa: E402
@@ -46,9 +47,9 @@ def main() -> None:
     parser.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"])
     parser.add_argument("--batch_size", type=int, default=256)
     args = parser.parse_args()
-    device = util.resolve_device(args.device)
-    precision = util.setup_precision(args, device)
-    print(f"device: {util.describe_device(device, args.device)}")
+    process = runtime.process.start(runtime.process.ProcessConfig(args.device, args.amp))
+    device, precision, args.amp = process.device, process.precision, process.amp
+    print(f"device: {process.device_name}")
 
     if args.dataset:
         images = load_split(args.dataset, args.data_root, args.split)
@@ -73,14 +74,14 @@ def main() -> None:
     for shots in (int(s) for s in args.shots.split(",")):
         setting = EpisodeSetting(5, shots, 15, args.episodes, 5)
         start = time.perf_counter()
-        ours = evaluate(model, images, args.split, setting, norm, device, ("LR",), ("feature",), args.batch_size,
-                        0, args.amp, progress=False)[0]
+        ours = evaluate(model, images, args.split, setting, norm, device, batch_size=args.batch_size, amp=args.amp,
+                        progress=False)[0]
         ours_seconds = time.perf_counter() - start
 
         subset = replace(setting, n_episodes=args.reference_episodes)
         start = time.perf_counter()
-        reference = evaluate_reference(model, images, args.split, subset, norm, device, "feature", args.batch_size, 0,
-                                       args.amp)
+        reference = evaluate_reference(model, images, args.split, subset, norm, device, batch_size=args.batch_size,
+                                       amp=args.amp)
         reference_seconds = (time.perf_counter() - start) * args.episodes / args.reference_episodes
 
         same = ours.accuracies[:args.reference_episodes]

@@ -21,7 +21,7 @@ import engine.args  # noqa: E402
 import util  # noqa: E402
 from dataset.imageset import ImageSet  # noqa: E402
 from dataset.loaders import train_loader  # noqa: E402
-from dataset.profiles import CIFAR_NORMALIZATION  # noqa: E402
+from published.profiles import CIFAR_NORMALIZATION  # noqa: E402
 from dataset.transforms import train_transform  # noqa: E402
 
 

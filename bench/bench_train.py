@@ -29,7 +29,7 @@ from methods.skd_gen1 import gen1_step  # noqa: E402
 
 
 def time_steps(step: engine.loop.Step, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
-               device: torch.device, amp: str, steps: int, warmup: int) -> float:
+               device: torch.device, amp: str, *, steps: int, warmup: int) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")  # as the scripts: its step reads the GPU
     model.train()
@@ -99,7 +99,7 @@ def main() -> None:
             if args.compile:
                 keep_dropblock_eager()
                 step = torch.compile(step)
-            rate = time_steps(step, m, images, targets, device, amp, args.steps, args.warmup)
+            rate = time_steps(step, m, images, targets, device, amp, steps=args.steps, warmup=args.warmup)
             print(f"| {name} | {precision} | {rate:.1f} |", flush=True)
     runtime.distributed.cleanup()
 

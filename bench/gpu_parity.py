@@ -38,7 +38,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import util  # noqa: E402
-from dataset.profiles import CIFAR_NORMALIZATION  # noqa: E402
+from published.profiles import CIFAR_NORMALIZATION  # noqa: E402
 from dataset.synthetic import make_synthetic_split  # noqa: E402
 from dataset.transforms import normalize_batch  # noqa: E402
 from eval import EpisodeSetting, evaluate  # noqa: E402

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import methods  # noqa: E402
-from dataset.profiles import dataset_profile  # noqa: E402
+from published.profiles import dataset_profile  # noqa: E402
 from published.settings import DATASETS, TRAIN_IMAGES  # noqa: E402
 from models import create_model  # noqa: E402
 

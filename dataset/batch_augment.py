@@ -25,7 +25,7 @@ from itertools import permutations
 
 import torch
 
-from dataset.profiles import Normalization
+from published.profiles import Normalization
 from dataset.transforms import crop_flip_with, normalize_pixels
 
 JITTER = 0.4  # brightness, contrast and saturation, as train_transform

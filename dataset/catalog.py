@@ -12,9 +12,10 @@ from typing import Callable
 from dataset.errors import DataError
 from dataset.folder import read_image_folder
 from dataset.imageset import ImageSet
-from dataset.profiles import dataset_profile
+from published.profiles import dataset_profile
 from dataset.readers import read_data_pickle, read_tiered_split
 from dataset.synthetic import make_synthetic_split
+from util import Registry
 
 TOY_CLASSES = 5  # the official `toy` dataset: the first 5 classes of CIFAR-FS
 
@@ -43,30 +44,32 @@ def _tiered_file(split: str) -> str:
     return f"{split}_images.npz"
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (
-        DatasetSpec("CIFAR-FS", "CIFAR-FS", ("train", "val", "test", "trainval"),
-                    lambda d, s, _: read_data_pickle(d / _cifar_file(s)), _cifar_file),
-        DatasetSpec("FC100", "FC100", ("train", "val", "test", "trainval"),
-                    lambda d, s, _: read_data_pickle(d / _cifar_file(s)), _cifar_file),
-        DatasetSpec("toy", "CIFAR-FS", ("train", "val", "test"),
-                    lambda d, s, _: read_data_pickle(d / _cifar_file(s)).subset_classes(TOY_CLASSES), _cifar_file),
-        DatasetSpec("miniImageNet", "miniImageNet", ("train", "val", "test", "trainval"),
-                    lambda d, s, _: read_data_pickle(d / _mini_file(s)), _mini_file),
-        DatasetSpec("tieredImageNet", "tieredImageNet", ("train", "val", "test", "trainval"),
-                    lambda d, s, _: read_tiered_split(d, s), _tiered_file),
-        DatasetSpec("synthetic", None, ("train", "val", "test"),
-                    lambda d, s, _: make_synthetic_split(s), lambda s: ""),
-        # Resizing happens while reading, so large images never sit in memory at full size.
-        DatasetSpec("folder", "", ("train", "val", "test"),
-                    lambda d, s, size: read_image_folder(d / s, size), lambda s: s),
-    )
-}
+# DATASETS' contract: an entry is a DatasetSpec under its own name, whose `read` gives an ImageSet of a split
+# (uint8 images, labels 0..K-1, its source named); its training profile (augmentation, normalisation, image
+# size, DropBlock size) is published.profiles'. --dataset's choices, the data checks and the plans read it.
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+for _spec in (
+    DatasetSpec("CIFAR-FS", "CIFAR-FS", ("train", "val", "test", "trainval"),
+                lambda d, s, _: read_data_pickle(d / _cifar_file(s)), _cifar_file),
+    DatasetSpec("FC100", "FC100", ("train", "val", "test", "trainval"),
+                lambda d, s, _: read_data_pickle(d / _cifar_file(s)), _cifar_file),
+    DatasetSpec("toy", "CIFAR-FS", ("train", "val", "test"),
+                lambda d, s, _: read_data_pickle(d / _cifar_file(s)).subset_classes(TOY_CLASSES), _cifar_file),
+    DatasetSpec("miniImageNet", "miniImageNet", ("train", "val", "test", "trainval"),
+                lambda d, s, _: read_data_pickle(d / _mini_file(s)), _mini_file),
+    DatasetSpec("tieredImageNet", "tieredImageNet", ("train", "val", "test", "trainval"),
+                lambda d, s, _: read_tiered_split(d, s), _tiered_file),
+    DatasetSpec("synthetic", None, ("train", "val", "test"),
+                lambda d, s, _: make_synthetic_split(s), lambda s: ""),
+    # Resizing happens while reading, so large images never sit in memory at full size.
+    DatasetSpec("folder", "", ("train", "val", "test"),
+                lambda d, s, size: read_image_folder(d / s, size), lambda s: s),
+):
+    DATASETS.register(_spec.name, _spec)
 
 
 def dataset_names() -> list[str]:
-    return list(DATASETS)
+    return DATASETS.names()
 
 
 def resolve_dataset_folder(spec: DatasetSpec, data_root: str | Path | None) -> Path | None:
@@ -96,8 +99,8 @@ def load_split(dataset: str, data_root: str | Path | None, split: str, image_siz
     """Read one split (train, val, test, trainval) of a dataset, resized to image_size when given,
     carrying the dataset's profile."""
     if dataset not in DATASETS:
-        raise DataError(f"--dataset: unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-    spec = DATASETS[dataset]
+        raise DataError(f"--dataset: unknown dataset {dataset!r}; expected one of {', '.join(DATASETS.names())}")
+    spec = DATASETS.get(dataset)
     if split not in spec.splits:
         raise DataError(f"--dataset {dataset}: no split {split!r}; it has {', '.join(spec.splits)}")
     if image_size is not None and image_size < 8:

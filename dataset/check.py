@@ -47,7 +47,7 @@ def check(dataset: str, data_root: str | None, n_ways: int, n_shots: int, n_quer
     """(report lines, problem lines) for every split of the dataset."""
     report, problems = [], []
     sizes = {}
-    for split in DATASETS[dataset].splits:
+    for split in DATASETS.get(dataset).splits:
         try:
             images = load_split(dataset, data_root, split, image_size)
         except DataError as e:
@@ -68,7 +68,7 @@ def check(dataset: str, data_root: str | None, n_ways: int, n_shots: int, n_quer
 def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser("python -m dataset.check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=list(DATASETS))
+    parser.add_argument("--dataset", required=True, choices=DATASETS.names())
     parser.add_argument("--data_root", default=None)
     parser.add_argument("--image_size", type=int, default=None)
     parser.add_argument("--n_ways", type=int, default=5)

@@ -18,7 +18,7 @@ import torch
 from dataset.batch_augment import augment_batch, draw_params
 from dataset.imageset import ImageSet
 from dataset.loaders import EpochSampler
-from dataset.profiles import Normalization
+from published.profiles import Normalization
 
 AUGMENT_CHOICES = ("auto", "device", "workers")
 # Share of the GPU's free memory the uint8 training split may take; beyond it the split stays in
@@ -46,7 +46,7 @@ class DeviceBatches:
     DataLoader over EpochSampler."""
 
     def __init__(self, images: ImageSet, batch_size: int, seed: int, padding: int, norm: Normalization,
-                 device: torch.device, shard: tuple[int, int] | None = None) -> None:
+                 device: torch.device, *, shard: tuple[int, int] | None = None) -> None:
         rank, world = shard if shard is not None else (0, 1)
         self.sampler = EpochSampler(len(images), seed, rank, world)
         self.batch_size, self.seed, self.padding, self.norm, self.device = batch_size, seed, padding, norm, device

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from dataset.errors import DataError
-from dataset.profiles import DatasetProfile, dataset_profile
+from published.profiles import DatasetProfile, dataset_profile
 
 
 def first_appearance_labels(raw_labels: np.ndarray) -> np.ndarray:

@@ -107,7 +107,7 @@ def _worker_signals(main_exiting: multiprocessing.synchronize.Event, worker_id: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def train_loader(images: ImageSet, transform: Callable, batch_size: int, num_workers: int, seed: int,
+def train_loader(images: ImageSet, transform: Callable, batch_size: int, num_workers: int, seed: int, *,
                  pin_memory: bool = False, shard: tuple[int, int] | None = None) -> DataLoader:
     """Shuffled batches of EpochSampler's order (call `loader.sampler.set_epoch` before each epoch);
     drops the last incomplete batch, as the official loader does.

@@ -1,5 +1,5 @@
 """Image transforms for training and for evaluation (see docs/faithfulness.md); their per-dataset
-settings come from dataset.profiles.
+settings come from published.profiles.
 
 Training uses torchvision on PIL images, as the official code does. Evaluation works on whole
 uint8 batches as tensors: it is the hot path there, and a batched crop/flip/normalise is exact.
@@ -17,7 +17,7 @@ from PIL import Image
 if TYPE_CHECKING:
     from torchvision import transforms
 
-from dataset.profiles import NAMED_NORMALIZATIONS, Normalization, dataset_profile
+from published.profiles import NAMED_NORMALIZATIONS, Normalization, dataset_profile
 
 
 NORMALIZATIONS = ("auto", "cifar", "imagenet", "data")

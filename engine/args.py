@@ -1,4 +1,5 @@
-"""Flag groups shared by the scripts, so that every script spells a setting the same way."""
+"""Flag groups shared by the scripts, so that every script spells a setting the same way, and the boundary
+where a training script's parsed flags become typed values (training_config)."""
 from __future__ import annotations
 
 import argparse
@@ -7,10 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from dataset import dataset_names
-from dataset.device_loader import AUGMENT_CHOICES
+from dataset.catalog import DATASETS, resolve_dataset_folder
+from dataset.device_loader import AUGMENT_CHOICES, resolve_augment
 from dataset.transforms import NORMALIZATIONS
-from engine.official_flags import official_bool
-from util import as_typed
+from engine.config import DataConfig, LoopConfig, RunConfig, Schedule, TrainConfig, WandbConfig
+from engine.official_flags import official_bool, report_official_flags
+from eval.fewshot import EvalConfig
+from runtime.process import ProcessConfig
+from util import UsageError, as_typed, check_positive, check_writable_folder
 
 
 @dataclass(frozen=True)
@@ -205,4 +210,41 @@ def run_name_suffix(args: argparse.Namespace) -> str:
     return f"{'_cosine' if args.cosine else ''}_trial_{trial}"
 
 
+def check_training_flags(args: argparse.Namespace) -> None:
+    """Refuse, in one line naming the flag, a value no run could use, before anything is printed or written."""
+    check_positive(vars(args), "epochs", "batch_size", "n_ways", "n_shots", "n_queries", "n_test_runs",
+                   "n_aug_support_samples", "eval_batch_size", "log_interval", "val_episodes")
+    for name in ("learning_rate", "lr_decay_rate"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"--{name}: expected a positive number, got {getattr(args, name)}")
+    check_writable_folder(args.model_path, "--model_path")
+    if args.dataset in DATASETS:  # a missing data folder is one line before the header, not after it
+        resolve_dataset_folder(DATASETS.get(args.dataset), args.data_root)
+    if args.eval_freq < 0:
+        raise UsageError(f"--eval_freq: expected 0 (off) or a number of epochs, got {args.eval_freq}")
+    if args.final_checkpoint == "best" and not args.eval_freq:
+        raise UsageError("--final_checkpoint best: needs --eval_freq, which keeps best.pth by val accuracy")
 
+
+def training_config(args: argparse.Namespace, device_augment_refusal: str | None = None) -> TrainConfig:
+    """A training script's parsed flags (every published default already filled) as the run's values,
+    checked. `device_augment_refusal`: why the method's augmentation cannot run with --augment device (it
+    then runs on loader workers, and an explicit --augment device is refused). --augment is recorded as
+    decided; --amp is decided with the device (engine.run.start_training_run)."""
+    report_official_flags(args)  # a refusal comes before anything is printed
+    if device_augment_refusal is not None and args.augment == "device":
+        raise UsageError(f"--augment device: {device_augment_refusal}; use --augment workers (or auto)")
+    check_training_flags(args)
+    args.augment = "workers" if device_augment_refusal is not None else resolve_augment(args.augment)
+    return TrainConfig(
+        schedule=Schedule(args.epochs, args.learning_rate, tuple(args.lr_decay_epochs), args.lr_decay_rate,
+                          args.cosine, args.momentum, args.weight_decay),
+        data=DataConfig(args.dataset, args.data_root, args.image_size, args.normalization,
+                        bool(getattr(args, "use_trainval", False)), args.batch_size, args.num_workers, args.augment),
+        process=ProcessConfig(args.device, args.amp, args.tf32, args.deterministic),
+        loop=LoopConfig(args.log_interval, args.eval_freq, args.val_episodes, args.halt_on_divergence, args.compile),
+        run=RunConfig(args.model_path, args.resume, not args.no_final_eval, args.final_checkpoint,
+                      WandbConfig(args.wandb, args.wandb_project, args.wandb_group, tuple(args.tags))),
+        episodes=EvalConfig(args.n_ways, args.n_queries, args.n_test_runs, args.n_aug_support_samples,
+                            args.eval_batch_size, args.seed),
+        seed=args.seed, flags=dict(vars(args)))

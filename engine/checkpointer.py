@@ -6,7 +6,6 @@ every rank's RNG streams and metric sums. detectron2's Checkpointer and DINO's
 restart_from_checkpoint keep the same in one place."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,13 @@ class ResumePoint:
 
 class Checkpointer:
     def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 args: argparse.Namespace, identity: dict[str, Any],
+                 flags: dict[str, Any], identity: dict[str, Any],
                  extra_modules: dict[str, nn.Module] | None = None, extra: dict[str, Any] | None = None) -> None:
-        """`identity`: what a resumed run must share with the checkpoint (model, dataset, image size,
-        method, the teacher file); `extra`: plain entries saved as they are (image size, normalisation,
-        the teacher's path)."""
-        self.model, self.optimizer, self.scaler, self.args = model, optimizer, scaler, args
+        """`flags`: the run's command line as resolved, recorded under "args" (the release's key) for what
+        reads a checkpoint's training settings back; `identity`: what a resumed run must share with the
+        checkpoint (model, dataset, image size, method, the teacher file); `extra`: plain entries saved as
+        they are (image size, normalisation, the teacher's path)."""
+        self.model, self.optimizer, self.scaler, self.flags = model, optimizer, scaler, flags
         self.identity = identity
         self.extra_modules = extra_modules or {}
         self.extra = {"identity": identity, **(extra or {})}
@@ -53,7 +53,7 @@ class Checkpointer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),  # fp16's loss scale; empty when the scaler is a pass-through
-            "args": dict(vars(self.args)),
+            "args": dict(self.flags),
             "dropblock_calls": dropblock_calls(self.model),
             "wandb_id": self.wandb_id,
             **{key: module.state_dict() for key, module in self.extra_modules.items()},

@@ -1,14 +1,13 @@
 """The epoch loop: steps under autocast with a grad scaler, a loud stop on a non-finite loss, a line (or
-with --halt_on_divergence the same stop) on a finite one that diverges, the learning-rate schedule, one
+with halt_on_divergence the same stop) on a finite one that diverges, the learning-rate schedule, one
 checkpoint and one log line per epoch, and (with --eval_freq) a val evaluation that keeps best.pth."""
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -18,27 +17,11 @@ from runtime import distributed
 from runtime.preemption import StopRequest, rng_state, set_rng_state
 from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from engine.checkpointer import Checkpointer
+from engine.config import LoopConfig, Schedule
 from runtime.folder_lock import FolderLock
 from runtime.logger import ProgressLines, RunLogger
 from models.dropblock import keep_dropblock_eager
 from util import CheckpointError, NonFiniteLossError, Preempted, autocast
-
-
-def learning_rate_at(epoch: int, args: argparse.Namespace) -> float:
-    """lr for 1-based `epoch`: step decay after each of --lr_decay_epochs, or the official cosine
-    schedule (CosineAnnealingLR over all epochs to lr * rate^3, stepped before each epoch)."""
-    if args.cosine:
-        eta_min = args.learning_rate * args.lr_decay_rate**3
-        return eta_min + (args.learning_rate - eta_min) * (1 + math.cos(math.pi * epoch / args.epochs)) / 2
-    return step_decay(args.learning_rate, args.lr_decay_rate, args.lr_decay_epochs, epoch)
-
-
-def step_decay(learning_rate: float, rate: float, milestones: Iterable[float], epoch: int) -> float:
-    """lr for 1-based `epoch`, multiplied by `rate` once for each milestone the epochs before it have
-    reached (epoch - 1 >= m). A whole-number milestone m decays from epoch m + 1 on, as the releases'
-    MultiStepLR; a fractional one (SSKD's head decays at 50% and 75% of its epochs) is not reached by
-    the epoch it falls in, so a 1-epoch head trains at its given lr."""
-    return learning_rate * rate**sum(epoch - 1 >= m for m in milestones)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -342,32 +325,47 @@ def _stop(stop: StopRequest, state: TrainState, stretch: _Stretch, epoch: int, s
                      f"command plus --resume", code)
 
 
-def fit(*, state: TrainState, make_step: Callable[[], Step], loader, args: argparse.Namespace, device: torch.device,
-        phases: list[Phase] = (), after_epoch: Callable[[int], None] | None = None,
-        before_epoch: Callable[[int], None] | None = None) -> None:
+@dataclass
+class _Loop:
+    """What every epoch of one fit() call reads: the run, its loader, its loop settings, the device and
+    autocast precision, the stop-signal watch, and the method's own epoch count."""
+
+    state: TrainState
+    loader: Any
+    config: LoopConfig
+    device: torch.device
+    amp: str
+    stop: StopRequest
+    epochs: int
+
+
+def fit(*, state: TrainState, make_step: Callable[[], Step], loader, schedule: Schedule, loop: LoopConfig,
+        device: torch.device, amp: str = "off", phases: list[Phase] = (),
+        after_epoch: Callable[[int], None] | None = None, before_epoch: Callable[[int], None] | None = None) -> None:
     """Train each of `phases` (the method's phases before its own, in order), then the method's own
-    epochs from state.start_epoch to args.epochs with the step `make_step()` builds once the phases are
-    done: one checkpoint and one log line per epoch, a stop signal checkpointing mid-epoch in any of
-    them. `before_epoch(epoch)` runs before each of the method's epochs' first step (also a resumed
-    one's), `after_epoch(epoch)` after its steps, before its checkpoint is written. With
-    state.validation, every --eval_freq epochs and at the last the val metrics join the log line and
-    best.pth is rewritten whenever val_acc improves.
+    epochs from state.start_epoch to schedule.epochs with the step `make_step()` builds once the phases
+    are done, under autocast `amp`: one checkpoint and one log line per epoch, a stop signal
+    checkpointing mid-epoch in any of them. `before_epoch(epoch)` runs before each of the method's epochs'
+    first step (also a resumed one's), `after_epoch(epoch)` after its steps, before its checkpoint is
+    written. With state.validation, every loop.eval_freq epochs and at the last the val metrics join the
+    log line and best.pth is rewritten whenever val_acc improves.
 
     Under torchrun the step calls the DDP-wrapped network (runtime.distributed.wrap), every rank runs
     the loop and the (sharded) val evaluation, and rank 0 alone writes checkpoints and logs.
     """
-    with StopRequest(args.log_interval) as stop:
+    with StopRequest(loop.log_interval) as stop:
+        run = _Loop(state, loader, loop, device, amp, stop, schedule.epochs)
         for phase, first_epoch in _phases_to_train(state, list(phases)):
             stretch = _Stretch(phase, phase.epochs, phase.optimizer, phase.scaler or _pass_through(device),
                                phase.learning_rate_at, phase.data_epoch)
-            _train_stretch(state, stretch, phase.make_step(), loader, args, device, first_epoch, stop)
+            _train_stretch(run, stretch, phase.make_step(), first_epoch)
         step = make_step()
-        if getattr(args, "compile", False):
+        if loop.compile:
             keep_dropblock_eager()
             step = torch.compile(step)  # the closure's network and losses become one graph (or a few)
-        own = _Stretch(None, args.epochs, state.optimizer, state.scaler, lambda epoch: learning_rate_at(epoch, args),
+        own = _Stretch(None, schedule.epochs, state.optimizer, state.scaler, schedule.learning_rate_at,
                        lambda epoch: epoch)
-        _train_stretch(state, own, step, loader, args, device, state.start_epoch, stop, after_epoch, before_epoch)
+        _train_stretch(run, own, step, state.start_epoch, after_epoch, before_epoch)
     distributed.barrier()  # every rank may read best.pth or checkpoint.pth next
     distributed.check_replicas_equal(state.model, state.extra_modules)
 
@@ -393,40 +391,40 @@ def _phases_to_train(state: TrainState, phases: list[Phase]) -> list[tuple[Phase
     return [(phases[at], int(state.phase["epoch"]) + 1), *((phase, 1) for phase in phases[at + 1:])]
 
 
-def _train_stretch(state: TrainState, stretch: _Stretch, step: Step, loader, args: argparse.Namespace,
-                   device: torch.device, first_epoch: int, stop: StopRequest,
+def _train_stretch(run: _Loop, stretch: _Stretch, step: Step, first_epoch: int,
                    after_epoch: Callable[[int], None] | None = None,
                    before_epoch: Callable[[int], None] | None = None) -> None:
+    state = run.state
     for epoch in range(first_epoch, stretch.epochs + 1):
         if before_epoch is not None:
             before_epoch(epoch)
-        meter, seconds, skip = _train_epoch(state, stretch, step, loader, args, device, epoch, stop)
+        meter, seconds, skip = _train_epoch(run, stretch, step, epoch)
         # Every rank evaluates and rank 0 saves the same network; modules outside DDP (a momentum key
         # encoder) also kept BatchNorm statistics of their own rank's images.
         for module in (state.model, *state.extra_modules.values()):
             distributed.broadcast_buffers(module)
         if after_epoch is not None:
             after_epoch(epoch)
-        _end_epoch(state, stretch, epoch, meter, seconds, skip, args, device)
+        _end_epoch(run, stretch, epoch, meter, seconds, skip)
         # Arrived during the epoch's last step, its evaluation or its save; an all-reduce that rank 0
         # joins after writing the checkpoint, so no rank exits before it is on disk.
-        if stop.requested():
-            raise _stop(stop, state, stretch, epoch, None, 0)
+        if run.stop.requested():
+            raise _stop(run.stop, state, stretch, epoch, None, 0)
 
 
-def _train_epoch(state: TrainState, stretch: _Stretch, step: Step, loader, args: argparse.Namespace,
-                 device: torch.device, epoch: int, stop: StopRequest) -> tuple[Meter, float, int]:
+def _train_epoch(run: _Loop, stretch: _Stretch, step: Step, epoch: int) -> tuple[Meter, float, int]:
     """The epoch's steps (from a mid-epoch checkpoint's step when resuming one); returns its metric
     sums, its seconds and the steps it resumed after."""
+    state, device, stop = run.state, run.device, run.stop
     set_learning_rate(stretch.optimizer, stretch.learning_rate_at(epoch))
     state.model.train()
-    meter, finite = Meter(), FinitenessCheck(stretch.watch, getattr(args, "halt_on_divergence", False))
+    meter, finite = Meter(), FinitenessCheck(stretch.watch, run.config.halt_on_divergence)
     resumed, state.partial = state.partial, None
     skip = resumed["step"] if resumed is not None else 0
     last_good = state.checkpoint_path if state.checkpoint_path.is_file() else None
     start = time.perf_counter()
-    progress = _batches(loader, epoch, stretch, state.data_seed, skip)
-    steps = skip + len(loader)
+    progress = _batches(run.loader, epoch, stretch, state.data_seed, skip)
+    steps = skip + len(run.loader)
     if resumed is not None:  # the RNG streams and metric sums exactly as they were after step `skip`
         set_rng_state(resumed["rng"])
         meter.load_state_dict(resumed["meter"], device)
@@ -434,7 +432,7 @@ def _train_epoch(state: TrainState, stretch: _Stretch, step: Step, loader, args:
     for i, (images, targets) in enumerate(progress, start=skip + 1):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        with autocast(device, args.amp):
+        with autocast(device, run.amp):
             result = step(images, targets)
         stretch.optimizer.zero_grad(set_to_none=True)
         stretch.scaler.scale(result.loss).backward()
@@ -442,7 +440,7 @@ def _train_epoch(state: TrainState, stretch: _Stretch, step: Step, loader, args:
         stretch.scaler.update()
         meter.update(result)
         finite.add(i, result)
-        if i % args.log_interval == 0:
+        if i % run.config.log_interval == 0:
             loss = finite.check(epoch, last_good)
             progress.set_postfix(loss=f"{loss:.3f}")
             lines(f"{stretch.prefix.replace('_', ' ')}epoch {epoch}/{stretch.epochs} step {i}/{steps} "
@@ -457,13 +455,12 @@ def _train_epoch(state: TrainState, stretch: _Stretch, step: Step, loader, args:
     return meter, time.perf_counter() - start, skip
 
 
-def _end_epoch(state: TrainState, stretch: _Stretch, epoch: int, meter: Meter, seconds: float, skip: int,
-               args: argparse.Namespace, device: torch.device) -> None:
-    """The epoch's log line, its val evaluation (the method's own epochs, with --eval_freq) and checkpoint."""
+def _end_epoch(run: _Loop, stretch: _Stretch, epoch: int, meter: Meter, seconds: float, skip: int) -> None:
+    """The epoch's log line, its val evaluation (the method's own epochs, with eval_freq) and checkpoint."""
+    state = run.state
     averages, images = meter.averages()
     # Before this epoch's checkpoint, so that a halted run keeps the last good one, as for a non-finite loss.
-    stretch.watch.epoch_accuracy(epoch, averages, images, _classes(state.model),
-                                 getattr(args, "halt_on_divergence", False),
+    stretch.watch.epoch_accuracy(epoch, averages, images, _classes(state.model), run.config.halt_on_divergence,
                                  state.checkpoint_path if state.checkpoint_path.is_file() else None)
     p = stretch.prefix
     record = {**({"phase": stretch.phase.name} if stretch.phase else {}), f"{p}epoch": epoch,
@@ -473,9 +470,9 @@ def _end_epoch(state: TrainState, stretch: _Stretch, epoch: int, meter: Meter, s
         record[f"{p}resumed_at_step"] = skip  # images_per_s and epoch_seconds cover the steps after it
     main = distributed.is_main_process()
     checkpoint = stretch.checkpoint(state, epoch)
-    if stretch.phase is None and state.validation is not None and (epoch % args.eval_freq == 0
-                                                                   or epoch == args.epochs):
-        metrics = _validate(state.model, state.validation, device)
+    if stretch.phase is None and state.validation is not None and (epoch % run.config.eval_freq == 0
+                                                                   or epoch == run.epochs):
+        metrics = _validate(state.model, state.validation, run.device)
         record.update(metrics)
         if state.best_val_acc is None or metrics["val_acc"] > state.best_val_acc:
             state.best_val_acc = metrics["val_acc"]

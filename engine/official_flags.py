@@ -57,7 +57,7 @@ def _refuse_unless(ok: Callable[[object], bool], why: str,
 def _transform(value, args: argparse.Namespace) -> str | None:
     """The release picks its augmentation by letter (A for miniImageNet and tieredImageNet, D for
     CIFAR-FS and FC100, forced there); here the dataset's profile picks the same one."""
-    from dataset.profiles import dataset_profile
+    from published.profiles import dataset_profile
 
     if args.dataset == "folder" or args.dataset is None:
         return f"--transform {value}: the dataset's profile chooses the augmentation here"

@@ -12,8 +12,12 @@ all episodes of a batch at once, on CPU or CUDA.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
+
+from util import Registry
 
 
 def _span_coordinates(support: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +94,8 @@ def _newton_direction(problem: _Problem, p: torch.Tensor, grad: torch.Tensor, ma
 
 @torch.no_grad()
 def logistic_regression_scores(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
-                               n_classes: int, c: float = 1.0, max_iter: int = 100, tol: float = 1e-7) -> torch.Tensor:
+                               n_classes: int, *, c: float = 1.0, max_iter: int = 100,
+                               tol: float = 1e-7) -> torch.Tensor:
     """Multinomial L2 logistic regression per episode; returns the query decision scores (E, q, K)."""
     z_s, z_q = _span_coordinates(support.double(), query.double())
     e, n, r = z_s.shape
@@ -119,51 +124,57 @@ def logistic_regression_scores(support: torch.Tensor, support_labels: torch.Tens
     return z_query @ theta.transpose(1, 2)
 
 
-def logistic_regression(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_classes: int,
-                        c: float = 1.0) -> torch.Tensor:
-    """Query predictions (E, q) of `logistic_regression_scores`."""
-    return logistic_regression_scores(support, support_labels, query, n_classes, c).argmax(2)
+@torch.no_grad()
+def nearest_neighbour_scores(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                             n_classes: int) -> torch.Tensor:
+    """Minus the Euclidean distance from each query to the nearest support vector of each class."""
+    return _per_class_best(-torch.cdist(query, support), support_labels, n_classes)
 
 
 @torch.no_grad()
-def nearest_neighbour(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """Label of the support vector at the smallest Euclidean distance."""
-    nearest = torch.cdist(query, support).argmin(2)
-    return torch.gather(support_labels, 1, nearest)
-
-
-@torch.no_grad()
-def cosine(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """Label of the support vector with the largest cosine similarity."""
+def cosine_scores(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                  n_classes: int) -> torch.Tensor:
+    """The largest cosine similarity of each query to a support vector of each class."""
     s = torch.nn.functional.normalize(support, dim=2)
     q = torch.nn.functional.normalize(query, dim=2)
-    return torch.gather(support_labels, 1, (q @ s.transpose(1, 2)).argmax(2))
+    return _per_class_best(q @ s.transpose(1, 2), support_labels, n_classes)
 
 
-def sklearn_logistic_regression(support: torch.Tensor, support_labels: torch.Tensor,
-                                query: torch.Tensor) -> torch.Tensor:
-    """The reference: scikit-learn's LogisticRegression per episode, as the official code calls it."""
+def _per_class_best(similarity: torch.Tensor, support_labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(E, q, K): the largest of `similarity` (E, q, n) over each class's support vectors."""
+    labels = support_labels[:, None, :].expand_as(similarity)
+    best = similarity.new_full((*similarity.shape[:2], n_classes), -torch.inf)
+    return best.scatter_reduce(2, labels.long(), similarity, reduce="amax")
+
+
+def sklearn_logistic_regression_scores(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                                       n_classes: int) -> torch.Tensor:
+    """The reference: scikit-learn's LogisticRegression per episode, as the official code calls it; its
+    decision function (both columns of a two-class episode, whose sklearn form is one)."""
     from sklearn.linear_model import LogisticRegression
 
-    predictions = []
+    scores = []
     for s, y, q in zip(support.cpu().numpy(), support_labels.cpu().numpy(), query.cpu().numpy()):
         clf = LogisticRegression(C=1.0, solver="lbfgs", max_iter=1000, random_state=0)
         clf.fit(s, y)
-        predictions.append(clf.predict(q))
-    return torch.from_numpy(np.stack(predictions)).to(support_labels.device)
+        decision = clf.decision_function(q)
+        scores.append(np.stack([-decision, decision], 1) if decision.ndim == 1 else decision)
+    return torch.from_numpy(np.stack(scores)).to(support_labels.device)
 
 
-CLASSIFIERS = ("LR", "NN", "Cosine", "sklearn")
+# A classifier: (support (E, n, d), support_labels (E, n) in 0..K-1, query (E, q, d), K) -> scores (E, q, K),
+# higher meaning more likely; its prediction is the highest-scoring class. eval_fewshot.py --classifier and
+# tools.classify --classifier offer every entry; the protocol's (the paper's, validation's, the final report's)
+# is DEFAULT_CLASSIFIER.
+CLASSIFIERS: Registry[Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]] = Registry("classifier")
+CLASSIFIERS.register("LR", logistic_regression_scores)  # batched logistic regression, scikit-learn's problem
+CLASSIFIERS.register("NN", nearest_neighbour_scores)
+CLASSIFIERS.register("Cosine", cosine_scores)
+CLASSIFIERS.register("sklearn", sklearn_logistic_regression_scores)
+DEFAULT_CLASSIFIER = "LR"
 
 
 def classify(name: str, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
              n_classes: int) -> torch.Tensor:
-    if name == "LR":
-        return logistic_regression(support, support_labels, query, n_classes)
-    if name == "NN":
-        return nearest_neighbour(support, support_labels, query)
-    if name == "Cosine":
-        return cosine(support, support_labels, query)
-    if name == "sklearn":
-        return sklearn_logistic_regression(support, support_labels, query)
-    raise ValueError(f"unknown classifier {name!r}; expected one of {CLASSIFIERS}")
+    """Query predictions (E, q) of the registered classifier `name`."""
+    return CLASSIFIERS.get(name)(support, support_labels, query, n_classes).argmax(2)

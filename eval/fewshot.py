@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from dataset.imageset import ImageSet
 from dataset.transforms import Normalization, crop_flip_batch
 from runtime.logger import ProgressLines
 from eval import sharding
-from eval.classifiers import classify
+from eval.classifiers import DEFAULT_CLASSIFIER, classify
 from eval.embed import embed
 from eval.stats import mean_confidence_interval
 from util import precision_name
@@ -37,6 +38,22 @@ class EpisodeSetting:
     n_queries: int = 15
     n_episodes: int = 600
     n_aug: int = 5  # augmented copies of each support image
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a command's evaluations draw and embed their episodes, whatever their shots: `n_episodes` per
+    evaluation, the support augmentations seeded by `seed`, `batch_size` images per forward pass."""
+
+    n_ways: int = 5
+    n_queries: int = 15
+    n_episodes: int = 600
+    n_aug: int = 5
+    batch_size: int = 256
+    seed: int = 0
+
+    def setting(self, shots: int) -> EpisodeSetting:
+        return EpisodeSetting(self.n_ways, shots, self.n_queries, self.n_episodes, self.n_aug)
 
 
 @dataclass
@@ -98,8 +115,9 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSetting, norm: Normalization,
-             device: torch.device, classifiers: tuple[str, ...] = ("LR",), embeddings: tuple[str, ...] = ("feature",),
-             batch_size: int = 256, seed: int = 0, amp: str = "off", progress: bool = True) -> list[FewShotResult]:
+             device: torch.device, *, classifiers: tuple[str, ...] = (DEFAULT_CLASSIFIER,),
+             embeddings: tuple[str, ...] = ("feature",), batch_size: int = 256, seed: int = 0, amp: str = "off",
+             progress: bool = True) -> list[FewShotResult]:
     """Accuracy per episode for every (embedding, classifier) pair, on the official episodes; the
     network embeds under `amp` (off, bf16, fp16), recorded in each result.
 
@@ -109,53 +127,75 @@ def evaluate(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSet
     s = setting
     episodes = sample_episodes(images.class_indices(), s.n_episodes, s.n_ways, s.n_shots, s.n_queries, images.source)
     pixels = torch.from_numpy(images.images)
-    num_queries = s.n_ways * s.n_queries
 
     # Queries: the union over all episodes, embedded once, un-augmented.
     query_index = np.stack([e.query.reshape(-1) for e in episodes])  # (E, n_ways * n_queries), class-major
     unique, inverse = np.unique(query_index, return_inverse=True)
     inverse = torch.from_numpy(inverse.reshape(query_index.shape)).to(device)
     query_embeddings = dict(zip(EMBEDDINGS, _embed_sharded(model, pixels[unique], norm, device, batch_size, amp)))
-    query_labels = torch.arange(s.n_ways, device=device).repeat_interleave(s.n_queries)
 
     # Supports: each image repeated n_aug times (the official np.tile order), freshly augmented.
     support_index = np.tile(np.stack([e.support.reshape(-1) for e in episodes]), (1, s.n_aug))
-    support_labels = torch.arange(s.n_ways, device=device).repeat_interleave(s.n_shots).repeat(s.n_aug)
     padding = images.profile.crop_padding
-    per_chunk = max(1, SUPPORT_IMAGES_PER_CHUNK // support_index.shape[1])
-    starts = range(0, len(episodes), per_chunk)
-    bar = tqdm(total=len(sharding.my_pieces(len(starts))), desc=f"{split} {s.n_shots}-shot", leave=False,
+
+    def supports(ids: range) -> dict[str, torch.Tensor]:
+        augmented = torch.cat([crop_flip_batch(pixels[support_index[i]], padding, episode_generator(seed, i))
+                               for i in ids])
+        embedded = dict(zip(EMBEDDINGS, embed(model, augmented, norm, device, batch_size, amp)))
+        return {emb: embedded[emb].view(len(ids), support_index.shape[1], -1) for emb in embeddings}
+
+    def queries(ids: range) -> dict[str, torch.Tensor]:
+        return {emb: query_embeddings[emb][inverse[ids.start:ids.stop]] for emb in embeddings}
+
+    predictions = solve_episodes(setting, supports, queries, embeddings=embeddings, classifiers=classifiers,
+                                 device=device, label=f"{split} {s.n_shots}-shot", progress=progress)
+    return episode_results(predictions, split, setting, precision_name(device, amp),
+                           episode_fingerprint(images, setting, seed), images.image_size)
+
+
+Embedded = Callable[[range], dict[str, torch.Tensor]]  # episodes -> (episodes, vectors, d) per embedding
+
+
+def solve_episodes(setting: EpisodeSetting, supports: Embedded, queries: Embedded, *, embeddings: tuple[str, ...],
+                   classifiers: tuple[str, ...], device: torch.device, label: str,
+                   progress: bool = True) -> dict[tuple[str, str], torch.Tensor]:
+    """Every episode's query predictions by each (embedding, classifier), the episodes taken in chunks of
+    about SUPPORT_IMAGES_PER_CHUNK support vectors (shared out over the ranks under torchrun).
+    `supports(ids)`: the chunk's support vectors, every support image's n_aug copies copy-major (the
+    official np.tile order); `queries(ids)`: its query vectors, class-major. Both are L2-normalised here."""
+    s = setting
+    n_support = s.n_ways * s.n_shots * max(s.n_aug, 1)
+    support_labels = torch.arange(s.n_ways, device=device).repeat_interleave(s.n_shots).repeat(max(s.n_aug, 1))
+    per_chunk = max(1, SUPPORT_IMAGES_PER_CHUNK // n_support)
+    starts = range(0, s.n_episodes, per_chunk)
+    bar = tqdm(total=len(sharding.my_pieces(len(starts))), desc=label, leave=False,
                disable=None if progress and sharding.is_main() else True)
     lines = ProgressLines(progress and sharding.is_main())
 
     def predict_chunk(chunk: int) -> dict[tuple[str, str], torch.Tensor]:
-        start = starts[chunk]
-        ids = range(start, min(start + per_chunk, len(episodes)))
-        augmented = torch.cat([crop_flip_batch(pixels[support_index[i]], padding, episode_generator(seed, i))
-                               for i in ids])
-        support_embeddings = dict(zip(EMBEDDINGS, embed(model, augmented, norm, device, batch_size, amp)))
+        ids = range(starts[chunk], min(starts[chunk] + per_chunk, s.n_episodes))
+        support_vectors, query_vectors = supports(ids), queries(ids)
         out = {}
         for emb in embeddings:
-            support = l2_normalize(support_embeddings[emb].view(len(ids), support_index.shape[1], -1))
-            query = l2_normalize(query_embeddings[emb][inverse[start:start + len(ids)]].view(len(ids), num_queries, -1))
-            labels = support_labels.expand(len(ids), -1)
+            support, query = l2_normalize(support_vectors[emb]), l2_normalize(query_vectors[emb])
             for clf in classifiers:
-                out[(emb, clf)] = classify(clf, support, labels, query, s.n_ways).cpu()
+                out[(emb, clf)] = classify(clf, support, support_labels.expand(len(ids), -1), query, s.n_ways).cpu()
         bar.update()
-        lines(f"{split} {s.n_shots}-shot: episodes {min(start + per_chunk, len(episodes))}/{len(episodes)}")
+        lines(f"{label}: episodes {ids.stop}/{s.n_episodes}")
         return out
 
-    chunk_predictions = sharding.compute_sharded(len(starts), predict_chunk)
+    chunks = sharding.compute_sharded(len(starts), predict_chunk)
     bar.close()
-    fingerprint = episode_fingerprint(images, setting, seed)
-    results = []
-    for emb in embeddings:
-        for clf in classifiers:
-            predictions = torch.cat([chunk[(emb, clf)] for chunk in chunk_predictions])
-            accuracies = (predictions == query_labels.cpu()).double().mean(1).numpy()
-            results.append(FewShotResult(split, setting, emb, clf, accuracies, predictions.numpy().astype(np.int8),
-                                         precision_name(device, amp), fingerprint, images.image_size))
-    return results
+    return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+
+
+def episode_results(predictions: dict[tuple[str, str], torch.Tensor], split: str, setting: EpisodeSetting,
+                    precision: str, fingerprint: str, image_size: int | None) -> list[FewShotResult]:
+    """solve_episodes' predictions as one FewShotResult per (embedding, classifier), accuracies per episode."""
+    query_labels = torch.arange(setting.n_ways).repeat_interleave(setting.n_queries)
+    return [FewShotResult(split, setting, emb, clf, (found == query_labels).double().mean(1).numpy(),
+                          found.numpy().astype(np.int8), precision, fingerprint, image_size)
+            for (emb, clf), found in predictions.items()]
 
 
 def _embed_sharded(model: nn.Module, pixels: torch.Tensor, norm: Normalization, device: torch.device,

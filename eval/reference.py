@@ -15,7 +15,7 @@ from torch import nn
 from dataset.episodes import sample_episodes
 from dataset.imageset import ImageSet
 from dataset.transforms import Normalization, crop_flip_batch
-from eval.classifiers import sklearn_logistic_regression
+from eval.classifiers import classify
 from eval.embed import embed
 from util import precision_name
 from eval.fewshot import (EMBEDDINGS, EpisodeSetting, FewShotResult, episode_fingerprint, episode_generator,
@@ -23,7 +23,7 @@ from eval.fewshot import (EMBEDDINGS, EpisodeSetting, FewShotResult, episode_fin
 
 
 def evaluate_reference(model: nn.Module, images: ImageSet, split: str, setting: EpisodeSetting, norm: Normalization,
-                       device: torch.device, embedding: str = "feature", batch_size: int = 256, seed: int = 0,
+                       device: torch.device, *, embedding: str = "feature", batch_size: int = 256, seed: int = 0,
                        amp: str = "off") -> FewShotResult:
     s = setting
     episodes = sample_episodes(images.class_indices(), s.n_episodes, s.n_ways, s.n_shots, s.n_queries, images.source)
@@ -39,8 +39,8 @@ def evaluate_reference(model: nn.Module, images: ImageSet, split: str, setting: 
         support = embed(model, support_pixels, norm, device, batch_size, amp)[pick].cpu()
         query = embed(model, pixels[np.tile(episode.query.reshape(-1), s.n_aug)], norm, device, batch_size,
                       amp)[pick].cpu()
-        predictions = sklearn_logistic_regression(l2_normalize(support)[None], support_labels[None],
-                                                  l2_normalize(query)[None])[0]
+        predictions = classify("sklearn", l2_normalize(support)[None], support_labels[None], l2_normalize(query)[None],
+                               setting.n_ways)[0]
         accuracies.append((predictions == query_labels).double().mean().item())
     return FewShotResult(split, setting, embedding, "sklearn", np.array(accuracies),
                          precision=precision_name(device, amp),

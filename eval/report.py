@@ -2,7 +2,6 @@
 scripts end), printed, written to results.json and put in the W&B summary."""
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, replace
@@ -18,9 +17,9 @@ from dataset.episodes import sample_episodes
 from dataset.imageset import ImageSet
 from dataset.transforms import Normalization, crop_flip_batch
 from eval import sharding
-from eval.classifiers import classify
+from eval.classifiers import DEFAULT_CLASSIFIER, classify
 from eval.embed import embed
-from eval.fewshot import EMBEDDINGS, EpisodeSetting, FewShotResult, evaluate, l2_normalize
+from eval.fewshot import EMBEDDINGS, EpisodeSetting, EvalConfig, FewShotResult, evaluate, l2_normalize
 from util import atomic_write
 
 REPORT_SHOTS = (1, 5)
@@ -75,7 +74,7 @@ def images_embedded(images: ImageSet, s: EpisodeSetting) -> int:
     return len(queries) + s.n_episodes * s.n_ways * s.n_shots * s.n_aug
 
 
-def measure_cost(planned: list[Planned], model: nn.Module, norm: Normalization, device: torch.device,
+def measure_cost(planned: list[Planned], model: nn.Module, norm: Normalization, device: torch.device, *,
                  batch_size: int, amp: str, classifiers: tuple[str, ...],
                  embeddings: tuple[str, ...]) -> EvaluationCost:
     """Time PROBE_IMAGES images of the first split through augmentation and the network, then
@@ -136,7 +135,8 @@ def report_projection(planned: list[Planned], model: nn.Module, norm: Normalizat
                       batch_size: int, amp: str) -> str:
     """The line a run on a CPU prints before its final report (minutes there, unannounced otherwise):
     its size, its projected time, and the two ways to shorten it."""
-    cost = measure_cost(planned, model, norm, device, batch_size, amp, ("LR",), EMBEDDINGS)
+    cost = measure_cost(planned, model, norm, device, batch_size=batch_size, amp=amp,
+                        classifiers=(DEFAULT_CLASSIFIER,), embeddings=EMBEDDINGS)
     episodes = planned[0][2].n_episodes
     splits = " and ".join(dict.fromkeys(split for split, _, _ in planned))
     return (f"final report: {len(planned)} evaluations ({splits} x {' and '.join(map(str, REPORT_SHOTS))} shots) "
@@ -145,31 +145,41 @@ def report_projection(planned: list[Planned], model: nn.Module, norm: Normalizat
 
 
 def evaluation_projection(planned: list[Planned], model: nn.Module, norm: Normalization, device: torch.device,
-                          batch_size: int, amp: str, classifiers: tuple[str, ...], embeddings: tuple[str, ...]) -> str:
+                          episodes: EvalConfig, amp: str, *, classifiers: tuple[str, ...],
+                          embeddings: tuple[str, ...]) -> str:
     """The line eval_fewshot.py prints on a CPU before its evaluations: their size and projected time."""
-    cost = measure_cost(planned, model, norm, device, batch_size, amp, classifiers, embeddings)
+    cost = measure_cost(planned, model, norm, device, batch_size=episodes.batch_size, amp=amp, classifiers=classifiers,
+                        embeddings=embeddings)
     shots = "/".join(str(s.n_shots) for _, _, s in planned)
     return (f"evaluation: {len(planned)} x {planned[0][2].n_episodes} episodes ({planned[0][0]}, {shots}-shot), "
             f"{projection(cost, planned)}")
 
 
+def run_evaluations(planned: list[Planned], model: nn.Module, norm: Normalization, device: torch.device,
+                    episodes: EvalConfig, amp: str, *, classifiers: tuple[str, ...],
+                    embeddings: tuple[str, ...]) -> list[FewShotResult]:
+    """Each planned evaluation's results, each printed as it is done."""
+    results = []
+    for split, images, setting in planned:
+        for result in evaluate(model, images, split, setting, norm, device, classifiers=classifiers,
+                               embeddings=embeddings, batch_size=episodes.batch_size, seed=episodes.seed, amp=amp):
+            print(result.line(), flush=True)
+            results.append(result)
+    return results
+
+
 def final_report(model: nn.Module, splits: dict[str, ImageSet], norm: Normalization, device: torch.device,
-                 args: argparse.Namespace, amp: str = "off", logger=None, output: Path | None = None,
+                 episodes: EvalConfig, amp: str = "off", *, logger=None, output: Path | None = None,
                  extra: dict | None = None) -> list[FewShotResult]:
     """Evaluate on every split given (val, test), 1 and 5 shots, with features and logits, embedding
     under `amp` (recorded in every result and printed beside every accuracy); print each line, write
     `output` (results.json, with `extra`) and the W&B summary of `logger` when given."""
-    planned: list[Planned] = [(split, images, EpisodeSetting(args.n_ways, shots, args.n_queries, args.n_test_runs,
-                                                             args.n_aug_support_samples))
-                              for split, images in splits.items() for shots in REPORT_SHOTS]
+    planned: list[Planned] = [(split, images, episodes.setting(shots)) for split, images in splits.items()
+                              for shots in REPORT_SHOTS]
     if device.type == "cpu" and sharding.is_main():
-        print(report_projection(planned, model, norm, device, args.eval_batch_size, amp), flush=True)
-    results = []
-    for split, images, setting in planned:
-        for result in evaluate(model, images, split, setting, norm, device, ("LR",), EMBEDDINGS,
-                               args.eval_batch_size, args.seed, amp):
-            print(result.line(), flush=True)
-            results.append(result)
+        print(report_projection(planned, model, norm, device, episodes.batch_size, amp), flush=True)
+    results = run_evaluations(planned, model, norm, device, episodes, amp, classifiers=(DEFAULT_CLASSIFIER,),
+                              embeddings=EMBEDDINGS)
     if output is not None:
         write_results(results, output, extra)
         print(f"results: {output}")

@@ -23,7 +23,7 @@ import engine.checkpoint
 import engine.loop
 import runtime.distributed
 import util
-from engine.run import TrainingData
+from engine.data import TrainingData
 from published.cards import DISTILL_SCRIPT, GEN0_SCRIPT, MethodCard
 from models import architecture_of, create_model
 from models.dropblock import dropblock_calls, set_dropblock_calls, set_dropblock_mask

@@ -18,7 +18,7 @@ from distill.dvp import feature_distillation_loss, feature_margins
 from methods.base import DistillationMethod
 from methods.registry import register_method
 from published.dvp import DVP_CARD
-from models import ResNet12SSL, WithConnectors, connector
+from models import Backbone, WithConnectors, connector
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class DistillWeight:
         return self.weight if self.epoch > self.off_epochs else 0.0
 
 
-def dvp_step(student: WithConnectors, teacher: ResNet12SSL, margins: list[torch.Tensor],
+def dvp_step(student: WithConnectors, teacher: Backbone, margins: list[torch.Tensor],
              weight: DistillWeight) -> engine.loop.Step:
     """Student and frozen teacher on the plain images; CE plus weight() times the feature
     distillation (measured and logged every step, its weight 0 in the first epochs)."""

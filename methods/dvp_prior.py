@@ -19,7 +19,7 @@ from distill.dvp import KeyQueue, grouped_forward, margin_contrastive_logits, ma
 from methods.base import Gen0Method
 from methods.registry import register_method
 from published.dvp import DVP_PRIOR_CARD
-from models import ProjectedFeatures, ResNet12SSL
+from models import Backbone, ProjectedFeatures
 from models.dropblock import dropblock_calls, set_dropblock_calls
 
 
@@ -39,7 +39,7 @@ class MomentumContrast(nn.Module):
     momentum copy of network + head, never trained by gradients) and the queue of negatives.
     Checkpointed under "dvp_prior", so "model" keeps the official ResNet-12 keys."""
 
-    def __init__(self, model: ResNet12SSL, values: DVPPriorValues, seed: int) -> None:
+    def __init__(self, model: Backbone, values: DVPPriorValues, seed: int) -> None:
         super().__init__()
         dim = model.feature_dim
         # The pooled features of ResNet-12 (after LeakyReLU and max-pool) share a large positive common part,
@@ -81,7 +81,7 @@ class DVPPrior(Gen0Method):
 
     @classmethod
     def check_args(cls, args: argparse.Namespace) -> None:
-        util.check_positive(args, "dvp_dim", "dvp_queue", "dvp_key_groups")
+        util.check_positive(vars(args), "dvp_dim", "dvp_queue", "dvp_key_groups")
         if not 0 <= args.dvp_momentum < 1:
             raise util.UsageError(f"--dvp_momentum: expected a number in [0, 1), got {args.dvp_momentum}")
         if not args.dvp_temperature > 0:
@@ -115,7 +115,7 @@ class DVPPrior(Gen0Method):
         return dvp_prior_step(self.model, self.prior, self.values)
 
 
-def dvp_prior_step(model: ResNet12SSL, prior: MomentumContrast, values: DVPPriorValues) -> engine.loop.Step:
+def dvp_prior_step(model: Backbone, prior: MomentumContrast, values: DVPPriorValues) -> engine.loop.Step:
     """Each image comes as two views (B, 2, 3, H, W); the labels are never read."""
     query = ProjectedFeatures(model, prior.query_head)
     # The classifier and the rotation head are not part of the contrastive task.

@@ -15,9 +15,11 @@ from typing import Any, Callable, Mapping, Sequence
 from engine.args import SCHEDULE_FLAGS, Unset
 from methods.base import Method
 from published import card_of_args, card_of_training_args
-from util import ArgumentParser, UsageError, as_typed
+from util import ArgumentParser, Registry, UsageError, as_typed
 
-_METHODS: dict[str, type[Method]] = {}
+# METHODS' contract: an entry is a Method subclass (methods/base.py) with a card in published/, registered under
+# its card's name by @register_method; registration order is the table's (teachers before their students).
+METHODS: Registry[type[Method]] = Registry("method")
 
 # Fills flags not given from what the run's input records (Gen-1: its teacher's dataset, image size...) once the
 # method is known and before the published settings are resolved for the dataset; returns `setting:` lines.
@@ -25,26 +27,21 @@ BeforePublished = Callable[[type[Method], argparse.Namespace], list[str]]
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: add `cls` to the registry under `cls.name` (registration order is the table's)."""
-    if cls.name in _METHODS:
-        raise ValueError(f"method {cls.name!r} is registered twice")
-    _METHODS[cls.name] = cls
-    return cls
+    """Class decorator: add `cls` to METHODS under its card's name."""
+    return METHODS.register(cls.name, cls)
 
 
 def method_names() -> list[str]:
     """Every registered method, teachers before their students."""
-    return list(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> type[Method]:
-    if name not in _METHODS:
-        raise KeyError(f"unknown method {name!r}; registered: {', '.join(_METHODS)}")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def methods_of_script(script: str) -> list[type[Method]]:
-    return [m for m in _METHODS.values() if m.script == script]
+    return [m for m in METHODS.values() if m.script == script]
 
 
 def default_method(script: str) -> type[Method]:

@@ -15,7 +15,7 @@ from distill import rfs_distill_loss
 from methods.base import DistillationMethod
 from methods.registry import register_method
 from published.rfs import RFS_DISTILL_CARD
-from models import ResNet12SSL
+from models import Backbone
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class RFSDistill(DistillationMethod):
         return rfs_distill_step(self.model, self.teacher, v.ce_weight, v.kd_weight, v.kd_T)
 
 
-def rfs_distill_step(student: ResNet12SSL, teacher: ResNet12SSL, ce_weight: float, kd_weight: float,
+def rfs_distill_step(student: Backbone, teacher: Backbone, ce_weight: float, kd_weight: float,
                      temperature: float) -> engine.loop.Step:
     """Student and teacher on the plain images; CE to the labels plus KD to the teacher."""
     forward = runtime.distributed.wrap(student, unused=("rot_classifier",))

@@ -13,7 +13,7 @@ from distill import cross_entropy_loss
 from methods.base import Gen0Method
 from methods.registry import register_method
 from published.rfs import RFS_SIMPLE_CARD
-from models import ResNet12SSL
+from models import Backbone
 
 
 @register_method
@@ -36,7 +36,7 @@ class RFSSimple(Gen0Method):
         return plain_step(self.model)
 
 
-def plain_step(model: ResNet12SSL) -> engine.loop.Step:
+def plain_step(model: Backbone) -> engine.loop.Step:
     """One forward of the B plain images, cross-entropy only."""
     forward = runtime.distributed.wrap(model, unused=("rot_classifier",))
 

@@ -17,7 +17,7 @@ from distill import four_rotations, gen0_loss
 from methods.base import Gen0Method
 from methods.registry import register_method
 from published.skd import SKD_GEN0_CARD
-from models import ResNet12SSL
+from models import Backbone
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class SKDGen0(Gen0Method):
         return gen0_step(self.model, self.values.gamma)
 
 
-def gen0_step(model: ResNet12SSL, gamma: float) -> engine.loop.Step:
+def gen0_step(model: Backbone, gamma: float) -> engine.loop.Step:
     """The B images and their three rotations through the network; CE + gamma * L_rot."""
     forward_all = runtime.distributed.wrap(model, "forward_all")  # DDP under torchrun
 

@@ -24,7 +24,7 @@ from distill import gen1_loss, rot90, rot180, rot270
 from methods.base import DistillationMethod
 from methods.registry import register_method
 from published.skd import SKD_GEN1_CARD
-from models import ResNet12SSL
+from models import Backbone
 from models.dropblock import add_dropblock_calls
 
 
@@ -89,7 +89,7 @@ class SKDGen1(DistillationMethod):
                                                                           self.values.test_batch_size))
 
 
-def gen1_step(student: ResNet12SSL, teacher: ResNet12SSL, beta: float, temperature: float,
+def gen1_step(student: Backbone, teacher: Backbone, beta: float, temperature: float,
               official_quirks: bool) -> engine.loop.Step:
     """Teacher on x, student on x and x180 (all four rotations with the released code's quirks)."""
     forward = runtime.distributed.wrap(student, unused=("rot_classifier",))  # DDP under torchrun

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import runtime.distributed
+import engine.config
 import engine.loop
 import util
 from distill import four_rotations
@@ -18,7 +19,7 @@ from distill.sskd import SSKDWeights, similarity_head_loss, similarity_logits, s
 from methods.base import DistillationMethod
 from methods.registry import register_method
 from published.sskd import SSKD_CARD
-from models import ProjectionHead, ResNet12SSL, WithProjection
+from models import Backbone, ProjectionHead, WithProjection
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class SSKD(DistillationMethod):
 
     @classmethod
     def check_args(cls, args: argparse.Namespace) -> None:
-        util.check_positive(args, "sskd_head_epochs")
+        util.check_positive(vars(args), "sskd_head_epochs")
 
     @classmethod
     def run_name_part(cls, args: argparse.Namespace) -> str:
@@ -94,7 +95,7 @@ class SSKD(DistillationMethod):
         epochs = a.sskd_head_epochs
 
         def learning_rate_at(epoch: int) -> float:
-            return engine.loop.step_decay(a.sskd_head_lr, 0.1, (epochs * 0.5, epochs * 0.75), epoch)
+            return engine.config.step_decay(a.sskd_head_lr, 0.1, (epochs * 0.5, epochs * 0.75), epoch)
 
         return [engine.loop.Phase("teacher_head", epochs, lambda: teacher_head_step(self.teacher, head), optimizer,
                                   learning_rate_at, data_epoch=lambda epoch: -epoch)]
@@ -110,7 +111,7 @@ class SSKD(DistillationMethod):
         return sskd_step(WithProjection(self.model, self.heads["student"]), teacher, teacher_head, weights)
 
 
-def sskd_step(student: WithProjection, teacher: ResNet12SSL, teacher_head: ProjectionHead,
+def sskd_step(student: WithProjection, teacher: Backbone, teacher_head: ProjectionHead,
               weights: SSKDWeights) -> engine.loop.Step:
     """Teacher and student (with their heads) on the B plain images and their three rotations."""
     forward = runtime.distributed.wrap(student, unused=("model.rot_classifier",))
@@ -128,7 +129,7 @@ def sskd_step(student: WithProjection, teacher: ResNet12SSL, teacher_head: Proje
     return step
 
 
-def teacher_head_step(teacher: ResNet12SSL, head: ProjectionHead) -> engine.loop.Step:
+def teacher_head_step(teacher: Backbone, head: ProjectionHead) -> engine.loop.Step:
     """The frozen teacher's features of the B images and their three rotations (under the run's
     autocast), the head on them in float32; metrics: the loss and how often a rotated image finds its
     own plain image first."""

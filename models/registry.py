@@ -1,28 +1,24 @@
-"""Models registered by name and built with `create_model`."""
+"""Models registered by name and built with `create_model`.
+
+MODELS' contract: an entry is a builder `(num_classes, dropblock_size) -> nn.Module` whose network is a
+models.backbone.Backbone (features, logits, the rotation head, the parts methods read), checked for every
+entry by tests/test_models.py."""
 from __future__ import annotations
 
 from typing import Callable
 
 from torch import nn
 
-from dataset.profiles import dataset_profile
+from published.profiles import dataset_profile
 from models.resnet12 import WIDTHS, ResNet12SSL
+from util import Registry
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = builder
-        return builder
-
-    return add
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    """The registered architectures, sorted (--model's choices)."""
+    return sorted(MODELS.names())
 
 
 DEFAULT_MODEL = "resnet12_ssl"  # the paper's network, and what a checkpoint that records none (official) holds
@@ -38,23 +34,21 @@ def create_model(name: str, num_classes: int, dataset: str | None = None, image_
     """Build a registered model for `dataset` with `num_classes` outputs. The dataset's profile fixes
     the architecture's dataset-dependent choices (DropBlock size); `image_size` matters only
     without a named dataset (a `folder` of images of that size)."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     if dataset is None or dataset == "folder":
         if image_size is None:
             raise ValueError("create_model: pass a dataset name or the image size of a folder dataset")
         profile = dataset_profile("folder", image_size)
     else:
         profile = dataset_profile(dataset)
-    return _MODELS[name](num_classes=num_classes, dropblock_size=profile.dropblock_size)
+    return MODELS.get(name)(num_classes=num_classes, dropblock_size=profile.dropblock_size)
 
 
-@register_model("resnet12_ssl")
+@MODELS.register("resnet12_ssl")
 def resnet12_ssl(num_classes: int, dropblock_size: int, drop_rate: float = 0.1) -> ResNet12SSL:
     return ResNet12SSL(num_classes, drop_rate=drop_rate, dropblock_size=dropblock_size)
 
 
-@register_model("resnet12_ssl_narrow")
+@MODELS.register("resnet12_ssl_narrow")
 def resnet12_ssl_narrow(num_classes: int, dropblock_size: int, drop_rate: float = 0.1) -> ResNet12SSL:
     """ResNet-12 at a quarter of each stage's width (16, 40, 80, 160; about 1/16 of the compute): the
     same blocks, heads and checkpoint keys, for tests and smoke runs that are not about the network.

@@ -5,12 +5,13 @@ Module names match the official checkpoints (`layer1.0.conv1.weight`, ...,
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.backbone import SSLOutput
 from models.dropblock import DropBlock
 
 WIDTHS = (64, 160, 320, 640)
@@ -57,15 +58,6 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.finish(self.pre_activation(x))
-
-
-class SSLOutput(NamedTuple):
-    """Everything one forward pass can return."""
-
-    stages: list[torch.Tensor]  # feature maps after each of the four stages
-    feature: torch.Tensor  # (B, feature_dim) globally pooled feature (640 for ResNet-12)
-    logits: torch.Tensor  # (B, num_classes)
-    rot_logits: torch.Tensor  # (B, 4), predicted from the class logits
 
 
 class ResNet12SSL(nn.Module):

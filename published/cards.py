@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from published.settings import PublishedSettings
+from util import Registry
 
 GEN0_SCRIPT = "train_supervised_ssl.py"
 DISTILL_SCRIPT = "train_distillation.py"
@@ -36,32 +37,29 @@ class MethodCard:
         return ("--objective", self.objective)
 
 
-_CARDS: dict[str, MethodCard] = {}
+# Every method's card by its name, added by published/__init__.py in the table's order.
+CARDS: Registry[MethodCard] = Registry("method card")
 
 
 def add_cards(*cards: MethodCard) -> None:
     for card in cards:
-        if card.name in _CARDS:
-            raise ValueError(f"method card {card.name!r} is added twice")
-        _CARDS[card.name] = card
+        CARDS.register(card.name, card)
 
 
 def cards() -> list[MethodCard]:
     """Every method's card, teachers before their students, the paper's rows first (the table's order)."""
-    return list(_CARDS.values())
+    return CARDS.values()
 
 
 def card(name: str) -> MethodCard:
-    if name not in _CARDS:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(_CARDS)}")
-    return _CARDS[name]
+    return CARDS.get(name)
 
 
 def card_of_args(script: str, values: Mapping[str, Any]) -> MethodCard:
     """The method that resolved (or recorded) arguments of `script` select. Arguments recorded before
     --objective existed mean the script's default; before rfs_simple was an objective, RFS-simple
     recorded `--objective skd --plain`."""
-    of_script = [c for c in _CARDS.values() if c.script == script]
+    of_script = [c for c in CARDS.values() if c.script == script]
     objective = values.get("objective") or next(c for c in of_script if c.default).objective
     if values.get("plain"):
         objective = "rfs_simple"

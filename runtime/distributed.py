@@ -19,7 +19,6 @@ import torch.distributed as dist
 from torch import nn
 
 from runtime.global_batchnorm import convert_to_global_batchnorm
-from models.dropblock import DropBlock
 from util import UsageError, resolve_device
 
 
@@ -197,7 +196,7 @@ def use_global_batch_statistics(model: nn.Module) -> nn.Module:
     if not current().enabled:
         return model
     for module in model.modules():
-        if isinstance(module, DropBlock):
+        if hasattr(module, "sum_over_ranks"):  # a module whose rescale counts over the batch (models.dropblock)
             module.sum_over_ranks = all_reduce_sum
     return convert_to_global_batchnorm(model, all_reduce_sum)
 

@@ -40,13 +40,13 @@ class RunLogger:
                  tags: list[str] | tuple[str, ...] = (), run_id: str | None = None, group: str | None = None,
                  job_type: str | None = None, name: str | None = None) -> None:
         self.jsonl = jsonl
-        self.wandb_run = self._start_wandb(mode, project, config, wandb_dir, list(tags), run_id, group, job_type,
-                                           name)
+        self.wandb_run = self._start_wandb(mode, project, config, wandb_dir, tags=list(tags), run_id=run_id,
+                                           group=group, job_type=job_type, name=name)
         # Kept if W&B fails later, so that a resumed run continues the same W&B run.
         self.wandb_id = getattr(self.wandb_run, "id", None)
 
     @staticmethod
-    def _start_wandb(requested: str, project: str, config: dict, wandb_dir: Path, tags: list[str],
+    def _start_wandb(requested: str, project: str, config: dict, wandb_dir: Path, *, tags: list[str],
                      run_id: str | None, group: str | None, job_type: str | None, name: str | None):
         mode = wandb_mode(requested)
         if mode == "disabled":

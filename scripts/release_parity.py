@@ -51,12 +51,13 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import util  # noqa: E402
-from dataset.profiles import CIFAR_NORMALIZATION  # noqa: E402
+from published.profiles import CIFAR_NORMALIZATION  # noqa: E402
 from dataset.synthetic import make_synthetic_split  # noqa: E402
 from dataset.transforms import normalize_batch  # noqa: E402
 from distill import rot180, rot270  # noqa: E402
+from engine.config import Schedule  # noqa: E402
 from engine.run import sgd  # noqa: E402
-from eval.classifiers import logistic_regression, sklearn_logistic_regression  # noqa: E402
+from eval.classifiers import classify  # noqa: E402
 from eval.embed import embed  # noqa: E402
 from eval.fewshot import l2_normalize  # noqa: E402
 from methods.base import clone_student  # noqa: E402
@@ -308,15 +309,16 @@ GEN0_GAMMA, GEN1_BETA, KD_T = 2.0, 0.1, 2.0  # CIFAR-FS's published weights
 LEARNING_RATE = {"gen0": 0.05, "gen1": 0.001}
 
 
-def optimizer_args(stage: str) -> argparse.Namespace:
-    return argparse.Namespace(learning_rate=LEARNING_RATE[stage], momentum=0.9, weight_decay=5e-4)
+def optimizer_settings(stage: str) -> Schedule:
+    """The stage's SGD, as the release's main() builds it (its epochs are not read: the steps are taken here)."""
+    return Schedule(epochs=1, learning_rate=LEARNING_RATE[stage], momentum=0.9, weight_decay=5e-4)
 
 
 def our_steps(case: Case, model: ResNet12SSL, teacher: ResNet12SSL | None, images: torch.Tensor,
               targets: torch.Tensor, steps: int) -> list[StepState]:
     """This repository's step (methods/skd_gen0.py, skd_gen1.py) and optimizer (engine/run.py: sgd), K times."""
     set_dropblock_mask(model, case.mask)
-    optimizer = sgd(model, [], optimizer_args(case.stage))
+    optimizer = sgd(model, [], optimizer_settings(case.stage))
     step = (gen0_step(model, GEN0_GAMMA) if case.stage == "gen0"
             else gen1_step(model, teacher, GEN1_BETA, KD_T, case.quirks))
     model.train()
@@ -344,10 +346,10 @@ def release_train(official: str, case: Case, matched: bool) -> tuple[Callable, d
 
 
 def release_steps(official: str, case: Case, model: nn.Module, teacher: nn.Module | None, images: torch.Tensor,
-                  targets: torch.Tensor, steps: int, matched: bool) -> list[StepState]:
+                  targets: torch.Tensor, *, steps: int, matched: bool) -> list[StepState]:
     """The release's train() fed a one-batch loader K times, with the optimizer and criteria its main() builds."""
     train, namespace = release_train(official, case, matched)
-    a = optimizer_args(case.stage)
+    a = optimizer_settings(case.stage)
     optimizer = torch.optim.SGD(model.parameters(), lr=a.learning_rate, momentum=a.momentum,
                                 weight_decay=a.weight_decay)
     loader = [(images, targets, torch.arange(len(images)))]
@@ -434,7 +436,8 @@ def check_steps(official: str, steps: int, calls: list[int], batch_size: int, ma
             torch.manual_seed(1)
             mine = our_steps(case, ours, teacher if case.stage == "gen1" else None, images, targets, steps)
             torch.manual_seed(1)
-            reference = release_steps(official, case, theirs, their_teacher, images, targets, steps, matched)
+            reference = release_steps(official, case, theirs, their_teacher, images, targets, steps=steps,
+                                      matched=matched)
             worst = max(worst, compare_states(label, mine, reference))
     return worst
 
@@ -501,10 +504,9 @@ def check_episode(official: str, release: types.ModuleType, shots: tuple[int, ..
             warnings.simplefilter("ignore")
             found["meta_test"](theirs, loader, use_logit=False, classifier="LR")
         (recorded,) = RecordingLR.calls
-        reference = sklearn_logistic_regression(features["support"][None], torch.from_numpy(support_y)[None],
-                                                features["query"][None])[0].numpy()
-        ours_lr = logistic_regression(features["support"][None], torch.from_numpy(support_y)[None],
-                                      features["query"][None], 5)[0].numpy()
+        episode = (features["support"][None], torch.from_numpy(support_y)[None], features["query"][None], 5)
+        reference = classify("sklearn", *episode)[0].numpy()
+        ours_lr = classify("LR", *episode)[0].numpy()
         diffs = {k: max_diff(features[k], torch.from_numpy(recorded[k])) for k in ("support", "query")}
         flips = int((reference != recorded["predicted"]).sum())
         ours_flips = int((ours_lr != recorded["predicted"]).sum())

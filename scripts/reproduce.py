@@ -46,7 +46,7 @@ import train_distillation  # noqa: E402
 import train_supervised_ssl  # noqa: E402
 import util  # noqa: E402
 from dataset.catalog import DATASETS, resolve_dataset_folder  # noqa: E402
-from dataset.profiles import dataset_profile  # noqa: E402
+from published.profiles import dataset_profile  # noqa: E402
 from methods.base import dropblock_mask_of  # noqa: E402
 from published.settings import PUBLISHED_EVAL, TRAIN_IMAGES, PublishedSettings, Sourced  # noqa: E402
 from scripts import plan_scheduler, slurm_submit  # noqa: E402
@@ -540,7 +540,7 @@ def one_stage(stages: list[Stage], wanted: str) -> Stage:
 
 def check_data(args: argparse.Namespace) -> None:
     """Fail in one line before any training when the dataset's files are not where --data_root says."""
-    spec = DATASETS[args.dataset]
+    spec = DATASETS.get(args.dataset)
     folder = resolve_dataset_folder(spec, args.data_root)
     for split in ("train", "val", "test"):
         if not (folder / spec.marker(split)).exists():
@@ -605,9 +605,9 @@ def check_args(args: argparse.Namespace) -> None:
     if unknown or not args.methods:
         raise util.UsageError(f"--methods {','.join(args.methods)}: expected some of {','.join(ALL_METHODS)}")
     check_seeds(args.seeds)
-    util.check_positive(args, "episodes", "nproc_per_node")
+    util.check_positive(vars(args), "episodes", "nproc_per_node")
     if args.parallel is not None:
-        util.check_positive(args, "parallel")
+        util.check_positive(vars(args), "parallel")
     if args.submit and args.stage:
         raise util.UsageError("--stage with --submit: a job runs one stage, the submission all of them")
     if args.submit is None:  # a login node submitting jobs may have no GPU: each job checks its own

@@ -112,7 +112,7 @@ def output_pattern(log: Path) -> str:
     return sbatch_quoted(path.replace("%", "%%"))
 
 
-def job_script(stage_id: str, label: str, request: Request, command: list[str], log: Path,
+def job_script(stage_id: str, label: str, request: Request, command: list[str], log: Path, *,
                dependencies: list[str], args: argparse.Namespace, env: dict[str, str] | None = None) -> str:
     """The sbatch script of one stage. A stage stopped by SIGTERM (SLURM's --signal before the time limit, or
     pre-emption) writes its checkpoint and exits 143; the job then requeues itself, keeping its id, so the jobs
@@ -260,11 +260,12 @@ def submit(args: argparse.Namespace, stages: list[Stage], requests: dict[str, Re
             kind[stage.id] = "done"
             continue
         place(stage.id, stage.deps, stage.label, lambda deps, s=stage: job_script(
-            s.id, s.label, requests[s.id], [*command, "--stage", s.id], s.log, deps, args))
+            s.id, s.label, requests[s.id], [*command, "--stage", s.id], s.log, dependencies=deps, args=args))
     table_state = states.get(record.get(TABLE, ""), "")
     if any(k in ("new", "kept", "unsubmitted", "failed") for k in kind.values()) or table_state != "COMPLETED":
         place(TABLE, tuple(s.id for s in stages), "eval.table", lambda deps: job_script(
-            TABLE, "eval.table", Request(0, 2, "8G", "00:30:00"), table_command, table_log, deps, args, table_env))
+            TABLE, "eval.table", Request(0, 2, "8G", "00:30:00"), table_command, table_log, dependencies=deps,
+            args=args, env=table_env))
     else:
         kind[TABLE] = "done"
     if args.dry_run:

@@ -20,7 +20,7 @@ import engine.loop  # noqa: E402
 import engine.checkpointer  # noqa: E402
 import engine.run  # noqa: E402
 import util  # noqa: E402
-from test_preemption import SmallNet, _args  # noqa: E402
+from test_preemption import SmallNet, _config, cpu_process  # noqa: E402
 
 
 def main(folder: str) -> None:
@@ -35,9 +35,9 @@ def main(folder: str) -> None:
     torch.manual_seed(0)
     model = SmallNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    args = _args(Path(folder), log_interval=1)
-    state = engine.run.prepare_run(args=args, name="run", model=model, optimizer=optimizer, job_type="test",
-                                   identity={})
+    config = _config(Path(folder), log_interval=1)
+    state = engine.run.prepare_run(config=config, process=cpu_process(), name="run", model=model,
+                                   optimizer=optimizer, job_type="test", identity={})
     net = runtime.distributed.wrap(model)
     data = torch.utils.data.TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,)))
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, generator=torch.Generator())
@@ -49,7 +49,8 @@ def main(folder: str) -> None:
         return engine.loop.StepResult(loss, {"ce": loss.detach()}, None, len(x))
 
     try:
-        engine.loop.fit(state=state, make_step=lambda: step, loader=loader, args=args, device=device)
+        engine.loop.fit(state=state, make_step=lambda: step, loader=loader, schedule=config.schedule,
+                        loop=config.loop, device=device)
     except util.Preempted:
         sys.stdout.write(f"rank {info.rank} exits; checkpoint on disk: {state.checkpoint_path.is_file()}\n")
 

@@ -15,7 +15,7 @@ from torchvision.transforms import functional as TF
 from dataset.batch_augment import BRIGHTNESS, CONTRAST, ORDERS, SATURATION, augment_batch, draw_params
 from dataset.device_loader import DeviceBatches
 from dataset.imageset import ImageSet
-from dataset.profiles import CIFAR_NORMALIZATION, IMAGENET_NORMALIZATION
+from published.profiles import CIFAR_NORMALIZATION, IMAGENET_NORMALIZATION
 from dataset.transforms import normalize_batch, train_transform
 
 PIL_JITTER = {BRIGHTNESS: TF.adjust_brightness, CONTRAST: TF.adjust_contrast, SATURATION: TF.adjust_saturation}

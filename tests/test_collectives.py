@@ -8,7 +8,6 @@ factory call without a device makes a CPU tensor beside NCCL. Each of the projec
 then runs; one that forgets the group's device fails as it would on a GPU cluster."""
 from __future__ import annotations
 
-import argparse
 import socket
 
 import pytest
@@ -118,18 +117,29 @@ def test_key_gather_and_sharded_evaluation(cpu_only_group):
 
 
 def test_mid_epoch_checkpoint_gathers_every_ranks_state(cpu_only_group, tmp_path):
+    from engine.checkpoint import load_checkpoint
     from engine.checkpointer import Checkpointer
     from engine.loop import TrainState, _Stretch
 
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    checkpointer = Checkpointer(model=model, optimizer=optimizer, scaler=scaler, args=argparse.Namespace(seed=0),
-                                identity={})
+    checkpointer = Checkpointer(model=model, optimizer=optimizer, scaler=scaler, flags={"seed": 0}, identity={})
     state = TrainState(checkpointer=checkpointer, folder=tmp_path, logger=None)
     stretch = _Stretch(None, 1, optimizer, scaler, lambda epoch: 0.1, lambda epoch: epoch)
-    _save_partial(state, stretch, 1, 2, Meter())
-    assert (tmp_path / "checkpoint.pth").is_file() and "all_gather" in cpu_only_group
+    meter = Meter()
+    meter.update(StepResult(torch.tensor(0.5, device="cpu"), {"ce": torch.tensor(0.25, device="cpu")}, None, 4))
+    _save_partial(state, stretch, 1, 2, meter)
+    assert "all_gather" in cpu_only_group
+    saved = load_checkpoint(tmp_path / "checkpoint.pth")
+    # epoch 1 in progress after 2 steps, no epoch completed; the one rank's RNG states and metric sums
+    assert saved["epoch"] == 0
+    assert {k: saved["partial"][k] for k in ("epoch", "step", "world_size")} == {"epoch": 1, "step": 2, "world_size": 1}
+    [rank] = saved["partial"]["ranks"]
+    assert torch.equal(rank["rng"]["torch"], torch.get_rng_state())  # nothing drew from the RNG since the save
+    assert rank["meter"]["images"] == 4 and rank["meter"]["correct"] is None
+    assert {k: float(v) for k, v in rank["meter"]["sums"].items()} == {"loss": 2.0, "ce": 1.0}
+    assert all(torch.equal(saved["model"][k], v) for k, v in model.state_dict().items())
 
 
 def test_global_batch_statistics_in_a_training_step(cpu_only_group):

@@ -13,11 +13,13 @@ import engine.loop
 import engine.run
 from dataset import load_split
 from dataset.device_loader import DeviceBatches
-from dataset.profiles import CIFAR_NORMALIZATION
+from published.profiles import CIFAR_NORMALIZATION
 from conftest import TEST_MODEL
 from models import create_model
+from engine.config import DataConfig, LoopConfig, RunConfig, Schedule, TrainConfig
 from models.dropblock import DropBlock, dropblock_calls, set_dropblock_calls
-from test_preemption import _args
+from runtime.distributed import Distributed
+from runtime.process import Process
 
 
 def _network() -> torch.nn.Module:
@@ -50,10 +52,12 @@ def _fit(folder, compile_step: bool, monkeypatch) -> tuple[torch.nn.Module, list
     _counted_bernoulli(monkeypatch)
     model = _network()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    args = _args(folder, compile=compile_step, epochs=1)
-    state = engine.run.prepare_run(args=args, name="run", model=model, optimizer=optimizer, job_type="test",
-                                   identity={})
-    loader = DeviceBatches(load_split("synthetic", None, "train"), 50, args.seed, 4, CIFAR_NORMALIZATION,
+    config = TrainConfig(schedule=Schedule(epochs=1, learning_rate=0.05, lr_decay_epochs=(1,)), seed=3,
+                         data=DataConfig("synthetic"), loop=LoopConfig(log_interval=2, compile=compile_step),
+                         run=RunConfig(str(folder)))
+    state = engine.run.prepare_run(config=config, process=Process(Distributed(), torch.device("cpu"), "off", "cpu"),
+                                   name="run", model=model, optimizer=optimizer, job_type="test", identity={})
+    loader = DeviceBatches(load_split("synthetic", None, "train"), 50, config.seed, 4, CIFAR_NORMALIZATION,
                            torch.device("cpu"))
     losses = []
 
@@ -61,8 +65,8 @@ def _fit(folder, compile_step: bool, monkeypatch) -> tuple[torch.nn.Module, list
         loss = F.cross_entropy(model(x), y)
         return engine.loop.StepResult(loss, {"ce": loss.detach()}, None, len(x))
 
-    engine.loop.fit(state=state, make_step=lambda: step, loader=loader, args=args,
-                        device=torch.device("cpu"))
+    engine.loop.fit(state=state, make_step=lambda: step, loader=loader, schedule=config.schedule, loop=config.loop,
+                    device=torch.device("cpu"))
     for line in (folder / "run" / "log.jsonl").read_text().splitlines():
         losses.append(__import__("json").loads(line)["train_loss"])
     return model, losses

@@ -15,9 +15,9 @@ import sys
 
 from conftest import REPO, run_script
 from dataset import load_split
-from dataset.profiles import CIFAR_NORMALIZATION
+from published.profiles import CIFAR_NORMALIZATION
 from eval import EpisodeSetting, evaluate
-from eval.classifiers import logistic_regression
+from eval.classifiers import classify
 from eval.embed import embed
 from models import create_model
 from dataset.loaders import train_loader
@@ -196,7 +196,7 @@ def test_logistic_regression_solves_on_the_gpu():
     g = torch.Generator().manual_seed(0)
     support, query = torch.randn(4, 25, 64, generator=g), torch.randn(4, 75, 64, generator=g)
     labels = torch.arange(5).repeat_interleave(5).expand(4, -1)
-    on_cpu = logistic_regression(support, labels, query, 5)
-    on_gpu = logistic_regression(support.to(CUDA), labels.to(CUDA), query.to(CUDA), 5)
+    on_cpu = classify("LR", support, labels, query, 5)
+    on_gpu = classify("LR", support.to(CUDA), labels.to(CUDA), query.to(CUDA), 5)
     assert on_gpu.device.type == "cuda"
     assert torch.equal(on_gpu.cpu(), on_cpu)

@@ -11,7 +11,7 @@ from conftest import fake_images, labelled, make_cifar_package, write_pickle
 from dataset import DataError, load_split, sample_episode, sample_episodes
 from dataset.imageset import first_appearance_labels
 from dataset.synthetic import SPLIT_SIZES, make_synthetic_split
-from dataset.profiles import CIFAR_NORMALIZATION, IMAGENET_NORMALIZATION
+from published.profiles import CIFAR_NORMALIZATION, IMAGENET_NORMALIZATION
 from dataset.transforms import (choose_normalization, crop_flip_batch,
                                 data_normalization, normalize_batch)
 
@@ -372,7 +372,7 @@ def test_infeasible_episodes_are_refused():
 
 def test_one_profile_per_dataset_whatever_the_image_size(cifar_root):
     """--dataset CIFAR-FS --image_size 84 keeps CIFAR statistics, padding, block size and run-name letter."""
-    from dataset.profiles import CIFAR_LIKE, IMAGENET_LIKE, dataset_profile
+    from published.profiles import CIFAR_LIKE, IMAGENET_LIKE, dataset_profile
 
     resized = load_split("CIFAR-FS", cifar_root, "val", image_size=84)
     assert resized.image_size == 84 and resized.profile == CIFAR_LIKE
@@ -390,7 +390,7 @@ def test_one_profile_per_dataset_whatever_the_image_size(cifar_root):
 
 
 def test_training_crop_padding_comes_from_the_profile():
-    from dataset.profiles import CIFAR_LIKE
+    from published.profiles import CIFAR_LIKE
     from dataset.transforms import train_transform
 
     transform = train_transform(84, CIFAR_LIKE.crop_padding, CIFAR_NORMALIZATION)

@@ -14,7 +14,7 @@ import util
 from conftest import run_script
 from dataset.imageset import ImageSet
 from dataset.loaders import TransformedImages, augmentation_seed
-from dataset.profiles import CIFAR_NORMALIZATION
+from published.profiles import CIFAR_NORMALIZATION
 from dataset.transforms import train_transform
 
 CUDA = torch.device("cuda")

@@ -16,7 +16,7 @@ import torch
 import engine.checkpoint
 from conftest import REPO, TEST_MODEL
 from dataset import load_split
-from dataset.profiles import CIFAR_NORMALIZATION
+from published.profiles import CIFAR_NORMALIZATION
 from eval import EpisodeSetting, evaluate
 from train_supervised_ssl import get_args_parser
 
@@ -121,7 +121,8 @@ def test_plain_python_run_starts_no_process_group():
 @pytest.mark.slow
 def test_sigterm_under_torchrun_resumes_bit_identically(cifar_root, tmp_path):
     """torchrun passes the signal to both ranks; they agree on the step, every rank's RNG states go into
-    the checkpoint, and a resumed torchrun run ends where an uninterrupted one does."""
+    the checkpoint, and a resumed torchrun run ends where an uninterrupted one does. Both ranks wait in
+    the first step of epoch 2 (tests/pause_at_step.py) until the signal comes."""
     import signal
 
     common = ["train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--batch_size", "8",
@@ -130,20 +131,26 @@ def test_sigterm_under_torchrun_resumes_bit_identically(cifar_root, tmp_path):
     straight = torchrun(*common, "--model_path", str(tmp_path / "a"))
     assert straight.returncode == 0, straight.stderr[-3000:]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                *common, "--model_path", str(tmp_path / "b")], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    for line in process.stdout:
-        if line.startswith("epoch=1 "):  # epoch 1 is done: the signal lands early in epoch 2
+    # 48 images, global batch 8: 6 steps an epoch, so step 7 is epoch 2's first. stderr goes to a file: a full
+    # pipe that nobody reads while the test waits for stdout would stall the run.
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                    "tests/pause_at_step.py", "7", *common, "--model_path", str(tmp_path / "b")],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+                                   start_new_session=True)
+    paused = 0
+    for line in process.stdout:  # to the end of a run that failed before both ranks paused
+        paused += line == "paused at step 7\n"
+        if paused == 2:
+            os.killpg(process.pid, signal.SIGTERM)  # torchrun's group: torchrun sends it on to each rank's
             break
-    os.killpg(process.pid, signal.SIGTERM)
-    _, err = process.communicate(timeout=300)
-    if process.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
-    assert "stopped: SIGTERM at " in err
+    process.communicate(timeout=300)
+    err = (tmp_path / "stderr").read_text()
+    assert paused == 2, f"the ranks did not both pause at step 7: {err[-3000:]}"
+    assert process.returncode != 0 and "stopped: SIGTERM at epoch 2, step 1/6; " in err, err[-3000:]
     [folder] = (tmp_path / "b").iterdir()
-    partial = engine.checkpoint.load_checkpoint(folder / "checkpoint.pth").get("partial")
-    assert partial is None or (partial["world_size"] == 2 and len(partial["ranks"]) == 2)
+    partial = engine.checkpoint.load_checkpoint(folder / "checkpoint.pth")["partial"]
+    assert (partial["epoch"], partial["step"], partial["world_size"], len(partial["ranks"])) == (2, 1, 2, 2)
     resumed = torchrun(*common, "--model_path", str(tmp_path / "b"), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     [a] = (tmp_path / "a").iterdir()

@@ -3,7 +3,6 @@ occurrence, with the epoch, the step and the loss terms; --halt_on_divergence st
 loss stops a run (one line, exit code 1, nothing saved from the broken epoch)."""
 from __future__ import annotations
 
-import argparse
 import re
 
 import pytest
@@ -14,29 +13,33 @@ import engine.loop
 import engine.run
 import util
 from conftest import TEST_MODEL, run_script
+from engine.config import DataConfig, LoopConfig, RunConfig, Schedule, TrainConfig, WandbConfig
+from runtime.distributed import Distributed
+from runtime.process import Process
 
 # (w . x)^2 with |x| = 1: plain SGD multiplies w . x by 1 - 2 lr each step, so lr 1.5 quadruples the loss
 # every step (a learning rate that is too large) and lr 0.1 shrinks it.
 TOO_LARGE, SOUND = 1.5, 0.1
 
 
-def _args(tmp_path, **overrides) -> argparse.Namespace:
-    base = dict(epochs=2, learning_rate=TOO_LARGE, lr_decay_epochs=[], lr_decay_rate=0.1, cosine=False, seed=0,
-                amp="off", model_path=str(tmp_path), tags=["t"], wandb="disabled", wandb_project=None,
-                wandb_group=None, resume=False, log_interval=2, eval_freq=0, halt_on_divergence=False)
-    return argparse.Namespace(**{**base, **overrides})
+def _config(tmp_path, *, learning_rate: float = TOO_LARGE, halt_on_divergence: bool = False) -> TrainConfig:
+    return TrainConfig(schedule=Schedule(epochs=2, learning_rate=learning_rate), data=DataConfig("synthetic"),
+                       loop=LoopConfig(log_interval=2, halt_on_divergence=halt_on_divergence),
+                       run=RunConfig(str(tmp_path), wandb=WandbConfig("disabled", tags=("t",))))
 
 
 def _fit(tmp_path, model: nn.Module, step, batch: int = 2, **overrides) -> engine.loop.TrainState:
     """`step` trained by engine.loop.fit for 2 epochs of 4 steps (batches of `batch` identical images)."""
-    args = _args(tmp_path, **overrides)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate)
-    state = engine.run.prepare_run(args=args, name="run", model=model, optimizer=optimizer, job_type="test",
-                                   identity={})
+    config = _config(tmp_path, **overrides)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.schedule.learning_rate)
+    process = Process(Distributed(), torch.device("cpu"), "off", "cpu")
+    state = engine.run.prepare_run(config=config, process=process, name="run", model=model, optimizer=optimizer,
+                                   job_type="test", identity={})
     x = torch.full((4 * batch, 4), 0.5)  # |x| = 1
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)),
                                          batch_size=batch, generator=torch.Generator())
-    engine.loop.fit(state=state, make_step=lambda: step, loader=loader, args=args, device=torch.device("cpu"))
+    engine.loop.fit(state=state, make_step=lambda: step, loader=loader, schedule=config.schedule, loop=config.loop,
+                    device=process.device)
     return state
 
 

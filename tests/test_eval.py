@@ -2,7 +2,6 @@
 pipeline against the per-episode reference, checkpoint formats and the command line."""
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -17,7 +16,7 @@ import engine.checkpoint
 import util
 from conftest import TEST_MODEL, run_script
 from dataset import load_split, sample_episodes
-from dataset.profiles import CIFAR_NORMALIZATION
+from published.profiles import CIFAR_NORMALIZATION
 from eval import classifiers as clf
 from eval import fewshot
 from eval.fewshot import EpisodeSetting, evaluate
@@ -73,11 +72,11 @@ def test_nearest_neighbour_and_cosine():
     support = torch.tensor([[[1.0, 0.0], [0.0, 10.0]]])
     labels = torch.tensor([[0, 1]])
     query = torch.tensor([[[0.9, 0.5], [3.0, 2.5]]])
-    assert clf.nearest_neighbour(support, labels, query).tolist() == [[0, 0]]
-    assert clf.cosine(support, labels, query).tolist() == [[0, 0]]
+    assert clf.classify("NN", support, labels, query, 2).tolist() == [[0, 0]]
+    assert clf.classify("Cosine", support, labels, query, 2).tolist() == [[0, 0]]
     query = torch.tensor([[[0.1, 0.3], [0.5, 6.0]]])  # the first is nearest to class 0, closest in angle to 1
-    assert clf.nearest_neighbour(support, labels, query).tolist() == [[0, 1]]
-    assert clf.cosine(support, labels, query).tolist() == [[1, 1]]
+    assert clf.classify("NN", support, labels, query, 2).tolist() == [[0, 1]]
+    assert clf.classify("Cosine", support, labels, query, 2).tolist() == [[1, 1]]
 
 
 def test_confidence_interval_formula():
@@ -117,7 +116,7 @@ def test_each_image_is_embedded_once_and_matches_the_reference(narrow_model, cif
     counter = _ImageCounter(narrow_model)
     monkeypatch.setattr(fewshot, "SUPPORT_IMAGES_PER_CHUNK", 50)  # 2 episodes per chunk
     ours = evaluate(narrow_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"),
-                    ("LR", "sklearn"), ("feature",), progress=False)
+                    classifiers=("LR", "sklearn"), embeddings=("feature",), progress=False)
     counter.handle.remove()
     episodes = sample_episodes(images.class_indices(), 6, 5, 1, 15)
     unique_queries = len(np.unique(np.concatenate([e.query.ravel() for e in episodes])))
@@ -126,8 +125,8 @@ def test_each_image_is_embedded_once_and_matches_the_reference(narrow_model, cif
     np.testing.assert_allclose(ours[1].accuracies, reference.accuracies)  # same episodes, pixels and solver
     np.testing.assert_allclose(ours[0].accuracies, reference.accuracies, atol=1 / 75 + 1e-9)
     monkeypatch.setattr(fewshot, "SUPPORT_IMAGES_PER_CHUNK", 2048)  # one chunk: nothing may change
-    again = evaluate(narrow_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"), ("sklearn",),
-                     progress=False)
+    again = evaluate(narrow_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"),
+                     classifiers=("sklearn",), progress=False)
     np.testing.assert_array_equal(again[0].accuracies, ours[1].accuracies)
 
 
@@ -139,7 +138,7 @@ def test_batched_evaluation_matches_the_per_episode_reference(narrow_model, cifa
     setting = EpisodeSetting(5, 1, 5, 4, 2)
     monkeypatch.setattr(fewshot, "SUPPORT_IMAGES_PER_CHUNK", 10)  # 5 support images x 2 augmentations an episode
     ours = evaluate(narrow_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"),
-                    ("LR", "sklearn"), ("feature",), progress=False)
+                    classifiers=("LR", "sklearn"), embeddings=("feature",), progress=False)
     reference = evaluate_reference(narrow_model, images, "val", setting, CIFAR_NORMALIZATION, torch.device("cpu"))
     assert len(reference.accuracies) == 4
     np.testing.assert_allclose(ours[1].accuracies, reference.accuracies)  # same episodes, pixels and solver
@@ -176,7 +175,7 @@ def test_lr_receives_l2_normalised_embeddings(narrow_model, cifar_root, monkeypa
     monkeypatch.setattr(fewshot, "classify", lambda name, support, labels, query, n_ways: (
         given.extend([support, query]), real_classify(name, support, labels, query, n_ways))[1])
     evaluate(narrow_model, load_split("CIFAR-FS", cifar_root, "val"), "val", EpisodeSetting(5, 1, 5, 2, 2),
-             CIFAR_NORMALIZATION, torch.device("cpu"), ("LR",), ("feature",), progress=False)
+             CIFAR_NORMALIZATION, torch.device("cpu"), classifiers=("LR",), embeddings=("feature",), progress=False)
     features = np.concatenate([t.numpy() for t in raw[0::2]]).astype(np.float64)  # (features, logits) per call
     norms = np.sqrt((features ** 2).sum(1, keepdims=True))
     assert not np.allclose(norms, 1.0)  # the raw features are not unit vectors already
@@ -244,7 +243,8 @@ def test_eval_fewshot_command(small_model, cifar_root, tmp_path):
     # the CLI must report exactly its accuracies. NN on logits gives per-episode accuracies in steps
     # of 1/75, so identical embeddings up to float noise give identical numbers.
     [expected] = evaluate(small_model, load_split("CIFAR-FS", cifar_root, "val"), "val", EpisodeSetting(5, 1, 15, 3, 5),
-                          CIFAR_NORMALIZATION, torch.device("cpu"), ("NN",), ("logit",), progress=False)
+                          CIFAR_NORMALIZATION, torch.device("cpu"), classifiers=("NN",), embeddings=("logit",),
+                          progress=False)
     mean, ci = expected.mean_ci
     lines = [line for line in done.stdout.splitlines() if line.startswith("val 5-way")]
     assert lines == [expected.line()] and lines[0].endswith("(3 episodes, fp32)")
@@ -316,10 +316,10 @@ def test_eval_logs_to_its_own_wandb_run_in_the_training_group(small_model, cifar
 
 
 def test_eval_normalisation_never_comes_from_the_evaluated_split(tmp_path):
-    import eval_fewshot
     from PIL import Image
 
     from dataset.transforms import data_normalization
+    from engine.trained import evaluation_normalization
 
     for split, value in (("train", 200), ("val", 40), ("test", 40)):
         for c in range(5):
@@ -327,17 +327,13 @@ def test_eval_normalisation_never_comes_from_the_evaluated_split(tmp_path):
             for i in range(2):
                 Image.fromarray(np.full((28, 28, 3), value + c + i, np.uint8)).save(
                     tmp_path / split / f"c{c}" / f"{i}.png")
-    args = eval_fewshot.get_args_parser().parse_args(["--model_path", "x", "--dataset", "folder", "--data_root",
-                                                      str(tmp_path)])
-    norm, source = eval_fewshot.evaluation_normalization(args, {"model": {}}, 28)
+    norm, source = evaluation_normalization("auto", {"model": {}}, "folder", str(tmp_path), 28)
     assert norm == data_normalization(load_split("folder", tmp_path, "train").images)
     assert source.startswith("statistics of the training split")
-    args.normalization = "imagenet"
-    assert (eval_fewshot.evaluation_normalization(args, {"model": {}}, 28)[0].mean[0]
+    assert (evaluation_normalization("imagenet", {"model": {}}, "folder", str(tmp_path), 28)[0].mean[0]
             == pytest.approx(120.39586422 / 255))
     recorded = {"normalization": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}}
-    args.normalization = "auto"
-    assert eval_fewshot.evaluation_normalization(args, recorded, 28)[0].mean == (0.1, 0.2, 0.3)
+    assert evaluation_normalization("auto", recorded, "folder", str(tmp_path), 28)[0].mean == (0.1, 0.2, 0.3)
 
 
 # ----------------------------------------------------------------------------- the results table
@@ -350,7 +346,7 @@ def test_evaluate_records_accuracies_and_a_fingerprint_of_its_episodes(small_mod
     images = load_split("CIFAR-FS", cifar_root, "val")
     setting = EpisodeSetting(5, 1, 15, 2, 1)
     run = lambda imgs, seed: evaluate(small_model, imgs, "val", setting, CIFAR_NORMALIZATION,  # noqa: E731
-                                      torch.device("cpu"), ("NN",), progress=False, seed=seed)[0]
+                                      torch.device("cpu"), classifiers=("NN",), progress=False, seed=seed)[0]
     first = run(images, 0)
     record = first.to_dict()
     assert record["accuracies"] == pytest.approx(first.accuracies.tolist(), abs=1e-6) and len(record["accuracies"]) == 2
@@ -554,12 +550,12 @@ def test_table_names_a_given_file_that_is_not_a_results_file(tmp_path):
 
 
 def test_eval_results_say_which_weights_of_the_run_they_are():
-    import eval_fewshot
+    from engine.trained import checkpoint_choice
 
-    assert eval_fewshot.checkpoint_choice({"epoch": 7, "val_acc": 61.0, "args": {"epochs": 10}}) == "best val (epoch 7)"
-    assert eval_fewshot.checkpoint_choice({"epoch": 4, "args": {"epochs": 10}}) == "epoch 4 of 10"
-    assert eval_fewshot.checkpoint_choice({"epoch": 10, "args": {"epochs": 10}}) == "last epoch"
-    assert eval_fewshot.checkpoint_choice({"model": {}}) == "last epoch"  # official files: their final weights
+    assert checkpoint_choice({"epoch": 7, "val_acc": 61.0, "args": {"epochs": 10}}) == "best val (epoch 7)"
+    assert checkpoint_choice({"epoch": 4, "args": {"epochs": 10}}) == "epoch 4 of 10"
+    assert checkpoint_choice({"epoch": 10, "args": {"epochs": 10}}) == "last epoch"
+    assert checkpoint_choice({"model": {}}) == "last epoch"  # official files: their final weights
 
 
 def test_table_says_which_value_each_sweep_picked(tmp_path):
@@ -608,12 +604,12 @@ def test_a_checkpoint_of_another_registered_architecture_is_named_with_the_flag(
 
 
 def test_final_report_on_a_cpu_first_says_how_long_and_how_to_shorten_it(narrow_model, cifar_root, capsys):
+    from eval.fewshot import EvalConfig
     from eval.report import final_report
 
     splits = {split: load_split("CIFAR-FS", cifar_root, split) for split in ("val", "test")}
-    args = argparse.Namespace(n_ways=5, n_queries=15, n_test_runs=2, n_aug_support_samples=1, eval_batch_size=64,
-                              seed=0)
-    final_report(narrow_model, splits, CIFAR_NORMALIZATION, torch.device("cpu"), args)
+    episodes = EvalConfig(n_ways=5, n_queries=15, n_episodes=2, n_aug=1, batch_size=64, seed=0)
+    final_report(narrow_model, splits, CIFAR_NORMALIZATION, torch.device("cpu"), episodes)
     lines = capsys.readouterr().out.splitlines()
     assert re.fullmatch(r"final report: 4 evaluations \(val and test x 1 and 5 shots\) x 2 episodes, about \d+ s on "
                         r"this CPU; skip it with --no_final_eval and run eval_fewshot\.py on the checkpoint later",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import engine.args
+import engine.data
 import engine.run
 import methods
 from conftest import TEST_MODEL
@@ -42,14 +44,15 @@ def _one_step(step, optimizer, batch) -> float:
 def test_each_method_builds_and_steps_in_process(name):
     method = methods.get_method(name)
     args = _args(method)
+    config = engine.args.training_config(args, method.device_augment_refusal)  # as the script turns it into values
     torch.manual_seed(0)
     train = load_split("synthetic", None, "train", 16)
-    data = engine.run.TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
+    data = engine.data.TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
     teacher = None
     if method.script == methods.DISTILL_SCRIPT:
         teacher = create_model(TEST_MODEL, train.num_classes, "synthetic", image_size=16).requires_grad_(False).eval()
     run = method.from_args(args, device=torch.device("cpu"), data=data, teacher=teacher)
-    loader = engine.run.make_train_loader(data, args, torch.device("cpu"), run.train_transform())
+    loader = engine.data.make_train_loader(data, config.data, torch.device("cpu"), config.seed, run.train_transform())
     loader.sampler.set_epoch(1)
     batch = next(iter(loader))
     for phase in run.pre_phases(None, loader):  # SSKD's teacher head
@@ -57,7 +60,7 @@ def test_each_method_builds_and_steps_in_process(name):
         assert torch.isfinite(torch.tensor(_one_step(phase.make_step(), phase.optimizer, batch)))
         after = run.extra_modules["sskd_heads"].state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in before), phase.name
-    optimizer = engine.run.sgd(run.model, run.extra_parameters(), args)
+    optimizer = engine.run.sgd(run.model, run.extra_parameters(), config.schedule)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     loss = _one_step(run.make_step(None, loader), optimizer, batch)
     assert torch.isfinite(torch.tensor(loss)), name
@@ -72,7 +75,7 @@ def test_a_method_is_built_from_values_without_a_command_line():
     from methods.skd_gen1 import SKDGen1, SKDGen1Values
 
     train = load_split("synthetic", None, "train", 16)
-    data = engine.run.TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
+    data = engine.data.TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
     teacher = create_model(TEST_MODEL, train.num_classes, "synthetic", image_size=16).requires_grad_(False).eval()
     values = SKDGen1Values(beta=0.2, kd_T=4.0, official_quirks=False, official_ramp=False, test_batch_size=1,
                            n_test_runs=600)

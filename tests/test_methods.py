@@ -13,11 +13,14 @@ import torch
 import methods
 import util
 from conftest import REPO, TEST_MODEL, make_cifar_package, run_script
+from method_runs import build_run, script_parser, tiny_command_line
+from published.settings import DATASETS as PUBLISHED_DATASETS
 
 # Beyond the tiny run's common flags, what a method needs to run on 16 training images at batch 8.
 TINY_FLAGS = {"dvp_prior": ["--dvp_queue", "16"], "sskd": ["--sskd_head_epochs", "1"]}
-# What each method checkpoints beside "model" (and the keys every checkpoint has).
-EXTRA_KEYS = {"dvp_prior": {"dvp_prior"}, "sskd": {"sskd_heads"}, "dvp": {"dvp_connectors"}}
+# What every checkpoint holds besides the method's extra modules.
+COMMON_KEYS = {"epoch", "model", "optimizer", "scaler", "args", "dropblock_calls", "wandb_id", "identity",
+               "image_size", "normalization", "path_t"}
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +58,13 @@ def _trained(name: str, tiny: dict) -> Path:
 @pytest.mark.parametrize("name", methods.method_names())
 def test_every_method_trains_resumes_and_evaluates(name, tiny):
     method = methods.get_method(name)
+    # What the run of the same flags holds, built in-process: its extra modules and the phases before its epochs.
+    run = build_run(method, script_parser(method).parse_args(tiny_command_line(method, *TINY_FLAGS.get(name, []))))
     checkpoint = _trained(name, tiny)
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert saved["epoch"] == 1 and saved["args"]["objective"] == method.objective
     assert methods.method_of_training_args(saved["args"]) is method  # eval.table reads the method back from it
-    extra = set(saved) - {"epoch", "model", "optimizer", "scaler", "args", "dropblock_calls", "wandb_id", "identity",
-                          "image_size", "normalization", "path_t"}
-    assert extra == EXTRA_KEYS.get(name, set())  # beside the official "model" weights, under the same keys as ever
+    assert set(saved) - COMMON_KEYS == set(run.extra_modules)  # beside the official "model" weights, each by its key
 
     resumed = run_script(*_command(name, tiny, 2, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -72,7 +75,7 @@ def test_every_method_trains_resumes_and_evaluates(name, tiny):
     assert [r["epoch"] for r in log if "phase" not in r] == [1, 2]  # the method's own epochs, each once
     # A phase before them (SSKD's teacher head) logs its epochs under its name, once each, never retrained.
     phases = [(r["phase"], r[f"{r['phase']}_epoch"]) for r in log if "phase" in r]
-    assert len(phases) == len(set(phases)) and bool(phases) == (name == "sskd")
+    assert phases == [(p.name, epoch) for p in run.pre_phases(None, None) for epoch in range(1, p.epochs + 1)]
 
     output = tiny["root"] / f"{name}_eval.json"
     evaluated = run_script("eval_fewshot.py", "--model_path", str(checkpoint),
@@ -99,9 +102,10 @@ def test_each_script_selects_its_methods_by_objective_and_refuses_another_method
     assert select(methods.GEN0_SCRIPT, gen0([])).name == "skd_gen0"
     assert select(methods.GEN0_SCRIPT, gen0(["--objective", "rfs_simple"])).name == "rfs_simple"
     assert select(methods.GEN0_SCRIPT, gen0(["--plain"])).name == "rfs_simple"  # the alias
-    assert select(methods.GEN0_SCRIPT, gen0(["--objective", "dvp"])).name == "dvp_prior"
-    assert [select(methods.DISTILL_SCRIPT, gen1(["--objective", o])).name for o in ("skd", "rfs", "sskd", "dvp")] == [
-        "skd_gen1", "rfs_distill", "sskd", "dvp"]
+    for name in methods.method_names():  # each method by its own flags, on its own script
+        method = methods.get_method(name)
+        parse = gen0 if method.script == methods.GEN0_SCRIPT else gen1
+        assert select(method.script, parse(list(method.mode_flags))) is method, name
     assert select(methods.DISTILL_SCRIPT, gen1([])).name == "skd_gen1"
     with pytest.raises(util.UsageError, match="^--plain: the alias of --objective rfs_simple; it does not combine "
                                               "with --objective dvp$"):
@@ -132,20 +136,13 @@ def test_rfs_distill_reads_the_rfs_releases_r_and_a_as_its_weights():
         gen1(["--objective", "rfs", "-r", "0.3", "--ce_weight", "0.4"])
 
 
-PROFILES = ("CIFAR-FS", "FC100", "miniImageNet", "tieredImageNet")
-
-
-@pytest.mark.parametrize("dataset", PROFILES)
+@pytest.mark.parametrize("dataset", PUBLISHED_DATASETS)
 @pytest.mark.parametrize("script", [methods.GEN0_SCRIPT, methods.DISTILL_SCRIPT])
 def test_flags_not_given_take_the_published_settings_of_the_dataset(script, dataset):
-    import train_distillation
-    import train_supervised_ssl
-
-    module = train_supervised_ssl if script == methods.GEN0_SCRIPT else train_distillation
-    method = methods.get_method("skd_gen0" if script == methods.GEN0_SCRIPT else "skd_gen1")
+    method = methods.default_method(script)
     published = method.published[dataset]
     argv = ["--dataset", dataset, *(["--path_t", "t.pth"] if script == methods.DISTILL_SCRIPT else [])]
-    parser = module.get_args_parser()
+    parser = script_parser(method)
     single = {name: v for name, v in published.weights.items() if not isinstance(v.value, tuple)}
     swept = [name for name in published.weights if name not in single]
     if swept:  # no single published value (miniImageNet's beta): refused until given
@@ -162,8 +159,8 @@ def test_flags_not_given_take_the_published_settings_of_the_dataset(script, data
     lines = "\n".join(parser.settings)
     assert f"--epochs {published.epochs.value} (published: {published.epochs.source})" in lines
     assert "(given)" in lines if swept else "(given)" not in lines
-    if script == methods.DISTILL_SCRIPT:
-        assert "--gamma (beta) " in lines
+    for name, flag in method.weight_flags.items():  # as typed, and by the method's name where that differs
+        assert (f"{flag} " if flag == f"--{name}" else f"{flag} ({name}) ") in lines, name
     # A given value wins over the published one.
     assert parser.parse_args([*argv, "--epochs", "3"]).epochs == 3 and "--epochs 3 (given)" in parser.settings
 
@@ -186,7 +183,7 @@ def test_every_method_has_published_settings_with_sources_and_its_flags_in_help(
              methods.DISTILL_SCRIPT: train_distillation.get_args_parser().format_help()}
     for name in methods.method_names():
         method = methods.get_method(name)
-        assert set(method.published) == {"CIFAR-FS", "FC100", "miniImageNet", "tieredImageNet"}, name
+        assert set(method.published) == set(PUBLISHED_DATASETS), name
         for settings in [*method.published.values(), method.small_scale]:
             assert set(method.weight_flags) <= set(settings.weights), name
             assert all(value.source for value in settings.by_name().values()), name
@@ -197,19 +194,26 @@ def test_every_method_has_published_settings_with_sources_and_its_flags_in_help(
 def test_a_student_draws_other_batches_and_augmentations_than_its_teacher_at_the_same_seed():
     import engine.run
     from dataset import load_split
+    from dataset.transforms import choose_normalization
+    from engine.config import DataConfig
+    from engine.data import TrainingData, make_train_loader
 
     assert engine.run.stage_seed(7, 0) == 7  # first generations draw what they always drew
     assert len({engine.run.stage_seed(seed, g) for seed in range(3) for g in (0, 1)}) == 6
-    gen0, gen1 = (methods.get_method(name) for name in ("skd_gen0", "skd_gen1"))
-    assert (gen0.generation, gen1.generation) == (0, 1)
-    args = _parsers()[0](["--augment", "device", "--batch_size", "16", "--seed", "0", "--image_size", "16"])
-    data = engine.run.TrainingData(load_split("synthetic", None, "train", 16), None, None)
-    data.norm = engine.run.choose_normalization("auto", "synthetic", data.train.images)
-    first = []
-    for method in (gen0, gen1):
-        loader = engine.run.make_train_loader(data, args, torch.device("cpu"),
-                                              seed=engine.run.stage_seed(args.seed, method.generation))
+    train = load_split("synthetic", None, "train", 16)
+    data = TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
+    config = DataConfig(dataset="synthetic", image_size=16, batch_size=16, augment="device")
+
+    def first_batch(method: type[methods.Method]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first batch a run of `method` draws at seed 0 (methods.train seeds its loader by generation)."""
+        loader = make_train_loader(data, config, torch.device("cpu"), engine.run.stage_seed(0, method.generation))
         loader.sampler.set_epoch(1)
-        first.append(next(iter(loader)))
-    assert not torch.equal(first[0][0], first[1][0])  # other images, or the same ones augmented otherwise
-    assert not torch.equal(first[0][1], first[1][1])  # another order
+        return next(iter(loader))
+
+    students = [m for m in map(methods.get_method, methods.method_names()) if m.teacher]
+    assert students
+    for student in students:
+        teacher_images, teacher_labels = first_batch(methods.get_method(student.teacher))
+        images, labels = first_batch(student)
+        assert not torch.equal(teacher_images, images), student.name  # other images, or the same augmented otherwise
+        assert not torch.equal(teacher_labels, labels), student.name  # another order

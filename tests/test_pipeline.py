@@ -57,8 +57,8 @@ def test_lr_agrees_with_sklearn_on_trained_features(pipeline, omniglot_root):
     images = load_split("folder", omniglot_root, "test", image_size=28)
     model = engine.checkpoint.model_from_checkpoint(TEST_MODEL, pipeline["gen0"], checkpoint, "folder", 28)
     results = evaluate(model.eval(), images, "test", EpisodeSetting(5, 1, 15, 600, 5),
-                       engine.checkpoint.checkpoint_normalization(checkpoint), torch.device("cpu"), ("LR", "sklearn"),
-                       progress=False)
+                       engine.checkpoint.checkpoint_normalization(checkpoint), torch.device("cpu"),
+                       classifiers=("LR", "sklearn"), progress=False)
     ours, reference = results
     assert (ours.predictions == reference.predictions).mean() >= 0.995
     assert abs(ours.accuracies.mean() - reference.accuracies.mean()) * 100 <= 0.1

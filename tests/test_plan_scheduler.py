@@ -27,6 +27,10 @@ if os.environ.get("FAKE_FAIL") == name:
 stopped = []
 signal.signal(signal.SIGTERM, lambda *a: stopped.append(1))
 open(os.path.join(state, name + ".pid"), "w").write(str(os.getpid()))
+meet = os.environ.get("FAKE_MEET", "").split(",")  # stages that each wait until all of them have started
+while name in meet and not all(os.path.exists(os.path.join(state, m + ".pid")) for m in meet) \
+        and time.time() < start + 60:
+    time.sleep(0.01)
 deadline = start + float(os.environ.get("FAKE_SECONDS", "0.15"))
 while time.time() < deadline and not stopped:
     time.sleep(0.01)
@@ -61,22 +65,39 @@ def ran(tmp_path: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (tmp_path / "state").glob("*.json")}
 
 
-def test_stages_run_side_by_side_after_their_dependencies_each_pinned_to_its_gpu_and_cpus(tmp_path, monkeypatch):
+@pytest.fixture(params=[1, pytest.param(2, marks=pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                                                                  reason="needs 2 CPUs to pin 2 stages apart"))])
+def cpus(request):
+    """The first 1 or 2 of this machine's CPUs as this thread's affinity: the plan's, and its stages'."""
+    everything = os.sched_getaffinity(0)
+    mine = sorted(everything)[:request.param]
+    os.sched_setaffinity(0, mine)
+    yield mine
+    os.sched_setaffinity(0, everything)
+
+
+def test_stages_run_side_by_side_after_their_dependencies_each_pinned_to_its_gpu_and_cpus(tmp_path, monkeypatch,
+                                                                                         cpus):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    # Each stage lasts longer than an interpreter takes to start on a loaded 2-core machine, so that two run at once.
-    monkeypatch.setenv("FAKE_SECONDS", "1.0")
+    # The two teachers, launched first, each end only once both have started: they overlap if, and only if, the
+    # plan runs them side by side, however slowly their interpreters start.
+    monkeypatch.setenv("FAKE_MEET", "t0,t1")
     slots = make_slots(2, ["3", "5"])
     outcome = Scheduler(fake_stages(tmp_path), slots, echo=lambda line: None).run()
     assert sorted(outcome.finished) == sorted(GRAPH) and not outcome.failed
     records = ran(tmp_path)
     for name, deps in GRAPH.items():
         assert all(records[name]["start"] >= records[d]["end"] for d in deps)  # every student after its teacher
+    t0, t1 = records["t0"], records["t1"]
+    assert t0["start"] < t1["end"] and t1["start"] < t0["end"]  # side by side
     intervals = sorted((r["start"], r["end"], r["gpus"], tuple(r["cpus"])) for r in records.values())
     overlapping = [(a, b) for i, a in enumerate(intervals) for b in intervals[i + 1:] if b[0] < a[1]]
-    assert overlapping  # two stages did run at the same time
+    # Each slot a CPU of its own where there are 2; where there is 1, both slots share it.
+    assert [sorted(slot.cpus) for slot in slots] == [cpus[:1], cpus[-1:]]
+    assert all(r["cpus"] == sorted(next(s.cpus for s in slots if s.gpus == (r["gpus"],))) for r in records.values())
     for a, b in overlapping:
         assert a[2] != b[2]  # on different GPUs
-        assert not set(a[3]) & set(b[3]) or len(os.sched_getaffinity(0)) < 2  # on different CPUs
+        assert bool(set(a[3]) & set(b[3])) == (len(cpus) == 1)  # on different CPUs, but for the one CPU there is
     at_once = max(sum(s <= start < e for s, e, *_ in intervals) for start, *_ in intervals)
     assert at_once == 2  # never more stages than slots
     assert {r["gpus"] for r in records.values()} == {"3", "5"}
@@ -108,7 +129,7 @@ def test_a_killed_stage_is_resumed_by_the_next_run_and_finished_ones_are_skipped
 
 
 def test_sigterm_waits_for_every_running_stage_then_reports_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("FAKE_SECONDS", "5")
+    monkeypatch.setenv("FAKE_SECONDS", "60")  # a stage runs until the signal, however late it comes
     stages = fake_stages(tmp_path)
     # SLURM signals every process of the job step: the plan (this process) and each running stage.
     def signal_the_job():

@@ -3,7 +3,6 @@
 writer killed mid-write never damages the previous checkpoint."""
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -19,13 +18,16 @@ from torch import nn
 import engine.checkpoint
 import engine.loop
 import engine.run
+import runtime.distributed
 import util
 from conftest import REPO, TEST_MODEL, run_script
 from dataset import load_split
 from dataset.device_loader import DeviceBatches
 from dataset.loaders import train_loader
-from dataset.profiles import CIFAR_NORMALIZATION
+from published.profiles import CIFAR_NORMALIZATION
 from dataset.transforms import train_transform
+from engine.config import DataConfig, LoopConfig, RunConfig, Schedule, TrainConfig
+from runtime.process import Process
 
 STEPS_PER_EPOCH = 8  # 400 synthetic images, batch 50
 
@@ -45,11 +47,16 @@ class SmallNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-def _args(folder: Path, **overrides) -> argparse.Namespace:
-    base = dict(epochs=2, learning_rate=0.05, lr_decay_epochs=[1], lr_decay_rate=0.1, cosine=False, seed=3,
-                amp="off", model_path=str(folder), tags=[], wandb="disabled", wandb_project=None, wandb_group=None,
-                resume=False, log_interval=2, eval_freq=0)
-    return argparse.Namespace(**{**base, **overrides})
+def _config(folder: Path, *, resume: bool = False, log_interval: int = 2) -> TrainConfig:
+    """Two epochs at lr 0.05, decayed after the first, seed 3, no W&B, no final report."""
+    return TrainConfig(schedule=Schedule(epochs=2, learning_rate=0.05, lr_decay_epochs=(1,)),
+                       data=DataConfig("synthetic", batch_size=50), loop=LoopConfig(log_interval=log_interval),
+                       run=RunConfig(model_path=str(folder), resume=resume, final_eval=False), seed=3)
+
+
+def cpu_process() -> Process:
+    """This process as runtime.process.start sets it up on the CPU, outside torchrun (or as one rank of it)."""
+    return Process(runtime.distributed.current(), torch.device("cpu"), "off", "cpu")
 
 
 def _train(folder: Path, signal_at_step: int | None = None, resume: bool = False,
@@ -60,14 +67,15 @@ def _train(folder: Path, signal_at_step: int | None = None, resume: bool = False
     torch.manual_seed(0)
     model = SmallNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    args = _args(folder, resume=resume)
-    state = engine.run.prepare_run(args=args, name="run", model=model, optimizer=optimizer, job_type="test",
-                                   identity={})
+    config = _config(folder, resume=resume)
+    state = engine.run.prepare_run(config=config, process=cpu_process(), name="run", model=model,
+                                   optimizer=optimizer, job_type="test", identity={})
     images = load_split("synthetic", None, "train")
     if augment == "device":
-        loader = DeviceBatches(images, 50, args.seed, 4, CIFAR_NORMALIZATION, torch.device("cpu"))
+        loader = DeviceBatches(images, 50, config.seed, 4, CIFAR_NORMALIZATION, torch.device("cpu"))
     else:
-        loader = train_loader(images, train_transform(32, 4, CIFAR_NORMALIZATION), 50, num_workers=2, seed=args.seed)
+        loader = train_loader(images, train_transform(32, 4, CIFAR_NORMALIZATION), 50, num_workers=2,
+                              seed=config.seed)
     calls = 0
 
     def step(x: torch.Tensor, y: torch.Tensor) -> engine.loop.StepResult:
@@ -79,8 +87,8 @@ def _train(folder: Path, signal_at_step: int | None = None, resume: bool = False
         return engine.loop.StepResult(loss, {"ce": loss.detach()}, None, len(x))
 
     try:
-        engine.loop.fit(state=state, make_step=lambda: step, loader=loader, args=args,
-                        device=torch.device("cpu"))
+        engine.loop.fit(state=state, make_step=lambda: step, loader=loader, schedule=config.schedule,
+                        loop=config.loop, device=torch.device("cpu"))
     except util.Preempted as e:
         # Raised without its traceback, whose frames would keep this loader's worker processes alive
         # for the rest of the session (the real command exits instead).
@@ -140,32 +148,37 @@ def test_resuming_mid_epoch_with_another_number_of_processes_is_refused(tmp_path
 @pytest.mark.slow  # a minute or more on a 2-core CPU without AVX-512; CI runs it (`-m slow`)
 def test_sigterm_to_the_training_command_with_workers(cifar_root, tmp_path):
     """The real command with the default data loading (2 persistent workers here), its whole process
-    group signalled as SLURM does, as soon as epoch 1 is done (so early in epoch 2: the signal meets the
-    workers starting the epoch's first batches)."""
+    group signalled as SLURM does, in the first step of epoch 2 (tests/pause_at_step.py holds the run
+    there until the signal comes): the signal meets the workers starting the epoch's first batches."""
     common = ["train_supervised_ssl.py", "--dataset", "CIFAR-FS", "--data_root", str(cifar_root), "--batch_size", "8",
               "--augment", "workers", "--num_workers", "2", "--device", "cpu", "--no_final_eval", "--epochs", "3",
               "--log_interval", "1", "--model", TEST_MODEL]
     straight = run_script(*common, "--model_path", str(tmp_path / "a"))
     assert straight.returncode == 0, straight.stderr[-3000:]
-    process = subprocess.Popen([sys.executable, *common, "--model_path", str(tmp_path / "b")], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env={**os.environ, "WANDB_MODE": "disabled"})
-    for line in process.stdout:
-        if line.startswith("epoch=1 "):  # epoch 1 is done: the signal lands early in epoch 2
-            break
-    os.killpg(process.pid, signal.SIGTERM)
-    out, err = process.communicate(timeout=300)
-    if process.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
+    # 48 images, batch 8: 6 steps an epoch, so step 7 is epoch 2's first. stderr goes to a file: a full pipe
+    # that nobody reads while the test waits for stdout would stall the run.
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "tests/pause_at_step.py", "7", *common,
+                                    "--model_path", str(tmp_path / "b")], cwd=REPO, stdout=subprocess.PIPE,
+                                   stderr=stderr, text=True, start_new_session=True,
+                                   env={**os.environ, "WANDB_MODE": "disabled"})
+    paused = "paused at step 7\n" in process.stdout  # reads up to that line, or to the end of a run that failed
+    if paused:
+        os.killpg(process.pid, signal.SIGTERM)
+    process.communicate(timeout=300)
+    err = (tmp_path / "stderr").read_text()
+    assert paused, f"the run never paused at step 7: {err[-3000:]}"
     assert process.returncode == 143, err[-3000:]
     [message] = [line for line in err.splitlines() if line.startswith("stopped: ")]
-    assert (message.startswith("stopped: SIGTERM at ")
+    assert (message.startswith("stopped: SIGTERM at epoch 2, step 1/6; ")
             and message.endswith("Continue with the same command plus --resume"))
     assert "Traceback" not in err
+    [b] = (tmp_path / "b").iterdir()
+    partial = engine.checkpoint.load_checkpoint(b / "checkpoint.pth")["partial"]
+    assert (partial["epoch"], partial["step"], partial["world_size"]) == (2, 1, 1)
     resumed = run_script(*common, "--model_path", str(tmp_path / "b"), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     [a] = (tmp_path / "a").iterdir()
-    [b] = (tmp_path / "b").iterdir()
     one = torch.load(a / "checkpoint.pth", map_location="cpu", weights_only=True)
     two = torch.load(b / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert one["dropblock_calls"] == two["dropblock_calls"]

@@ -262,7 +262,7 @@ class _FakeStages:
 
         import train_distillation
         import train_supervised_ssl
-        from dataset.profiles import dataset_profile
+        from published.profiles import dataset_profile
 
         self.commands.append(command)
         f = flags(command)

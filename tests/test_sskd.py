@@ -160,7 +160,7 @@ def test_sskd_objective_end_to_end(cifar_root, tmp_path):
 
 def _teacher_head_phase(head_epochs: int):
     """SSKD built in-process on built-in data (a random teacher): its teacher-head phase."""
-    import engine.run
+    import engine.data
     import methods
     import train_distillation
     from conftest import TEST_MODEL
@@ -173,7 +173,7 @@ def _teacher_head_phase(head_epochs: int):
          "0", "--path_t", "teacher.pth", "--model_t", TEST_MODEL, "--model_s", TEST_MODEL, "--sskd_head_epochs",
          str(head_epochs), "--sskd_head_lr", "0.05"])
     train = load_split("synthetic", None, "train", 16)
-    data = engine.run.TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
+    data = engine.data.TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
     teacher = create_model(TEST_MODEL, train.num_classes, "synthetic", image_size=16).requires_grad_(False).eval()
     run = methods.get_method("sskd").from_args(args, device=torch.device("cpu"), data=data, teacher=teacher)
     [phase] = run.pre_phases(None, None)
@@ -192,7 +192,7 @@ def test_the_teacher_heads_lr_decays_only_after_its_milestones_are_reached(head_
 
 def test_step_decay_with_whole_epoch_milestones_is_the_releases_multisteplr():
     """What every method's own schedule (--lr_decay_epochs) computes: lr x rate after each milestone epoch."""
-    from engine.loop import step_decay
+    from engine.config import step_decay
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[45, 60, 75], gamma=0.1)

@@ -89,7 +89,7 @@ def test_an_official_teacher_records_nothing_and_the_flags_defaults_stay():
 
 
 def test_a_given_normalization_other_than_the_teachers_is_refused_naming_the_fix():
-    from dataset.profiles import NAMED_NORMALIZATIONS, Normalization
+    from published.profiles import NAMED_NORMALIZATIONS, Normalization
     from train_distillation import check_teacher_normalization
 
     args = Namespace(path_t="t.pth", normalization="imagenet", allow_teacher_mismatch=False)

@@ -13,15 +13,19 @@ import numpy as np
 import pytest
 import torch
 
+import engine.args
 import engine.checkpoint
-import runtime.logger
 import engine.loop
 import engine.run
 import util
 from conftest import CPU_AMP, TEST_FEATURE_DIM, TEST_MODEL, make_cifar_package, run_script, write_pickle
+from engine.config import DataConfig, LoopConfig, RunConfig, Schedule, TrainConfig, WandbConfig
+from eval.validation import ValEvaluation
 from distill import gen0_loss, gen1_loss, kd_loss, rfs_distill_loss, rot180
 from models import create_model
 from models.dropblock import add_dropblock_calls, dropblock_calls
+from runtime.distributed import Distributed
+from runtime.process import Process
 import methods
 from methods.base import assert_unchanged, clone_student, snapshot
 from methods.rfs_distill import rfs_distill_step
@@ -218,19 +222,23 @@ def test_teacher_change_is_detected():
 
 # ----------------------------------------------------------------------------- run plumbing
 
-def _args(tmp_path, **overrides) -> argparse.Namespace:
-    base = dict(epochs=2, learning_rate=0.1, lr_decay_epochs=[1], lr_decay_rate=0.1, cosine=False, seed=0,
-                amp="off", model_path=str(tmp_path), tags=["t"], wandb="disabled", wandb_project=None,
-                wandb_group=None, resume=False, log_interval=1, eval_freq=0)
-    return argparse.Namespace(**{**base, **overrides})
+def _config(tmp_path, *, epochs: int = 2, resume: bool = False, wandb: str = "disabled") -> TrainConfig:
+    return TrainConfig(schedule=Schedule(epochs, 0.1, lr_decay_epochs=(1,)), data=DataConfig("synthetic"),
+                       loop=LoopConfig(log_interval=1),
+                       run=RunConfig(str(tmp_path), resume=resume, wandb=WandbConfig(wandb, tags=("t",))))
+
+
+def _process(amp: str = "off") -> Process:
+    """This process on the CPU, as runtime.process.start sets it up outside torchrun, without starting anything."""
+    return Process(Distributed(), torch.device("cpu"), amp, "cpu")
 
 
 def test_non_finite_loss_stops_the_run_loudly(tmp_path):
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    args = _args(tmp_path)
-    state = engine.run.prepare_run(args=args, name="run", model=model, optimizer=optimizer, job_type="test",
-                                   identity={})
+    config = _config(tmp_path)
+    state = engine.run.prepare_run(config=config, process=_process(), name="run", model=model, optimizer=optimizer,
+                                   job_type="test", identity={})
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2), torch.zeros(4)),
                                          batch_size=2, generator=torch.Generator())
 
@@ -238,12 +246,12 @@ def test_non_finite_loss_stops_the_run_loudly(tmp_path):
         return engine.loop.StepResult(model(x).sum() * float("nan"), {"ce": torch.tensor(float("nan"))}, None, len(x))
 
     with pytest.raises(util.NonFiniteLossError, match="non-finite loss \\(nan\\) at epoch 1, step 1; metrics: ce=nan"):
-        engine.loop.fit(state=state, make_step=lambda: step, loader=loader, args=args,
-                        device=torch.device("cpu"))
+        engine.loop.fit(state=state, make_step=lambda: step, loader=loader, schedule=config.schedule,
+                        loop=config.loop, device=torch.device("cpu"))
     assert not state.checkpoint_path.exists()  # nothing was saved from the broken epoch
     with pytest.raises(SystemExit) as exit_info:
-        util.run_cli(lambda: engine.loop.fit(state=state, make_step=lambda: step, loader=loader, args=args,
-                                             device=torch.device("cpu")))
+        util.run_cli(lambda: engine.loop.fit(state=state, make_step=lambda: step, loader=loader,
+                                             schedule=config.schedule, loop=config.loop, device=torch.device("cpu")))
     assert exit_info.value.code == 1
 
 
@@ -275,7 +283,7 @@ def test_wandb_failure_never_stops_training(tmp_path, monkeypatch):
         raise ConnectionError("api.wandb.ai unreachable")
 
     monkeypatch.setattr(wandb, "init", refuse)
-    logger = engine.run.training_logger(tmp_path, _args(tmp_path, wandb="online"), "run", "gen0")
+    logger = engine.run.training_logger(tmp_path, _config(tmp_path, wandb="online"), _process(), "run", "gen0")
     assert logger.wandb_run is None
     logger.log({"epoch": 1, "train_loss": 0.5})
     logger.summary({"x": 1.0})
@@ -284,7 +292,7 @@ def test_wandb_failure_never_stops_training(tmp_path, monkeypatch):
 
 
 def test_wandb_offline_run_is_written(tmp_path):
-    logger = engine.run.training_logger(tmp_path, _args(tmp_path, wandb="offline"), "run", "gen0")
+    logger = engine.run.training_logger(tmp_path, _config(tmp_path, wandb="offline"), _process(), "run", "gen0")
     assert logger.wandb_run is not None and logger.wandb_id
     logger.log({"epoch": 1, "train_loss": 0.5})
     logger.finish()
@@ -293,14 +301,14 @@ def test_wandb_offline_run_is_written(tmp_path):
     assert json.loads((tmp_path / "log.jsonl").read_text()) == {"epoch": 1, "train_loss": 0.5}
 
 
-def test_learning_rate_schedules(tmp_path):
-    step = _args(tmp_path, epochs=65, learning_rate=0.05, lr_decay_epochs=[60])
-    assert [engine.loop.learning_rate_at(e, step) for e in (1, 60, 61, 65)] == pytest.approx([0.05, 0.05, 0.005, 0.005])
-    cosine = _args(tmp_path, epochs=10, learning_rate=0.1, cosine=True)
-    assert engine.loop.learning_rate_at(10, cosine) == pytest.approx(0.1 * 0.1**3)
-    assert engine.loop.learning_rate_at(5, cosine) == pytest.approx((0.1 + 1e-4) / 2)
-    tiered = _args(tmp_path, epochs=60, learning_rate=0.05, lr_decay_epochs=[30, 40, 50])
-    assert [engine.loop.learning_rate_at(e, tiered) for e in (30, 31, 41, 51)] == pytest.approx(
+def test_learning_rate_schedules():
+    step = Schedule(epochs=65, learning_rate=0.05, lr_decay_epochs=(60,))
+    assert [step.learning_rate_at(e) for e in (1, 60, 61, 65)] == pytest.approx([0.05, 0.05, 0.005, 0.005])
+    cosine = Schedule(epochs=10, learning_rate=0.1, cosine=True)
+    assert cosine.learning_rate_at(10) == pytest.approx(0.1 * 0.1**3)
+    assert cosine.learning_rate_at(5) == pytest.approx((0.1 + 1e-4) / 2)
+    tiered = Schedule(epochs=60, learning_rate=0.05, lr_decay_epochs=(30, 40, 50))
+    assert [tiered.learning_rate_at(e) for e in (30, 31, 41, 51)] == pytest.approx(
         [0.05, 0.005, 0.0005, 0.00005])
 
 
@@ -384,7 +392,7 @@ def test_a_rerun_after_a_crash_before_the_first_checkpoint_logs_each_epoch_once(
     folder.mkdir()
     (folder / "log.jsonl").write_text('{"epoch": 1, "train_loss": 9.0}\n{"epoch": 2, "tr')  # crashed mid-line
     model = torch.nn.Linear(2, 2)
-    state = engine.run.prepare_run(args=_args(tmp_path), name="run", model=model,
+    state = engine.run.prepare_run(config=_config(tmp_path), process=_process(), name="run", model=model,
                                    optimizer=torch.optim.SGD(model.parameters(), lr=0.1), job_type="test", identity={})
     assert not (folder / "log.jsonl").exists()
     state.logger.log({"epoch": 1, "train_loss": 1.0})
@@ -393,7 +401,7 @@ def test_a_rerun_after_a_crash_before_the_first_checkpoint_logs_each_epoch_once(
                                       folder / "checkpoint.pth")
     state.logger.log({"epoch": 2, "train_loss": 0.5})  # logged, then the process died before epoch 2's checkpoint
     engine.run.release_run_folder(state)  # as the process's end does
-    engine.run.prepare_run(args=_args(tmp_path, resume=True), name="run", model=model,
+    engine.run.prepare_run(config=_config(tmp_path, resume=True), process=_process(), name="run", model=model,
                            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), job_type="test", identity={})
     assert [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()] == [
         {"epoch": 1, "train_loss": 1.0}]
@@ -467,7 +475,7 @@ def test_best_checkpoint_is_selected_on_val_reported_and_kept_across_resume(cifa
         return final_report(model, *args, **kwargs)
 
     final_report = engine.run.final_report
-    monkeypatch.setattr(engine.run.ValEvaluation, "__call__", validation)
+    monkeypatch.setattr(ValEvaluation, "__call__", validation)
     monkeypatch.setattr(engine.run, "final_report", report)
     common = [*GEN0, "--data_root", str(cifar_root), "--model_path", str(tmp_path), "--eval_freq", "1"]
     monkeypatch.setattr(sys, "argv",
@@ -505,9 +513,9 @@ def test_final_checkpoint_best_needs_eval_freq(tmp_path):
     parse = lambda argv: train_supervised_ssl.get_args_parser().parse_args(  # noqa: E731
         ["--dataset", "synthetic", *argv])
     with pytest.raises(util.UsageError, match="--final_checkpoint best: needs --eval_freq"):
-        engine.run.start_training_run(parse(["--device", "cpu", "--final_checkpoint", "best"]))
+        engine.args.training_config(parse(["--device", "cpu", "--final_checkpoint", "best"]))
     with pytest.raises(util.UsageError, match="--eval_freq: expected 0 \\(off\\) or a number of epochs, got -1"):
-        engine.run.start_training_run(parse(["--device", "cpu", "--eval_freq", "-1"]))
+        engine.args.training_config(parse(["--device", "cpu", "--eval_freq", "-1"]))
     assert parse([]).final_checkpoint == "last" and parse([]).eval_freq == 0  # the paper's protocol by default
 
 
@@ -532,9 +540,9 @@ def test_grad_scaler_state_is_checkpointed_and_restored_by_resume(tmp_path):
     """fp16's loss scale continues across --resume instead of re-warming from 65536 (the scaler's
     bookkeeping is device-independent, so this runs on CPU; the fp16 steps themselves need CUDA)."""
     model = torch.nn.Linear(2, 2)
-    args = _args(tmp_path, amp="fp16", epochs=1)
-    state = engine.run.prepare_run(args=args, name="run", model=model, job_type="test", identity={},
-                                   optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    config = _config(tmp_path, epochs=1)
+    state = engine.run.prepare_run(config=config, process=_process("fp16"), name="run", model=model, job_type="test",
+                                   identity={}, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     assert state.scaler.is_enabled() and state.scaler.get_scale() == 65536.0
     state.scaler.scale(torch.ones(()))
     state.scaler.update(new_scale=512.0)  # as after a few overflowing fp16 steps
@@ -544,18 +552,19 @@ def test_grad_scaler_state_is_checkpointed_and_restored_by_resume(tmp_path):
     def step(x, y):
         return engine.loop.StepResult(model(x).pow(2).mean(), {}, None, len(x))
 
-    args.amp = "off"  # fp16 autocast needs CUDA; the scaler made for fp16 stays on, as it would there
-    engine.loop.fit(state=state, make_step=lambda: step, loader=loader, args=args, device=torch.device("cpu"))
+    # fp16 autocast needs CUDA: the loop runs with amp off; the scaler made for fp16 stays on, as it would there
+    engine.loop.fit(state=state, make_step=lambda: step, loader=loader, schedule=config.schedule, loop=config.loop,
+                    device=torch.device("cpu"))
     assert _checkpoint(tmp_path / "run")["scaler"]["scale"] == 512.0
     engine.run.release_run_folder(state)  # the run stops here (the script's finish_training gives the lock back)
     model = torch.nn.Linear(2, 2)
-    resumed = engine.run.prepare_run(args=_args(tmp_path, amp="fp16", epochs=2, resume=True), name="run",
-                                     model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+    resumed = engine.run.prepare_run(config=_config(tmp_path, epochs=2, resume=True), process=_process("fp16"),
+                                     name="run", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                                      job_type="test", identity={})
     assert resumed.start_epoch == 2 and resumed.scaler.get_scale() == 512.0
     # fp32 and bf16 runs keep an empty scaler state: nothing to restore.
-    fresh = engine.run.prepare_run(args=_args(tmp_path / "b"), name="run", model=model, job_type="test", identity={},
-                                   optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    fresh = engine.run.prepare_run(config=_config(tmp_path / "b"), process=_process(), name="run", model=model,
+                                   job_type="test", identity={}, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     assert fresh.scaler.state_dict() == {}
 
 
@@ -570,7 +579,7 @@ def test_wandb_online_failure_falls_back_to_offline_in_one_line(tmp_path, monkey
         return real_init(**kwargs)
 
     monkeypatch.setattr(wandb, "init", no_network)
-    logger = engine.run.training_logger(tmp_path, _args(tmp_path, wandb="online"), "run", "gen0")
+    logger = engine.run.training_logger(tmp_path, _config(tmp_path, wandb="online"), _process(), "run", "gen0")
     assert logger.wandb_run is not None and logger.wandb_run.settings.mode == "offline"
     logger.finish()
     [line] = capsys.readouterr().err.strip().splitlines()
@@ -579,7 +588,7 @@ def test_wandb_online_failure_falls_back_to_offline_in_one_line(tmp_path, monkey
 
 
 def test_wandb_failing_mid_run_costs_one_line_and_no_epoch(tmp_path, capsys):
-    logger = engine.run.training_logger(tmp_path, _args(tmp_path, wandb="offline"), "run", "gen0")
+    logger = engine.run.training_logger(tmp_path, _config(tmp_path, wandb="offline"), _process(), "run", "gen0")
     run_id, calls = logger.wandb_id, []
 
     def broken(metrics):

@@ -11,10 +11,11 @@ from torch import nn
 
 import engine.args
 import engine.checkpoint
-import eval_fewshot
+import engine.trained
+import runtime.process
 import util
 from dataset import dataset_names
-from dataset.profiles import Normalization, dataset_profile
+from published.profiles import Normalization, dataset_profile
 from dataset.transforms import NORMALIZATIONS
 from models import list_models
 
@@ -55,12 +56,12 @@ def add_backbone_args(parser: argparse.ArgumentParser, runtime: bool = True) -> 
 
 def load_backbone(args: argparse.Namespace, device: torch.device) -> Backbone:
     """The network of --model_path on `device` and its preprocessing, decided as eval_fewshot.py decides
-    them (eval_fewshot.evaluation_normalization); prints the normalisation's source."""
+    them (engine.trained.evaluation_normalization); prints the normalisation's source."""
     path = Path(args.model_path)
     if not path.is_file():
         raise util.UsageError(f"--model_path {path}: checkpoint not found")
     checkpoint = engine.checkpoint.load_checkpoint(path)
-    recorded = eval_fewshot.trained_with(checkpoint)
+    recorded = engine.trained.trained_with(checkpoint)
     dataset = args.dataset or recorded["dataset"]
     if dataset is None:
         raise util.UsageError(f"--dataset: {path} does not record the dataset it was trained on; pass --dataset "
@@ -77,10 +78,10 @@ def load_backbone(args: argparse.Namespace, device: torch.device) -> Backbone:
     util.to_device(model, device).eval()
     # The training run's data root: --normalization data (or a folder run that recorded no statistics)
     # reads its training split, never the images being classified.
-    setting = argparse.Namespace(normalization=args.normalization, dataset=dataset, data_root=recorded["data_root"])
-    norm, norm_source = eval_fewshot.evaluation_normalization(setting, checkpoint, image_size)
+    norm, norm_source = engine.trained.evaluation_normalization(args.normalization, checkpoint, dataset,
+                                                                recorded["data_root"], image_size)
     source_root = recorded["data_root"] if dataset == recorded["dataset"] else None
-    domain = eval_fewshot.domain_name(dataset, source_root)
+    domain = engine.trained.domain_name(dataset, source_root)
     print(f"model: {name} trained on {dataset}{f' ({domain})' if domain != dataset else ''}, {image_size}px images, "
           f"normalization: {norm_source}")
     return Backbone(model, name, path, dataset, domain, image_size, norm, norm_source,
@@ -89,7 +90,7 @@ def load_backbone(args: argparse.Namespace, device: torch.device) -> Backbone:
 
 def setup_device(args: argparse.Namespace) -> tuple[torch.device, str]:
     """The device (cuda when usable, unless --device says otherwise) and precision, chosen once and printed."""
-    device = util.resolve_device(args.device)
-    precision = util.setup_precision(args, device)
-    print(f"device: {util.describe_device(device, args.device)}, precision: {precision}")
-    return device, precision
+    process = runtime.process.start(runtime.process.ProcessConfig(args.device, args.amp, args.tf32))
+    args.amp = process.amp  # recorded as decided
+    print(f"device: {process.device_name}, precision: {process.precision}")
+    return process.device, process.precision

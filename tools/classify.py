@@ -28,7 +28,7 @@ import util
 from dataset.folder import (IMAGE_SUFFIXES, class_folders, describe_conversions, image_files, list_images,
                             load_image)
 from dataset.transforms import crop_flip_batch
-from eval.classifiers import logistic_regression_scores
+from eval.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIER
 from eval.embed import embed
 from eval.fewshot import episode_generator, l2_normalize
 from tools.backbone import Backbone, add_backbone_args, load_backbone, setup_device
@@ -37,7 +37,7 @@ QUERY_CHUNK = 4096  # query images read and held as pixels at once; their featur
 # Why a margin and not the softmax: with C = 1 on unit-length features the logistic regression's decision
 # values lie close together, so its softmax sits near 1 / classes for every query and reads as a confidence
 # it is not. The margin is what the decision turns on (0: a tie), and claims no more than that.
-MARGIN_HELP = ("margin: the logistic regression's decision value (logit) of the predicted class minus that of the "
+MARGIN_HELP = ("margin: the classifier's decision value (for LR, the logit) of the predicted class minus that of the "
                "runner-up class; 0 is a tie, larger is a clearer decision. It is a score, not a probability: its "
                "scale depends on the checkpoint and the support set, so compare margins within one run (check the "
                "queries with the smallest first).")
@@ -56,6 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "line, relative to the list) or image files")
     g.add_argument("--n_aug_support_samples", type=int, default=5, help="augmented copies of each support image")
     g.add_argument("--seed", type=int, default=0, help="seed of the support augmentations")
+    g.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=CLASSIFIERS.names(),
+                   help="fitted on the supports: the evaluation's classifiers (eval_fewshot.py --classifier)")
     g.add_argument("--out", default="predictions", help="writes PREFIX.csv and PREFIX.json")
     return parser
 
@@ -79,7 +81,7 @@ def read_support(folder: Path, image_size: int, modes: Counter) -> tuple[np.ndar
     return images, np.asarray(labels), [d.name for d in classes], paths
 
 
-def support_features(backbone: Backbone, images: np.ndarray, labels: np.ndarray, n_aug: int, seed: int,
+def support_features(backbone: Backbone, images: np.ndarray, labels: np.ndarray, *, n_aug: int, seed: int,
                      device: torch.device, batch_size: int, amp: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The evaluation's support set: every image repeated n_aug times (np.tile order), each copy randomly
     cropped and flipped (eval.fewshot.evaluate's augmentation, its generator for episode 0), embedded
@@ -110,16 +112,17 @@ def query_features(backbone: Backbone, paths: list[Path], device: torch.device, 
     return l2_normalize(torch.cat(chunks)), hashes
 
 
-def classify_images(backbone: Backbone, support_dir: Path, queries: list[Path], n_aug: int, seed: int,
-                    device: torch.device, batch_size: int, amp: str
+def classify_images(backbone: Backbone, support_dir: Path, queries: list[Path], *, classifier: str, n_aug: int,
+                    seed: int, device: torch.device, batch_size: int, amp: str
                     ) -> tuple[list[str], np.ndarray, list[Path | None], Counter]:
     """(class names, the queries' decision values (queries, classes), the support image each query is a copy
     of or None, image modes converted to RGB)."""
     modes: Counter = Counter()
     images, labels, names, paths = read_support(support_dir, backbone.image_size, modes)
-    support, support_labels = support_features(backbone, images, labels, n_aug, seed, device, batch_size, amp)
+    support, support_labels = support_features(backbone, images, labels, n_aug=n_aug, seed=seed, device=device,
+                                               batch_size=batch_size, amp=amp)
     query, hashes = query_features(backbone, queries, device, batch_size, amp, modes)
-    scores = logistic_regression_scores(support[None], support_labels[None], query[None], len(names))[0]
+    scores = CLASSIFIERS.get(classifier)(support[None], support_labels[None], query[None], len(names))[0]
     support_by_hash = {pixel_hash(image): path for image, path in zip(images, paths)}
     return names, scores.cpu().numpy(), [support_by_hash.get(h) for h in hashes], modes
 
@@ -191,7 +194,7 @@ def write_predictions(out: Path, report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
-    util.check_positive(args, "n_aug_support_samples", "eval_batch_size")
+    util.check_positive(vars(args), "n_aug_support_samples", "eval_batch_size")
     out = Path(args.out)
     util.check_writable_folder(out.parent, "--out")
     check_query_depth(args.query)
@@ -199,8 +202,9 @@ def main(argv: list[str] | None = None) -> dict:
     device, precision = setup_device(args)
     backbone = load_backbone(args, device)
     names, scores, duplicates, modes = classify_images(backbone, Path(args.support), queries,
-                                                       args.n_aug_support_samples, args.seed, device,
-                                                       args.eval_batch_size, args.amp)
+                                                       classifier=args.classifier, n_aug=args.n_aug_support_samples,
+                                                       seed=args.seed, device=device, batch_size=args.eval_batch_size,
+                                                       amp=args.amp)
     conversions = describe_conversions(modes)
     if conversions:
         print(conversions)
@@ -211,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
               "source_domain": backbone.source_domain,
               "image_size": backbone.image_size, "normalization": backbone.norm_source,
               "device": util.describe_device(device, args.device), "precision": precision,
-              "classifier": "LR", "margin_definition": MARGIN_HELP, "n_aug_support_samples": args.n_aug_support_samples,
+              "classifier": args.classifier, "margin_definition": MARGIN_HELP,
+              "n_aug_support_samples": args.n_aug_support_samples,
               "seed": args.seed, "support": str(args.support), "classes": names, "support_images": support_counts,
               "accuracy": accuracy, "support_copies_left_out": sum(d is not None for d in duplicates),
               "predictions": rows}

@@ -98,7 +98,7 @@ def embed_shard(backbone: Backbone, files: list[Path], shard: int, args: argpars
 
 def main(argv: list[str] | None = None) -> Path:
     args = get_args_parser().parse_args(argv)
-    util.check_positive(args, "shard_size", "eval_batch_size")
+    util.check_positive(vars(args), "shard_size", "eval_batch_size")
     if args.n_aug_support_samples < 0:
         raise util.UsageError(f"--n_aug_support_samples: expected 0 or more, got {args.n_aug_support_samples}")
     output = Path(args.output)

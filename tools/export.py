@@ -118,7 +118,7 @@ def difference(output: np.ndarray, reference: np.ndarray) -> tuple[float, float]
     return absolute, absolute / scale
 
 
-def write_and_check(name: str, model: Features, images: torch.Tensor, reference: np.ndarray, tmp: Path,
+def write_and_check(name: str, model: Features, images: torch.Tensor, reference: np.ndarray, *, tmp: Path,
                     target: Path, tolerance: float) -> dict:
     """Export `model` as `name` to the temporary file `tmp` (renamed to `target` by the caller once every format
     has passed) and check it on `images`; raises UsageError if it differs by more than `tolerance`."""
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown or not formats:
         raise util.UsageError(f"--formats {args.formats}: expected a comma-separated list of {', '.join(FORMATS)}")
     check_optional_packages(formats)
-    util.check_positive(args, "check_images")
+    util.check_positive(vars(args), "check_images")
     out = Path(args.out)
     util.check_writable_folder(out.parent, "--out")
     paths = list_images(args.images)[:args.check_images]
@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
             for name in formats:
                 target = out.with_name(out.name + FORMATS[name])
                 tmp = staged.enter_context(util.atomic_write(target))
-                checks[name] = write_and_check(name, model, images, reference, tmp, target, args.tolerance)
+                checks[name] = write_and_check(name, model, images, reference, tmp=tmp, target=target,
+                                                 tolerance=args.tolerance)
             info = describe(backbone, formats, int(reference.shape[1]), checks)
             described.write_text(json.dumps(info, indent=2) + "\n")
     except BaseException:

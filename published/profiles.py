@@ -1,6 +1,8 @@
-"""One profile per dataset: the facts that follow from which dataset a run uses (normalisation,
+"""One profile per dataset: the facts the releases fix for each dataset a run uses (normalisation,
 crop padding, DropBlock block size, the official transform letter), read by transforms, models,
-evaluation and run names alike. The published training settings live with each method (methods/).
+evaluation and run names alike: data on the ground floor, so that the networks read their
+dataset-dependent choices without importing the data code. The published training settings live
+with each method's card.
 
 Image size never changes a named dataset's profile: `--dataset CIFAR-FS --image_size 84` keeps the
 CIFAR statistics, padding and block size. Only `folder` datasets, which have no published profile,
