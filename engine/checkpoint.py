@@ -112,12 +112,21 @@ def extract_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     return state
 
 
+# SKD's rotation head, which checkpoints of networks trained without it (the release's ConvNet and WRN, RFS's
+# ResNet-12) do not hold.
+ROTATION_HEAD = ("rot_classifier.bias", "rot_classifier.weight")
+
+
 def load_model_weights(model: nn.Module, path: str | Path, checkpoint: dict | None = None) -> dict:
-    """Load a checkpoint's weights into `model` (strict); say exactly which keys or shapes differ.
-    `checkpoint`: the already loaded content of `path`, to avoid reading it twice."""
+    """Load a checkpoint's weights into `model` (strict, except a checkpoint with no rotation head at all,
+    whose absence is said in one line); say exactly which keys or shapes differ. `checkpoint`: the already
+    loaded content of `path`, to avoid reading it twice."""
     checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     state = extract_state_dict(checkpoint)
     expected = model.state_dict()
+    if tuple(sorted(set(expected) - set(state))) == ROTATION_HEAD:
+        print(f"note: {path} has no rotation head (trained without SKD's); rot_classifier keeps its initialisation")
+        state = {**state, **{k: expected[k] for k in ROTATION_HEAD}}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"

@@ -8,6 +8,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+NUM_ROTATIONS = 4
+
 
 class SSLOutput(NamedTuple):
     """One forward pass's every output, for the objectives that read more than the logits."""
@@ -50,3 +52,55 @@ class Backbone(Protocol):
 
     def preactivation_batchnorms(self) -> list[nn.BatchNorm2d]:
         """The BatchNorm producing each of forward_preactivations' maps (DVP's per-channel margins)."""
+
+
+class SSLNetwork(nn.Module):
+    """What every network here shares: stages, global average pooling, the linear classifier and SKD's
+    rotation head on the class logits, under the release's key names (`classifier`, `rot_classifier`).
+    A subclass builds its stages, then calls `attach_heads`; it provides Backbone's pre-activation members."""
+
+    num_classes: int
+    feature_dim: int
+
+    def attach_heads(self, feature_dim: int, num_classes: int) -> None:
+        """The classifier and rotation head, with PyTorch's default initialisation as in the releases."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes, self.feature_dim = num_classes, feature_dim
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(feature_dim, num_classes)
+        self.rot_classifier = nn.Linear(num_classes, NUM_ROTATIONS)
+
+    @property
+    def stages(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+    def pool(self, last_map: torch.Tensor) -> torch.Tensor:
+        """The last stage's map -> (B, feature_dim) pooled features."""
+        return self.avgpool(last_map).flatten(1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_stages(x)[-1])
+
+    def forward_head(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.classifier(feature)
+
+    def forward_rotation(self, logits: torch.Tensor) -> torch.Tensor:
+        # The paper predicts rotation "using only the output logits".
+        return self.rot_classifier(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_all(self, x: torch.Tensor) -> SSLOutput:
+        maps = self.forward_stages(x)
+        feature = self.pool(maps[-1])
+        logits = self.forward_head(feature)
+        return SSLOutput(maps, feature, logits, self.forward_rotation(logits))

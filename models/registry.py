@@ -10,7 +10,9 @@ from typing import Callable
 from torch import nn
 
 from published.profiles import dataset_profile
-from models.resnet12 import WIDTHS, ResNet12SSL
+from models.convnet import ConvNetSSL
+from models.resnet import WIDTHS, ResNetSSL
+from models.wrn import WideResNetSSL
 from util import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -43,15 +45,48 @@ def create_model(name: str, num_classes: int, dataset: str | None = None, image_
     return MODELS.get(name)(num_classes=num_classes, dropblock_size=profile.dropblock_size)
 
 
+# The release's networks by the release's names (its models/__init__.py and models/resnet_ssl.py), each with SKD's
+# rotation head; the dataset's profile gives the ResNets' DropBlock size (5 at 84 px, 2 at 32 px), as the
+# release's create_model does.
 @MODELS.register("resnet12_ssl")
-def resnet12_ssl(num_classes: int, dropblock_size: int, drop_rate: float = 0.1) -> ResNet12SSL:
-    return ResNet12SSL(num_classes, drop_rate=drop_rate, dropblock_size=dropblock_size)
+def resnet12_ssl(num_classes: int, dropblock_size: int, drop_rate: float = 0.1) -> ResNetSSL:
+    return ResNetSSL(num_classes, drop_rate=drop_rate, dropblock_size=dropblock_size)
 
 
 @MODELS.register("resnet12_ssl_narrow")
-def resnet12_ssl_narrow(num_classes: int, dropblock_size: int, drop_rate: float = 0.1) -> ResNet12SSL:
+def resnet12_ssl_narrow(num_classes: int, dropblock_size: int, drop_rate: float = 0.1) -> ResNetSSL:
     """ResNet-12 at a quarter of each stage's width (16, 40, 80, 160; about 1/16 of the compute): the
     same blocks, heads and checkpoint keys, for tests and smoke runs that are not about the network.
     Not the paper's model."""
-    return ResNet12SSL(num_classes, drop_rate=drop_rate, dropblock_size=dropblock_size,
-                       widths=tuple(w // 4 for w in WIDTHS))
+    return ResNetSSL(num_classes, drop_rate=drop_rate, dropblock_size=dropblock_size,
+                     widths=tuple(w // 4 for w in WIDTHS))
+
+
+@MODELS.register("resnet18")
+def resnet18(num_classes: int, dropblock_size: int, drop_rate: float = 0.1) -> ResNetSSL:
+    """The release's ResNet-18: 1, 1, 2, 2 blocks per stage."""
+    return ResNetSSL(num_classes, drop_rate=drop_rate, dropblock_size=dropblock_size, blocks=(1, 1, 2, 2))
+
+
+@MODELS.register("resnet24")
+def resnet24(num_classes: int, dropblock_size: int, drop_rate: float = 0.1) -> ResNetSSL:
+    """The release's ResNet-24: 2 blocks per stage."""
+    return ResNetSSL(num_classes, drop_rate=drop_rate, dropblock_size=dropblock_size, blocks=(2, 2, 2, 2))
+
+
+@MODELS.register("seresnet12")
+def seresnet12(num_classes: int, dropblock_size: int, drop_rate: float = 0.1) -> ResNetSSL:
+    """ResNet-12 with squeeze-and-excitation in each block."""
+    return ResNetSSL(num_classes, drop_rate=drop_rate, dropblock_size=dropblock_size, use_se=True)
+
+
+@MODELS.register("convnet4")
+def convnet4(num_classes: int, dropblock_size: int) -> ConvNetSSL:
+    """Conv-4 (64 channels; LibFewShot's Conv64F): no DropBlock, so `dropblock_size` is unused."""
+    return ConvNetSSL(num_classes)
+
+
+@MODELS.register("wrn_28_10")
+def wrn_28_10(num_classes: int, dropblock_size: int) -> WideResNetSSL:
+    """WRN-28-10 (dropout 0.3, as the release's): no DropBlock, so `dropblock_size` is unused."""
+    return WideResNetSSL(num_classes)

@@ -64,7 +64,7 @@ from methods.base import clone_student  # noqa: E402
 from methods.skd_gen0 import gen0_step  # noqa: E402
 from methods.skd_gen1 import gen1_step  # noqa: E402
 from models.dropblock import dropblock_calls, release_block_mask, set_dropblock_calls, set_dropblock_mask  # noqa: E402
-from models.resnet12 import ResNet12SSL  # noqa: E402
+from models.resnet import ResNetSSL  # noqa: E402
 
 PRIVATE = "_skd_release"
 
@@ -218,7 +218,7 @@ def check_features(release: types.ModuleType) -> float:
     torch.manual_seed(0)
     worst = 0.0
     for image, block in ((32, 2), (84, 5)):
-        ours = ResNet12SSL(num_classes=64, dropblock_size=block).eval()
+        ours = ResNetSSL(num_classes=64, dropblock_size=block).eval()
         theirs = release.resnet12_ssl(avg_pool=True, drop_rate=0.1, dropblock_size=block, num_classes=64).eval()
         theirs.load_state_dict(ours.state_dict(), strict=True)
         x = torch.randn(6, 3, image, image)
@@ -314,7 +314,7 @@ def optimizer_settings(stage: str) -> Schedule:
     return Schedule(epochs=1, learning_rate=LEARNING_RATE[stage], momentum=0.9, weight_decay=5e-4)
 
 
-def our_steps(case: Case, model: ResNet12SSL, teacher: ResNet12SSL | None, images: torch.Tensor,
+def our_steps(case: Case, model: ResNetSSL, teacher: ResNetSSL | None, images: torch.Tensor,
               targets: torch.Tensor, steps: int) -> list[StepState]:
     """This repository's step (methods/skd_gen0.py, skd_gen1.py) and optimizer (engine/run.py: sgd), K times."""
     set_dropblock_mask(model, case.mask)
@@ -400,7 +400,7 @@ def check_steps(official: str, steps: int, calls: list[int], batch_size: int, ma
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, 32, 32)
     targets = torch.randint(0, 64, (batch_size,))
-    start = ResNet12SSL(num_classes=64, dropblock_size=2)
+    start = ResNetSSL(num_classes=64, dropblock_size=2)
     # A teacher whose BatchNorm statistics are a batch's, as a trained one's are, not a fresh network's.
     teacher = copy.deepcopy(start)
     with torch.no_grad():
@@ -474,7 +474,7 @@ def check_episode(official: str, release: types.ModuleType, shots: tuple[int, ..
     # Its normalize() is sqrt(sum(x^2)) division; ours divides by .norm() (rounding only).
     namespace["normalize"] = l2_normalize
     torch.manual_seed(0)
-    ours = ResNet12SSL(num_classes=64, dropblock_size=2)
+    ours = ResNetSSL(num_classes=64, dropblock_size=2)
     calibration = make_synthetic_split("train")
     with torch.no_grad():  # BatchNorm statistics of real batches, as a trained network's are
         for m in ours.modules():

@@ -12,10 +12,10 @@ import methods
 from conftest import TEST_MODEL
 from dataset import load_split
 from dataset.transforms import choose_normalization
-from models import create_model
+from models import create_model, list_models
 
 
-def _args(method: type[methods.Method]):
+def _args(method: type[methods.Method], model: str = TEST_MODEL):
     import train_distillation
     import train_supervised_ssl
 
@@ -23,9 +23,9 @@ def _args(method: type[methods.Method]):
     argv = [*method.mode_flags, "--dataset", "synthetic", "--image_size", "16", "--batch_size", "8",
             "--num_workers", "0", "--no_final_eval", "--wandb", "disabled"]
     if method.script == methods.GEN0_SCRIPT:
-        argv += ["--model", TEST_MODEL]
+        argv += ["--model", model]
     else:
-        argv += ["--path_t", "teacher.pth", "--model_t", TEST_MODEL, "--model_s", TEST_MODEL]
+        argv += ["--path_t", "teacher.pth", "--model_t", model, "--model_s", model]
     if method.name == "dvp_prior":
         argv += ["--dvp_queue", "16"]
     return script.get_args_parser().parse_args(argv)
@@ -40,26 +40,33 @@ def _one_step(step, optimizer, batch) -> float:
     return float(result.loss.detach())
 
 
-@pytest.mark.parametrize("name", methods.method_names())
-def test_each_method_builds_and_steps_in_process(name):
+# Every method with every registered network: the narrow ResNet-12 and Conv-4 by default, the full-size ones (up
+# to WRN-28-10's 36M parameters) with the slow tests.
+FAST_MODELS = (TEST_MODEL, "convnet4")
+METHOD_AND_MODEL = [pytest.param(name, model, marks=() if model in FAST_MODELS else pytest.mark.slow)
+                    for model in list_models() for name in methods.method_names()]
+
+
+@pytest.mark.parametrize("name, model", METHOD_AND_MODEL)
+def test_each_method_builds_and_steps_in_process(name, model):
     method = methods.get_method(name)
-    args = _args(method)
+    args = _args(method, model)
     config = engine.args.training_config(args, method.device_augment_refusal)  # as the script turns it into values
     torch.manual_seed(0)
     train = load_split("synthetic", None, "train", 16)
     data = engine.data.TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
     teacher = None
     if method.script == methods.DISTILL_SCRIPT:
-        teacher = create_model(TEST_MODEL, train.num_classes, "synthetic", image_size=16).requires_grad_(False).eval()
+        teacher = create_model(model, train.num_classes, "synthetic", image_size=16).requires_grad_(False).eval()
     run = method.from_args(args, device=torch.device("cpu"), data=data, teacher=teacher)
     loader = engine.data.make_train_loader(data, config.data, torch.device("cpu"), config.seed, run.train_transform())
     loader.sampler.set_epoch(1)
     batch = next(iter(loader))
-    for phase in run.pre_phases(None, loader):  # SSKD's teacher head
-        before = {k: v.clone() for k, v in run.extra_modules["sskd_heads"].state_dict().items()}
+    for phase in run.pre_phases(None, loader):  # SSKD's teacher head: it trains one of the extra modules
+        before = {(m, k): v.clone() for m, module in run.extra_modules.items() for k, v in module.state_dict().items()}
         assert torch.isfinite(torch.tensor(_one_step(phase.make_step(), phase.optimizer, batch)))
-        after = run.extra_modules["sskd_heads"].state_dict()
-        assert any(not torch.equal(before[k], after[k]) for k in before), phase.name
+        after = {(m, k): v for m, module in run.extra_modules.items() for k, v in module.state_dict().items()}
+        assert any(not torch.equal(before[key], after[key]) for key in before), phase.name
     optimizer = engine.run.sgd(run.model, run.extra_parameters(), config.schedule)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     loss = _one_step(run.make_step(None, loader), optimizer, batch)

@@ -1,10 +1,12 @@
 import math
 
+from typing import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from models import ResNet12SSL, create_model, list_models
+from models import ResNetSSL, create_model, list_models
 from models.dropblock import RAMP_STEPS, DropBlock
 
 
@@ -39,20 +41,29 @@ def test_parameter_count_matches_the_spec():
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == 12.47
 
 
-STAGE_WIDTHS = {"resnet12_ssl": (64, 160, 320, 640), "resnet12_ssl_narrow": (16, 40, 80, 160)}  # every registered model
+def halving(widths: tuple[int, ...], pooled: int) -> Callable[[int], list[tuple[int, int, int]]]:
+    """Stage maps of `widths` channels, each of the first `pooled` stages halving the side (floor)."""
+    return lambda size: [(w, size >> min(i + 1, pooled), size >> min(i + 1, pooled)) for i, w in enumerate(widths)]
+
+
+# Each registered network's stage maps (channels, height, width) at an input side: the architecture as built.
+STAGE_MAPS = {"resnet12_ssl": halving((64, 160, 320, 640), 4), "resnet18": halving((64, 160, 320, 640), 4),
+              "resnet24": halving((64, 160, 320, 640), 4), "seresnet12": halving((64, 160, 320, 640), 4),
+              "resnet12_ssl_narrow": halving((16, 40, 80, 160), 4), "convnet4": halving((64,) * 4, 3),
+              # stride-2 3x3 convolutions with padding 1 round up: 84 -> 42 -> 21
+              "wrn_28_10": lambda size: [(160, size, size), (320, -(-size // 2), -(-size // 2)),
+                                         (640, -(-size // 4), -(-size // 4))]}
 
 
 @pytest.mark.parametrize("name", list_models())
-@pytest.mark.parametrize("dataset,size,final_map", [("CIFAR-FS", 32, 2), ("miniImageNet", 84, 5)])
-def test_forward_shapes(name, dataset, size, final_map):
+@pytest.mark.parametrize("dataset,size", [("CIFAR-FS", 32), ("miniImageNet", 84)])
+def test_forward_shapes(name, dataset, size):
     model = create_model(name, 7, dataset).eval()
     x = torch.randn(3, 3, size, size)
     out = model.forward_all(x)
-    widths = STAGE_WIDTHS[name]
-    assert [tuple(s.shape[1:]) for s in out.stages] == [
-        (widths[0], size // 2, size // 2), (widths[1], size // 4, size // 4), (widths[2], size // 8, size // 8),
-        (widths[3], final_map, final_map)]
-    assert out.feature.shape == (3, widths[3]) and model.feature_dim == widths[3]
+    maps = STAGE_MAPS[name](size)
+    assert [tuple(s.shape[1:]) for s in out.stages] == maps
+    assert out.feature.shape == (3, maps[-1][0]) and model.feature_dim == maps[-1][0]
     assert out.logits.shape == (3, 7)
     assert out.rot_logits.shape == (3, 4)
     # The feature is the global average of the last map, the logits a linear read of it, and the
@@ -336,7 +347,7 @@ def test_unknown_model_and_dataset_are_rejected():
     ("CIFAR-FS", 84, 2), ("miniImageNet", 32, 5)])  # a named dataset keeps its profile at any image size
 def test_dropblock_size_of_folder_and_resized_datasets(dataset, image_size, block):
     model = create_model("resnet12_ssl", 5, dataset, image_size=image_size)
-    assert isinstance(model, ResNet12SSL)
+    assert isinstance(model, ResNetSSL)
     assert [m.block_size for m in model.modules() if isinstance(m, DropBlock)] == [block, block]
 
 
@@ -383,7 +394,7 @@ def test_dropblock_sits_after_the_max_pool_of_stages_3_and_4(size, maps):
 
 
 def test_stages_1_and_2_use_dropout_with_the_drop_rate(monkeypatch):
-    import models.resnet12 as resnet12
+    import models.resnet as resnet12
 
     calls = []
     real = F.dropout
@@ -401,7 +412,7 @@ def test_stages_1_and_2_use_dropout_with_the_drop_rate(monkeypatch):
     assert [training for _, _, training in calls] == [False, False]
 
 
-def _spec_forward(model: ResNet12SSL, x: torch.Tensor) -> torch.Tensor:
+def _spec_forward(model: ResNetSSL, x: torch.Tensor) -> torch.Tensor:
     """The network in eval mode, written with functional ops on the model's weights."""
     def bn(m, t):
         return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, 1e-5)
@@ -513,7 +524,7 @@ def test_release_mask_equals_full_mask_when_n_coprime(b):
 
 def test_dropblock_mask_flag_switches_every_block():
     from models.dropblock import set_dropblock_mask
-    model = ResNet12SSL(num_classes=5, dropblock_size=2)
+    model = ResNetSSL(num_classes=5, dropblock_size=2)
     set_dropblock_mask(model, "release")
     assert {m.mask for m in model.modules() if isinstance(m, DropBlock)} == {"release"}
     with pytest.raises(ValueError, match="dropblock_mask"):

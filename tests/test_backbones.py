@@ -1,0 +1,108 @@
+"""The release's networks by their names (issue 40): each registered one holds the release's keys and shapes
+(stored in release_state_dicts.json, so that the default tests need no release checkout), gives the release's
+logits and features to the bit from the same weights (with SKD_RELEASE_DIR), and loads a release checkpoint
+that has no rotation head with one line saying so.
+
+    python tests/test_backbones.py RELEASE_DIR      # rewrites release_state_dicts.json from a release checkout
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from torch import nn
+
+STORED = Path(__file__).with_name("release_state_dicts.json")
+RELEASE = os.environ.get("SKD_RELEASE_DIR")
+WITHOUT_ROTATION_HEAD = {"convnet4", "wrn_28_10"}  # the release's ConvNet and Wide_ResNet never had one
+
+
+def release_networks(release: Path) -> dict[str, Callable[[], nn.Module]]:
+    """Our names -> the release's constructors, with the arguments its create_model passes for miniImageNet
+    (64 classes): DropBlock size 5 for the ResNets."""
+    def module(name: str):
+        spec = importlib.util.spec_from_file_location(f"release_{name}", release / "models" / f"{name}.py")
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+        return loaded
+
+    ssl, conv, wide = module("resnet_ssl"), module("convnet"), module("wresnet")
+    resnet = {"avg_pool": True, "drop_rate": 0.1, "dropblock_size": 5, "num_classes": 64}
+    return {"resnet12_ssl": lambda: ssl.resnet12_ssl(**resnet), "resnet18": lambda: ssl.resnet18(**resnet),
+            "resnet24": lambda: ssl.resnet24(**resnet), "seresnet12": lambda: ssl.seresnet12(**resnet),
+            "convnet4": lambda: conv.convnet4(num_classes=64), "wrn_28_10": lambda: wide.wrn_28_10(num_classes=64)}
+
+
+def ours(name: str) -> nn.Module:
+    from models import create_model
+
+    return create_model(name, 64, "miniImageNet")
+
+
+def test_each_release_network_is_registered_with_the_releases_keys_and_shapes():
+    stored = json.loads(STORED.read_text())["networks"]
+    assert len(stored) == 6
+    for name, keys in stored.items():
+        with torch.device("meta"):
+            mine = [[k, list(v.shape)] for k, v in ours(name).state_dict().items()]
+        expected = keys + ([["rot_classifier.weight", [4, 64]], ["rot_classifier.bias", [4]]]
+                           if name in WITHOUT_ROTATION_HEAD else [])
+        assert mine == expected, name
+
+
+def test_a_checkpoint_without_the_rotation_head_loads_and_says_so(tmp_path, capsys):
+    from engine.checkpoint import load_model_weights
+
+    torch.manual_seed(0)
+    trained = ours("convnet4")
+    state = {k: v for k, v in trained.state_dict().items() if not k.startswith("rot_classifier")}
+    torch.save({"model": state}, tmp_path / "release.pth")  # the release's checkpoint layout
+    fresh = ours("convnet4")
+    head = fresh.rot_classifier.weight.detach().clone()
+    load_model_weights(fresh, tmp_path / "release.pth")
+    assert capsys.readouterr().out.count("has no rotation head") == 1
+    assert torch.equal(fresh.classifier.weight, trained.classifier.weight)
+    assert torch.equal(fresh.rot_classifier.weight, head)  # kept its initialisation
+
+
+@pytest.mark.skipif(not RELEASE, reason="set SKD_RELEASE_DIR to a checkout of the release: "
+                                        "git clone https://github.com/brjathu/SKD")
+@pytest.mark.parametrize("name", sorted(json.loads(STORED.read_text())["networks"]))
+def test_the_same_weights_give_the_releases_logits_and_features_to_the_bit(name):
+    torch.manual_seed(0)
+    theirs = release_networks(Path(RELEASE))[name]().eval()
+    state = theirs.state_dict()
+    for key, value in state.items():  # BatchNorm statistics away from the identity, so that eval mode uses them
+        if key.endswith("running_mean"):
+            value.normal_(0, 0.1)
+        elif key.endswith("running_var"):
+            value.uniform_(0.5, 1.5)
+    mine = ours(name).eval()
+    missing, unexpected = mine.load_state_dict(state, strict=False)
+    assert sorted(missing) == (["rot_classifier.bias", "rot_classifier.weight"] if name in WITHOUT_ROTATION_HEAD
+                               else []) and unexpected == []
+    images = torch.randn(3, 3, 84, 84)
+    with torch.no_grad():
+        features, logits = theirs(images, is_feat=True)
+        out = mine.forward_all(images)
+    assert torch.equal(out.logits, logits) and torch.equal(out.feature, features[-1])
+    if name not in WITHOUT_ROTATION_HEAD:
+        with torch.no_grad():
+            _, (_, rotation) = theirs(images, rot=True)
+        assert torch.equal(out.rot_logits, rotation)
+
+
+if __name__ == "__main__":
+    networks = release_networks(Path(sys.argv[1]))
+    with torch.device("meta"):
+        dicts = {name: [[k, list(v.shape)] for k, v in make().state_dict().items()] for name, make in networks.items()}
+    STORED.write_text(json.dumps({"source": "github.com/brjathu/SKD models/resnet_ssl.py, convnet.py, wresnet.py: "
+                                            "state_dict() keys and shapes in order, 64 classes, miniImageNet's "
+                                            "create_model arguments (python tests/test_backbones.py RELEASE_DIR)",
+                                  "networks": dicts}, indent=0) + "\n")
