@@ -140,6 +140,7 @@ class TeacherFile:
 
     def settings(self, method: type[methods.DistillationMethod], args: argparse.Namespace) -> list[str]:
         self.checkpoint = read_teacher(args)
+        check_student_architecture(args, method)
         lines = take_teacher_settings(args, self.checkpoint)
         check_teacher_matches_run(args, method, self.checkpoint, args.image_size)
         return lines
@@ -157,12 +158,20 @@ def read_teacher(args: argparse.Namespace) -> dict:
 
 def resolve_architectures(args: argparse.Namespace, teacher_model: str) -> None:
     """--model_t where not given: `teacher_model`, the one the teacher's checkpoint records; --model_s:
-    --model_t's. The student is a copy of the teacher, so the two must agree."""
+    --model_t's."""
     args.model_t = args.model_t or teacher_model
     args.model_s = args.model_s or args.model_t
-    if args.model_s != args.model_t:
-        raise util.UsageError(f"--model_s {args.model_s}: the student is a copy of the teacher, so it must be "
-                              f"the teacher's architecture, {args.model_t}")
+
+
+def check_student_architecture(args: argparse.Namespace, method: type[methods.DistillationMethod]) -> None:
+    """A student of another architecture than its teacher's, for a method whose student starts as a copy of the
+    teacher, refused in one line naming the methods that train a fresh student of any architecture."""
+    if args.model_s == args.model_t or not method.student_copies_teacher:
+        return
+    fresh = [m.objective for m in methods.methods_of_script(SCRIPT) if not m.student_copies_teacher]
+    raise util.UsageError(f"--model_s {args.model_s}: the {method.label} student is a copy of the teacher, so it must "
+                          f"be the teacher's architecture, {args.model_t}; --objective {' or '.join(fresh)} trains a "
+                          f"fresh student of another architecture")
 
 
 def teacher_for_run(args: argparse.Namespace, config: engine.config.TrainConfig, checkpoint: dict,

@@ -189,6 +189,8 @@ class DistillationMethod(Method):
     script = DISTILL_SCRIPT
     generation = 1
     teacher_uses_labels: ClassVar[bool] = True  # whether its teacher must be a model trained with labels
+    # Whether its student starts as a copy of the teacher (same architecture); else a fresh network of --model_s.
+    student_copies_teacher: ClassVar[bool] = True
 
     def clone_teacher(self) -> nn.Module:
         return clone_student(self.teacher)

@@ -30,6 +30,7 @@ class RFSDistill(DistillationMethod):
     card = RFS_DISTILL_CARD
     Values = RFSDistillValues
     kind = "an RFS-distill student"
+    student_copies_teacher = False  # RFS distils into a fresh network, of any architecture
     objective_help = "the RFS-distill baseline (fresh student, CE + KD)"
     shared_flags = ("kd_T",)
     # The RFS release's train_distillation.py: -r/--gamma weighs the cross-entropy, -a/--alpha the KD term.
@@ -46,7 +47,7 @@ class RFSDistill(DistillationMethod):
         return f"rfs_r_{args.ce_weight}_a_{args.kd_weight}_kd_T_{args.kd_T}"
 
     def create_network(self) -> nn.Module:
-        return self.fresh_network()  # born-again: a fresh student of the teacher's architecture
+        return self.fresh_network()  # a fresh student: the teacher's architecture (born-again) or --model_s
 
     def make_step(self, state: engine.loop.TrainState, loader) -> engine.loop.Step:
         v = self.values

@@ -42,6 +42,7 @@ class SSKD(DistillationMethod):
     card = SSKD_CARD
     Values = SSKDValues
     kind = "an SSKD student"
+    student_copies_teacher = False  # SSKD comes from model compression: a fresh, often smaller, student
     objective_help = "SSKD (fresh student; Xu et al., ECCV 2020)"
 
     @classmethod
@@ -74,7 +75,7 @@ class SSKD(DistillationMethod):
         return f"sskd_ce_{args.sskd_ce}_kd_{args.sskd_kd}_tf_{args.sskd_tf}_ss_{args.sskd_ss}"
 
     def create_network(self) -> nn.Module:
-        return self.fresh_network()  # born-again: a fresh student of the teacher's architecture
+        return self.fresh_network()  # a fresh student: the teacher's architecture (born-again) or --model_s
 
     def create_extra_modules(self) -> None:
         """A projection head each on the pooled feature, checkpointed beside "model"."""

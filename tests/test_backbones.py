@@ -98,6 +98,34 @@ def test_the_same_weights_give_the_releases_logits_and_features_to_the_bit(name)
         assert torch.equal(out.rot_logits, rotation)
 
 
+def test_the_pages_example_network_registers_and_trains_a_gen0_step():
+    """docs/backbones.md's "Adding a network" code, as the page shows it: it provides the contract and trains."""
+    import re
+
+    from methods.skd_gen0 import gen0_step
+    from models import MODELS, Backbone, create_model
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "backbones.md").read_text()
+    network, registration = re.findall(r"```python\n(.*?)```", page.split("## Adding a network")[1], re.S)
+    scope: dict = {}
+    exec(network, scope)
+    exec(registration, {**scope, "MODELS": MODELS})
+    try:
+        model = create_model("tinynet", 5, "CIFAR-FS")
+        assert isinstance(model, Backbone)
+        before = model.classifier.weight.detach().clone()
+        result = gen0_step(model, 2.0)(torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,)))
+        result.loss.backward()
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+        assert torch.isfinite(result.loss) and not torch.equal(model.classifier.weight, before)
+        model.eval()
+        images = torch.randn(2, 3, 32, 32)
+        _, logits = model.forward_preactivations(images)
+        torch.testing.assert_close(logits, model(images))
+    finally:
+        MODELS.unregister("tinynet")
+
+
 if __name__ == "__main__":
     networks = release_networks(Path(sys.argv[1]))
     with torch.device("meta"):

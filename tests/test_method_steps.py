@@ -94,3 +94,30 @@ def test_a_method_is_built_from_values_without_a_command_line():
     # The student starts as the teacher's exact copy: KL to it is 0 on the same images in eval mode.
     run.model.eval()
     assert float(run.make_step(None, None)(images, targets).metrics["kd"]) == pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", [m.name for m in methods.methods_of_script(methods.DISTILL_SCRIPT)
+                                  if not m.student_copies_teacher])
+def test_a_fresh_student_of_another_architecture_steps_against_its_teacher(name):
+    """--model_t narrow ResNet-12 --model_s convnet4: the student is built as Conv-4, the teacher stays."""
+    import train_distillation
+
+    method = methods.get_method(name)
+    args = train_distillation.get_args_parser().parse_args(
+        [*method.mode_flags, "--dataset", "synthetic", "--image_size", "16", "--batch_size", "8", "--path_t", "t.pth",
+         "--model_t", TEST_MODEL, "--model_s", "convnet4", "--num_workers", "0", "--wandb", "disabled"])
+    train_distillation.check_student_architecture(args, method)  # accepted
+    config = engine.args.training_config(args, method.device_augment_refusal)
+    train = load_split("synthetic", None, "train", 16)
+    data = engine.data.TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
+    teacher = create_model(TEST_MODEL, train.num_classes, "synthetic").requires_grad_(False).eval()
+    run = method.from_args(args, device=torch.device("cpu"), data=data, teacher=teacher)
+    assert type(run.model).__name__ == "ConvNetSSL" and run.model.feature_dim != teacher.feature_dim
+    loader = engine.data.make_train_loader(data, config.data, torch.device("cpu"), config.seed, run.train_transform())
+    loader.sampler.set_epoch(1)
+    batch = next(iter(loader))
+    for phase in run.pre_phases(None, loader):
+        _one_step(phase.make_step(), phase.optimizer, batch)
+    optimizer = engine.run.sgd(run.model, run.extra_parameters(), config.schedule)
+    assert torch.isfinite(torch.tensor(_one_step(run.make_step(None, loader), optimizer, batch)))
+    run.check_frozen()

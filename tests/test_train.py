@@ -617,9 +617,14 @@ def test_the_student_takes_the_teachers_architecture():
     args = parse("--model_t", "resnet12_ssl")  # given: the flag wins over the checkpoint
     train_distillation.resolve_architectures(args, TEST_MODEL)
     assert args.model_t == args.model_s == "resnet12_ssl"
-    with pytest.raises(util.UsageError, match=f"^--model_s resnet12_ssl: the student is a copy of the teacher, so it "
-                                              f"must be the teacher's architecture, {TEST_MODEL}$"):
-        train_distillation.resolve_architectures(parse("--model_s", "resnet12_ssl"), TEST_MODEL)
+    other = parse("--model_s", "convnet4")
+    train_distillation.resolve_architectures(other, TEST_MODEL)
+    with pytest.raises(util.UsageError, match=f"^--model_s convnet4: the SKD Gen-1 student is a copy of the teacher, "
+                                              f"so it must be the teacher's architecture, {TEST_MODEL}; --objective "
+                                              f"rfs or sskd trains a fresh student of another architecture$"):
+        train_distillation.check_student_architecture(other, methods.get_method("skd_gen1"))
+    for fresh in ("rfs_distill", "sskd"):  # a fresh student of any architecture: accepted
+        train_distillation.check_student_architecture(other, methods.get_method(fresh))
 
 
 def test_a_short_gen0_run_learns(tmp_path):
