@@ -98,6 +98,28 @@ def test_the_same_weights_give_the_releases_logits_and_features_to_the_bit(name)
         assert torch.equal(out.rot_logits, rotation)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(json.loads(STORED.read_text())["networks"])))
+def test_each_network_exports_to_torchscript_with_its_features_unchanged(name, tmp_path):
+    """tools.export takes every network: its TorchScript file gives PyTorch's features on real image files."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import run_script
+    from models import create_model
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.RandomState(i).randint(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    torch.save({"model": create_model(name, 10, "synthetic").state_dict()}, tmp_path / "net.pth")
+    done = run_script("-m", "tools.export", "--model_path", str(tmp_path / "net.pth"), "--model", name, "--dataset",
+                      "synthetic", "--image_size", "16", "--images", str(folder), "--formats", "torchscript",
+                      "--out", str(tmp_path / "out" / name))
+    assert done.returncode == 0, done.stderr
+    assert "torchscript:" in done.stdout and "max abs difference from PyTorch 0.00e+00" in done.stdout
+
+
 def test_the_pages_example_network_registers_and_trains_a_gen0_step():
     """docs/backbones.md's "Adding a network" code, as the page shows it: it provides the contract and trains."""
     import re
