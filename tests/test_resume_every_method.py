@@ -1,5 +1,5 @@
 """Every method resumes to the bit: each script, run as a user runs it on ResNet-12 (conftest's
-narrow TEST_MODEL), is stopped by SIGTERM mid-epoch (tests/sigterm_at_step.py: during a given
+narrow TEST_MODEL; Gen-0 and Gen-1 also on Conv-4, and a Conv-4 RFS student of a ResNet-12 teacher), is stopped by SIGTERM mid-epoch (tests/sigterm_at_step.py: during a given
 optimizer step), resumed with --resume, and must end with the checkpoint of an uninterrupted run,
 bit for bit: the network, the optimizer's momentum, the method's own modules (SSKD's heads, DVP's
 momentum encoder, queue and connectors), the DropBlock counters.
@@ -11,7 +11,7 @@ trained once per session and is also the teacher of the methods distilling from 
 from __future__ import annotations
 
 import json
-
+import re
 import shutil
 from pathlib import Path
 
@@ -39,14 +39,23 @@ CASES = {
     "sskd": (["--objective", "sskd", "--sskd_head_epochs", str(SSKD_HEAD_EPOCHS)], "skd_gen0"),
     # distillation from epoch 2 on: the stopped epoch is one with the feature loss
     "dvp": (["--objective", "dvp", "--dvp_no_distill_epochs", "1"], "dvp_prior"),
+    # Another network (no DropBlock), and a student of another architecture than its teacher.
+    "skd_gen0_convnet4": (["--model", "convnet4"], None),
+    "skd_gen1_convnet4": ([], "skd_gen0_convnet4"),
+    "rfs_distill_to_convnet4": (["--objective", "rfs", "--model_s", "convnet4"], "rfs_simple"),
 }
+
+
+def _method(case: str) -> str:
+    """The method a case trains: its name less the variant's suffix."""
+    return re.sub(r"_(quirks|convnet4|to_convnet4)$", "", case)
 
 
 def _command(case: str, runs: dict, model_path: Path) -> list[str]:
     flags, teacher = CASES[case]
     script = "train_distillation.py" if teacher else "train_supervised_ssl.py"
     network = ["--path_t", str(runs["checkpoints"][teacher])] if teacher else ["--model", TEST_MODEL]
-    return [script, *flags, *network, "--dataset", "CIFAR-FS", "--data_root", str(runs["data"]),
+    return [script, *network, *flags, "--dataset", "CIFAR-FS", "--data_root", str(runs["data"]),
             "--image_size", "16", "--batch_size", "8", "--num_workers", "0", "--device", "cpu", "--amp", "off",
             "--epochs", "2", "--lr_decay_epochs", "1", "--no_final_eval", "--log_interval", "1",
             "--model_path", str(model_path)]
@@ -118,7 +127,7 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(case, runs, tmp_path):
         _straight(teacher, runs)
     resumed = _load(_stop_and_resume(case, runs, tmp_path, SIGNAL_STEP, f"epoch 2, step 1/{STEPS_PER_EPOCH}"))
     assert resumed["epoch"] == 2 and "partial" not in resumed
-    assert resumed["args"]["objective"] == methods.get_method(case.removesuffix("_quirks")).objective
+    assert resumed["args"]["objective"] == methods.get_method(_method(case)).objective
     assert_same_training_state({k: v for k, v in resumed.items() if k not in NOT_TRAINING},
                                {k: v for k, v in straight.items() if k not in NOT_TRAINING})
 
