@@ -1,5 +1,6 @@
 """Every method resumes to the bit: each script, run as a user runs it on ResNet-12 (conftest's
-narrow TEST_MODEL; Gen-0 and Gen-1 also on Conv-4, and a Conv-4 RFS student of a ResNet-12 teacher), is stopped by SIGTERM mid-epoch (tests/sigterm_at_step.py: during a given
+narrow TEST_MODEL; Gen-0 and Gen-1 also on Conv-4, and a Conv-4 RFS student of a ResNet-12 teacher), is
+stopped by SIGTERM mid-epoch (tests/sigterm_at_step.py: during a given
 optimizer step), resumed with --resume, and must end with the checkpoint of an uninterrupted run,
 bit for bit: the network, the optimizer's momentum, the method's own modules (SSKD's heads, DVP's
 momentum encoder, queue and connectors), the DropBlock counters.
