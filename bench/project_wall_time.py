@@ -5,7 +5,7 @@ TFLOP/s (arithmetic for scale, not a measurement). With a throughput, the whole 
 four rows x 3 seeds, every candidate of a sweep) is also scheduled as scripts/reproduce.py runs it:
 one stage per GPU, each student after its teacher, on 1 and on 8 GPUs (--gpus).
 
-    python bench/project_wall_time.py --tflops 250
+    python bench/project_wall_time.py --tflops 250 [--model convnet4]
     python bench/project_wall_time.py --gen0_rate 32=9000,84=1300 --gen1_rate 32=15000,84=2200
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import methods  # noqa: E402
 from published.profiles import dataset_profile  # noqa: E402
 from published.settings import DATASETS, TRAIN_IMAGES  # noqa: E402
-from models import create_model  # noqa: E402
+from models import DEFAULT_MODEL, create_model, list_models  # noqa: E402
 
 BATCH = 64  # the paper's; an epoch drops the last incomplete batch
 # Forward-equivalents per training image (a backward costs about two forwards): Gen-0 trains on the
@@ -68,10 +68,10 @@ def table_stages(dataset: str, minutes: dict[str, float]) -> list[tuple[str, flo
     return stages
 
 
-def forward_flops(dataset: str) -> int:
-    """FLOPs of one ResNet-12 forward at the dataset's image size (convolutions and matmuls)."""
+def forward_flops(dataset: str, model_name: str = DEFAULT_MODEL) -> int:
+    """FLOPs of one forward of the network at the dataset's image size (convolutions and matmuls)."""
     size = dataset_profile(dataset).image_size
-    model = create_model("resnet12_ssl", 64, dataset).eval()
+    model = create_model(model_name, 64, dataset).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 3, size, size))
     return counter.get_total_flops()
@@ -113,6 +113,8 @@ def main() -> None:
     parser.add_argument("--gen0_rate", help="measured Gen-0 training images/s by image size, e.g. 32=9000,84=1300")
     parser.add_argument("--gen1_rate", help="measured Gen-1 training images/s by image size")
     parser.add_argument("--gpus", default="1,8", help="GPU counts to schedule a whole table on, one stage per GPU")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=list_models(),
+                        help="the network every stage trains (its FLOPs; measured rates must be of it)")
     args = parser.parse_args()
     gpu_counts = [int(n) for n in args.gpus.split(",")]
     measured = {"skd_gen0": rates(args.gen0_rate), "skd_gen1": rates(args.gen1_rate)}
@@ -126,7 +128,7 @@ def main() -> None:
     for dataset in DATASETS:
         size = dataset_profile(dataset).image_size
         images = TRAIN_IMAGES[dataset].value // BATCH * BATCH
-        flops = forward_flops(dataset)
+        flops = forward_flops(dataset, args.model)
         row = [dataset, f"{images:,}", str(size)]
         minutes = []
         for name in ("skd_gen0", "skd_gen1"):
@@ -146,8 +148,9 @@ def main() -> None:
             row += ["-" if every is None else f"{schedule(table_stages(dataset, every), n) / 60:.1f}"
                     for n in gpu_counts]
         print("| " + " | ".join(row) + " |")
-    print("\nResNet-12 forward: " + ", ".join(f"{dataset_profile(d).image_size} px {forward_flops(d) / 1e9:.2f} GFLOP"
-                                             for d in ("CIFAR-FS", "miniImageNet")))
+    print(f"\n{args.model} forward: " + ", ".join(
+        f"{dataset_profile(d).image_size} px {forward_flops(d, args.model) / 1e9:.2f} GFLOP"
+        for d in ("CIFAR-FS", "miniImageNet")))
     if timed:
         print(f"table h: the paper's {len(TABLE_ROWS)} rows x {SEEDS} seeds (every sweep candidate) scheduled one run "
               f"per GPU, students after teachers; evaluations not included; the RFS rows from the Gen-0 rate scaled "
