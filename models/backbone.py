@@ -22,7 +22,8 @@ class SSLOutput(NamedTuple):
 
 @runtime_checkable
 class Backbone(Protocol):
-    """A classification network with SKD's rotation head. Its state dict is what checkpoints hold under
+    """A classification network with SKD's rotation head, an nn.Module (SSLNetwork below gives the shared
+    parts; methods wrap it for DDP and walk its modules). Its state dict is what checkpoints hold under
     "model"; `classifier` and `rot_classifier` are nn.Linear layers (the class count and chance accuracy
     are read from `classifier`). DropBlock, where the network has it, is found by walking its modules
     (models.dropblock), so it needs no member here."""
@@ -31,6 +32,9 @@ class Backbone(Protocol):
     feature_dim: int  # the size of forward_features' output, the embedding the evaluation classifies
     classifier: nn.Linear  # features -> class logits
     rot_classifier: nn.Linear  # class logits -> the 4 rotations' logits
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """nn.Module's call of forward: (B, 3, H, W) images -> (B, num_classes) logits."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, num_classes) logits."""

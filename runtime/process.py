@@ -9,7 +9,8 @@ from typing import Any, Mapping
 import torch
 
 from runtime import distributed
-from util import autocast, configure_tf32, describe_device, git_sha, precision_name, resolve_amp, seed_everything
+from util import (autocast, configure_tf32, describe_device, git_sha, precision_name, resolve_amp, resolve_device,
+                  seed_everything)
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,9 @@ class ProcessConfig:
     # True: deterministic cuDNN/cuBLAS algorithms; False: cuDNN autotunes (fixed shapes every step);
     # None: cuDNN's own defaults (evaluation, which never asked for either).
     deterministic: bool | None = None
+    # Join the torchrun/srun process group (training and evaluation share their work over the ranks); False for
+    # a command that shares nothing (the tools), which then just takes its device.
+    join_ranks: bool = True
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,12 @@ def start(config: ProcessConfig) -> Process:
     """Join the torchrun process group when launched by torchrun (or srun), pick this rank's device,
     decide the precision and check it against the device (fp16 on a CPU is refused here, before any
     work), and set cuDNN's algorithm choice."""
-    ranks, device = distributed.setup(config.device)
+    if config.join_ranks:
+        ranks, device = distributed.setup(config.device)
+    else:
+        ranks, device = distributed.Distributed(), resolve_device(config.device)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
     amp = resolve_amp(config.amp, device)
     configure_tf32(device, config.tf32)
     autocast(device, amp)  # refuses what the device cannot run

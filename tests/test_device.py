@@ -147,3 +147,16 @@ def test_resume_restores_the_training_gpus_stream_on_a_node_with_fewer_gpus(monk
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # GPU 3 of a node that saved one stream
     preemption.set_rng_state(state)
     assert restored[-1].tolist() == [0, 0, 0, 0]
+
+
+def test_a_tool_under_torchrun_takes_its_device_without_joining_the_process_group(monkeypatch):
+    """runtime.process.start(join_ranks=False): the launcher's variables are there, no process group is made."""
+    import torch.distributed as dist
+
+    from runtime.process import ProcessConfig, start
+
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    process = start(ProcessConfig("cpu", join_ranks=False))
+    assert process.device.type == "cpu" and process.ranks.world_size == 1 and not dist.is_initialized()

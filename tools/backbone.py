@@ -90,7 +90,8 @@ def load_backbone(args: argparse.Namespace, device: torch.device) -> Backbone:
 
 def setup_device(args: argparse.Namespace) -> tuple[torch.device, str]:
     """The device (cuda when usable, unless --device says otherwise) and precision, chosen once and printed."""
-    process = runtime.process.start(runtime.process.ProcessConfig(args.device, args.amp, args.tf32))
+    # A tool shares no work over ranks: under torchrun or srun each process just takes its device.
+    process = runtime.process.start(runtime.process.ProcessConfig(args.device, args.amp, args.tf32, join_ranks=False))
     args.amp = process.amp  # recorded as decided
     print(f"device: {process.device_name}, precision: {process.precision}")
     return process.device, process.precision
