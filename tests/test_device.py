@@ -150,13 +150,19 @@ def test_resume_restores_the_training_gpus_stream_on_a_node_with_fewer_gpus(monk
 
 
 def test_a_tool_under_torchrun_takes_its_device_without_joining_the_process_group(monkeypatch):
-    """runtime.process.start(join_ranks=False): the launcher's variables are there, no process group is made."""
-    import torch.distributed as dist
-
+    """runtime.process.start(join_ranks=False): with the launcher's variables set, the process group is never
+    joined (a join would fail the test at once instead of waiting for peers that never come)."""
+    import runtime.distributed
     from runtime.process import ProcessConfig, start
 
-    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": "1"}.items():
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
         monkeypatch.setenv(name, value)
+
+    def joined(device_name):
+        raise AssertionError("joined the process group")
+
+    monkeypatch.setattr(runtime.distributed, "setup", joined)
     process = start(ProcessConfig("cpu", join_ranks=False))
-    assert process.device.type == "cpu" and process.ranks.world_size == 1 and not dist.is_initialized()
+    assert process.device.type == "cpu" and process.ranks.world_size == 1
+    with pytest.raises(AssertionError, match="joined"):  # what training and evaluation do
+        start(ProcessConfig("cpu"))
