@@ -25,7 +25,7 @@ from methods.base import DistillationMethod
 from methods.registry import register_method
 from published.skd import SKD_GEN1_CARD
 from models import Backbone
-from models.dropblock import add_dropblock_calls
+from models.dropblock import add_dropblock_calls, dropblock_calls
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,10 @@ class SKDGen1(DistillationMethod):
         return f"kd_T_{args.kd_T}_beta_{args.beta}" + ("_quirks" if args.official_quirks else "")
 
     def create_network(self) -> nn.Module:
-        return self.clone_teacher()
+        student = self.clone_teacher()
+        if self.values.official_ramp and not dropblock_calls(student):
+            raise util.UsageError(f"--official_ramp: the {self.setting.model} student has no DropBlock to ramp")
+        return student
 
     def make_step(self, state: engine.loop.TrainState, loader) -> engine.loop.Step:
         v = self.values

@@ -9,6 +9,7 @@ import engine.args
 import engine.data
 import engine.run
 import methods
+import util
 from conftest import TEST_MODEL
 from dataset import load_split
 from dataset.transforms import choose_normalization
@@ -121,3 +122,15 @@ def test_a_fresh_student_of_another_architecture_steps_against_its_teacher(name)
     optimizer = engine.run.sgd(run.model, run.extra_parameters(), config.schedule)
     assert torch.isfinite(torch.tensor(_one_step(run.make_step(None, loader), optimizer, batch)))
     run.check_frozen()
+
+
+def test_official_ramp_on_a_network_without_dropblock_is_refused_in_one_line():
+    """--official_ramp ramps DropBlock as the release does; Conv-4 has none, so the flag would do nothing."""
+    method = methods.get_method("skd_gen1")
+    args = _args(method, "convnet4")
+    args.official_ramp = True
+    train = load_split("synthetic", None, "train", 16)
+    data = engine.data.TrainingData(train, None, choose_normalization("auto", "synthetic", train.images))
+    teacher = create_model("convnet4", train.num_classes, "synthetic").requires_grad_(False).eval()
+    with pytest.raises(util.UsageError, match="^--official_ramp: the convnet4 student has no DropBlock to ramp$"):
+        method.from_args(args, device=torch.device("cpu"), data=data, teacher=teacher)
