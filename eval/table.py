@@ -270,11 +270,27 @@ def build_table(entries: list[Entry], baseline: str | None) -> Table:
     return Table(columns, rows, cells, protocols, baseline, paired)
 
 
-def paper_value(method: str, dataset: str, shots: int) -> float | None:
-    """The paper's accuracy of `method` (a registered one) on `dataset` at `shots`, if it reports one."""
+def paper_value(method: str, dataset: str, shots: int, model: str = published.PAPER_NETWORK) -> float | None:
+    """The paper's accuracy of `method` (a registered one) on `dataset` at `shots`, if it reports one, for runs
+    of the paper's network (`model`; another network's runs have nothing of the paper's to compare with)."""
     known = {c.name: c for c in published.cards()}
-    paper = known[method].paper.get(dataset) if method in known else None
+    paper = known[method].paper.get(dataset) if method in known and model == published.PAPER_NETWORK else None
     return paper[PAPER_SHOTS.index(shots)] if paper and shots in PAPER_SHOTS else None
+
+
+def reported_value(method: str, dataset: str, shots: int, model: str) -> tuple[float, str] | None:
+    """What another group reports for `method` with our network `model` on `dataset` at `shots` (the method
+    card's `reported`), and who: the first such report."""
+    known = {c.name: c for c in published.cards()}
+    for report in known[method].reported if method in known else ():
+        if report.network == model and dataset in report.results and shots in PAPER_SHOTS:
+            return report.results[dataset][PAPER_SHOTS.index(shots)], report.source
+    return None
+
+
+def _model(table: Table, dataset: str, shots: int) -> str:
+    """The network a column's runs trained (the protocol every run of a column shares)."""
+    return table.protocols[(dataset, shots)]["model"]
 
 
 # ----------------------------------------------------------------------------- output
@@ -306,11 +322,15 @@ def markdown(table: Table, what: str) -> str:
         return "—" if c is None else f"{c.mean:.2f} ± {_num(c.ci95)} (sd {_num(c.seed_std)}, {seeds})"
 
     def paper(m: str, d: str, k: int) -> str:
-        return _num(paper_value(m, d, k))
+        return _num(paper_value(m, d, k, _model(table, d, k)))
 
     def diff(m: str, d: str, k: int) -> str:
-        c, p = table.cells.get((m, d, k)), paper_value(m, d, k)
+        c, p = table.cells.get((m, d, k)), paper_value(m, d, k, _model(table, d, k))
         return "—" if c is None or p is None else _num(c.mean - p, signed=True)
+
+    def reported(m: str, d: str, k: int) -> str:
+        found = reported_value(m, d, k, _model(table, d, k))
+        return "—" if found is None else _num(found[0])
 
     protocol = "; ".join(f"{d} {k}-shot: {p['n_ways']}-way, {p['n_queries']} queries, {p['n_episodes']} episodes, "
                          f"{p['n_aug']} support augmentations, {p['image_size']}px, {p['checkpoint_choice']}, "
@@ -323,6 +343,11 @@ def markdown(table: Table, what: str) -> str:
              "sd: standard deviation of the per-seed means.", "", *_grid(table, ours), "",
              f"## Paper ({PAPER_SOURCE})", "", *_grid(table, paper), "",
              "## Ours − paper", "", *_grid(table, diff)]
+    sources = sorted({found[1] for m in table.methods for d, k in table.columns
+                      if (found := reported_value(m, d, k, _model(table, d, k))) is not None})
+    if sources:
+        lines += ["", f"## Reported by others for the same network ({'; '.join(sources)})", "",
+                  *_grid(table, reported)]
     if table.baseline is not None:
         def vs(m: str, d: str, k: int) -> str:
             p = table.paired.get((m, d, k))
@@ -366,7 +391,7 @@ def csv_text(table: Table) -> str:
             c = table.cells.get((m, d, k))
             if c is None:
                 continue
-            p, pair = paper_value(m, d, k), table.paired.get((m, d, k))
+            p, pair = paper_value(m, d, k, _model(table, d, k)), table.paired.get((m, d, k))
             paired = [None] * 4 if pair is None else [table.baseline, pair.mean, pair.ci95, pair.seeds]
             writer.writerow([m, d, k, c.mean, c.ci95, c.seed_std, c.seeds, c.episodes, p,
                              None if p is None else c.mean - p, *paired,
@@ -407,7 +432,7 @@ def log_wandb(table: Table, mode: str, project: str, what: str, wandb_dir: Path)
         bars = wandb.Table(columns=["cell", "accuracy"])
         for m in table.methods:
             for d, k in table.columns:
-                c, p = table.cells.get((m, d, k)), paper_value(m, d, k)
+                c, p = table.cells.get((m, d, k)), paper_value(m, d, k, _model(table, d, k))
                 if c is not None:
                     bars.add_data(f"{_label(m)} {d} {k}-shot (ours)", c.mean)
                     if p is not None:

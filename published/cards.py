@@ -14,6 +14,19 @@ GEN0_SCRIPT = "train_supervised_ssl.py"
 DISTILL_SCRIPT = "train_distillation.py"
 
 
+PAPER_NETWORK = "resnet12_ssl"  # what the paper's numbers (MethodCard.paper) were trained with
+
+
+@dataclass(frozen=True)
+class Reported:
+    """A method's results as another group published them: 5-way (1-shot, 5-shot) accuracy by dataset, with the
+    network they ran, by our registered name where it is one of ours (eval.table then shows them beside ours),
+    else by the reporter's own name."""
+    source: str
+    network: str
+    results: dict[str, tuple[float, float]]
+
+
 @dataclass(frozen=True)
 class MethodCard:
     name: str  # registry key, W&B job type, reproduce.py and eval.table name
@@ -26,6 +39,7 @@ class MethodCard:
     teacher: str | None = None  # the method that trains its teacher (reproduce.py's order)
     in_paper: bool = False  # one of the paper's rows
     paper: dict[str, tuple[float, float]] = field(default_factory=dict)  # dataset -> 5-way (1-shot, 5-shot) accuracy
+    reported: tuple[Reported, ...] = ()  # by others, on this or other networks
     # Its published loss weights by name -> the flag setting each (reproduce.py's commands, the defaults).
     weight_flags: dict[str, str] = field(default_factory=dict)
     forwards_per_image: int = 1  # what each training image costs: forwards, and what they are

@@ -3,7 +3,7 @@ settings they were trained with, per dataset: each value where the SKD release's
 training scripts gives it, else ours with the reason."""
 from __future__ import annotations
 
-from published.cards import DISTILL_SCRIPT, GEN0_SCRIPT, MethodCard
+from published.cards import DISTILL_SCRIPT, GEN0_SCRIPT, MethodCard, Reported
 from published.settings import SKD_GEN0, SKD_GEN1, SMALL_LR, PublishedSettings, Sourced, small_scale
 
 
@@ -53,10 +53,19 @@ def gen1_command(dataset: str, epochs: int, lr_decay_epochs: tuple[int, ...], ba
                          batch_size, beta, default)
 
 
+# LibFewShot's re-implementation of SKD (its own training pipeline; its ResNet12 and ResNet18 have 512-d features,
+# other networks than the release's): github.com/RL-VIG/LibFewShot, config/reproduce/SKD/README.md.
+LIBFEWSHOT = "LibFewShot's SKD, github.com/RL-VIG/LibFewShot config/reproduce/SKD/README.md"
+
 SKD_GEN0_CARD = MethodCard(
     name="skd_gen0", label="SKD Gen-0", script=GEN0_SCRIPT, objective="skd", default=True, in_paper=True,
     paper={"miniImageNet": (65.93, 83.15), "tieredImageNet": (71.69, 86.66), "CIFAR-FS": (74.5, 88.0),
            "FC100": (45.3, 62.2)},
+    reported=(Reported(LIBFEWSHOT, "convnet4", {"miniImageNet": (48.14, 66.36), "tieredImageNet": (51.78, 70.65)}),
+              Reported(LIBFEWSHOT, "LibFewShot ResNet12", {"miniImageNet": (66.40, 83.06),
+                                                           "tieredImageNet": (71.90, 86.20)}),
+              Reported(LIBFEWSHOT, "LibFewShot ResNet18", {"miniImageNet": (66.18, 82.21),
+                                                           "tieredImageNet": (70.00, 84.70)})),
     weight_flags={"gamma": "--gamma"}, forwards_per_image=4,
     published={"CIFAR-FS": gen0_settings("CIFAR-FS", 65, (60,)), "FC100": gen0_settings("FC100", 65, (60,)),
                "miniImageNet": gen0_settings("miniImageNet", 65, (60,)),
@@ -68,6 +77,8 @@ SKD_GEN1_CARD = MethodCard(
     in_paper=True,
     paper={"miniImageNet": (67.04, 83.54), "tieredImageNet": (72.03, 86.50), "CIFAR-FS": (76.9, 88.9),
            "FC100": (46.5, 63.1)},
+    reported=(Reported(LIBFEWSHOT, "LibFewShot ResNet12", {"miniImageNet": (67.35, 83.31)}),
+              Reported(LIBFEWSHOT, "LibFewShot ResNet18", {"miniImageNet": (66.70, 82.60)})),
     weight_flags={"beta": "--gamma", "kd_T": "--kd_T"},
     published={
         "CIFAR-FS": gen1_command("CIFAR-FS", 65, (60,), Sourced(64, SKD_GEN1),

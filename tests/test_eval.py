@@ -642,3 +642,18 @@ def test_table_opens_no_wandb_run_unless_asked(tmp_path, monkeypatch, capsys):
     table.main([str(tmp_path / "runs")])
     assert (tmp_path / "runs" / "results_table.md").is_file()
     assert not [p for p in tmp_path.rglob("*") if "wandb" in p.name] and capsys.readouterr().err == ""
+
+
+def test_the_table_compares_a_network_with_what_others_report_for_it_not_with_the_papers_resnet12(tmp_path):
+    from eval import table
+
+    for s in (0, 1):
+        _results(tmp_path / f"gen0_{s}", {**_gen0(s), "dataset": "miniImageNet", "model": "convnet4"},
+                 {k: _accuracies(10 * s + k) for k in (1, 5)}, dataset="miniImageNet")
+    result = table.main([str(tmp_path), "--out", str(tmp_path / "out" / "t"), "--wandb", "disabled"])
+    assert result.protocols[("miniImageNet", 1)]["model"] == "convnet4"
+    md = (tmp_path / "out" / "t.md").read_text()
+    assert "| SKD Gen-0 | — | — |" in md  # the paper's 65.93 / 83.15 are ResNet-12's: not this network's
+    assert ("## Reported by others for the same network (LibFewShot's SKD, github.com/RL-VIG/LibFewShot "
+            "config/reproduce/SKD/README.md)" in md and "| SKD Gen-0 | 48.14 | 66.36 |" in md)
+    assert table.paper_value("skd_gen0", "miniImageNet", 1) == 65.93  # the paper's network
