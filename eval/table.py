@@ -37,7 +37,7 @@ import io
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,18 @@ def load_entries(path: Path, split: str, embedding: str, classifier: str) -> lis
 
 # ----------------------------------------------------------------------------- aggregation
 
+NETWORK_MARK = "@"  # a row of one method on one network, when the results are of several: skd_gen0@convnet4
+
+
+def rows_by_network(entries: list[Entry]) -> list[Entry]:
+    """Results of several networks: each method's row split by network (`METHOD@NETWORK`, the --baseline name
+    of such a row), so that networks compare row against row, on the same episodes; one network: unchanged."""
+    if len({e.protocol["model"] for e in entries}) < 2:
+        return entries
+    return [replace(e, method=f"{e.method}{NETWORK_MARK}{e.protocol['model']}",
+                                protocol={**e.protocol, "model": "per row"}) for e in entries]
+
+
 def check_protocols(entries: list[Entry]) -> dict[tuple[str, int], dict[str, Any]]:
     """Every column's protocol; refuse a column whose results were evaluated differently."""
     first: dict[tuple[str, int], Entry] = {}
@@ -252,7 +264,8 @@ def build_table(entries: list[Entry], baseline: str | None) -> Table:
     grouped = by_seed(entries)
     present = {m for m, _, _ in grouped}
     registered = [c.name for c in published.cards()]
-    rows = [m for m in registered if m in present] + sorted(present - set(registered))
+    rows = sorted(present, key=lambda m: (registered.index(_method(m)) if _method(m) in registered
+                                          else len(registered), m))
     if baseline is not None and baseline not in present:
         raise UsageError(f"--baseline {baseline}: no results of it; found {', '.join(rows)}")
     # Default: the first row, the paper's baseline (RFS-simple) when present; one row has nothing to pair with.
@@ -270,10 +283,16 @@ def build_table(entries: list[Entry], baseline: str | None) -> Table:
     return Table(columns, rows, cells, protocols, baseline, paired)
 
 
+def _method(row: str) -> str:
+    """The method of a table row (its name less a network mark)."""
+    return row.split(NETWORK_MARK)[0]
+
+
 def paper_value(method: str, dataset: str, shots: int, model: str = published.PAPER_NETWORK) -> float | None:
     """The paper's accuracy of `method` (a registered one) on `dataset` at `shots`, if it reports one, for runs
     of the paper's network (`model`; another network's runs have nothing of the paper's to compare with)."""
     known = {c.name: c for c in published.cards()}
+    method = _method(method)
     paper = known[method].paper.get(dataset) if method in known and model == published.PAPER_NETWORK else None
     return paper[PAPER_SHOTS.index(shots)] if paper and shots in PAPER_SHOTS else None
 
@@ -282,22 +301,24 @@ def reported_value(method: str, dataset: str, shots: int, model: str) -> tuple[f
     """What another group reports for `method` with our network `model` on `dataset` at `shots` (the method
     card's `reported`), and who: the first such report."""
     known = {c.name: c for c in published.cards()}
+    method = _method(method)
     for report in known[method].reported if method in known else ():
         if report.network == model and dataset in report.results and shots in PAPER_SHOTS:
             return report.results[dataset][PAPER_SHOTS.index(shots)], report.source
     return None
 
 
-def _model(table: Table, dataset: str, shots: int) -> str:
-    """The network a column's runs trained (the protocol every run of a column shares)."""
-    return table.protocols[(dataset, shots)]["model"]
+def _model(table: Table, row: str, dataset: str, shots: int) -> str:
+    """The network a cell's runs trained: the row's, when rows are split by network, else the column's."""
+    return row.split(NETWORK_MARK)[1] if NETWORK_MARK in row else table.protocols[(dataset, shots)]["model"]
 
 
 # ----------------------------------------------------------------------------- output
 
-def _label(method: str) -> str:
+def _label(row: str) -> str:
     known = {c.name: c for c in published.cards()}
-    return known[method].label if method in known else method
+    label = known[_method(row)].label if _method(row) in known else _method(row)
+    return f"{label} ({row.split(NETWORK_MARK)[1]})" if NETWORK_MARK in row else label
 
 
 def _num(x: float | None, signed: bool = False) -> str:
@@ -322,14 +343,14 @@ def markdown(table: Table, what: str) -> str:
         return "—" if c is None else f"{c.mean:.2f} ± {_num(c.ci95)} (sd {_num(c.seed_std)}, {seeds})"
 
     def paper(m: str, d: str, k: int) -> str:
-        return _num(paper_value(m, d, k, _model(table, d, k)))
+        return _num(paper_value(m, d, k, _model(table, m, d, k)))
 
     def diff(m: str, d: str, k: int) -> str:
-        c, p = table.cells.get((m, d, k)), paper_value(m, d, k, _model(table, d, k))
+        c, p = table.cells.get((m, d, k)), paper_value(m, d, k, _model(table, m, d, k))
         return "—" if c is None or p is None else _num(c.mean - p, signed=True)
 
     def reported(m: str, d: str, k: int) -> str:
-        found = reported_value(m, d, k, _model(table, d, k))
+        found = reported_value(m, d, k, _model(table, m, d, k))
         return "—" if found is None else _num(found[0])
 
     protocol = "; ".join(f"{d} {k}-shot: {p['n_ways']}-way, {p['n_queries']} queries, {p['n_episodes']} episodes, "
@@ -344,7 +365,7 @@ def markdown(table: Table, what: str) -> str:
              f"## Paper ({PAPER_SOURCE})", "", *_grid(table, paper), "",
              "## Ours − paper", "", *_grid(table, diff)]
     sources = sorted({found[1] for m in table.methods for d, k in table.columns
-                      if (found := reported_value(m, d, k, _model(table, d, k))) is not None})
+                      if (found := reported_value(m, d, k, _model(table, m, d, k))) is not None})
     if sources:
         lines += ["", f"## Reported by others for the same network ({'; '.join(sources)})", "",
                   *_grid(table, reported)]
@@ -391,7 +412,7 @@ def csv_text(table: Table) -> str:
             c = table.cells.get((m, d, k))
             if c is None:
                 continue
-            p, pair = paper_value(m, d, k, _model(table, d, k)), table.paired.get((m, d, k))
+            p, pair = paper_value(m, d, k, _model(table, m, d, k)), table.paired.get((m, d, k))
             paired = [None] * 4 if pair is None else [table.baseline, pair.mean, pair.ci95, pair.seeds]
             writer.writerow([m, d, k, c.mean, c.ci95, c.seed_std, c.seeds, c.episodes, p,
                              None if p is None else c.mean - p, *paired,
@@ -432,7 +453,7 @@ def log_wandb(table: Table, mode: str, project: str, what: str, wandb_dir: Path)
         bars = wandb.Table(columns=["cell", "accuracy"])
         for m in table.methods:
             for d, k in table.columns:
-                c, p = table.cells.get((m, d, k)), paper_value(m, d, k, _model(table, d, k))
+                c, p = table.cells.get((m, d, k)), paper_value(m, d, k, _model(table, m, d, k))
                 if c is not None:
                     bars.add_data(f"{_label(m)} {d} {k}-shot (ours)", c.mean)
                     if p is not None:
@@ -451,7 +472,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="folders searched recursively for results files (or such files)")
     parser.add_argument("--baseline", default=None,
-                        help="the method every other row is paired with (default: the first row)")
+                        help="the row every other row is paired with (default: the first row); with results of "
+                             "several networks a row is METHOD@NETWORK, e.g. skd_gen0@resnet12_ssl")
     parser.add_argument("--out", default=None,
                         help="writes PREFIX.md, PREFIX.csv and PREFIX.tex (default: RUN_DIR/results_table of the "
                              "first RUN_DIR, never the current folder)")
@@ -472,7 +494,7 @@ def main(argv: list[str] | None = None) -> Table:
     args = get_args_parser().parse_args(argv)
     entries = [e for path in find_results(args.run_dirs)
                for e in load_entries(path, args.split, args.embedding, args.classifier)]
-    table = build_table(entries, args.baseline)
+    table = build_table(rows_by_network(entries), args.baseline)
     what = f"{args.split} split, {args.embedding}, {args.classifier}"
     text = markdown(table, what) + sweep_section(args.run_dirs)
     first = Path(args.run_dirs[0])

@@ -450,14 +450,14 @@ def test_table_refuses_to_mix_protocols(tmp_path, setting, other):
         table.main([str(tmp_path), "--out", str(tmp_path / "t"), "--wandb", "disabled"])
 
 
-def test_table_refuses_to_mix_architectures(tmp_path):
+def test_table_never_averages_two_architectures(tmp_path):
     from eval import table
 
     _results(tmp_path / "a", _gen0(0), {1: _accuracies(0)})
     _results(tmp_path / "b", {**_gen0(1), "model": "resnet12_ssl_narrow"}, {1: _accuracies(1)})
-    with pytest.raises(util.UsageError, match="CIFAR-FS 1-shot: model differs \\(resnet12_ssl in .*a/results.json, "
-                                              "resnet12_ssl_narrow in .*b/results.json"):
-        table.main([str(tmp_path), "--out", str(tmp_path / "t"), "--wandb", "disabled"])
+    result = table.main([str(tmp_path), "--out", str(tmp_path / "t"), "--wandb", "disabled"])
+    assert result.methods == ["skd_gen0@resnet12_ssl", "skd_gen0@resnet12_ssl_narrow"]  # a row each, one seed each
+    assert [result.cells[(m, "CIFAR-FS", 1)].seeds for m in result.methods] == [1, 1]
 
 
 def test_table_command_is_one_line_on_mixed_protocols(tmp_path):
@@ -657,3 +657,21 @@ def test_the_table_compares_a_network_with_what_others_report_for_it_not_with_th
     assert ("## Reported by others for the same network (LibFewShot's SKD, github.com/RL-VIG/LibFewShot "
             "config/reproduce/SKD/README.md)" in md and "| SKD Gen-0 | 48.14 | 66.36 |" in md)
     assert table.paper_value("skd_gen0", "miniImageNet", 1) == 65.93  # the paper's network
+
+
+def test_results_of_two_networks_make_a_row_each_paired_on_the_same_episodes(tmp_path):
+    from eval import table
+
+    acc = {(net, s, k): _accuracies(hash((net, s, k)) % 1000) for net in ("convnet4", "resnet12_ssl")
+           for s in (0, 1) for k in (1, 5)}
+    for (net, s, k) in acc:
+        if k == 1:
+            _results(tmp_path / f"{net}_{s}", {**_gen0(s), "model": net},
+                     {shots: acc[(net, s, shots)] for shots in (1, 5)}, fingerprint=f"f{s}")
+    result = table.main([str(tmp_path), "--baseline", "skd_gen0@resnet12_ssl", "--out", str(tmp_path / "out" / "t"),
+                         "--wandb", "disabled"])
+    assert result.methods == ["skd_gen0@convnet4", "skd_gen0@resnet12_ssl"]
+    differences = np.concatenate([np.subtract(acc[("convnet4", s, 1)], acc[("resnet12_ssl", s, 1)]) for s in (0, 1)])
+    assert result.paired[("skd_gen0@convnet4", "CIFAR-FS", 1)].mean == pytest.approx(100 * differences.mean())
+    md = (tmp_path / "out" / "t.md").read_text()
+    assert "| SKD Gen-0 (convnet4) | — | — |" in md and "| SKD Gen-0 (resnet12_ssl) | 74.50 | 88.00 |" in md
