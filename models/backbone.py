@@ -58,6 +58,17 @@ class Backbone(Protocol):
         """The BatchNorm producing each of forward_preactivations' maps (DVP's per-channel margins)."""
 
 
+def init_convolutions(network: nn.Module, nonlinearity: str) -> None:
+    """The releases' initialisation of their ResNets and Conv-4: Kaiming-normal convolutions (fan-out),
+    BatchNorms at the identity. Visits modules in registration order, so the draws match the releases'."""
+    for m in network.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=nonlinearity)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class SSLNetwork(nn.Module):
     """What every network here shares: stages, global average pooling, the linear classifier and SKD's
     rotation head on the class logits, under the release's key names (`classifier`, `rot_classifier`).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.backbone import SSLNetwork
+from models.backbone import SSLNetwork, init_convolutions
 
 CHANNELS = 64
 
@@ -18,12 +18,7 @@ class ConvNetSSL(SSLNetwork):
             layers = [nn.Conv2d(3 if stage == 1 else CHANNELS, CHANNELS, kernel_size=3, padding=1),
                       nn.BatchNorm2d(CHANNELS), nn.ReLU()]
             self.add_module(f"layer{stage}", nn.Sequential(*layers, *([nn.MaxPool2d(2)] if stage < 4 else [])))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_convolutions(self, "relu")
         self.attach_heads(CHANNELS, num_classes)
 
     @property

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbone import SSLNetwork
+from models.backbone import SSLNetwork, init_convolutions
 from models.dropblock import DropBlock
 
 WIDTHS = (64, 160, 320, 640)
@@ -103,12 +103,7 @@ class ResNetSSL(SSLNetwork):
                                                use_se=use_se))
             self.add_module(f"layer{stage}", nn.Sequential(*stage_blocks))
             inplanes = planes
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_convolutions(self, "leaky_relu")
         # After the convolutions' init: the linears (the SE layers' too) keep PyTorch's default, as in the release.
         self.attach_heads(widths[-1], num_classes)
 

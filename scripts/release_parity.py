@@ -9,8 +9,10 @@ release is copied here.
 
 Modes (each exits 1 past --tol, printing every compared quantity):
   dropblock  the release's DropBlock mask vs `--dropblock_mask release` on random seed grids (b = 2, 5)
-  features   eval-mode stage maps, pooled features and logits of the release's ResNet-12 vs ours, same
-             weights loaded strictly, same un-augmented images
+  features   eval-mode stage maps, pooled features, logits and rotation logits of the release's network vs
+             ours at 32 and 84 px (the DropBlock size the release's create_model gives each), same weights
+             (loaded strictly; only our rotation head where the release's network has none), BatchNorm
+             statistics away from the identity, same images
   step       --steps SGD steps on one fixed batch (float32, CIFAR-FS settings) of the release's own
              `train()` of train_selfsupervison.py (Gen-0) and train_distillation.py (Gen-1) vs this
              repository's Gen-0 and Gen-1 steps and optimizer, same weights loaded strictly, same seed:
@@ -23,7 +25,12 @@ Modes (each exits 1 past --tol, printing every compared quantity):
              meta_test() vs this repository's embedding and classifiers, on the same normalised images:
              the normalised support and query features and the logistic-regression predictions
 
+--model NAME (or all) picks the network: the release's ResNet-12 by default; `resnet18`, `resnet24`, `seresnet12`
+(its models/resnet_ssl.py), `convnet4` (models/convnet.py) and `wrn_28_10` (models/wresnet.py). The release's
+train() needs SKD's rotation head, which its Conv-4 and WRN-28-10 lack: `step` compares the other four.
+
 Usage: python scripts/release_parity.py --official /path/to/SKD [--mode dropblock|features|step|episode|all]
+                                        [--model NAME|all]
 """
 from __future__ import annotations
 
@@ -64,7 +71,7 @@ from methods.base import clone_student  # noqa: E402
 from methods.skd_gen0 import gen0_step  # noqa: E402
 from methods.skd_gen1 import gen1_step  # noqa: E402
 from models.dropblock import dropblock_calls, release_block_mask, set_dropblock_calls, set_dropblock_mask  # noqa: E402
-from models.resnet import ResNetSSL  # noqa: E402
+from models import Backbone, create_model  # noqa: E402
 
 PRIVATE = "_skd_release"
 
@@ -195,6 +202,41 @@ def release_definitions(official: str, relpath: str, names: tuple[str, ...], nam
     return {name: namespace[name] for name in names}
 
 
+# Our name -> the release file defining the network under the same name.
+RELEASE_NETWORKS = {"resnet12_ssl": "models/resnet_ssl.py", "resnet18": "models/resnet_ssl.py",
+                    "resnet24": "models/resnet_ssl.py", "seresnet12": "models/resnet_ssl.py",
+                    "convnet4": "models/convnet.py", "wrn_28_10": "models/wresnet.py"}
+WITHOUT_ROTATION_HEAD = ("convnet4", "wrn_28_10")  # the release's ConvNet and Wide_ResNet never had one
+DATASET_AT = {32: "CIFAR-FS", 84: "miniImageNet"}  # the image size -> the dataset whose settings both sides take
+NUM_CLASSES = 64
+
+
+def release_network(official: str, name: str, image_size: int, rewrites: tuple[Rewrite, ...] = ()) -> nn.Module:
+    """The release's network `name` with the arguments its create_model passes for the dataset at `image_size`:
+    the ResNets avg_pool, drop rate 0.1 and DropBlock size 5 at 84 px, 2 at 32 px; the others the class count."""
+    build = getattr(load_release_module(official, RELEASE_NETWORKS[name], rewrites), name)
+    with contextlib.redirect_stdout(io.StringIO()):  # the release's WRN prints its name
+        if name in WITHOUT_ROTATION_HEAD:
+            return build(num_classes=NUM_CLASSES)
+        return build(avg_pool=True, drop_rate=0.1, dropblock_size=5 if image_size == 84 else 2,
+                     num_classes=NUM_CLASSES)
+
+
+def our_network(name: str, image_size: int) -> Backbone:
+    return create_model(name, NUM_CLASSES, DATASET_AT[image_size])
+
+
+def load_ours_into(theirs: nn.Module, ours: nn.Module) -> nn.Module:
+    """Our weights into the release's network, strictly: every key of it, only our rotation head left over
+    where it has none."""
+    keys = theirs.state_dict().keys()
+    extra = sorted(set(ours.state_dict()) - set(keys))
+    if extra not in ([], ["rot_classifier.bias", "rot_classifier.weight"]):
+        sys.exit(f"the release's {type(theirs).__name__} lacks {', '.join(extra)}: an unexpected release version")
+    theirs.load_state_dict({k: v for k, v in ours.state_dict().items() if k in keys}, strict=True)
+    return theirs
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max())
 
@@ -214,22 +256,30 @@ def check_dropblock(release: types.ModuleType) -> float:
     return worst
 
 
-def check_features(release: types.ModuleType) -> float:
+def check_features(official: str, name: str) -> float:
     torch.manual_seed(0)
     worst = 0.0
-    for image, block in ((32, 2), (84, 5)):
-        ours = ResNetSSL(num_classes=64, dropblock_size=block).eval()
-        theirs = release.resnet12_ssl(avg_pool=True, drop_rate=0.1, dropblock_size=block, num_classes=64).eval()
-        theirs.load_state_dict(ours.state_dict(), strict=True)
-        x = torch.randn(6, 3, image, image)
+    for image in DATASET_AT:
+        ours = our_network(name, image)
+        with torch.no_grad():  # BatchNorm statistics away from the identity, so that eval mode reads them
+            for m in ours.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.normal_(0, 0.1)
+                    m.running_var.uniform_(0.5, 1.5)
+        ours.eval()
+        theirs = load_ours_into(release_network(official, name, image), ours).eval()
+        x = torch.randn(3, 3, image, image)
         with torch.no_grad():
             (*their_maps, their_feat), their_logits = theirs(x, is_feat=True)
             out = ours.forward_all(x)
+            their_rotation = None if name in WITHOUT_ROTATION_HEAD else theirs(x, rot=True)[1][1]
+        # The release's WRN returns only its pooled feature, no stage maps.
         pairs = [(f"stage{i + 1}", a, b) for i, (a, b) in enumerate(zip(their_maps, out.stages))]
         pairs += [("feature", their_feat, out.feature), ("logits", their_logits, out.logits)]
-        for name, a, b in pairs:
+        pairs += [("rotation logits", their_rotation, out.rot_logits)] if their_rotation is not None else []
+        for quantity, a, b in pairs:
             diff = max_diff(a, b)
-            print(f"features {image}px {name}: max|diff|={diff:g}")
+            print(f"features {name} {image}px {quantity}: max|diff|={diff:g}")
             worst = max(worst, diff)
     return worst
 
@@ -314,7 +364,7 @@ def optimizer_settings(stage: str) -> Schedule:
     return Schedule(epochs=1, learning_rate=LEARNING_RATE[stage], momentum=0.9, weight_decay=5e-4)
 
 
-def our_steps(case: Case, model: ResNetSSL, teacher: ResNetSSL | None, images: torch.Tensor,
+def our_steps(case: Case, model: Backbone, teacher: Backbone | None, images: torch.Tensor,
               targets: torch.Tensor, steps: int) -> list[StepState]:
     """This repository's step (methods/skd_gen0.py, skd_gen1.py) and optimizer (engine/run.py: sgd), K times."""
     set_dropblock_mask(model, case.mask)
@@ -394,13 +444,15 @@ def compare_states(label: str, ours: list[StepState], theirs: list[StepState]) -
     return worst
 
 
-def check_steps(official: str, steps: int, calls: list[int], batch_size: int, matched: bool = True) -> float:
-    """Every case of CASES from each DropBlock counter in `calls`; `matched` False leaves the three rounding
-    differences in (the rescale's division, the L2's formula, the release network's memory layout)."""
+def check_steps(official: str, name: str, steps: int, calls: list[int], batch_size: int,
+                matched: bool = True) -> float:
+    """Every case of CASES from each DropBlock counter in `calls`, for network `name` at 32 px; `matched` False
+    leaves the three rounding differences in (the rescale's division, the L2's formula, the release network's
+    memory layout)."""
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, 32, 32)
-    targets = torch.randint(0, 64, (batch_size,))
-    start = ResNetSSL(num_classes=64, dropblock_size=2)
+    targets = torch.randint(0, NUM_CLASSES, (batch_size,))
+    start = our_network(name, 32)
     # A teacher whose BatchNorm statistics are a batch's, as a trained one's are, not a fresh network's.
     teacher = copy.deepcopy(start)
     with torch.no_grad():
@@ -415,20 +467,17 @@ def check_steps(official: str, steps: int, calls: list[int], batch_size: int, ma
     worst = 0.0
     for case in CASES:
         rewrites = ((TrueDivisionRescale(),) if matched else ()) + tuple(r() for r in case.rewrites)
-        release = load_release_module(official, "models/resnet_ssl.py", rewrites)
         for n in calls:
-            label = f"{case.stage} mask={case.mask}{' quirks' if case.quirks else ''} calls={n}"
+            label = f"{case.stage} {name} mask={case.mask}{' quirks' if case.quirks else ''} calls={n}"
             # Both in channels-last memory, as the training scripts lay the network out (util.to_device):
             # dropout's mask is drawn in memory order, so the layout decides which unit each draw drops.
             ours = util.to_device(clone_student(teacher) if case.stage == "gen1" else copy.deepcopy(start),
                                   torch.device("cpu"))
-            theirs = release.resnet12_ssl(avg_pool=True, drop_rate=0.1, dropblock_size=2, num_classes=64)
-            theirs.load_state_dict(ours.state_dict(), strict=True)
+            theirs = load_ours_into(release_network(official, name, 32, rewrites), ours)
             theirs = util.to_device(theirs, torch.device("cpu")) if matched else theirs
             their_teacher = None
             if case.stage == "gen1":
-                their_teacher = release.resnet12_ssl(avg_pool=True, drop_rate=0.1, dropblock_size=2, num_classes=64)
-                their_teacher.load_state_dict(teacher.state_dict(), strict=True)
+                their_teacher = load_ours_into(release_network(official, name, 32, rewrites), teacher)
                 their_teacher = (util.to_device(their_teacher, torch.device("cpu")) if matched
                                  else their_teacher).eval()
             set_dropblock_calls(ours, [n] * len(dropblock_calls(ours)))
@@ -464,9 +513,9 @@ class RecordingLR:
         return predicted
 
 
-def check_episode(official: str, release: types.ModuleType, shots: tuple[int, ...] = (1, 5)) -> float:
-    """One 5-way episode per shot count, 15 queries a class, un-augmented: the release's meta_test() vs this
-    repository's embedding (eval/embed.py), normalisation and classifiers, same network loaded strictly."""
+def check_episode(official: str, name: str, shots: tuple[int, ...] = (1, 5)) -> float:
+    """One 5-way episode per shot count, 15 queries a class, un-augmented, 32 px: the release's meta_test() vs
+    this repository's embedding (eval/embed.py), normalisation and classifiers, same network loaded strictly."""
     namespace = {"torch": torch, "np": np, "tqdm": QuietProgress, "LogisticRegression": RecordingLR,
                  "metrics": sklearn_metrics, "scipy": scipy, "t": scipy.stats.t}
     found = release_definitions(official, "eval/meta_eval.py", ("mean_confidence_interval", "normalize", "meta_test"),
@@ -474,7 +523,7 @@ def check_episode(official: str, release: types.ModuleType, shots: tuple[int, ..
     # Its normalize() is sqrt(sum(x^2)) division; ours divides by .norm() (rounding only).
     namespace["normalize"] = l2_normalize
     torch.manual_seed(0)
-    ours = ResNetSSL(num_classes=64, dropblock_size=2)
+    ours = our_network(name, 32)
     calibration = make_synthetic_split("train")
     with torch.no_grad():  # BatchNorm statistics of real batches, as a trained network's are
         for m in ours.modules():
@@ -482,9 +531,8 @@ def check_episode(official: str, release: types.ModuleType, shots: tuple[int, ..
                 m.momentum = None
         ours.train()(normalize_batch(torch.from_numpy(calibration.images[:128]), CIFAR_NORMALIZATION))
     ours = util.to_device(ours.eval(), torch.device("cpu"))
-    theirs = release.resnet12_ssl(avg_pool=True, drop_rate=0.1, dropblock_size=2, num_classes=64)
-    theirs.load_state_dict(ours.state_dict(), strict=True)
-    theirs = util.to_device(theirs, torch.device("cpu"))  # channels-last, as eval/embed.py lays the input out
+    # Channels-last, as eval/embed.py lays the input out.
+    theirs = util.to_device(load_ours_into(release_network(official, name, 32), ours), torch.device("cpu"))
     split = make_synthetic_split("test")
     worst = 0.0
     for n_shots in shots:
@@ -510,7 +558,7 @@ def check_episode(official: str, release: types.ModuleType, shots: tuple[int, ..
         diffs = {k: max_diff(features[k], torch.from_numpy(recorded[k])) for k in ("support", "query")}
         flips = int((reference != recorded["predicted"]).sum())
         ours_flips = int((ours_lr != recorded["predicted"]).sum())
-        print(f"episode {n_shots}-shot: max|diff| support features={diffs['support']:g} query "
+        print(f"episode {name} {n_shots}-shot: max|diff| support features={diffs['support']:g} query "
               f"features={diffs['query']:g}; predictions differing: sklearn classifier (--classifier sklearn) "
               f"{flips}/{len(query_y)}, ours (--classifier LR, Newton-CG in float64) {ours_flips}/{len(query_y)} "
               f"(not counted: another solver of the same convex problem); release accuracy "
@@ -523,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", required=True, help="checkout of github.com/brjathu/SKD")
     parser.add_argument("--mode", choices=("dropblock", "features", "step", "episode", "all"), default="all")
+    parser.add_argument("--model", choices=(*sorted(RELEASE_NETWORKS), "all"), default="resnet12_ssl",
+                        help="the network compared (all: each of the release's)")
     parser.add_argument("--tol", type=float, default=0.0, help="largest allowed absolute difference")
     parser.add_argument("--steps", type=int, default=3, help="--mode step: SGD steps compared")
     parser.add_argument("--batch_size", type=int, default=8, help="--mode step: images of the fixed batch")
@@ -539,16 +589,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--dropblock_calls {args.dropblock_calls}: expected comma-separated integers")
     if args.steps < 1 or args.batch_size < 1 or min(calls) < 0:
         parser.error("--steps and --batch_size must be positive, --dropblock_calls non-negative")
-    release = load_release_module(args.official, "models/resnet_ssl.py")
+    names = sorted(RELEASE_NETWORKS) if args.model == "all" else [args.model]
+    if args.mode == "step" and args.model in WITHOUT_ROTATION_HEAD:
+        parser.error(f"--mode step --model {args.model}: the release's {args.model} has no rotation head, so its "
+                     f"train() cannot step it (the features and episode modes compare it)")
     worst = 0.0
     if args.mode in ("dropblock", "all"):
-        worst = max(worst, check_dropblock(release))
-    if args.mode in ("features", "all"):
-        worst = max(worst, check_features(release))
-    if args.mode in ("episode", "all"):
-        worst = max(worst, check_episode(args.official, release))
-    if args.mode in ("step", "all"):
-        worst = max(worst, check_steps(args.official, args.steps, calls, args.batch_size, not args.unmatched))
+        worst = max(worst, check_dropblock(load_release_module(args.official, "models/resnet_ssl.py")))
+    for name in names:
+        if args.mode in ("features", "all"):
+            worst = max(worst, check_features(args.official, name))
+        if args.mode in ("episode", "all"):
+            worst = max(worst, check_episode(args.official, name))
+        if args.mode in ("step", "all") and name in WITHOUT_ROTATION_HEAD:
+            print(f"step {name}: not compared (the release's network has no rotation head for its train())")
+        elif args.mode in ("step", "all"):
+            worst = max(worst, check_steps(args.official, name, args.steps, calls, args.batch_size,
+                                           not args.unmatched))
     print(f"worst max|diff|={worst:g} tol={args.tol:g}: {'PASS' if worst <= args.tol else 'FAIL'}")
     return 0 if worst <= args.tol else 1
 

@@ -3,40 +3,31 @@
 logits and features to the bit from the same weights (with SKD_RELEASE_DIR), and loads a release checkpoint
 that has no rotation head with one line saying so.
 
-    python tests/test_backbones.py RELEASE_DIR      # rewrites release_state_dicts.json from a release checkout
+    PYTHONPATH=. python tests/test_backbones.py RELEASE_DIR  # rewrites release_state_dicts.json from a release checkout
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from torch import nn
 
+from scripts.release_parity import RELEASE_NETWORKS, WITHOUT_ROTATION_HEAD
+
 STORED = Path(__file__).with_name("release_state_dicts.json")
 RELEASE = os.environ.get("SKD_RELEASE_DIR")
-WITHOUT_ROTATION_HEAD = {"convnet4", "wrn_28_10"}  # the release's ConvNet and Wide_ResNet never had one
 
 
-def release_networks(release: Path) -> dict[str, Callable[[], nn.Module]]:
-    """Our names -> the release's constructors, with the arguments its create_model passes for miniImageNet
-    (64 classes): DropBlock size 5 for the ResNets."""
-    def module(name: str):
-        spec = importlib.util.spec_from_file_location(f"release_{name}", release / "models" / f"{name}.py")
-        loaded = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(loaded)
-        return loaded
+def release_network(name: str) -> nn.Module:
+    """The release's network `name` as its create_model builds it for miniImageNet (84 px, 64 classes), from
+    the checkout at SKD_RELEASE_DIR (scripts/release_parity.py compares the same at 32 px too)."""
+    from scripts.release_parity import release_network as build
 
-    ssl, conv, wide = module("resnet_ssl"), module("convnet"), module("wresnet")
-    resnet = {"avg_pool": True, "drop_rate": 0.1, "dropblock_size": 5, "num_classes": 64}
-    return {"resnet12_ssl": lambda: ssl.resnet12_ssl(**resnet), "resnet18": lambda: ssl.resnet18(**resnet),
-            "resnet24": lambda: ssl.resnet24(**resnet), "seresnet12": lambda: ssl.seresnet12(**resnet),
-            "convnet4": lambda: conv.convnet4(num_classes=64), "wrn_28_10": lambda: wide.wrn_28_10(num_classes=64)}
+    return build(RELEASE, name, 84)
 
 
 def ours(name: str) -> nn.Module:
@@ -76,7 +67,7 @@ def test_a_checkpoint_without_the_rotation_head_loads_and_says_so(tmp_path, caps
 @pytest.mark.parametrize("name", sorted(json.loads(STORED.read_text())["networks"]))
 def test_the_same_weights_give_the_releases_logits_and_features_to_the_bit(name):
     torch.manual_seed(0)
-    theirs = release_networks(Path(RELEASE))[name]().eval()
+    theirs = release_network(name).eval()
     state = theirs.state_dict()
     for key, value in state.items():  # BatchNorm statistics away from the identity, so that eval mode uses them
         if key.endswith("running_mean"):
@@ -149,10 +140,11 @@ def test_the_pages_example_network_registers_and_trains_a_gen0_step():
 
 
 if __name__ == "__main__":
-    networks = release_networks(Path(sys.argv[1]))
+    RELEASE = sys.argv[1]
     with torch.device("meta"):
-        dicts = {name: [[k, list(v.shape)] for k, v in make().state_dict().items()] for name, make in networks.items()}
-    STORED.write_text(json.dumps({"source": "github.com/brjathu/SKD models/resnet_ssl.py, convnet.py, wresnet.py: "
-                                            "state_dict() keys and shapes in order, 64 classes, miniImageNet's "
-                                            "create_model arguments (python tests/test_backbones.py RELEASE_DIR)",
-                                  "networks": dicts}, indent=0) + "\n")
+        dicts = {name: [[k, list(v.shape)] for k, v in release_network(name).state_dict().items()]
+                 for name in RELEASE_NETWORKS}
+    source = ("github.com/brjathu/SKD models/resnet_ssl.py, convnet.py, wresnet.py: state_dict() keys and shapes "
+              "in order, 64 classes, miniImageNet's create_model arguments "
+              "(PYTHONPATH=. python tests/test_backbones.py RELEASE_DIR)")
+    STORED.write_text(json.dumps({"source": source, "networks": dicts}, indent=0) + "\n")

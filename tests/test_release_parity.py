@@ -42,14 +42,8 @@ def test_release_parity_rejects_a_directory_without_the_release(tmp_path):
 
 def test_the_rewrites_change_what_they_name_and_refuse_a_tree_they_do_not_change():
     import ast
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("release_parity", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    sys.modules["release_parity"] = tool  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(tool)
-    finally:
-        del sys.modules["release_parity"]
+
+    from scripts import release_parity as tool
 
     def rewritten(rewrite, source: str) -> str:
         return ast.unparse(rewrite.apply(ast.parse(source), "snippet.py"))
@@ -64,3 +58,21 @@ def test_the_rewrites_change_what_they_name_and_refuse_a_tree_they_do_not_change
         rewritten(tool.TrueDivisionRescale(), "s = countM / count_ones")
     with pytest.raises(SystemExit, match="found nothing to change"):
         tool.NormL2().apply(ast.parse("y = d.norm(dim=1)"), "snippet.py")
+
+
+@needs_release
+def test_every_release_network_gives_the_same_features_logits_and_rotation_logits():
+    result = parity("--official", RELEASE, "--mode", "features", "--model", "all", "--tol", "0")
+    assert result.returncode == 0 and "PASS" in result.stdout, result.stdout + result.stderr
+    for name in ("convnet4", "resnet12_ssl", "resnet18", "resnet24", "seresnet12", "wrn_28_10"):
+        for size in (32, 84):
+            assert f"features {name} {size}px logits: max|diff|=0" in result.stdout
+    assert result.stdout.count("rotation logits: max|diff|=0") == 4 * 2  # the four with SKD's rotation head
+
+
+def test_a_step_of_a_release_network_without_a_rotation_head_is_refused_in_one_line(tmp_path):
+    result = parity("--official", str(tmp_path), "--mode", "step", "--model", "convnet4", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "--mode step --model convnet4: the release's convnet4 has no rotation head, so its train() cannot step it "
+        "(the features and episode modes compare it)")
