@@ -23,6 +23,7 @@ import engine.official_flags
 import engine.run
 import engine.trained
 import methods
+import published
 import util
 
 SCRIPT = methods.DISTILL_SCRIPT
@@ -143,6 +144,8 @@ class TeacherFile:
         check_student_architecture(args, method)
         lines = take_teacher_settings(args, self.checkpoint)
         check_teacher_matches_run(args, method, self.checkpoint, args.image_size)
+        # Recorded with the flags (args.json, the checkpoint, W&B's config): the tables' rows per generation.
+        args.generation = published.generation_of(engine.checkpoint.training_args(self.checkpoint)) + 1
         return lines
 
 

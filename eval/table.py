@@ -25,6 +25,11 @@ A cell over several seeds (each seed one training run, evaluated on n episodes):
     mean and t interval. Episode difficulty cancels in the differences, so this interval is
     usually much narrower than the two separate ones: the comparison they cannot make.
 
+A study (scripts/reproduce.py --sweep, --teachers, --generations) adds what its selections recorded
+(selections/*.json, decided on val): a candidate's results count in the table only for the shot count it was
+chosen for, under its table seed; every candidate's val and test are listed below the table, the chosen
+marked. Later generations of a born-again chain are rows of their own (`skd_gen1:gen2`).
+
 Results evaluated under different protocols (ways, queries, episodes, support augmentations, image
 size, checkpoint choice, network architecture) are never put in one column: that is an error naming
 the setting and two files.
@@ -175,6 +180,9 @@ def load_entries(path: Path, split: str, embedding: str, classifier: str) -> lis
         return []
     train_args = training_args(data, path)
     method = method_of(data, train_args, path)
+    generation = published.generation_of(train_args)
+    if generation > 1:  # a born-again chain's later generation: a row of its own
+        method = f"{method}{GENERATION_MARK}{generation}"
     dataset = data.get("dataset") or train_args.get("dataset")
     if not dataset:
         raise UsageError(f"{path}: names no dataset")
@@ -200,6 +208,7 @@ def load_entries(path: Path, split: str, embedding: str, classifier: str) -> lis
 # ----------------------------------------------------------------------------- aggregation
 
 NETWORK_MARK = "@"  # a row of one method on one network, when the results are of several: skd_gen0@convnet4
+GENERATION_MARK = ":gen"  # a row of a chain's later generation: skd_gen1:gen2
 
 
 def rows_by_network(entries: list[Entry]) -> list[Entry]:
@@ -284,8 +293,8 @@ def build_table(entries: list[Entry], baseline: str | None) -> Table:
 
 
 def _method(row: str) -> str:
-    """The method of a table row (its name less a network mark)."""
-    return row.split(NETWORK_MARK)[0]
+    """The method of a table row (its name less a network and a generation mark)."""
+    return row.split(NETWORK_MARK)[0].split(GENERATION_MARK)[0]
 
 
 def paper_value(method: str, dataset: str, shots: int, model: str = published.PAPER_NETWORK) -> float | None:
@@ -318,6 +327,9 @@ def _model(table: Table, row: str, dataset: str, shots: int) -> str:
 def _label(row: str) -> str:
     known = {c.name: c for c in published.cards()}
     label = known[_method(row)].label if _method(row) in known else _method(row)
+    head = row.split(NETWORK_MARK)[0]
+    if GENERATION_MARK in head:
+        label += f", generation {head.split(GENERATION_MARK)[1]}"
     return f"{label} ({row.split(NETWORK_MARK)[1]})" if NETWORK_MARK in row else label
 
 
@@ -385,20 +397,85 @@ def markdown(table: Table, what: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sweep_section(run_dirs: list[str]) -> str:
-    """Which value each sweep picked (the reproduction driver's sweep_<method>_seed_<s>.json, decided on val)."""
-    sweep_keys = {"method", "seed", "criterion", "candidates", "winner"}
-    records = [r for d in run_dirs for path in sorted(Path(d).rglob("sweep_*.json"))
-               if isinstance(r := _read_json(path), dict) and sweep_keys <= r.keys()]
-    if not records:
+# ----------------------------------------------------------------------------- studies
+
+@dataclass(frozen=True)
+class Selection:
+    """One selection of a study (scripts/study.py's record): its candidates' run folders, the one chosen for
+    each shot count, and the one that teaches."""
+    path: Path
+    record: dict[str, Any]
+    folders: list[Path]  # each candidate's run folder, resolved
+    chosen: dict[int, Path]  # shots -> the chosen candidate's run folder
+    teacher: Path
+
+
+def find_selections(run_dirs: list[str]) -> list[Selection]:
+    """The selection records under each RUN_DIR (selections/*.json of a study's output)."""
+    found = []
+    for run_dir in map(Path, run_dirs):
+        if not run_dir.is_dir():
+            continue
+        for path in sorted(run_dir.rglob("selections/*.json")):
+            record = _read_json(path)
+            if not (isinstance(record, dict) and {"candidates", "chosen", "seed", "method"} <= record.keys()):
+                continue
+            output = path.parent.parent
+            by_checkpoint = {c["checkpoint"]: (output / c["folder"]).resolve() for c in record["candidates"]}
+            found.append(Selection(path, record, list(by_checkpoint.values()),
+                                   {int(k): by_checkpoint[v] for k, v in record["chosen"].items()},
+                                   by_checkpoint[record["teacher"]]))
+    return found
+
+
+def apply_selections(entries: list[Entry], selections: list[Selection]) -> list[Entry]:
+    """A candidate's results count only for the shot count val chose it for, under its selection's table seed
+    (a teacher candidate trained with another); results of runs that no selection decides are kept."""
+    owner = {folder: s for s in selections for folder in s.folders}
+    kept = []
+    for e in entries:
+        selection = owner.get(e.path.parent.resolve())
+        if selection is None:
+            kept.append(e)
+        elif selection.chosen.get(e.shots) == e.path.parent.resolve():
+            kept.append(replace(e, seed=int(selection.record["seed"])))
+    return kept
+
+
+def study_section(selections: list[Selection], split_files: dict[Path, dict[str, float]]) -> str:
+    """Every candidate of every selection: its configuration, val and test accuracy, chosen marked."""
+    if not selections:
         return ""
-    lines = ["", "## Sweeps (decided on val, never test)", "", "| method | seed | winner | val accuracy | candidates |",
-             "|---|---|---|---|---|"]
-    for r in records:
-        scores = r["candidates"]
-        lines.append(f"| {_label(r['method'])} | {r['seed']} | {Path(r['winner']).parent.name} | "
-                     f"{scores[r['winner']]:.2f} | {len(scores)} ({r['criterion']}) |")
+    lines = ["", "## Study: candidates decided on val, never test", "",
+             "| selection | candidate | configuration | val 1-shot | val 5-shot | test 1-shot | test 5-shot | chosen |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in selections:
+        r = s.record
+        generation = int(r.get("generation", 1))
+        name = f"{_label(r['method'])}{f', generation {generation}' if generation > 1 else ''}, seed {r['seed']}"
+        for c, folder in zip(r["candidates"], s.folders):
+            found = split_files.get(folder, {})
+            configuration = ", ".join(f"{k} {v}" for k, v in c.get("configuration", {}).items()) or "—"
+            if c.get("seed") is not None and c["seed"] != r["seed"]:
+                configuration += f" (seed {c['seed']})"
+            marks = [f"{k}-shot" for k in sorted(s.chosen) if s.chosen[k] == folder]
+            marks += ["teaches"] if folder == s.teacher and len(s.folders) > 1 else []
+            lines.append(f"| {name} | {Path(c['folder']).name} | {configuration} | "
+                         + " | ".join(_num(found.get(f"{split} {k}")) for split in ("val", "test") for k in (1, 5))
+                         + f" | {', '.join(marks) or '—'} |")
     return "\n".join(lines) + "\n"
+
+
+def split_accuracies(selections: list[Selection]) -> dict[Path, dict[str, float]]:
+    """Each candidate folder's mean accuracy per split and shot count, from the results files in it."""
+    found: dict[Path, dict[str, float]] = {}
+    for folder in {f for s in selections for f in s.folders}:
+        for path in sorted(folder.glob("results_*shot.json")):
+            data = _read_json(path)
+            for r in data.get("results", []) if isinstance(data, dict) else []:
+                if r.get("embedding", "feature") == "feature" and "mean" in r:
+                    found.setdefault(folder, {})[f"{r['split']} {r['n_shots']}"] = float(r["mean"])
+    return found
 
 
 def csv_text(table: Table) -> str:
@@ -492,11 +569,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> Table:
     args = get_args_parser().parse_args(argv)
-    entries = [e for path in find_results(args.run_dirs)
-               for e in load_entries(path, args.split, args.embedding, args.classifier)]
+    selections = find_selections(args.run_dirs)
+    entries = apply_selections([e for path in find_results(args.run_dirs)
+                                for e in load_entries(path, args.split, args.embedding, args.classifier)], selections)
     table = build_table(rows_by_network(entries), args.baseline)
     what = f"{args.split} split, {args.embedding}, {args.classifier}"
-    text = markdown(table, what) + sweep_section(args.run_dirs)
+    text = markdown(table, what) + study_section(selections, split_accuracies(selections))
     first = Path(args.run_dirs[0])
     prefix = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "results_table"
     prefix.parent.mkdir(parents=True, exist_ok=True)

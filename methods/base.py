@@ -50,7 +50,8 @@ class RunSetting:
 class Method:
     card: ClassVar[MethodCard]  # what is published about it; its fields are also class attributes
     # From the card: name (registry key, W&B job type), label, objective, default, teacher, in_paper, paper,
-    # weight_flags, published, small_scale, forwards_per_image, forwarded_copies, mode_flags.
+    # weight_flags, published, small_scale, forwards_per_image, forwarded_copies, mode_flags, born_again,
+    # release_sweeps.
     name: ClassVar[str]
     label: ClassVar[str]
     objective: ClassVar[str]
@@ -74,7 +75,8 @@ class Method:
         if card.script != cls.script:
             raise TypeError(f"{cls.__name__}: its card {card.name!r} is of {card.script}, the class of {cls.script}")
         for name in ("name", "label", "objective", "default", "teacher", "in_paper", "paper", "weight_flags",
-                     "published", "small_scale", "forwards_per_image", "forwarded_copies", "mode_flags"):
+                     "published", "small_scale", "forwards_per_image", "forwarded_copies", "mode_flags", "born_again",
+                     "release_sweeps"):
             setattr(cls, name, getattr(card, name))
 
     # ----------------------------------------------------------------- the method itself (no run)

@@ -4,8 +4,7 @@ with on each dataset, each value with its source) and the evaluation protocol. D
 here imports the project's other packages, so the results table (eval/), the training scripts'
 defaults (methods/) and the reproduction driver (scripts/) all read one copy."""
 from published.cards import (DISTILL_SCRIPT, GEN0_SCRIPT, PAPER_NETWORK, MethodCard, Reported, add_cards, card,
-                             card_of_args,
-                             card_of_training_args, cards)
+                             card_of_args, card_of_training_args, cards, generation_of)
 from published.dvp import DVP_CARD, DVP_PRIOR_CARD
 from published.rfs import RFS_DISTILL_CARD, RFS_SIMPLE_CARD
 from published.skd import SKD_GEN0_CARD, SKD_GEN1_CARD
@@ -15,4 +14,4 @@ from published.sskd import SSKD_CARD
 add_cards(RFS_SIMPLE_CARD, RFS_DISTILL_CARD, SKD_GEN0_CARD, SKD_GEN1_CARD, SSKD_CARD, DVP_PRIOR_CARD, DVP_CARD)
 
 __all__ = ["DISTILL_SCRIPT", "GEN0_SCRIPT", "PAPER_NETWORK", "MethodCard", "Reported", "card", "card_of_args",
-           "card_of_training_args", "cards"]
+           "card_of_training_args", "cards", "generation_of"]

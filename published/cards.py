@@ -44,6 +44,11 @@ class MethodCard:
     weight_flags: dict[str, str] = field(default_factory=dict)
     forwards_per_image: int = 1  # what each training image costs: forwards, and what they are
     forwarded_copies: str = "rotations"
+    # Whether reproduce.py --generations chains it: its student teaches the next student of the same method.
+    born_again: bool = False
+    # dataset -> weight name -> values a release swept where the table's published value is one (reproduce.py
+    # --release_sweeps).
+    release_sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def mode_flags(self) -> tuple[str, ...]:
@@ -86,3 +91,12 @@ def card_of_args(script: str, values: Mapping[str, Any]) -> MethodCard:
 def card_of_training_args(train_args: Mapping[str, Any]) -> MethodCard:
     """The method a checkpoint's recorded arguments trained (train_distillation.py records --path_t)."""
     return card_of_args(DISTILL_SCRIPT if "path_t" in train_args else GEN0_SCRIPT, train_args)
+
+
+def generation_of(train_args: Mapping[str, Any]) -> int:
+    """A run's place in a chain of teachers, from its recorded arguments: 0 trained without a teacher, 1 a
+    student of such a run, N the student of generation N - 1 (train_distillation.py records it as
+    `generation`; runs recorded before it did, and official checkpoints' students, count as 1)."""
+    if "generation" in train_args:
+        return int(train_args["generation"])
+    return 1 if train_args.get("path_t") else 0

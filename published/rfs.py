@@ -20,7 +20,7 @@ RFS_SIMPLE_CARD = MethodCard(
 
 RFS_DISTILL_CARD = MethodCard(
     name="rfs_distill", label="RFS-distill", script=DISTILL_SCRIPT, objective="rfs", teacher="rfs_simple",
-    in_paper=True,
+    in_paper=True, born_again=True,  # RFS distils for several generations (its paper; WangYueFt/rfs issue 4)
     paper={"miniImageNet": (64.82, 82.14), "tieredImageNet": (71.52, 86.03), "CIFAR-FS": (73.9, 86.9),
            "FC100": (44.6, 60.9)},
     weight_flags={"ce_weight": "--ce_weight", "kl_weight": "--kd_weight", "kd_T": "--kd_T"},

@@ -72,9 +72,15 @@ SKD_GEN0_CARD = MethodCard(
                "tieredImageNet": gen0_settings("tieredImageNet", 60, (30, 40, 50))},
     small_scale=small_scale(10, (7,), 0.02, SMALL_LR, {"gamma": Sourced(2.0, SKD_GEN0)}))
 
+# run.sh's FC100 (and tieredImageNet) Gen-1 block loops --gamma over the first seven values of its list.
+RELEASE_BETA_SWEEP = Sourced((0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25),
+                             "SKD release run.sh, FC100 Gen-1 block under its tieredImageNet heading: --gamma "
+                             "looped over params[0..6]")
+
 SKD_GEN1_CARD = MethodCard(
     name="skd_gen1", label="SKD Gen-1", script=DISTILL_SCRIPT, objective="skd", default=True, teacher="skd_gen0",
-    in_paper=True,
+    in_paper=True, born_again=True,  # SKD's Gen-1 is one step of a born-again chain
+    release_sweeps={"FC100": {"beta": RELEASE_BETA_SWEEP}, "tieredImageNet": {"beta": RELEASE_BETA_SWEEP}},
     paper={"miniImageNet": (67.04, 83.54), "tieredImageNet": (72.03, 86.50), "CIFAR-FS": (76.9, 88.9),
            "FC100": (46.5, 63.1)},
     reported=(Reported(LIBFEWSHOT, "LibFewShot ResNet12", {"miniImageNet": (67.35, 83.31)}),

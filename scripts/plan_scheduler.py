@@ -21,13 +21,16 @@ POLL_S = 0.05  # how often running stages are checked; a stage lasts minutes to 
 @dataclass(frozen=True)
 class Stage:
     """One command of the plan. `command()` is asked only when `done()` is false and every dependency
-    has finished; it returns the command to run now (with --resume when a checkpoint is partial)."""
+    has finished; it returns the command to run now (with --resume when a checkpoint is partial). A stage
+    with an `action` runs no command: the action runs in this process (a decision taking milliseconds, such
+    as a selection on validation results), and its exception is the stage's failure."""
     id: str
     label: str
     deps: tuple[str, ...]
     done: Callable[[], bool]
     command: Callable[[], list[str]]
     log: Path | None = None  # where its output goes when stages run side by side
+    action: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,13 @@ class Scheduler:
                             if stage.done():
                                 outcome.finished.append(stage.id)
                                 continue
+                            if stage.action is not None:
+                                stage.action()
+                                outcome.finished.append(stage.id)
+                                continue
                             command = stage.command()
-                        except Exception as e:  # a checkpoint that cannot be read: this stage's failure only
+                        except Exception as e:  # a checkpoint that cannot be read, an action that failed:
+                            # this stage's failure only
                             self.fail(stage, f"{stage.label}: {e}", outcome)
                             continue
                         slot = free.pop(0)

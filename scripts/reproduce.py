@@ -12,6 +12,10 @@ method as published instead (docs/faithfulness.md).
 Stages that do not depend on each other run at the same time, one per GPU (--gpus, --parallel); every
 student after its teacher. `--submit slurm` makes each stage a SLURM job instead (afterok dependencies).
 
+A study goes further than the table (docs/studies.md): `--sweep FLAG=v1,v2` trains every value (a grid
+when repeated), `--generations N` continues SKD Gen-1 and RFS-distill as born-again chains, `--teachers K` trains
+K teachers per seed; validation episodes choose (scripts/study.py), and only the chosen see the test split.
+
 Flags this script does not know (after `--` or not) are appended to every training command whose
 script accepts them, where argparse's last-one-wins makes them override the published values
 (`-- --dvp_margin 0` reaches train_supervised_ssl.py's runs only); a flag no script of the plan
@@ -29,6 +33,7 @@ import signal
 import sys
 import json
 from dataclasses import dataclass, replace
+from typing import Any
 from pathlib import Path
 from types import ModuleType
 
@@ -49,8 +54,9 @@ from dataset.catalog import DATASETS, resolve_dataset_folder  # noqa: E402
 from published.profiles import dataset_profile  # noqa: E402
 from methods.base import dropblock_mask_of  # noqa: E402
 from published.settings import PUBLISHED_EVAL, TRAIN_IMAGES, PublishedSettings, Sourced  # noqa: E402
-from scripts import plan_scheduler, slurm_submit  # noqa: E402
+from scripts import plan_scheduler, slurm_submit, study  # noqa: E402
 from scripts.plan_scheduler import Stage  # noqa: E402
+from scripts.study import Candidate, Sweep  # noqa: E402
 from runtime.folder_lock import FolderLock  # noqa: E402
 
 # The training script of each method, by the file name the method names.
@@ -71,26 +77,51 @@ RELEASE_BEHAVIOURS = {"skd_gen1": ("--official_quirks",)}  # four student views,
 
 
 @dataclass(frozen=True)
+class Teacher:
+    """What a student of the plan distils from: a run's checkpoint, or a selection's link to the chosen one."""
+    checkpoint: Path
+    model: str  # its architecture
+    stage: str  # the stage that makes it (a training run, or the selection)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a run sits in a study: its generation (0 without a teacher), which of the K teacher candidates of
+    its seed (0: the table's own run), and the values swept for it."""
+    generation: int = 0
+    candidate: int = 0
+    swept: tuple[tuple[str, str], ...] = ()  # (weight or flag name, value)
+
+
+@dataclass(frozen=True)
 class Run:
     """One training run of the plan and the evaluations of its checkpoint."""
     method: str
-    seed: int
+    seed: int  # the table's seed (a teacher candidate trains with another, `trained_seed`)
     what: str  # the comment line above it: method, seed, swept values, images processed
     command: list[str]
     epochs: int
     checkpoint: Path
     model: str  # the architecture it trains (a student's teacher has the same)
-    swept: bool = False  # one candidate of a sweep: evaluated on val, and on test only if val picks it
+    place: Place = Place()
+    candidate: bool = False  # one of several its selection chooses from: on val, and on test once chosen
     evaluations: tuple[list[str], ...] = ()
     passthrough: tuple[tuple[str, ...], ...] = ()  # the passthrough flags (with their values) its script accepted
-    teacher: Path | None = None  # the checkpoint it distils from, trained by another run of the plan
+    teacher: Teacher | None = None  # what it distils from, made by another stage of the plan
     forwarded: int | None = None  # images its network forwards in all, rotations and views included (None: unknown)
     dropblock_mask: str = "full"  # the DropBlock mask it trains with, which its folder name does not say
+    trained_seed: int = 0
+    in_table: bool = True  # a method the table shows (else a teacher only: never evaluated on test)
 
     @property
     def label(self) -> str:
         """The run in progress and error lines: method, seed and swept values, without the image count."""
         return self.what.split(":")[0]
+
+    @property
+    def group(self) -> tuple[str, int, int]:
+        """The runs a selection decides between share it: method, table seed, generation."""
+        return self.method, self.seed, self.place.generation
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -126,6 +157,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parallel", type=int, default=None,
                         help="stages run at the same time (default: one per GPU, --nproc_per_node GPUs each; one on "
                              "the CPU); each gets its share of the CPUs for its loader workers")
+    g = parser.add_argument_group("studies (docs/studies.md): candidates decided on val episodes, never test")
+    g.add_argument("--sweep", action="append", type=study.parse_sweep, default=[], metavar="[METHOD:]FLAG=v1,v2",
+                   help="train every value of a training flag (a weight name such as beta or gamma, or a flag such "
+                        "as learning_rate); repeated: a grid. Without METHOD: every method of --methods that takes "
+                        "it. Val picks one configuration per method, seed and shot count")
+    g.add_argument("--release_sweeps", action="store_true",
+                   help="where a release swept a weight that the table gives one value of (SKD Gen-1's beta on FC100 "
+                        "and tieredImageNet: run.sh's seven values), sweep those values")
+    g.add_argument("--generations", type=int, default=1,
+                   help="born-again chains: Gen-1 ... Gen-N of SKD Gen-1 and RFS-distill, each student the next "
+                        "one's teacher (the val-chosen one of a sweep), same settings")
+    g.add_argument("--teachers", type=int, default=1,
+                   help="K teachers per seed for every method that teaches another of the plan (seeds S, S+1000, "
+                        "...); the best on val (mean of 1- and 5-shot) teaches that seed's students")
+    g.add_argument("--report", default="chosen", choices=["chosen", "all"],
+                   help="test evaluations of candidates: the val-chosen ones only (default), or all of them, each "
+                        "marked chosen or not by eval.table")
+    g.add_argument("--wandb_sweep", default=None, metavar="FILE",
+                   help="also write a W&B sweep configuration of the swept method (one file per seed: FILE, or "
+                        "FILE with _seed<S> before its suffix) for `wandb sweep FILE`, and run nothing")
     parser.add_argument("--stage", default=None, metavar="ID",
                         help="run one stage of the plan only (what each SLURM job of --submit slurm runs)")
     slurm_submit.add_args(parser)
@@ -232,69 +283,160 @@ def settings_of(method: type[methods.Method], args: argparse.Namespace) -> Publi
     return method.small_scale if args.dataset == "folder" else method.published[args.dataset]
 
 
-def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: list[str],
-                  teacher: Run | None) -> list[Run]:
-    """The runs of method `name` for one seed: one per combination of swept values (a sweep is decided on val)."""
-    stage = methods.get_method(name)
+def planned_weights(stage: type[methods.Method], args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """The method's weights as the table trains them (a tuple where a sweep is published, or with
+    --release_sweeps a release's), and where each swept one's values come from."""
     settings = settings_of(stage, args)
     weights = {name: settings.weights[name].value for name in stage.weight_flags}
-    swept = [name for name, value in weights.items() if isinstance(value, tuple)]
-    runs = []
-    for values in itertools.product(*(weights[name] for name in swept)):
-        chosen = {**weights, **dict(zip(swept, values))}
-        argv = [*stage.mode_flags, "--dataset", args.dataset, "--data_root", args.data_root,
-                *itertools.chain.from_iterable((f"--{name}", text(getattr(settings, name).value)) for name in SCHEDULE),
-                *itertools.chain.from_iterable((flag, text(chosen[name])) for name, flag in stage.weight_flags.items()),
-                *(["--path_t", str(teacher.checkpoint)] if teacher else []),
-                "--model_path", args.output, "--seed", str(seed), "--trial", str(seed),
-                "--wandb_group", args.wandb_group,
-                # Evaluation is the eval_fewshot.py commands below, so training never opens val or test.
-                "--no_final_eval", *device_flags(args)]
+    sources = {name: settings.weights[name].source for name, value in weights.items() if isinstance(value, tuple)}
+    if args.release_sweeps:
+        for name, values in stage.release_sweeps.get(args.dataset, {}).items():
+            weights[name], sources[name] = values.value, values.source
+    return weights, sources
+
+
+def takes_sweep(stage: type[methods.Method], argv: list[str], sweep: Sweep) -> bool:
+    """Whether `sweep` sweeps a flag of this method: one of its weights by name, or a flag its script accepts for
+    it that is not one of its weights under another name (SKD Gen-1's --gamma is beta)."""
+    if sweep.flag in stage.weight_flags:
+        return True
+    flag = f"--{sweep.flag}"
+    return flag not in stage.weight_flags.values() and accepts(stage, argv, [flag, sweep.values[0]])
+
+
+def sweeps_of(stage: type[methods.Method], args: argparse.Namespace) -> list[Sweep]:
+    """The --sweep flags aimed at this method: by name, or unnamed when the table shows it."""
+    return [s for s in args.sweep if s.method == stage.name or (s.method is None and stage.name in args.methods)]
+
+
+def training_runs(name: str, seed: int, args: argparse.Namespace, passthrough: list[str],
+                  teacher: Teacher | None, place: Place) -> list[Run]:
+    """The runs of method `name` for one seed at one place of the study: one per combination of swept values."""
+    stage = methods.get_method(name)
+    settings = settings_of(stage, args)
+    weights, sources = planned_weights(stage, args)
+    trained_seed = seed + study.CANDIDATE_SEED_STRIDE * place.candidate
+    base = [*stage.mode_flags, "--dataset", args.dataset, "--data_root", args.data_root,
+            *itertools.chain.from_iterable((f"--{name}", text(getattr(settings, name).value)) for name in SCHEDULE),
+            *(["--path_t", str(teacher.checkpoint)] if teacher else []),
+            "--seed", str(trained_seed), "--trial", str(seed), "--wandb_group", args.wandb_group,
+            # Evaluation is the eval_fewshot.py commands below, so training never opens val or test.
+            "--no_final_eval", *device_flags(args)]
+    extra: dict[str, tuple[str, ...]] = {}  # swept flags that are not weights, by name
+    # Every weight given (a swept one's first value): the script refuses a command that leaves one out.
+    probe = base + [*itertools.chain.from_iterable((flag, text(v[0] if isinstance(v := weights[n], tuple) else v))
+                                                   for n, flag in stage.weight_flags.items())]
+    for sweep in sweeps_of(stage, args):
+        if not takes_sweep(stage, probe, sweep):
+            continue
+        if sweep.flag in stage.weight_flags:
+            weights[sweep.flag] = sweep.values
+        else:
+            extra[sweep.flag] = sweep.values
+        sources[sweep.flag] = f"--sweep {sweep.text}"
+    swept = {**{n: tuple(map(text, v)) for n, v in weights.items() if isinstance(v, tuple)}, **extra}
+    root = Path(args.output) / (f"gen{place.generation}" if place.generation > 1 else "") / (
+        f"teacher{place.candidate}" if place.candidate else "")
+    combinations = [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
+
+    def build(chosen: dict[str, str], model_path: Path) -> Run:
+        values = {**{n: text(v) for n, v in weights.items()}, **chosen}
+        argv = [*base, "--model_path", str(model_path),
+                *itertools.chain.from_iterable((flag, values[n]) for n, flag in stage.weight_flags.items())]
         mine = tuple(tuple(group) for group in flag_groups(passthrough) if accepts(stage, argv, group))
         accepted = [token for group in mine for token in group]
         check_passthrough(stage, argv, accepted)
         # The architecture (a student's is its teacher's) decides the release flags, which come before the
-        # passthrough flags so that those still override them (`-- --dropblock_mask full`).
+        # passthrough flags so that those still override them (`-- --dropblock_mask full`); swept flags come last.
         architecture = teacher.model if teacher else models.architecture_of(vars(parse_training(
             stage, argv + accepted)))
-        argv += [*release_flags(stage, architecture, args), *accepted]
+        argv += [*release_flags(stage, architecture, args), *accepted,
+                 *itertools.chain.from_iterable((f"--{n}", chosen[n]) for n in extra)]
         parsed = parse_training(stage, argv)
         if teacher:  # the architecture the student's script reads from the teacher's checkpoint
             train_distillation.resolve_architectures(parsed, teacher.model)
         script = SCRIPTS[stage.script]
         folder = script.run_name(parsed, dataset_profile(parsed.dataset, parsed.image_size or args.folder_image_size))
         checkpoint = engine.run.run_folder(parsed, folder) / engine.checkpoint.CHECKPOINT_NAME
-        # Swept runs are also evaluated on val, which alone decides between them.
-        splits = ("val", "test") if swept else ("test",)
-        sweep = "".join(f", {n} {chosen[n]} of {text(weights[n])} (swept, decided on val)" for n in swept)
+        where = (f" generation {place.generation}" if place.generation > 1 else "") + (
+            f" teacher candidate {place.candidate + 1} of {args.teachers} (seed {trained_seed})"
+            if args.teachers > 1 and teaches(name, args) else "")
+        sweep = "".join(f", {n} {chosen[n]} of {','.join(swept[n])} (swept [{sources[n]}])" for n in swept)
         images = images_processed(parsed.epochs, parsed.batch_size, args.train_images.value,
                                   stage.forwards_per_image, parsed.use_trainval, stage.forwarded_copies)
         per_epoch = args.train_images.value // parsed.batch_size * parsed.batch_size
         forwarded = None if parsed.use_trainval else parsed.epochs * per_epoch * stage.forwards_per_image
-        runs.append(Run(stage.name, seed, f"{stage.name} seed {seed}{sweep}: {images}",
-                        [*python_command(stage.script, args.nproc_per_node), *argv], parsed.epochs,
-                        checkpoint, models.architecture_of(vars(parsed)),
-                        bool(swept), tuple(evaluation(args, checkpoint, split, shots) for split in splits
-                                           for shots in PUBLISHED_EVAL.shots.value), mine,
-                        teacher.checkpoint if teacher else None, forwarded, dropblock_mask_of(parsed)))
+        evaluations = tuple(evaluation(args, checkpoint, split, shots) for split in ("val", "test")
+                            for shots in PUBLISHED_EVAL.shots.value)
+        return Run(stage.name, seed, f"{stage.name}{where} seed {seed}{sweep}: {images}",
+                   [*python_command(stage.script, args.nproc_per_node), *argv], parsed.epochs, checkpoint,
+                   models.architecture_of(vars(parsed)), replace(place, swept=tuple(chosen.items())),
+                   evaluations=evaluations, passthrough=mine, teacher=teacher, forwarded=forwarded,
+                   dropblock_mask=dropblock_mask_of(parsed), trained_seed=trained_seed)
+
+    runs = [build(chosen, root) for chosen in combinations]
+    if len({run.checkpoint for run in runs}) < len(runs):  # swept values its run-folder name does not say
+        runs = [build(chosen, root / "_".join(f"{n}_{v}" for n, v in chosen.items())) for chosen in combinations]
     return runs
 
 
-def plan(args: argparse.Namespace, passthrough: list[str]) -> list[Run]:
-    """Every run of the table in dependency order: per seed, each method after the method that trains its teacher
-    (computed, for its checkpoint path, also when only the student is asked for)."""
+def teaches(name: str, args: argparse.Namespace) -> bool:
+    """Whether method `name` teaches another method of the plan (so --teachers trains K of it per seed)."""
+    return any(methods.get_method(m).teacher == name for m in planned_methods(args))
+
+
+def planned_methods(args: argparse.Namespace) -> list[str]:
+    """The methods of --methods and the teachers they need, teachers first."""
     needed = set(args.methods) | {methods.get_method(m).teacher for m in args.methods if methods.get_method(m).teacher}
+    return [m for m in ALL_METHODS if m in needed]
+
+
+def settle_group(args: argparse.Namespace, group: list[Run]) -> list[Run]:
+    """A group's runs as the plan evaluates them: several are candidates (val for all, test for the chosen, or
+    for all with --report all); one alone is evaluated on test when the table shows its method."""
+    in_table = group[0].method in args.methods
+    if len(group) > 1:
+        return [replace(run, candidate=True, in_table=in_table) for run in group]
+    run = group[0]
+    tests = tuple(c for c in run.evaluations if option(c, "--split") == "test")
+    return [replace(run, in_table=in_table, evaluations=tests if in_table else ())]
+
+
+def teacher_of(args: argparse.Namespace, group: list[Run]) -> Teacher:
+    """What the group's students distil from: its one run, or the link its selection points at the chosen one."""
+    if len({run.model for run in group}) > 1:
+        raise util.UsageError(f"{group[0].label}: its candidates are of different architectures; the students "
+                              f"of a selection need one (sweep --model of a method that teaches none)")
+    if len(group) == 1:
+        return Teacher(group[0].checkpoint, group[0].model, train_id(args, group[0]))
+    link = study.chosen_checkpoint(args.output, *group[0].group, engine.checkpoint.CHECKPOINT_NAME)
+    return Teacher(link, group[0].model, selection_id(group))
+
+
+def plan(args: argparse.Namespace, passthrough: list[str]) -> list[Run]:
+    """Every run of the study in dependency order: per seed, each method after what teaches it (computed, for
+    its checkpoint path, also when only the student is asked for), each generation after the one before."""
     runs = []
     for seed in args.seeds:
-        trained: dict[str, Run] = {}  # each method's first run: the teacher of the methods distilling it
-        for method in (m for m in ALL_METHODS if m in needed):
-            teacher = methods.get_method(method).teacher
-            method_runs = training_runs(method, seed, args, passthrough, trained[teacher] if teacher else None)
-            # A swept teacher would need the sweep decided first; no published teacher is swept.
-            trained[method] = method_runs[0]
-            if method not in args.methods:  # a teacher the table does not show: trained (or found done), not evaluated
-                method_runs = [replace(run, evaluations=()) for run in method_runs]
-            runs += method_runs
+        teachers: dict[str, Teacher] = {}  # what teaches each method's students: its first generation
+        for method in planned_methods(args):
+            stage = methods.get_method(method)
+            teacher = teachers[stage.teacher] if stage.teacher else None
+            candidates = args.teachers if teaches(method, args) else 1
+            first = 1 if stage.teacher else 0
+            chain = args.generations if stage.born_again and method in args.methods else 1
+            for generation in range(first, first + chain):
+                group = settle_group(args, [run for k in range(candidates) for run in training_runs(
+                    method, seed, args, passthrough, teacher, Place(generation, k))])
+                runs += group
+                teacher = teacher_of(args, group)
+                teachers.setdefault(method, teacher)
+    for sweep in args.sweep:
+        if not any(dict(run.place.swept).get(sweep.flag) is not None for run in runs):
+            raise util.UsageError(f"--sweep {sweep.text}: no method of the plan ({', '.join(planned_methods(args))}) "
+                                  f"takes {sweep.flag}" + (f" ({sweep.method} is not in the plan)"
+                                                           if sweep.method and sweep.method not in planned_methods(args)
+                                                           else ""))
     for group in flag_groups(passthrough):
         if not any(tuple(group) in run.passthrough for run in runs):
             scripts = sorted({methods.get_method(run.method).script for run in runs})
@@ -323,13 +465,20 @@ def print_plan(args: argparse.Namespace, runs: list[Run]) -> None:
           f"{ev.n_aug_support_samples.value} augmented support copies [{ev.n_aug_support_samples.source}], "
           f"classifier {ev.classifier.value} [{ev.classifier.source}]")
     print(f"#   train split: {args.train_images.value:,} images [{args.train_images.source}]")
+    last_of_group = {run.group: run for run in runs}
     for run in runs:
         print(f"# {run.what}")
         print(shlex.join(run.command))
-        if run.swept:
-            print("# val decides the sweep; the test evaluations run for its winner only")
         for command in run.evaluations:
+            if run.candidate and option(command, "--split") == "test" and args.report == "chosen":
+                continue
             print(shlex.join(command))
+        if run.candidate and run is last_of_group[run.group]:
+            chosen = "each shot count's chosen one is evaluated on test" if run.in_table else "not evaluated on test"
+            print(f"# val chooses between {sum(r.group == run.group for r in runs)} candidates "
+                  f"({study.selection_record(args.output, *run.group)}): "
+                  + ("all are evaluated on test (--report all)" if args.report == "all" and run.in_table else chosen)
+                  + "; the best mean teaches")
 
 
 # ----------------------------------------------------------------------------- running the plan
@@ -387,23 +536,22 @@ def evaluated(command: list[str], checkpoint: Path) -> bool:
     return output.is_file() and checkpoint.is_file() and output.stat().st_mtime >= checkpoint.stat().st_mtime
 
 
-def val_accuracy(results: list[dict]) -> float:
-    """The sweep criterion: mean val accuracy over the shots evaluated (1 and 5)."""
-    return sum(r["results"][0]["mean"] for r in results) / len(results)
+def train_id(args: argparse.Namespace, run: Run) -> str:
+    """A training run's stage id: its run folder, relative to the plan's output."""
+    return f"train {run.checkpoint.parent.relative_to(args.output).as_posix()}"
 
 
-def sweep_winner(group: list[Run]) -> tuple[Run, dict[Path, float]] | None:
-    """The candidate with the best mean val accuracy, and every candidate's score; None before all are evaluated."""
-    scores = {}
-    for run in group:
-        commands = [c for c in run.evaluations if option(c, "--split") == "val"]
-        if not all(evaluated(c, run.checkpoint) for c in commands):
-            return None
-        scores[run.checkpoint] = val_accuracy([json.loads(Path(option(c, "--output")).read_text()) for c in commands])
-    return max(group, key=lambda r: scores[r.checkpoint]), scores
+def selection_id(group: list[Run]) -> str:
+    return f"select {study.selection_name(*group[0].group)}"
 
 
-def train_stage(run: Run, stage_id: dict[Path, str], announce: bool) -> Stage:
+def group_label(group: list[Run]) -> str:
+    """A selection's group in progress lines: method, generation past the first, table seed."""
+    method, seed, generation = group[0].group
+    return f"{method}{f' generation {generation}' if generation > 1 else ''} seed {seed}"
+
+
+def train_stage(args: argparse.Namespace, run: Run, announce: bool) -> Stage:
     """Train `run`, resume it from its checkpoint, or skip it when its checkpoint holds every epoch."""
     def done() -> bool:
         epochs = finished_epochs(run.checkpoint)
@@ -420,62 +568,89 @@ def train_stage(run: Run, stage_id: dict[Path, str], announce: bool) -> Stage:
         print(f"== {run.label}: resuming (stopped {stopped_at(run.checkpoint)})", flush=True)
         return run.command + ["--resume"]
 
-    deps = (stage_id[run.teacher],) if run.teacher else ()
-    return Stage(stage_id[run.checkpoint], run.label, deps, done, command, stage_log(run.checkpoint, "train"))
+    deps = (run.teacher.stage,) if run.teacher else ()
+    return Stage(train_id(args, run), run.label, deps, done, command, stage_log(run.checkpoint, "train"))
 
 
-def eval_stage(run: Run, command: list[str], deps: tuple[str, ...]) -> Stage:
+def eval_stage(args: argparse.Namespace, run: Run, command: list[str]) -> Stage:
     split, shots = option(command, "--split"), option(command, "--n_shots")
-    return Stage(f"eval {run.checkpoint.parent.name} {split} {shots}shot", f"{run.label}: {split} {shots}-shot", deps,
+    folder = run.checkpoint.parent.relative_to(args.output).as_posix()
+    return Stage(f"eval {folder} {split} {shots}shot", f"{run.label}: {split} {shots}-shot", (train_id(args, run),),
                  lambda: evaluated(command, run.checkpoint), lambda: command,
                  stage_log(run.checkpoint, f"{split}_{shots}shot"))
 
 
-def sweep_test_stage(args: argparse.Namespace, group: list[Run], shots: int, deps: tuple[str, ...]) -> Stage:
-    """The test evaluation of a sweep's winner, which val decides once every candidate is evaluated on it."""
-    method, seed = group[0].method, group[0].seed
+def selection_stage(args: argparse.Namespace, group: list[Run], deps: tuple[str, ...]) -> Stage:
+    """Choose between the group's candidates on their val results (scripts/study.py), in this process."""
+    method, seed, generation = group[0].group
+    record = study.selection_record(args.output, method, seed, generation)
+    link = study.chosen_checkpoint(args.output, method, seed, generation, engine.checkpoint.CHECKPOINT_NAME)
+    candidates = [Candidate(run.checkpoint, dict(run.place.swept), run.trained_seed) for run in group]
+    shots = tuple(PUBLISHED_EVAL.shots.value)
+    label = f"{group_label(group)}: val's choice"
+    what = {"method": method, "seed": seed, "generation": generation, "dataset": args.dataset,
+            "episodes": f"{args.episodes} val episodes per shot count, the same for every candidate "
+                        f"(eval_fewshot.py --split val)"}
 
-    def test_command(winner: Run) -> list[str]:
-        return next(c for c in winner.evaluations
+    def action() -> None:
+        content = study.select(candidates, shots, what=what, record=record, link=link)
+        picks = "; ".join(f"{k}-shot {Path(content['chosen'][str(k)]).parent.name}" for k in shots)
+        print(f"== {label}: {picks}; teaches: {Path(content['teacher']).parent.name} ({record})", flush=True)
+
+    return Stage(selection_id(group), label, deps, lambda: study.selection_done(record, candidates, shots, link),
+                 lambda: [], action=action)
+
+
+def chosen_test_stage(args: argparse.Namespace, group: list[Run], shots: int, deps: tuple[str, ...]) -> Stage:
+    """The test evaluation of the candidate val chose for `shots`, read from the selection's record."""
+    record = study.selection_record(args.output, *group[0].group)
+
+    def chosen() -> Run | None:
+        content = study.read_record(record)
+        path = content["chosen"].get(str(shots)) if content else None
+        return next((run for run in group if str(run.checkpoint) == path), None)
+
+    def test_command(run: Run) -> list[str]:
+        return next(c for c in run.evaluations
                     if option(c, "--split") == "test" and option(c, "--n_shots") == str(shots))
 
     def done() -> bool:
-        decided = sweep_winner(group)
-        return decided is not None and evaluated(test_command(decided[0]), decided[0].checkpoint)
+        run = chosen()
+        return run is not None and evaluated(test_command(run), run.checkpoint)
 
     def command() -> list[str]:
-        winner, scores = sweep_winner(group)
-        record = {"method": method, "seed": seed, "criterion": "mean val accuracy, 1- and 5-shot",
-                  "candidates": {str(r.checkpoint): scores[r.checkpoint] for r in group},
-                  "winner": str(winner.checkpoint)}
-        with util.atomic_write(Path(args.output) / f"sweep_{method}_seed_{seed}.json") as tmp:
-            tmp.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"== {method} seed {seed}: val picks {winner.checkpoint.parent.name} ({scores[winner.checkpoint]:.2f})",
-              flush=True)
-        return test_command(winner)
+        run = chosen()
+        if run is None:
+            raise util.UsageError(f"{record}: no choice for {shots}-shot among this plan's candidates")
+        print(f"== {run.label}: test {shots}-shot (val's choice)", flush=True)
+        return test_command(run)
 
-    return Stage(f"sweep {method} seed {seed} test {shots}shot",
-                 f"{method} seed {seed}: test {shots}-shot of val's pick", deps, done, command,
-                 Path(args.output) / f"sweep_{method}_seed_{seed}.test_{shots}shot.log")
+    name = study.selection_name(*group[0].group)
+    return Stage(f"test {name} {shots}shot", f"{group_label(group)}: test {shots}-shot of val's choice", deps, done,
+                 command, record.with_name(f"{name}.test_{shots}shot.log"))
 
 
 def stages_of(args: argparse.Namespace, runs: list[Run], announce: bool = True) -> list[Stage]:
-    """The plan as stages in dependency order: each training run after its teacher's, its evaluations after it;
-    a sweep's candidates on val, then the winner's test evaluations after all of them."""
-    stage_id = {run.checkpoint: f"train {run.checkpoint.parent.name}" for run in runs}
+    """The plan as stages in dependency order: each training run after what teaches it, its evaluations after it;
+    a selection's candidates on val, the selection after all of them, then the chosen ones' test evaluations
+    (--report all: every candidate's) and the students the chosen one teaches."""
     stages = []
-    for _, group in itertools.groupby(runs, key=lambda r: (r.method, r.seed)):
-        group = list(group)
-        stages += [train_stage(run, stage_id, announce) for run in group]
-        vals = []
-        for run in group:
-            for command in run.evaluations:
-                if not run.swept or option(command, "--split") == "val":
-                    vals.append(eval_stage(run, command, (stage_id[run.checkpoint],)))
-        stages += vals
-        if group[0].swept and group[0].evaluations:
-            stages += [sweep_test_stage(args, group, shots, tuple(s.id for s in vals))
-                       for shots in PUBLISHED_EVAL.shots.value]
+    for _, grouped in itertools.groupby(runs, key=lambda r: r.group):
+        group = list(grouped)
+        stages += [train_stage(args, run, announce) for run in group]
+        if not group[0].candidate:
+            stages += [eval_stage(args, run, command) for run in group for command in run.evaluations]
+            continue
+        vals = [eval_stage(args, run, c) for run in group for c in run.evaluations if option(c, "--split") == "val"]
+        select = selection_stage(args, group, tuple(v.id for v in vals))
+        stages += [*vals, select]
+        if not group[0].in_table:
+            continue
+        if args.report == "all":
+            stages += [eval_stage(args, run, c) for run in group for c in run.evaluations
+                       if option(c, "--split") == "test"]
+        else:
+            stages += [chosen_test_stage(args, group, shots, (select.id,)) for shots in PUBLISHED_EVAL.shots.value]
     return stages
 
 
@@ -577,7 +752,7 @@ def check_seeds(seeds: list[int]) -> None:
 
 def check_data_root(args: argparse.Namespace) -> None:
     """A --data_root that does not exist stops a run in one line; a dry run says so in one line and plans on."""
-    if not args.dry_run:
+    if not (args.dry_run or args.wandb_sweep):
         require_data_root(args.data_root)
 
 
@@ -605,7 +780,18 @@ def check_args(args: argparse.Namespace) -> None:
     if unknown or not args.methods:
         raise util.UsageError(f"--methods {','.join(args.methods)}: expected some of {','.join(ALL_METHODS)}")
     check_seeds(args.seeds)
-    util.check_positive(vars(args), "episodes", "nproc_per_node")
+    util.check_positive(vars(args), "episodes", "nproc_per_node", "generations", "teachers")
+    for sweep in args.sweep:
+        if sweep.flag in PLAN_OWNED:
+            raise util.UsageError(f"--sweep {sweep.text}: --{sweep.flag} is the plan's to set (--dataset, "
+                                  f"--data_root, --seeds, --output)")
+        if sweep.method is not None and sweep.method not in ALL_METHODS:
+            raise util.UsageError(f"--sweep {sweep.text}: {sweep.method} is not a method; known: "
+                                  f"{','.join(ALL_METHODS)}")
+    if args.teachers > 1 and max(args.seeds) >= study.CANDIDATE_SEED_STRIDE:
+        raise util.UsageError(f"--teachers {args.teachers}: teacher candidates train with seeds S + "
+                              f"{study.CANDIDATE_SEED_STRIDE} k, so --seeds must be below "
+                              f"{study.CANDIDATE_SEED_STRIDE}")
     if args.parallel is not None:
         util.check_positive(vars(args), "parallel")
     if args.submit and args.stage:
@@ -629,6 +815,10 @@ def main() -> None:
         args.train_images = TRAIN_IMAGES[args.dataset]
     args.wandb_group = args.wandb_group or f"reproduce_{args.dataset}_{datetime.date.today().isoformat()}"
     runs = plan(args, passthrough)
+    if args.wandb_sweep:
+        for path in write_wandb_sweeps(args, runs):
+            print(f"wrote {path}: wandb sweep {path}")
+        return
     if not args.dry_run:
         check_data(args)
         check_found_runs(runs)
@@ -648,6 +838,7 @@ def main() -> None:
         return
     if args.stage is None:
         print_plan(args, runs)
+        print_totals(args, runs, stages_of(args, runs, announce=False))
     if args.dry_run:
         return
     if args.stage is not None:  # a SLURM job of one stage: the stage's script locks its own run folder
@@ -660,10 +851,70 @@ def main() -> None:
     print(f"== done: python -m eval.table {args.output}")
 
 
+def print_totals(args: argparse.Namespace, runs: list[Run], stages: list[Stage]) -> None:
+    """The plan's size, and its training time projected from the images it forwards."""
+    selections = sum(s.action is not None for s in stages)
+    forwarded = [run.forwarded for run in runs if run.forwarded is not None]
+    unknown = len(runs) - len(forwarded)
+    hours = sum(forwarded) / args.images_per_s / 3600
+    print(f"# {len(stages)} stages: {len(runs)} training runs, {len(stages) - len(runs) - selections} evaluations, "
+          f"{selections} selections; projected training time {hours:.1f} GPU-hours at --images_per_s "
+          f"{args.images_per_s:g} forwarded images/s per GPU (an assumption; bench/gpu_check.sh measures it)"
+          + (f", {unknown} run(s) of unknown size (--use_trainval)" if unknown else ""))
+
+
+def write_wandb_sweeps(args: argparse.Namespace, runs: list[Run]) -> list[Path]:
+    """A W&B sweep configuration (grid) per seed of the plan's one swept method, running the plan's commands with
+    the swept flags left to the agent; JSON, which `wandb sweep` reads as the YAML it is a subset of."""
+    swept = [run for run in runs if run.place.swept]
+    names = sorted({run.method for run in swept})
+    if len(names) != 1 or args.generations > 1 or args.teachers > 1:
+        found = f"this plan sweeps {', '.join(names)}" if names else "nothing is swept (--sweep)"
+        raise util.UsageError(f"--wandb_sweep {args.wandb_sweep}: writes the sweep of one method, without "
+                              f"--generations or --teachers; {found}")
+    stage = methods.get_method(names[0])
+    target = Path(args.wandb_sweep)
+    written = []
+    for seed in args.seeds:
+        group = [run for run in swept if run.seed == seed]
+        if any(run.checkpoint.parent.parent != Path(args.output) for run in group):
+            raise util.UsageError(f"--wandb_sweep: {names[0]}'s run-folder name does not say "
+                                  f"{', '.join(n for n, _ in group[0].place.swept)}, so the agent's runs would share "
+                                  f"one folder; run the sweep with this script instead")
+        flags = {n: stage.weight_flags.get(n, f"--{n}") for n, _ in group[0].place.swept}
+        values = {n: sorted({dict(run.place.swept)[n] for run in group}, key=group_order(group, n)) for n in flags}
+        fixed, skip = [], False
+        for token in group[0].command[2:]:
+            if skip:
+                skip = False
+            elif token in flags.values():
+                skip = True
+            else:
+                fixed.append(token)
+        config = {"name": f"{names[0]} {args.dataset} seed {seed}", "program": group[0].command[1], "method": "grid",
+                  "description": f"scripts/reproduce.py's {names[0]} sweep (W&B group {args.wandb_group})",
+                  "parameters": {flags[n].lstrip("-"): {"values": values[n]} for n in flags},
+                  "command": ["${env}", "${interpreter}", "${program}", *fixed, "${args}"]}
+        path = target if len(args.seeds) == 1 else target.with_name(f"{target.stem}_seed{seed}{target.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with util.atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(config, indent=2) + "\n")
+        written.append(path)
+    return written
+
+
+def group_order(group: list[Run], name: str):
+    """Values of a swept name in the order the plan trains them."""
+    order = [dict(run.place.swept)[name] for run in group]
+    return order.index
+
+
 def slurm_requests(args: argparse.Namespace, runs: list[Run], stages: list[Stage]) -> dict[str, slurm_submit.Request]:
     """Each stage's job: a training run's GPUs (--nproc_per_node) and its projected time, an evaluation one GPU."""
     gpus = 0 if args.device == "cpu" else 1
     requests = {s.id: slurm_submit.eval_request(args, gpus) for s in stages}
+    # A selection reads a few JSON files: no GPU, one CPU, minutes.
+    requests.update({s.id: slurm_submit.Request(0, 1, "2G", "00:10:00") for s in stages if s.action is not None})
     requests.update({f"train {r.checkpoint.parent.name}": slurm_submit.train_request(
         args, gpus * args.nproc_per_node, r.forwarded) for r in runs})
     return requests
@@ -677,7 +928,15 @@ def job_argv(args: argparse.Namespace, passthrough: list[str]) -> list[str]:
             "--seeds", ",".join(map(str, args.seeds)),
             "--episodes", str(args.episodes), "--output", args.output, "--wandb_group", args.wandb_group,
             "--nproc_per_node", str(args.nproc_per_node), *device_flags(args),
-            *(["--intended"] if args.intended else []), *(["--", *passthrough] if passthrough else [])]
+            *(["--intended"] if args.intended else []), *study_argv(args),
+            *(["--", *passthrough] if passthrough else [])]
+
+
+def study_argv(args: argparse.Namespace) -> list[str]:
+    """The study's own flags, as a job repeats them."""
+    return [*itertools.chain.from_iterable(("--sweep", s.text) for s in args.sweep),
+            *(["--release_sweeps"] if args.release_sweeps else []), "--generations", str(args.generations),
+            "--teachers", str(args.teachers), "--report", args.report]
 
 
 if __name__ == "__main__":

@@ -558,18 +558,6 @@ def test_eval_results_say_which_weights_of_the_run_they_are():
     assert checkpoint_choice({"model": {}}) == "last epoch"  # official files: their final weights
 
 
-def test_table_says_which_value_each_sweep_picked(tmp_path):
-    from eval.table import sweep_section
-
-    (tmp_path / "sweep_skd_gen1_seed_0.json").write_text(json.dumps({
-        "method": "skd_gen1", "seed": 0, "criterion": "mean val accuracy, 1- and 5-shot",
-        "candidates": {"out/S_beta_0.025/checkpoint.pth": 61.0, "out/S_beta_0.05/checkpoint.pth": 63.5},
-        "winner": "out/S_beta_0.05/checkpoint.pth"}))
-    text = sweep_section([str(tmp_path)])
-    assert "| SKD Gen-1 | 0 | S_beta_0.05 | 63.50 | 2 (mean val accuracy, 1- and 5-shot) |" in text.splitlines()
-    assert sweep_section([str(tmp_path / "none")]) == ""
-
-
 # ----------------------------------------------------------------------------- messages that name the fix, CPU time
 
 def test_eval_of_a_run_folder_takes_its_checkpoint_and_says_how_long_on_a_cpu(narrow_model, cifar_root, tmp_path):

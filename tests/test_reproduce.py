@@ -102,7 +102,7 @@ def script_folder(command: list[str]) -> str:
 def assert_every_run_is_evaluated_after_training(cmds: list[list[str]], training: list[tuple[int, dict]],
                                                  evals: list[tuple[int, dict]], gen1_swept: bool) -> None:
     """Every run is evaluated after it is trained, on test 1- and 5-shot; a swept run (a Gen-1 run when the
-    dataset sweeps beta) also on val (which decides)."""
+    dataset sweeps beta) on val only (which decides: the test evaluation of its choice is not a command yet)."""
     evaluated = {}
     for pos, f in evals:
         evaluated.setdefault(f["--model_path"], []).append((pos, (f["--split"], f["--n_shots"])))
@@ -113,7 +113,7 @@ def assert_every_run_is_evaluated_after_training(cmds: list[list[str]], training
     trained = [(pos, f, f"{OUT}/{script_folder(cmds[pos])}/checkpoint.pth") for pos, f in training]
     assert set(evaluated) == {ckpt for _, _, ckpt in trained}
     for pos, f, ckpt in trained:
-        splits = ("val", "test") if gen1_swept and "--path_t" in f and f.get("--objective") == "skd" else ("test",)
+        splits = ("val",) if gen1_swept and "--path_t" in f and f.get("--objective") == "skd" else ("test",)
         assert sorted(what for _, what in evaluated[ckpt]) == sorted((s, k) for s in splits for k in ("1", "5"))
         assert all(eval_pos > pos for eval_pos, _ in evaluated[ckpt])
 
@@ -435,8 +435,13 @@ def test_a_sweep_is_decided_on_val_and_only_its_winner_sees_test(reproduce, monk
     evals = [flags(c) for c in stages.commands if Path(c[1]).name == "eval_fewshot.py"]
     assert [(f["--split"], f["--n_shots"]) for f in evals] == [("val", "1"), ("val", "5")] * 3 + [
         ("test", "1"), ("test", "5")]
-    winner = json.loads((tmp_path / "out" / "sweep_skd_gen1_seed_0.json").read_text())["winner"]
-    assert "beta_0.075" in winner and all(f["--model_path"] == winner for f in evals[-2:])
+    record = json.loads((tmp_path / "out" / "selections" / "skd_gen1_seed_0_gen1.json").read_text())
+    assert [c["configuration"] for c in record["candidates"]] == [{"beta": b} for b in ("0.025", "0.05", "0.075")]
+    winner = record["chosen"]["1"]
+    assert record["chosen"]["5"] == record["teacher"] == winner and "beta_0.075" in winner
+    assert all(f["--model_path"] == winner for f in evals[-2:])
+    link = tmp_path / "out" / "selections" / "skd_gen1_seed_0_gen1" / "checkpoint.pth"
+    assert link.resolve() == Path(winner).resolve()  # what a next generation would name as its --path_t
     trained = [c for c in stages.commands if Path(c[1]).name != "eval_fewshot.py"]
     assert len(trained) == 4  # the Gen-0 teacher (not evaluated: not asked for), then three betas
 
