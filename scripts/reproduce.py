@@ -594,11 +594,18 @@ def selection_stage(args: argparse.Namespace, group: list[Run], deps: tuple[str,
 
     def action() -> None:
         content = study.select(candidates, shots, what=what, record=record, link=link)
-        picks = "; ".join(f"{k}-shot {Path(content['chosen'][str(k)]).parent.name}" for k in shots)
-        print(f"== {label}: {picks}; teaches: {Path(content['teacher']).parent.name} ({record})", flush=True)
+        scores = {c["checkpoint"]: c for c in content["candidates"]}
+
+        def named(path: str, shot: str | None = None) -> str:
+            value = scores[path]["val"][shot] if shot else scores[path]["mean"]
+            return f"{scores[path]['folder']} (val {value:.2f})"
+
+        picks = "; ".join(f"{k}-shot {named(content['chosen'][str(k)], str(k))}" for k in shots)
+        print(f"== {label}: {picks}; teaches: {named(content['teacher'])}, out of {len(candidates)} ({record})",
+              flush=True)
 
     return Stage(selection_id(group), label, deps, lambda: study.selection_done(record, candidates, shots, link),
-                 lambda: [], action=action)
+                 lambda: [], record.with_name(f"{record.stem}.select.log"), action)
 
 
 def chosen_test_stage(args: argparse.Namespace, group: list[Run], shots: int, deps: tuple[str, ...]) -> Stage:

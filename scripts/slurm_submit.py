@@ -227,6 +227,11 @@ def submit(args: argparse.Namespace, stages: list[Stage], requests: dict[str, Re
         check_paths(args, [*(s.log for s in stages if s.id not in done), table_log])
     if not args.dry_run and not args.status:
         folder.mkdir(parents=True, exist_ok=True)
+        # SLURM opens a job's --output before the job runs: a study's log folders (gen<g>/, teacher<k>/,
+        # selections/) must exist when it starts.
+        for stage in stages:
+            if stage.log is not None and stage.id not in done:
+                stage.log.parent.mkdir(parents=True, exist_ok=True)
 
     def place(stage_id: str, deps: tuple[str, ...], label: str, make_script: Callable[[list[str]], str]) -> None:
         old = record.get(stage_id)

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import run_script
 from test_reproduce import _FakeStages, flags, reproduce  # noqa: F401 (reproduce: a fixture)
+from test_slurm_submit import slurm  # noqa: F401 (a fixture)
 
 MINI = "miniImageNet_category_split_{}.pickle"
 
@@ -295,3 +296,63 @@ def test_a_real_sweep_never_reads_the_test_split_before_its_choice(tmp_path):
     assert len(ran) == 2 and all("--split test" in line for line in ran)
     assert {p.parent for p in (tmp_path / "out").rglob("results_test_*")} == {
         Path(choice["chosen"][k]).parent for k in ("1", "5")}
+
+
+def test_plot_sweep_draws_accuracy_against_the_swept_value_pooled_over_seeds(tmp_path):
+    pytest.importorskip("matplotlib")
+    from eval.table import find_selections
+    from tools import plot
+
+    out = tmp_path / "out"
+    (out / "selections").mkdir(parents=True)
+    for seed in (0, 1):
+        candidates = []
+        for beta, val in (("0.1", 60 + seed), ("0.2", 62 + seed)):
+            folder = out / f"S_beta_{beta}_trial_{seed}"
+            _results(folder, seed, {"val 1": val, "val 5": val + 10, **({"test 1": 50.0} if beta == "0.2" else {})},
+                     path_t="t")
+            candidates.append({"checkpoint": str(folder / "c.pth"), "folder": folder.name,
+                               "configuration": {"beta": beta}, "seed": seed})
+        (out / "selections" / f"skd_gen1_seed_{seed}_gen1.json").write_text(json.dumps({
+            "method": "skd_gen1", "seed": seed, "generation": 1, "candidates": candidates,
+            "chosen": {"1": candidates[1]["checkpoint"], "5": candidates[1]["checkpoint"]},
+            "teacher": candidates[1]["checkpoint"]}))
+    points = plot.sweep_points(find_selections([str(out)]))
+    val1 = points[("skd_gen1", 1, 1, "val", "beta", ())]
+    assert {v: np.mean(a) * 100 for v, a in val1.items()} == pytest.approx({("0.1",): 60.5, ("0.2",): 62.5})
+    assert len(val1[("0.1",)]) == 20  # 10 episodes x 2 seeds, pooled
+    assert list(points[("skd_gen1", 1, 1, "test", "beta", ())]) == [("0.2",)]  # only the chosen were tested
+    written = plot.main(["sweep", str(out), "--out", str(tmp_path / "chart" / "sweep")])
+    assert [p.name for p in written] == ["sweep.png", "sweep.svg"] and all(p.stat().st_size > 0 for p in written)
+
+
+
+def test_a_study_under_slurm_selects_in_a_small_job_that_the_chosen_ones_tests_and_the_next_generation_wait_for(
+        reproduce, slurm, tmp_path):
+    from test_reproduce import _tiny_folder
+    from test_slurm_submit import after, directive, stage_of
+
+    argv = ["--dataset", "folder", "--data_root", str(_tiny_folder(tmp_path / "data")), "--output",
+            str(tmp_path / "out"), "--seeds", "0", "--wandb_group", "g", "--methods", "skd_gen1", "--sweep",
+            "beta=0.1,0.2", "--generations", "2", "--submit", "slurm"]
+    done = reproduce(*argv)
+    assert done.returncode == 0, done.stderr
+    jobs = {stage_of(j["script"]): j for j in slurm.jobs()}
+    ids = {stage: j["id"] for stage, j in jobs.items()}
+    select1, select2 = "select skd_gen1_seed_0_gen1", "select skd_gen1_seed_0_gen2"
+    vals1 = {ids[s] for s in ids if s.startswith("eval S_") and " val " in s}
+    assert len(vals1) == 4 and after(jobs[select1]["script"]) == vals1
+    script = jobs[select1]["script"]
+    assert directive(script, "gpus") is None and directive(script, "time") == "00:10:00"
+    assert directive(script, "cpus-per-task") == "1"
+    gen2 = [s for s in ids if s.startswith("train gen2/")]
+    assert len(gen2) == 2 and all(after(jobs[s]["script"]) == {ids[select1]} for s in gen2)
+    for generation, select in ((1, select1), (2, select2)):
+        for shots in (1, 5):
+            test = f"test skd_gen1_seed_0_gen{generation} {shots}shot"
+            assert after(jobs[test]["script"]) == {ids[select]}
+    for job in jobs.values():  # SLURM opens each job's log file before the job starts: its folder must exist
+        assert Path(directive(job["script"], "output")).parent.is_dir()
+    # The selection job runs its one stage as the local plan would: it waits for the val evaluations.
+    early = reproduce(*argv[:-2], "--stage", select1)
+    assert early.returncode == 2 and "waits for eval " in early.stderr

@@ -2,12 +2,17 @@
 
     python -m tools.plot curves RUN_DIR... --out PREFIX     # from each run's log.jsonl
     python -m tools.plot table results_table.csv --out PREFIX
+    python -m tools.plot sweep STUDY_OUTPUT --out PREFIX            # a reproduce.py --sweep study
 
 `curves`: one panel each for the loss and its terms, the accuracies (train, and val with
 --eval_freq), the learning rate and images/s, per epoch; several runs are drawn over one another.
 `table`: each cell of the table `python -m eval.table` writes (its .csv), ours with its 95% interval
 beside the paper's number; results files of eval_fewshot.py (--output) are drawn the same way,
 without the paper's.
+`sweep`: accuracy against the swept value (the first swept flag; one line per value of the others), val and
+test, 1- and 5-shot, one row per method and generation, each point the mean over the seeds with the 95%
+interval of the pooled episodes (eval.table's); test points only where test was evaluated (the chosen, or
+every candidate with --report all), with the seeds that were.
 """
 from __future__ import annotations
 
@@ -18,7 +23,11 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 import util
+from eval.stats import mean_confidence_interval
+from eval.table import Selection, find_selections
 from runtime.logger import LOG_NAME
 
 if TYPE_CHECKING:  # matplotlib is optional: imported by pyplot() when a chart is drawn
@@ -31,12 +40,14 @@ LOSS_SKIPPED = ("train_acc",)  # the train_* keys that are not loss terms
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = util.ArgumentParser("python -m tools.plot", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="chart", required=True, metavar="{curves,table}")
+    sub = parser.add_subparsers(dest="chart", required=True, metavar="{curves,table,sweep}")
     curves = sub.add_parser("curves", help="training curves from run folders' log.jsonl")
     curves.add_argument("runs", nargs="+", metavar="RUN", help="run folders, or their log.jsonl files")
     table = sub.add_parser("table", help="a results table beside the paper's numbers")
     table.add_argument("table", metavar="TABLE", help="the .csv of python -m eval.table, or a results .json")
-    for p in (curves, table):
+    sweep = sub.add_parser("sweep", help="accuracy against a swept value, from a study's selections")
+    sweep.add_argument("study", metavar="STUDY", help="the --output folder of scripts/reproduce.py --sweep")
+    for p in (curves, table, sweep):
         p.add_argument("--out", required=True, help="writes PREFIX.png and PREFIX.svg")
     return parser
 
@@ -176,12 +187,81 @@ def plot_table(table: Path, out: Path) -> list[Path]:
     return written
 
 
+def sweep_points(selections: list[Selection]) -> dict[tuple, dict[tuple, list[float]]]:
+    """(method, generation, shots, split, the other swept values) -> {swept value: pooled per-episode accuracies}
+    over the seeds, from each candidate's results files."""
+    points: dict[tuple, dict[tuple, list[float]]] = {}
+    for s in selections:
+        r = s.record
+        for candidate, folder in zip(r["candidates"], s.folders):
+            configuration = candidate.get("configuration") or {}
+            if not configuration:
+                continue
+            (first, value), *others = configuration.items()
+            for path in sorted(folder.glob("results_*shot.json")):
+                for result in json.loads(path.read_text()).get("results", []):
+                    if result.get("embedding", "feature") != "feature" or "accuracies" not in result:
+                        continue
+                    key = (r["method"], int(r.get("generation", 1)), int(result["n_shots"]), result["split"],
+                           first, tuple(others))
+                    points.setdefault(key, {}).setdefault((value,), []).extend(result["accuracies"])
+    return points
+
+
+def sweep_figure(plt, points: dict[tuple, dict[tuple, list[float]]], title: str) -> Figure:
+    """One panel per (method, generation) and shot count; val dashed, test solid."""
+    rows = sorted({(k[0], k[1]) for k in points})
+    shots = sorted({k[2] for k in points})
+    figure, axes = plt.subplots(len(rows), len(shots), figsize=(5.5 * len(shots) + 2, 3.6 * len(rows)),
+                                squeeze=False, constrained_layout=True)
+    for (i, row), (j, k) in ((a, b) for a in enumerate(rows) for b in enumerate(shots)):
+        ax = axes[i][j]
+        for key in sorted(p for p in points if (p[0], p[1], p[2]) == (*row, k)):
+            by_value = points[key]
+            values = sorted(by_value, key=lambda v: _as_number(v[0]))
+            stats = [mean_confidence_interval(np.asarray(by_value[v])) for v in values]
+            x = [_as_number(v[0]) for v in values]
+            others = ", ".join(f"{n} {v}" for n, v in key[5])
+            ax.errorbar(x, [m for m, _ in stats], yerr=[0 if np.isnan(h) else h for _, h in stats], capsize=3,
+                        marker="o", linestyle="--" if key[3] == "val" else "-",
+                        label=f"{key[3]}{' (' + others + ')' if others else ''}")
+            ax.set_xlabel(key[4])
+        method, generation = row
+        ax.set_title(f"{method}{f' generation {generation}' if generation > 1 else ''}, {k}-shot", fontsize=9)
+        ax.set_ylabel("accuracy (%)")
+        if ax.lines:
+            legend_outside(ax)
+    figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def _as_number(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def plot_sweep(study: Path, out: Path) -> list[Path]:
+    points = sweep_points(find_selections([str(study)]))
+    if not points:
+        raise util.UsageError(f"{study}: no swept candidates with results (selections/*.json of a "
+                              f"scripts/reproduce.py --sweep study)")
+    plt = pyplot()
+    figure = sweep_figure(plt, points, study.name)
+    written = save(figure, out)
+    plt.close(figure)
+    return written
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     args = get_args_parser().parse_args(argv)
     out = Path(args.out)
     util.check_writable_folder(out.parent, "--out")
     if args.chart == "curves":
         written = plot_curves([Path(r) for r in args.runs], out)
+    elif args.chart == "sweep":
+        written = plot_sweep(Path(args.study), out)
     else:
         written = plot_table(Path(args.table), out)
     print("chart: " + ", ".join(map(str, written)))
