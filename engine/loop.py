@@ -476,6 +476,8 @@ def _end_epoch(run: _Loop, stretch: _Stretch, epoch: int, meter: Meter, seconds:
         record.update(metrics)
         if state.best_val_acc is None or metrics["val_acc"] > state.best_val_acc:
             state.best_val_acc = metrics["val_acc"]
+            if main:  # W&B's summary: val_acc's maximum (define_metric) and the epoch that reached it
+                state.logger.summary({"best_val_acc_epoch": epoch})
             # Written before checkpoint.pth, so a crash between the two loses no improvement:
             # --resume retrains this epoch and compares it with best.pth's val_acc.
             if main:

@@ -4,6 +4,8 @@ only reader of the test split)."""
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +21,7 @@ from engine.data import TrainingData, load_eval_split
 from engine.loop import TrainState
 from eval.report import final_report
 from eval.validation import ValEvaluation
+from models import architecture_of
 from runtime import distributed
 from runtime.folder_lock import FolderLock
 from runtime.logger import LOG_NAME, RunLogger
@@ -71,13 +74,22 @@ def run_folder(run: RunConfig, name: str) -> Path:
 def training_logger(folder: Path, config: TrainConfig, process: Process, name: str, job_type: str,
                     run_id: str | None = None) -> RunLogger:
     """W&B (project: --wandb_project or the last part of --model_path; group: --wandb_group or the
-    run-folder name; config: the flags, the device and the precision that ran) and `log.jsonl` in the
-    run folder."""
+    run-folder name; name: the run folder's; config: the flags, the device and the precision that ran, the
+    command line; tags: --tags and run_tags) and `log.jsonl` in the run folder."""
     wandb = config.run.wandb
     project = wandb.project or Path(config.run.model_path).name or "skd"
-    recorded = {**config.flags, "device_name": process.device_name, "precision": process.precision}
+    recorded = {**config.flags, "device_name": process.device_name, "precision": process.precision,
+                "command": shlex.join(sys.argv)}
     return RunLogger(folder / LOG_NAME, mode=wandb.mode, project=project, config=recorded, wandb_dir=folder,
-                     tags=list(wandb.tags), run_id=run_id, group=wandb.group or name, job_type=job_type, name=name)
+                     tags=[*wandb.tags, *run_tags(config.flags, job_type)], run_id=run_id, group=wandb.group or name,
+                     job_type=job_type, name=name)
+
+
+def run_tags(flags: dict[str, Any], method: str) -> list[str]:
+    """What finds a run among a project's: dataset, method, architecture, seed, and a later generation."""
+    tags = [f"dataset:{flags.get('dataset')}", f"method:{method}", f"model:{architecture_of(flags)}",
+            f"seed:{flags.get('seed')}"]
+    return tags + ([f"generation:{flags['generation']}"] if flags.get("generation", 1) > 1 else [])
 
 
 def _trim_log(log: Path, last_epoch: int, phase: dict | None = None) -> None:

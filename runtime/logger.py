@@ -34,6 +34,11 @@ class RunLogger:
 
     `run_id` resumes that W&B run (a training run continued by --resume); evaluation never passes
     one, it opens a run of its own (job type eval) in the training run's group.
+
+    Metrics are defined as they first appear (W&B's define_metric): a record's `epoch` (or a phase's
+    `<phase>_epoch`) is the x-axis of every other key of the record; a summary keeps an accuracy's maximum
+    (the training loop adds `best_val_acc_epoch`, kept across --resume), a loss term's (`train_*`) minimum,
+    anything else its last value.
     """
 
     def __init__(self, jsonl: Path | None, *, mode: str, project: str, config: dict, wandb_dir: Path,
@@ -44,6 +49,7 @@ class RunLogger:
                                            group=group, job_type=job_type, name=name)
         # Kept if W&B fails later, so that a resumed run continues the same W&B run.
         self.wandb_id = getattr(self.wandb_run, "id", None)
+        self.defined: set[str] = set()
 
     @staticmethod
     def _start_wandb(requested: str, project: str, config: dict, wandb_dir: Path, *, tags: list[str],
@@ -89,9 +95,26 @@ class RunLogger:
                 f.write(json.dumps(metrics) + "\n")
         if self.wandb_run is not None:
             try:
+                self._define(metrics)
                 self.wandb_run.log(metrics)
             except Exception as e:
                 self._give_up(e)
+
+    def _define(self, metrics: dict[str, float]) -> None:
+        """Define the record's keys not defined yet against its epoch key (a record without one: W&B's step)."""
+        axis = next((k for k in metrics if k == "epoch" or k.endswith("_epoch")), None)
+        if axis is None:
+            return
+        if axis not in self.defined:
+            self.wandb_run.define_metric(axis)
+            self.defined.add(axis)
+        for key, value in metrics.items():
+            if key in self.defined or not isinstance(value, (int, float)):
+                continue
+            name = key.removeprefix(axis.removesuffix("epoch"))  # a phase's keys carry its prefix
+            summary = "max" if "acc" in name else "min" if name.startswith("train_") else "last"
+            self.wandb_run.define_metric(key, step_metric=axis, summary=summary)
+            self.defined.add(key)
 
     def summary(self, metrics: dict[str, float]) -> None:
         if self.wandb_run is not None:

@@ -12,7 +12,7 @@ method as published instead (docs/faithfulness.md).
 Stages that do not depend on each other run at the same time, one per GPU (--gpus, --parallel); every
 student after its teacher. `--submit slurm` makes each stage a SLURM job instead (afterok dependencies).
 
-A study goes further than the table (docs/studies.md): `--sweep FLAG=v1,v2` trains every value (a grid
+A study goes further than the table (docs/reproducing.md, section 4): `--sweep FLAG=v1,v2` trains every value (a grid
 when repeated), `--generations N` continues SKD Gen-1 and RFS-distill as born-again chains, `--teachers K` trains
 K teachers per seed; validation episodes choose (scripts/study.py), and only the chosen see the test split.
 
@@ -157,7 +157,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parallel", type=int, default=None,
                         help="stages run at the same time (default: one per GPU, --nproc_per_node GPUs each; one on "
                              "the CPU); each gets its share of the CPUs for its loader workers")
-    g = parser.add_argument_group("studies (docs/studies.md): candidates decided on val episodes, never test")
+    g = parser.add_argument_group("studies (docs/reproducing.md): candidates decided on val episodes, never test")
     g.add_argument("--sweep", action="append", type=study.parse_sweep, default=[], metavar="[METHOD:]FLAG=v1,v2",
                    help="train every value of a training flag (a weight name such as beta or gamma, or a flag such "
                         "as learning_rate); repeated: a grid. Without METHOD: every method of --methods that takes "

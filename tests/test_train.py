@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +290,46 @@ def test_wandb_failure_never_stops_training(tmp_path, monkeypatch):
     logger.summary({"x": 1.0})
     logger.finish()
     assert json.loads((tmp_path / "log.jsonl").read_text()) == {"epoch": 1, "train_loss": 0.5}
+
+
+class _RecordingRun:
+    """A stand-in of a W&B run: records the calls the logger makes."""
+
+    def __init__(self, **init) -> None:
+        self.init, self.id, self.defined, self.logged, self.summary = init, "r1", [], [], {}
+
+    def define_metric(self, name, **kwargs):
+        self.defined.append((name, kwargs))
+
+    def log(self, metrics):
+        self.logged.append(metrics)
+
+    def finish(self, exit_code=0):
+        pass
+
+
+def test_wandb_plots_every_metric_against_the_epoch_and_summarises_accuracies_by_max_and_losses_by_min(
+        tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    runs = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: runs.append(_RecordingRun(**kw)) or runs[-1])
+    config = replace(_config(tmp_path, wandb="offline"), flags={"dataset": "CIFAR-FS", "seed": 3, "model": "convnet4",
+                                                                "generation": 2})
+    logger = engine.run.training_logger(tmp_path, config, _process(), "S_run_trial_3", "skd_gen1")
+    (run,) = runs
+    assert set(run.init["tags"]) == {"t", "dataset:CIFAR-FS", "method:skd_gen1", "model:convnet4", "seed:3",
+                                     "generation:2"}
+    assert run.init["name"] == "S_run_trial_3" and "command" in run.init["config"]
+    logger.log({"phase": "teacher_head", "teacher_head_epoch": 1, "teacher_head_train_loss": 2.0})
+    logger.log({"epoch": 1, "lr": 0.1, "train_loss": 3.0, "train_acc": 10.0, "val_acc": 40.0})
+    logger.log({"epoch": 2, "lr": 0.1, "train_loss": 2.0, "train_acc": 20.0, "val_acc": 45.0})
+    assert run.defined == [("teacher_head_epoch", {}),
+                           ("teacher_head_train_loss", {"step_metric": "teacher_head_epoch", "summary": "min"}),
+                           ("epoch", {}), ("lr", {"step_metric": "epoch", "summary": "last"}),
+                           ("train_loss", {"step_metric": "epoch", "summary": "min"}),
+                           ("train_acc", {"step_metric": "epoch", "summary": "max"}),
+                           ("val_acc", {"step_metric": "epoch", "summary": "max"})]
+    assert len(run.logged) == 3  # each record once, its own epoch the x-axis
 
 
 def test_wandb_offline_run_is_written(tmp_path):
