@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
                          {"seconds": seconds, **facts, "normalization": norm_source})
         logger = eval_logger(args, checkpoint, {"device_name": facts["device"], "precision": process.precision})
         if logger is not None:
+            evaluated = runtime.logger.recorded_artifact(Path(args.model_path))
+            if evaluated is not None:  # W&B's lineage: this evaluation read that checkpoint
+                logger.use_model(evaluated)
             logger.summary(summary_metrics(results))
             logger.finish()
     runtime.distributed.cleanup()

@@ -170,6 +170,10 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="W&B mode; auto: online when logged in, otherwise offline")
     g.add_argument("--wandb_project", default=None, help="W&B project (default: last part of --model_path)")
+    g.add_argument("--wandb_artifacts", default="final", choices=["none", "final", "best", "all"],
+                   help="checkpoints logged as W&B artifacts of type model at the end: final (default: checkpoint.pth, "
+                        "what the students and the paper's evaluation read, kept when a cluster's scratch folder "
+                        "goes), best (best.pth, with --eval_freq), all (both), none")
     g.add_argument("--wandb_group", default=None,
                    help="W&B group (default: the run-folder name); evaluations of the checkpoint join it")
     g.add_argument("--log_interval", type=int, default=20,
@@ -244,7 +248,8 @@ def training_config(args: argparse.Namespace, device_augment_refusal: str | None
         process=ProcessConfig(args.device, args.amp, args.tf32, args.deterministic),
         loop=LoopConfig(args.log_interval, args.eval_freq, args.val_episodes, args.halt_on_divergence, args.compile),
         run=RunConfig(args.model_path, args.resume, not args.no_final_eval, args.final_checkpoint,
-                      WandbConfig(args.wandb, args.wandb_project, args.wandb_group, tuple(args.tags))),
+                      WandbConfig(args.wandb, args.wandb_project, args.wandb_group, tuple(args.tags),
+                                  args.wandb_artifacts)),
         episodes=EvalConfig(args.n_ways, args.n_queries, args.n_test_runs, args.n_aug_support_samples,
                             args.eval_batch_size, args.seed),
         seed=args.seed, flags=dict(vars(args)))

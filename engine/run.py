@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+import published
 import runtime.process
 from engine.checkpoint import load_checkpoint, load_model_weights
 from engine.checkpointer import Checkpointer
@@ -24,7 +25,7 @@ from eval.validation import ValEvaluation
 from models import architecture_of
 from runtime import distributed
 from runtime.folder_lock import FolderLock
-from runtime.logger import LOG_NAME, RunLogger
+from runtime.logger import ARTIFACT_RECORD, LOG_NAME, RunLogger, artifact_name, recorded_artifact
 from runtime.process import Process
 from util import UsageError, atomic_write, git_sha
 
@@ -154,6 +155,9 @@ def prepare_run(*, config: TrainConfig, process: Process, name: str, model: nn.M
         with atomic_write(state.folder / args_file) as tmp:
             tmp.write_text(json.dumps(config.flags, indent=2, default=str) + "\n")
         state.logger = training_logger(state.folder, config, process, name, job_type, checkpointer.wandb_id)
+        teacher = recorded_artifact(Path(identity["path_t"])) if identity.get("path_t") else None
+        if teacher is not None:  # W&B's lineage: the teacher's checkpoint is this run's input
+            state.logger.use_model(teacher)
     else:
         state.logger = RunLogger(None, mode="disabled", project="", config={}, wandb_dir=state.folder)
     checkpointer.wandb_id = state.logger.wandb_id
@@ -218,10 +222,37 @@ def final_weights(state: TrainState, config: TrainConfig) -> tuple[Path, str, in
     return state.best_path, f"best val (epoch {best['epoch']})", int(best["epoch"])
 
 
+def log_checkpoints(state: TrainState, config: TrainConfig, process: Process) -> None:
+    """The checkpoints --wandb_artifacts names as versions of the run's W&B artifact (type model): best.pth
+    (alias best), then checkpoint.pth (latest, final), with what the run was; their references go to
+    wandb_artifact.json beside them, for the lineage of the students and evaluations that read them."""
+    choice = config.run.wandb.artifacts
+    if choice == "none" or state.logger.wandb_run is None:
+        return
+    flags = config.flags
+    metadata = {"method": published.card_of_training_args(flags).name if "epochs" in flags else None,
+                "dataset": config.data.dataset, "architecture": architecture_of(flags), "seed": config.seed,
+                "epochs": config.schedule.epochs, "generation": published.generation_of(flags),
+                "best_val_acc": state.best_val_acc, "git": git_sha(), "precision": process.precision}
+    files = [(state.best_path, ["best"])] if choice in ("best", "all") and state.best_path.is_file() else []
+    files += [(state.checkpoint_path, ["final"])] if choice in ("final", "all") else []
+    references = {}
+    for path, aliases in files:
+        reference = state.logger.log_model(path, artifact_name(state.folder.name), aliases,
+                                           {**metadata, "file": path.name})
+        if reference is not None:
+            references[path.name] = reference
+    if references:
+        with atomic_write(state.folder / ARTIFACT_RECORD) as tmp:
+            tmp.write_text(json.dumps(references, indent=2) + "\n")
+
+
 def finish_training(state: TrainState, data: TrainingData, config: TrainConfig, process: Process) -> None:
     """Print the checkpoint path, run the few-shot report unless --no_final_eval (its episodes shared
     out over the ranks under torchrun), close the logger and the process group."""
     print(f"checkpoint: {state.checkpoint_path}", flush=True)
+    if distributed.is_main_process():
+        log_checkpoints(state, config, process)
     if config.run.final_eval:
         path, choice, epoch = final_weights(state, config)
         print(f"final evaluation: {path} ({choice})", flush=True)

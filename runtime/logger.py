@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 
 LOG_NAME = "log.jsonl"  # the run folder's per-epoch JSON lines
+# Beside a run's checkpoints once they are W&B artifacts: {file name: artifact reference}, what a student or an
+# evaluation of one of them declares as its input.
+ARTIFACT_RECORD = "wandb_artifact.json"
 
 
 def _wandb_logged_in() -> bool:
@@ -116,6 +119,39 @@ class RunLogger:
             self.wandb_run.define_metric(key, step_metric=axis, summary=summary)
             self.defined.add(key)
 
+    def log_model(self, path: Path, name: str, aliases: list[str], metadata: dict) -> str | None:
+        """`path` as a version of the artifact `name` (type model) with `aliases`; returns its reference
+        (entity/project/name:vN once W&B knows it, else name:alias), or None without W&B or when it fails
+        (one line, training goes on)."""
+        if self.wandb_run is None:
+            return None
+        try:
+            import wandb
+
+            artifact = wandb.Artifact(name, type="model", metadata=metadata)
+            artifact.add_file(str(path), name=path.name)
+            logged = self.wandb_run.log_artifact(artifact, aliases=aliases)
+            with contextlib.suppress(Exception):  # online: wait for the version; offline it is known at sync
+                if self.wandb_run.settings.mode == "online":
+                    logged.wait()
+                    return logged.qualified_name
+            return f"{name}:{aliases[0]}"
+        except Exception as e:
+            print(f"W&B: could not log {path} as an artifact ({type(e).__name__}: {e}); the file stays in the "
+                  f"run folder", file=sys.stderr)
+            return None
+
+    def use_model(self, reference: str) -> None:
+        """Declare the artifact `reference` an input of this run (W&B's lineage: teacher -> student, checkpoint
+        -> evaluation); a reference W&B cannot resolve (offline, another project) costs one line."""
+        if self.wandb_run is None:
+            return
+        try:
+            self.wandb_run.use_artifact(reference, type="model")
+        except Exception as e:
+            why = str(e).splitlines()[0] if str(e) else ""
+            print(f"W&B: lineage to {reference} not recorded ({type(e).__name__}: {why})", file=sys.stderr)
+
     def summary(self, metrics: dict[str, float]) -> None:
         if self.wandb_run is not None:
             try:
@@ -136,6 +172,20 @@ class RunLogger:
         if self.wandb_run is not None:
             with contextlib.suppress(Exception):
                 self.wandb_run.finish()
+
+
+def artifact_name(run_name: str) -> str:
+    """The W&B artifact holding a run's checkpoints: `model-<run folder name>`, in the characters W&B allows."""
+    return ("model-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in run_name))[:128]
+
+
+def recorded_artifact(checkpoint: Path) -> str | None:
+    """The artifact reference recorded beside `checkpoint` (a link, such as a selection's, is followed), if any."""
+    real = Path(checkpoint).resolve()
+    try:
+        return json.loads((real.parent / ARTIFACT_RECORD).read_text()).get(real.name)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class ProgressLines:

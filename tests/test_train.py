@@ -332,6 +332,72 @@ def test_wandb_plots_every_metric_against_the_epoch_and_summarises_accuracies_by
     assert len(run.logged) == 3  # each record once, its own epoch the x-axis
 
 
+class _ArtifactRun(_RecordingRun):
+    """The stand-in, with W&B's artifact calls."""
+
+    def __init__(self, **init) -> None:
+        super().__init__(**init)
+        self.artifacts, self.used = [], []
+
+    def log_artifact(self, artifact, aliases):
+        self.artifacts.append((artifact, aliases))
+        return artifact
+
+    def use_artifact(self, reference, type):
+        self.used.append((reference, type))
+
+
+def _run_with_checkpoints(tmp_path, config, name: str, identity: dict):
+    model = torch.nn.Linear(2, 2)
+    state = engine.run.prepare_run(config=config, process=_process(), name=name, model=model,
+                                   optimizer=torch.optim.SGD(model.parameters(), lr=0.1), job_type="test",
+                                   identity=identity)
+    for path in (state.checkpoint_path, state.best_path):
+        torch.save({"model": model.state_dict(), "epoch": 2}, path)
+    state.best_val_acc = 61.5
+    return state
+
+
+def test_checkpoints_become_model_artifacts_that_a_students_run_declares_as_its_input(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    runs = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: runs.append(_ArtifactRun(**kw)) or runs[-1])
+    flags = {"dataset": "synthetic", "seed": 0, "epochs": 2, "model": "convnet4", "objective": "skd"}
+    config = replace(_config(tmp_path, wandb="offline"), flags=flags)
+    config = replace(config, run=replace(config.run, wandb=replace(config.run.wandb, artifacts="all")))
+    teacher = _run_with_checkpoints(tmp_path, config, "teacher_run", {})
+    engine.run.log_checkpoints(teacher, config, _process())
+    engine.run.release_run_folder(teacher)
+    (best, best_aliases), (final, final_aliases) = runs[0].artifacts
+    assert (best_aliases, final_aliases) == (["best"], ["final"])  # W&B adds `latest` to the newest
+    assert final.type == "model" and final.name == "model-teacher_run"
+    assert final.metadata["best_val_acc"] == 61.5 and final.metadata["architecture"] == "convnet4"
+    assert final.metadata["method"] == "skd_gen0" and final.metadata["file"] == "checkpoint.pth"
+    assert list(final.manifest.entries) == ["checkpoint.pth"] and list(best.manifest.entries) == ["best.pth"]
+    assert json.loads((teacher.folder / "wandb_artifact.json").read_text()) == {
+        "best.pth": "model-teacher_run:best", "checkpoint.pth": "model-teacher_run:final"}
+    # A student of it (here through a link, as a study's selection names its teacher) declares it as its input.
+    link = tmp_path / "selected.pth"
+    link.symlink_to(teacher.checkpoint_path)
+    _run_with_checkpoints(tmp_path, replace(config, flags={**flags, "path_t": str(link)}), "student_run",
+                          {"path_t": str(link)})
+    assert runs[1].used == [("model-teacher_run:final", "model")]
+    none = replace(config, run=replace(config.run, wandb=replace(config.run.wandb, artifacts="none")))
+    quiet = _run_with_checkpoints(tmp_path, none, "quiet_run", {})
+    engine.run.log_checkpoints(quiet, none, _process())
+    assert runs[2].artifacts == [] and not (quiet.folder / "wandb_artifact.json").exists()
+
+
+def test_a_checkpoint_is_logged_as_an_artifact_offline_for_wandb_sync(tmp_path):
+    pytest.importorskip("wandb")
+    config = replace(_config(tmp_path, wandb="offline"), flags={"dataset": "synthetic", "seed": 0, "epochs": 2})
+    state = _run_with_checkpoints(tmp_path, config, "offline_run", {})
+    engine.run.log_checkpoints(state, config, _process())
+    state.logger.finish()
+    assert json.loads((state.folder / "wandb_artifact.json").read_text()) == {
+        "checkpoint.pth": "model-offline_run:final"}
+
+
 def test_wandb_offline_run_is_written(tmp_path):
     logger = engine.run.training_logger(tmp_path, _config(tmp_path, wandb="offline"), _process(), "run", "gen0")
     assert logger.wandb_run is not None and logger.wandb_id
