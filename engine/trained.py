@@ -11,15 +11,19 @@ from dataset import load_split
 from published.profiles import NAMED_NORMALIZATIONS, Normalization, dataset_profile
 from dataset.transforms import data_normalization
 from engine.checkpoint import BEST_NAME, CHECKPOINT_NAME, checkpoint_normalization, training_args
+from runtime.artifacts import fetch_checkpoint, is_reference
 from util import UsageError
 
 
 def checkpoint_file(given: str, flag: str = "--model_path") -> Path:
     """`given` as a checkpoint file: a file as given; a run folder's checkpoint.pth (its last epoch, the
-    paper's protocol), said in one line; a folder without one refused, naming what it holds."""
+    paper's protocol), said in one line; a W&B artifact reference (entity/project/name:alias) fetched and
+    verified (runtime.artifacts); a folder without one refused, naming what it holds."""
     path = Path(given)
     if path.is_file():
         return path
+    if is_reference(given):
+        return fetch_checkpoint(given, flag)
     if not path.is_dir():
         raise UsageError(f"{flag} {given}: checkpoint not found")
     last, best = path / CHECKPOINT_NAME, path / BEST_NAME

@@ -751,3 +751,60 @@ def test_a_short_gen0_run_learns(tmp_path):
     assert records[0]["train_acc"] >= 20.0
     assert records[1]["train_acc"] >= records[0]["train_acc"] + 10.0
     assert records[1]["train_ce"] < records[0]["train_ce"]
+
+
+class _Artifact:
+    """A stand-in of a W&B artifact as wandb.Api().artifact() returns it: its files, digest and manifest check."""
+
+    downloads = 0
+
+    def __init__(self, files: dict[str, bytes], digest: str = "d1", corrupt: bool = False) -> None:
+        self.files, self.digest, self.corrupt = files, digest, corrupt
+        self.qualified_name = "lab/skd/model-teacher_run:v3"
+
+    def download(self, root: str) -> str:
+        _Artifact.downloads += 1
+        for name, content in self.files.items():
+            (Path(root) / name).write_bytes(content if not self.corrupt else content[:-1])
+        return root
+
+    def verify(self, root: str) -> None:
+        for name, content in self.files.items():
+            if (Path(root) / name).read_bytes() != content:
+                raise ValueError(f"digest mismatch for {name}")
+
+
+def test_an_artifact_reference_is_fetched_once_verified_and_refused_when_it_does_not_match(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from engine.trained import checkpoint_file
+    import util
+    from runtime.logger import recorded_artifact
+
+    monkeypatch.setenv("SKD_ARTIFACT_CACHE", str(tmp_path / "cache"))
+    artifact = _Artifact({"checkpoint.pth": b"weights"})
+    asked = []
+
+    class Api:
+        def artifact(self, name, type):
+            asked.append((name, type))
+            return artifact
+
+    monkeypatch.setattr(wandb, "Api", Api)
+    _Artifact.downloads = 0
+    first = checkpoint_file("lab/skd/model-teacher_run:best", "--path_t")
+    again = checkpoint_file("lab/skd/model-teacher_run:best", "--path_t")
+    assert first == again == tmp_path / "cache" / "d1" / "checkpoint.pth" and first.read_bytes() == b"weights"
+    assert _Artifact.downloads == 1 and asked == [("lab/skd/model-teacher_run:best", "model")] * 2
+    assert recorded_artifact(first) == "lab/skd/model-teacher_run:v3"  # a student's run declares it as its input
+    artifact = _Artifact({"checkpoint.pth": b"weights"}, digest="d2", corrupt=True)
+    with pytest.raises(util.UsageError, match=r"^--model_path lab/skd/model-x:latest: the download does not match "
+                                              r"the artifact's manifest \(digest mismatch"):
+        checkpoint_file("lab/skd/model-x:latest")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["d1"]  # nothing half-written kept
+
+    def refuse(*a, **k):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(Api, "artifact", refuse)
+    with pytest.raises(util.UsageError, match="W&B cannot give this artifact \\(no network\\); `wandb login`"):
+        checkpoint_file("model-y:latest", "--path_t")
