@@ -309,6 +309,26 @@ def git_sha() -> str:
         return "unknown"
 
 
+# The code a run is saved with (W&B's code artifact), where git cannot list it: these folders' .py files and the
+# top level's.
+SOURCE_FOLDERS = ("dataset", "distill", "engine", "eval", "methods", "models", "published", "runtime", "scripts",
+                  "tools", "bench")
+
+
+def source_files() -> list[Path]:
+    """The repository's Python files: those git tracks (and the changed ones) in a checkout, else every .py of
+    the top level and SOURCE_FOLDERS; never a virtualenv's or a run folder's."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"], cwd=REPO_DIR,
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return [REPO_DIR / line for line in out.stdout.splitlines() if (REPO_DIR / line).is_file()]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    folders = (p for folder in SOURCE_FOLDERS for p in (REPO_DIR / folder).rglob("*.py"))
+    return sorted([*REPO_DIR.glob("*.py"), *folders])
+
+
 # ----------------------------------------------------------------------------- files
 
 @contextlib.contextmanager

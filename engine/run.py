@@ -27,7 +27,7 @@ from runtime import distributed
 from runtime.folder_lock import FolderLock
 from runtime.logger import ARTIFACT_RECORD, LOG_NAME, RunLogger, artifact_name, recorded_artifact
 from runtime.process import Process
-from util import UsageError, atomic_write, git_sha
+from util import REPO_DIR, UsageError, atomic_write, git_sha, source_files
 
 
 def start_training_run(config: TrainConfig, settings: Sequence[str] = ()) -> tuple[TrainConfig, Process]:
@@ -155,6 +155,7 @@ def prepare_run(*, config: TrainConfig, process: Process, name: str, model: nn.M
         with atomic_write(state.folder / args_file) as tmp:
             tmp.write_text(json.dumps(config.flags, indent=2, default=str) + "\n")
         state.logger = training_logger(state.folder, config, process, name, job_type, checkpointer.wandb_id)
+        state.logger.log_code(REPO_DIR, source_files())
         teacher = recorded_artifact(Path(identity["path_t"])) if identity.get("path_t") else None
         if teacher is not None:  # W&B's lineage: the teacher's checkpoint is this run's input
             state.logger.use_model(teacher)

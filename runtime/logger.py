@@ -141,6 +141,21 @@ class RunLogger:
                   f"run folder", file=sys.stderr)
             return None
 
+    def log_code(self, root: Path, files: list[Path]) -> None:
+        """`files` (under `root`) as the run's code artifact (type code; W&B keeps one version per distinct
+        content), as the release saved its *.py with each run."""
+        if self.wandb_run is None:
+            return
+        try:
+            import wandb
+
+            artifact = wandb.Artifact("source", type="code")
+            for path in files:
+                artifact.add_file(str(path), name=path.relative_to(root).as_posix())
+            self.wandb_run.log_artifact(artifact)
+        except Exception as e:
+            print(f"W&B: the code was not saved with the run ({type(e).__name__}: {e})", file=sys.stderr)
+
     def use_model(self, reference: str) -> None:
         """Declare the artifact `reference` an input of this run (W&B's lineage: teacher -> student, checkpoint
         -> evaluation); a reference W&B cannot resolve (offline, another project) costs one line."""

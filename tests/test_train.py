@@ -339,7 +339,7 @@ class _ArtifactRun(_RecordingRun):
         super().__init__(**init)
         self.artifacts, self.used = [], []
 
-    def log_artifact(self, artifact, aliases):
+    def log_artifact(self, artifact, aliases=None):
         self.artifacts.append((artifact, aliases))
         return artifact
 
@@ -368,7 +368,8 @@ def test_checkpoints_become_model_artifacts_that_a_students_run_declares_as_its_
     teacher = _run_with_checkpoints(tmp_path, config, "teacher_run", {})
     engine.run.log_checkpoints(teacher, config, _process())
     engine.run.release_run_folder(teacher)
-    (best, best_aliases), (final, final_aliases) = runs[0].artifacts
+    (best, best_aliases), (final, final_aliases) = [(a, aliases) for a, aliases in runs[0].artifacts
+                                                    if a.type == "model"]
     assert (best_aliases, final_aliases) == (["best"], ["final"])  # W&B adds `latest` to the newest
     assert final.type == "model" and final.name == "model-teacher_run"
     assert final.metadata["best_val_acc"] == 61.5 and final.metadata["architecture"] == "convnet4"
@@ -382,10 +383,14 @@ def test_checkpoints_become_model_artifacts_that_a_students_run_declares_as_its_
     _run_with_checkpoints(tmp_path, replace(config, flags={**flags, "path_t": str(link)}), "student_run",
                           {"path_t": str(link)})
     assert runs[1].used == [("model-teacher_run:final", "model")]
+    code = [a for a, _ in runs[1].artifacts if a.type == "code"]  # the code the run ran, saved with it
+    assert len(code) == 1
+    assert {"train_distillation.py", "engine/run.py", "models/resnet.py"} <= set(code[0].manifest.entries)
+    assert not any(name.startswith((".venv", "venv")) for name in code[0].manifest.entries)
     none = replace(config, run=replace(config.run, wandb=replace(config.run.wandb, artifacts="none")))
     quiet = _run_with_checkpoints(tmp_path, none, "quiet_run", {})
     engine.run.log_checkpoints(quiet, none, _process())
-    assert runs[2].artifacts == [] and not (quiet.folder / "wandb_artifact.json").exists()
+    assert [a.type for a, _ in runs[2].artifacts] == ["code"] and not (quiet.folder / "wandb_artifact.json").exists()
 
 
 def test_a_checkpoint_is_logged_as_an_artifact_offline_for_wandb_sync(tmp_path):
