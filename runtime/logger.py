@@ -129,7 +129,9 @@ class RunLogger:
             import wandb
 
             artifact = wandb.Artifact(name, type="model", metadata=metadata)
-            artifact.add_file(str(path), name=path.name)
+            # Immutable: W&B reads the file where it is (a finished checkpoint) instead of copying it to its staging
+            # folder in the home directory, which offline runs on a cluster would fill until `wandb sync`.
+            artifact.add_file(str(path), name=path.name, policy="immutable")
             logged = self.wandb_run.log_artifact(artifact, aliases=aliases)
             with contextlib.suppress(Exception):  # online: wait for the version; offline it is known at sync
                 if self.wandb_run.settings.mode == "online":
