@@ -922,8 +922,8 @@ def slurm_requests(args: argparse.Namespace, runs: list[Run], stages: list[Stage
     requests = {s.id: slurm_submit.eval_request(args, gpus) for s in stages}
     # A selection reads a few JSON files: no GPU, one CPU, minutes.
     requests.update({s.id: slurm_submit.Request(0, 1, "2G", "00:10:00") for s in stages if s.action is not None})
-    requests.update({f"train {r.checkpoint.parent.name}": slurm_submit.train_request(
-        args, gpus * args.nproc_per_node, r.forwarded) for r in runs})
+    requests.update({train_id(args, r): slurm_submit.train_request(args, gpus * args.nproc_per_node, r.forwarded)
+                     for r in runs})
     return requests
 
 

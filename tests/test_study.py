@@ -347,6 +347,9 @@ def test_a_study_under_slurm_selects_in_a_small_job_that_the_chosen_ones_tests_a
     assert directive(script, "cpus-per-task") == "1"
     gen2 = [s for s in ids if s.startswith("train gen2/")]
     assert len(gen2) == 2 and all(after(jobs[s]["script"]) == {ids[select1]} for s in gen2)
+    # A later generation's training job asks for a training run's time, not an evaluation's.
+    times = {s: directive(jobs[s]["script"], "time") for s in ids}
+    assert {times[s] for s in gen2} == {times[s] for s in ids if s.startswith("train S_")} == {"0-01:00:00"}
     for generation, select in ((1, select1), (2, select2)):
         for shots in (1, 5):
             test = f"test skd_gen1_seed_0_gen{generation} {shots}shot"
