@@ -813,3 +813,43 @@ def test_an_artifact_reference_is_fetched_once_verified_and_refused_when_it_does
     monkeypatch.setattr(Api, "artifact", refuse)
     with pytest.raises(util.UsageError, match="W&B cannot give this artifact \\(no network\\); `wandb login`"):
         checkpoint_file("model-y:latest", "--path_t")
+
+
+def test_a_resumed_run_continues_its_wandb_run_on_the_same_epoch_axis_without_repeating_an_epoch(
+        tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    runs = []
+
+    def init(**kwargs):
+        runs.append(_RecordingRun(**kwargs))
+        runs[-1].id = kwargs.get("id") or f"run{len(runs)}"
+        return runs[-1]
+
+    monkeypatch.setattr(wandb, "init", init)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2), torch.zeros(4).long()),
+                                         batch_size=2, generator=torch.Generator())
+
+    def train(epochs: int, resume: bool) -> None:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 2)
+        config = _config(tmp_path, epochs=epochs, resume=resume, wandb="offline")
+        state = engine.run.prepare_run(config=config, process=_process(), name="run", model=model, job_type="test",
+                                       optimizer=torch.optim.SGD(model.parameters(), lr=0.1), identity={})
+
+        def step(x, y):
+            return engine.loop.StepResult(torch.nn.functional.cross_entropy(model(x), y), {}, None, len(x))
+
+        try:
+            engine.loop.fit(state=state, make_step=lambda: step, loader=loader, schedule=config.schedule,
+                            loop=config.loop, device=torch.device("cpu"))
+        finally:
+            state.logger.finish()
+            engine.run.release_run_folder(state)
+
+    train(2, resume=False)
+    train(4, resume=True)  # the same run, given more epochs
+    first, resumed = runs
+    assert resumed.init["id"] == first.id and resumed.init["resume"] == "allow"
+    assert [r["epoch"] for r in first.logged + resumed.logged] == [1, 2, 3, 4]
+    assert ("epoch", {}) in resumed.defined and ("train_loss", {"step_metric": "epoch", "summary": "min"}) \
+        in resumed.defined  # the axis and summaries are declared again for the continued run
