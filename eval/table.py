@@ -515,14 +515,22 @@ def latex(table: Table) -> str:
     return "\n".join([*lines, r"\hline", r"\end{tabular}"]) + "\n"
 
 
-def log_wandb(table: Table, mode: str, project: str, what: str, wandb_dir: Path) -> None:
-    """A W&B Table of the cells and a bar chart of ours vs the paper; W&B trouble is only a warning."""
+def log_wandb(table: Table, mode: str, project: str, what: str, prefix: Path, group: str | None) -> None:
+    """A W&B Table of the cells and a bar chart of ours vs the paper, in the runs' W&B group; W&B trouble is only
+    a warning. One W&B run per table (its id in PREFIX.wandb_id): building the table again logs the new one to the
+    same run, as its next step, instead of opening another."""
     from runtime.logger import RunLogger  # mode 'auto', the online -> offline fallback and a failing init
 
+    id_file = prefix.with_name(prefix.name + ".wandb_id")
+    run_id = id_file.read_text().strip() if id_file.is_file() else None
     logger = RunLogger(None, mode=mode, project=project, config={"what": what, "baseline": table.baseline},
-                       wandb_dir=wandb_dir, tags=["table"], job_type="table", name="results_table")
+                       wandb_dir=prefix.parent, tags=["table"], run_id=run_id or None, group=group, job_type="table",
+                       name=f"table_{prefix.name}")
     if logger.wandb_run is None:
         return
+    if logger.wandb_id and logger.wandb_id != run_id:
+        with atomic_write(id_file) as tmp:
+            tmp.write_text(logger.wandb_id + "\n")
     try:
         import wandb
 
@@ -584,8 +592,10 @@ def main(argv: list[str] | None = None) -> Table:
     print(text, end="")
     print(f"table: {prefix}.md, .csv, .tex")
     if args.wandb != "disabled":
-        log_wandb(table, args.wandb, args.wandb_project or Path(args.run_dirs[0]).resolve().name, what,
-                  prefix.parent)
+        groups = sorted({str(g) for e in entries if (g := training_args(_read_json(e.path), e.path)
+                                                       .get("wandb_group"))})
+        log_wandb(table, args.wandb, args.wandb_project or Path(args.run_dirs[0]).resolve().name, what, prefix,
+                  groups[0] if len(groups) == 1 else None)
     return table
 
 

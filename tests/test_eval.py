@@ -506,23 +506,26 @@ def test_table_logs_a_wandb_table_and_bar_chart(tmp_path, monkeypatch):
 
     from eval import table
 
-    logged = []
+    logged, inits = [], []
 
     class Run:
+        id = "table1"
         log = staticmethod(logged.append)
         finish = staticmethod(lambda: None)
 
-    monkeypatch.setattr(wandb, "init", lambda **kwargs: Run())
-    _results(tmp_path / "runs" / "a", _gen0(0), {1: _accuracies(0)})
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: inits.append(kwargs) or Run())
+    _results(tmp_path / "runs" / "a", {**_gen0(0), "wandb_group": "study"}, {1: _accuracies(0)})
     table.main([str(tmp_path / "runs"), "--out", str(tmp_path / "t"), "--wandb", "offline"])
     (record,) = logged
     assert record["results_table"].columns[:3] == ["method", "dataset", "shots"]
     assert record["ours_vs_paper"] is not None
+    assert inits[0]["group"] == "study" and inits[0]["id"] is None  # beside the runs it tabulates
     first = (tmp_path / "t.md").read_text()
     (tmp_path / "t.md").unlink()
     monkeypatch.setattr(wandb, "Table", lambda **kwargs: 1 / 0)  # W&B trouble never fails the table
     table.main([str(tmp_path / "runs"), "--out", str(tmp_path / "t"), "--wandb", "offline"])
     assert (tmp_path / "t.md").read_text() == first and len(logged) == 1  # written again, the same; nothing logged
+    assert inits[1]["id"] == "table1" and inits[1]["resume"] == "allow"  # the same W&B run, not one per call
 
 
 def test_table_reads_only_results_files_and_runs_twice_the_same_with_wandb_offline(tmp_path):
