@@ -75,7 +75,7 @@ def run_folder(run: RunConfig, name: str) -> Path:
 def training_logger(folder: Path, config: TrainConfig, process: Process, name: str, job_type: str,
                     run_id: str | None = None) -> RunLogger:
     """W&B (project: --wandb_project or the last part of --model_path; group: --wandb_group or the
-    run-folder name; name: the run folder's; config: the flags, the device and the precision that ran, the
+    run-folder name; name: wandb_run_name; config: the flags, the device and the precision that ran, the
     command line; tags: --tags and run_tags) and `log.jsonl` in the run folder."""
     wandb = config.run.wandb
     project = wandb.project or Path(config.run.model_path).name or "skd"
@@ -83,7 +83,14 @@ def training_logger(folder: Path, config: TrainConfig, process: Process, name: s
                 "command": shlex.join(sys.argv)}
     return RunLogger(folder / LOG_NAME, mode=wandb.mode, project=project, config=recorded, wandb_dir=folder,
                      tags=[*wandb.tags, *run_tags(config.flags, job_type)], run_id=run_id, group=wandb.group or name,
-                     job_type=job_type, name=name)
+                     job_type=job_type, name=wandb_run_name(name, config.flags, job_type))
+
+
+def wandb_run_name(folder: str, flags: dict[str, Any], method: str) -> str:
+    """The W&B run's name: the method (and a later generation), then the run folder's name, which holds the
+    dataset and the seed (its trial), so that a run and its folder are matched at a glance."""
+    generation = flags.get("generation", 1)
+    return f"{method}{f'-gen{generation}' if generation > 1 else ''} {folder}"
 
 
 def run_tags(flags: dict[str, Any], method: str) -> list[str]:

@@ -319,7 +319,7 @@ def test_wandb_plots_every_metric_against_the_epoch_and_summarises_accuracies_by
     (run,) = runs
     assert set(run.init["tags"]) == {"t", "dataset:CIFAR-FS", "method:skd_gen1", "model:convnet4", "seed:3",
                                      "generation:2"}
-    assert run.init["name"] == "S_run_trial_3" and "command" in run.init["config"]
+    assert run.init["name"] == "skd_gen1-gen2 S_run_trial_3" and "command" in run.init["config"]
     logger.log({"phase": "teacher_head", "teacher_head_epoch": 1, "teacher_head_train_loss": 2.0})
     logger.log({"epoch": 1, "lr": 0.1, "train_loss": 3.0, "train_acc": 10.0, "val_acc": 40.0})
     logger.log({"epoch": 2, "lr": 0.1, "train_loss": 2.0, "train_acc": 20.0, "val_acc": 45.0})
@@ -410,7 +410,15 @@ def test_wandb_offline_run_is_written(tmp_path):
     logger.finish()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and runs[0].name.endswith(logger.wandb_id)
-    assert json.loads((tmp_path / "log.jsonl").read_text()) == {"epoch": 1, "train_loss": 0.5}
+    # --resume passes the checkpoint's id: W&B itself continues that run (`wandb sync` joins the two parts).
+    again = engine.run.training_logger(tmp_path, _config(tmp_path, wandb="offline"), _process(), "run", "gen0",
+                                       logger.wandb_id)
+    again.log({"epoch": 2, "train_loss": 0.4})
+    again.finish()
+    assert again.wandb_id == logger.wandb_id
+    assert all(p.name.endswith(logger.wandb_id) for p in (tmp_path / "wandb").glob("offline-run-*"))
+    assert [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [
+        {"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": 0.4}]
 
 
 def test_learning_rate_schedules():
