@@ -57,9 +57,7 @@ def add_backbone_args(parser: argparse.ArgumentParser, runtime: bool = True) -> 
 def load_backbone(args: argparse.Namespace, device: torch.device) -> Backbone:
     """The network of --model_path on `device` and its preprocessing, decided as eval_fewshot.py decides
     them (engine.trained.evaluation_normalization); prints the normalisation's source."""
-    path = Path(args.model_path)
-    if not path.is_file():
-        raise util.UsageError(f"--model_path {path}: checkpoint not found")
+    path = engine.trained.checkpoint_file(args.model_path)  # a file, a run folder or a W&B artifact reference
     checkpoint = engine.checkpoint.load_checkpoint(path)
     recorded = engine.trained.trained_with(checkpoint)
     dataset = args.dataset or recorded["dataset"]
