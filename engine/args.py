@@ -170,10 +170,10 @@ def add_run_args(parser: argparse.ArgumentParser, tags: str) -> None:
     g.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="W&B mode; auto: online when logged in, otherwise offline")
     g.add_argument("--wandb_project", default=None, help="W&B project (default: last part of --model_path)")
-    g.add_argument("--wandb_artifacts", default="final", choices=["none", "final", "best", "all"],
-                   help="checkpoints logged as W&B artifacts of type model at the end: final (default: checkpoint.pth, "
-                        "what the students and the paper's evaluation read, kept when a cluster's scratch folder "
-                        "goes), best (best.pth, with --eval_freq), all (both), none")
+    g.add_argument("--wandb_artifacts", default="all", choices=["none", "final", "best", "all"],
+                   help="checkpoints logged as W&B artifacts of type model at the end: all (default: checkpoint.pth "
+                        "and, where --eval_freq keeps it, best.pth: what students and evaluations read, kept when a "
+                        "cluster's scratch folder goes with its job), final (checkpoint.pth), best (best.pth), none")
     g.add_argument("--wandb_group", default=None,
                    help="W&B group (default: the run-folder name); evaluations of the checkpoint join it")
     g.add_argument("--log_interval", type=int, default=20,

@@ -71,7 +71,7 @@ class WandbConfig:
     project: str | None = None  # None: the last part of the runs' parent folder
     group: str | None = None  # None: the run folder's name
     tags: tuple[str, ...] = ()
-    artifacts: str = "final"  # the checkpoints logged as W&B artifacts: none, final, best or all
+    artifacts: str = "all"  # the checkpoints logged as W&B artifacts: none, final, best or all
 
 
 @dataclass(frozen=True)

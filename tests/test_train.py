@@ -400,7 +400,7 @@ def test_a_checkpoint_is_logged_as_an_artifact_offline_for_wandb_sync(tmp_path):
     engine.run.log_checkpoints(state, config, _process())
     state.logger.finish()
     assert json.loads((state.folder / "wandb_artifact.json").read_text()) == {
-        "checkpoint.pth": "model-offline_run:final"}
+        "best.pth": "model-offline_run:best", "checkpoint.pth": "model-offline_run:final"}
 
 
 def test_wandb_offline_run_is_written(tmp_path):
@@ -416,7 +416,8 @@ def test_wandb_offline_run_is_written(tmp_path):
     again.log({"epoch": 2, "train_loss": 0.4})
     again.finish()
     assert again.wandb_id == logger.wandb_id
-    assert all(p.name.endswith(logger.wandb_id) for p in (tmp_path / "wandb").glob("offline-run-*"))
+    # Each part's folder is named by the run's id (and, started within the same second, a counter after it).
+    assert all(f"-{logger.wandb_id}" in p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
     assert [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [
         {"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": 0.4}]
 
