@@ -823,7 +823,7 @@ def main() -> None:
     args.wandb_group = args.wandb_group or f"reproduce_{args.dataset}_{datetime.date.today().isoformat()}"
     runs = plan(args, passthrough)
     if args.wandb_sweep:
-        for path in write_wandb_sweeps(args, runs):
+        for path in study.write_wandb_sweeps(args, runs):
             print(f"wrote {path}: wandb sweep {path}")
         return
     if not args.dry_run:
@@ -868,52 +868,6 @@ def print_totals(args: argparse.Namespace, runs: list[Run], stages: list[Stage])
           f"{selections} selections; projected training time {hours:.1f} GPU-hours at --images_per_s "
           f"{args.images_per_s:g} forwarded images/s per GPU (an assumption; bench/gpu_check.sh measures it)"
           + (f", {unknown} run(s) of unknown size (--use_trainval)" if unknown else ""))
-
-
-def write_wandb_sweeps(args: argparse.Namespace, runs: list[Run]) -> list[Path]:
-    """A W&B sweep configuration (grid) per seed of the plan's one swept method, running the plan's commands with
-    the swept flags left to the agent; JSON, which `wandb sweep` reads as the YAML it is a subset of."""
-    swept = [run for run in runs if run.place.swept]
-    names = sorted({run.method for run in swept})
-    if len(names) != 1 or args.generations > 1 or args.teachers > 1:
-        found = f"this plan sweeps {', '.join(names)}" if names else "nothing is swept (--sweep)"
-        raise util.UsageError(f"--wandb_sweep {args.wandb_sweep}: writes the sweep of one method, without "
-                              f"--generations or --teachers; {found}")
-    stage = methods.get_method(names[0])
-    target = Path(args.wandb_sweep)
-    written = []
-    for seed in args.seeds:
-        group = [run for run in swept if run.seed == seed]
-        if any(run.checkpoint.parent.parent != Path(args.output) for run in group):
-            raise util.UsageError(f"--wandb_sweep: {names[0]}'s run-folder name does not say "
-                                  f"{', '.join(n for n, _ in group[0].place.swept)}, so the agent's runs would share "
-                                  f"one folder; run the sweep with this script instead")
-        flags = {n: stage.weight_flags.get(n, f"--{n}") for n, _ in group[0].place.swept}
-        values = {n: sorted({dict(run.place.swept)[n] for run in group}, key=group_order(group, n)) for n in flags}
-        fixed, skip = [], False
-        for token in group[0].command[2:]:
-            if skip:
-                skip = False
-            elif token in flags.values():
-                skip = True
-            else:
-                fixed.append(token)
-        config = {"name": f"{names[0]} {args.dataset} seed {seed}", "program": group[0].command[1], "method": "grid",
-                  "description": f"scripts/reproduce.py's {names[0]} sweep (W&B group {args.wandb_group})",
-                  "parameters": {flags[n].lstrip("-"): {"values": values[n]} for n in flags},
-                  "command": ["${env}", "${interpreter}", "${program}", *fixed, "${args}"]}
-        path = target if len(args.seeds) == 1 else target.with_name(f"{target.stem}_seed{seed}{target.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with util.atomic_write(path) as tmp:
-            tmp.write_text(json.dumps(config, indent=2) + "\n")
-        written.append(path)
-    return written
-
-
-def group_order(group: list[Run], name: str):
-    """Values of a swept name in the order the plan trains them."""
-    order = [dict(run.place.swept)[name] for run in group]
-    return order.index
 
 
 def slurm_requests(args: argparse.Namespace, runs: list[Run], stages: list[Stage]) -> dict[str, slurm_submit.Request]:

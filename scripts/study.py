@@ -1,6 +1,6 @@
-"""What turns a table's plan into a study (scripts/reproduce.py): sweeps of training flags, and the selection
-that decides between candidates (a sweep's configurations, or the K teachers of one seed) on validation
-episodes only.
+"""What turns a table's plan into a study (scripts/reproduce.py): sweeps of training flags, the selection that
+decides between candidates (a sweep's configurations, or the K teachers of one seed) on validation episodes
+only, and a sweep written for W&B's own sweep agent.
 
 A selection reads each candidate's `results_val_<K>shot.json` (eval_fewshot.py on the val split, the same
 fixed episodes for every candidate) and nothing else: it never opens a test results file, and the plan
@@ -12,12 +12,14 @@ links to that one, the `--path_t` the students' commands name before the choice 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import methods
 import util
 
 SELECTIONS = "selections"
@@ -149,3 +151,49 @@ def selection_done(record: Path, candidates: list[Candidate], shots: tuple[int, 
     newest = max(p.stat().st_mtime for p in results)
     linked = link is None or (link.is_symlink() and link.resolve() == Path(content["teacher"]).resolve())
     return record.stat().st_mtime >= newest and linked
+
+
+def write_wandb_sweeps(args: argparse.Namespace, runs: list) -> list[Path]:
+    """A W&B sweep configuration (grid) per seed of the plan's one swept method, running the plan's commands with
+    the swept flags left to the agent; JSON, which `wandb sweep` reads as the YAML it is a subset of."""
+    swept = [run for run in runs if run.place.swept]
+    names = sorted({run.method for run in swept})
+    if len(names) != 1 or args.generations > 1 or args.teachers > 1:
+        found = f"this plan sweeps {', '.join(names)}" if names else "nothing is swept (--sweep)"
+        raise util.UsageError(f"--wandb_sweep {args.wandb_sweep}: writes the sweep of one method, without "
+                              f"--generations or --teachers; {found}")
+    stage = methods.get_method(names[0])
+    target = Path(args.wandb_sweep)
+    written = []
+    for seed in args.seeds:
+        group = [run for run in swept if run.seed == seed]
+        if any(run.checkpoint.parent.parent != Path(args.output) for run in group):
+            raise util.UsageError(f"--wandb_sweep: {names[0]}'s run-folder name does not say "
+                                  f"{', '.join(n for n, _ in group[0].place.swept)}, so the agent's runs would share "
+                                  f"one folder; run the sweep with this script instead")
+        flags = {n: stage.weight_flags.get(n, f"--{n}") for n, _ in group[0].place.swept}
+        values = {n: sorted({dict(run.place.swept)[n] for run in group}, key=group_order(group, n)) for n in flags}
+        fixed, skip = [], False
+        for token in group[0].command[2:]:
+            if skip:
+                skip = False
+            elif token in flags.values():
+                skip = True
+            else:
+                fixed.append(token)
+        config = {"name": f"{names[0]} {args.dataset} seed {seed}", "program": group[0].command[1], "method": "grid",
+                  "description": f"scripts/reproduce.py's {names[0]} sweep (W&B group {args.wandb_group})",
+                  "parameters": {flags[n].lstrip("-"): {"values": values[n]} for n in flags},
+                  "command": ["${env}", "${interpreter}", "${program}", *fixed, "${args}"]}
+        path = target if len(args.seeds) == 1 else target.with_name(f"{target.stem}_seed{seed}{target.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with util.atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(config, indent=2) + "\n")
+        written.append(path)
+    return written
+
+
+def group_order(group: list, name: str) -> Callable[[str], int]:
+    """Values of a swept name in the order the plan trains them."""
+    order = [dict(run.place.swept)[name] for run in group]
+    return order.index
