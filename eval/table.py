@@ -460,7 +460,7 @@ def study_section(selections: list[Selection], split_files: dict[Path, dict[str,
                 configuration += f" (seed {c['seed']})"
             marks = [f"{k}-shot" for k in sorted(s.chosen) if s.chosen[k] == folder]
             marks += ["teaches"] if folder == s.teacher and len(s.folders) > 1 else []
-            lines.append(f"| {name} | {Path(c['folder']).name} | {configuration} | "
+            lines.append(f"| {name} | {c['folder']} | {configuration} | "
                          + " | ".join(_num(found.get(f"{split} {k}")) for split in ("val", "test") for k in (1, 5))
                          + f" | {', '.join(marks) or '—'} |")
     return "\n".join(lines) + "\n"

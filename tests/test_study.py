@@ -235,7 +235,7 @@ def test_the_table_takes_each_candidate_for_the_shot_count_val_chose_it_and_list
     assert result.methods == ["skd_gen0", "skd_gen1", "skd_gen1:gen2"]
     text = (tmp_path / "t.md").read_text()
     assert "| SKD Gen-0, seed 0 | a | — | 60.00 | 70.00 | 50.00 | 80.00 | 1-shot, teaches |" in text
-    assert "| SKD Gen-0, seed 0 | a | — (seed 1000) | 55.00 | 75.00 | 52.00 | 78.00 | 5-shot |" in text
+    assert "| SKD Gen-0, seed 0 | teacher1/a | — (seed 1000) | 55.00 | 75.00 | 52.00 | 78.00 | 5-shot |" in text
     assert "| SKD Gen-1, generation 2 |" in text
 
 
