@@ -30,10 +30,12 @@ from eval.features import evaluate_features, feature_class_indices, read_feature
 from eval.fewshot import EvalConfig
 from eval.report import evaluation_projection, run_evaluations
 from models import DEFAULT_MODEL, list_models
+import published
 from runtime.process import Process, ProcessConfig
 import engine.args
 import engine.checkpoint
 import engine.official_flags
+import engine.run
 import engine.trained
 import runtime.distributed
 import runtime.logger
@@ -223,8 +225,12 @@ def eval_logger(args: argparse.Namespace, checkpoint: dict,
     config = {**vars(args), **run_facts,
               "trained_with": {k: train_args.get(k) for k in ("dataset", "epochs", "seed", "trial")}}
     shots = "-".join(map(str, getattr(args, "shots", [args.n_shots])))  # parse_args sets shots; a bare parser not
+    method = published.card_of_training_args(train_args).name if train_args else "official"  # the release's: none
+    dataset = args.dataset or train_args.get("dataset")
+    tags = ["eval", *engine.run.run_tags({**train_args, "dataset": dataset}, method), f"split:{args.split}",
+            f"shots:{shots}"]
     return runtime.logger.RunLogger(None, mode=args.wandb, project=project, config=config, wandb_dir=wandb_dir,
-                                   tags=["eval"], group=train_args.get("wandb_group") or run_name, job_type="eval",
+                                   tags=tags, group=train_args.get("wandb_group") or run_name, job_type="eval",
                                    name=f"eval_{run_name}_{args.split}_{shots}shot")
 
 

@@ -313,6 +313,8 @@ def test_eval_logs_to_its_own_wandb_run_in_the_training_group(small_model, cifar
     assert kwargs["config"]["device_name"] == "cpu" and kwargs["config"]["precision"] == "fp32"
     assert kwargs["job_type"] == "eval" and kwargs["group"] == "table-1" and kwargs["id"] is None
     assert kwargs["resume"] is None and kwargs["project"] == "save" and kwargs["dir"] == str(tmp_path / "out")
+    assert {"eval", "split:test", "shots:1", "method:skd_gen0", "dataset:CIFAR-FS", "model:resnet12_ssl"} <= \
+        set(kwargs["tags"])
 
 
 def test_eval_normalisation_never_comes_from_the_evaluated_split(tmp_path):
