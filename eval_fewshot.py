@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         if logger is not None:
             evaluated = runtime.logger.recorded_artifact(Path(args.model_path))
             if evaluated is not None:  # W&B's lineage: this evaluation read that checkpoint
-                logger.use_model(evaluated)
+                logger.use_model(evaluated, "evaluated")
             logger.summary(summary_metrics(results))
             logger.finish()
     runtime.distributed.cleanup()

@@ -165,7 +165,7 @@ def prepare_run(*, config: TrainConfig, process: Process, name: str, model: nn.M
         state.logger.log_code(REPO_DIR, source_files())
         teacher = recorded_artifact(Path(identity["path_t"])) if identity.get("path_t") else None
         if teacher is not None:  # W&B's lineage: the teacher's checkpoint is this run's input
-            state.logger.use_model(teacher)
+            state.logger.use_model(teacher, "teacher")
     else:
         state.logger = RunLogger(None, mode="disabled", project="", config={}, wandb_dir=state.folder)
     checkpointer.wandb_id = state.logger.wandb_id

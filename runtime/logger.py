@@ -158,10 +158,15 @@ class RunLogger:
         except Exception as e:
             print(f"W&B: the code was not saved with the run ({type(e).__name__}: {e})", file=sys.stderr)
 
-    def use_model(self, reference: str) -> None:
+    def use_model(self, reference: str, role: str) -> None:
         """Declare the artifact `reference` an input of this run (W&B's lineage: teacher -> student, checkpoint
-        -> evaluation); a reference W&B cannot resolve (offline, another project) costs one line."""
+        -> evaluation). Offline, where W&B cannot resolve artifacts, it goes into the config as `<role>_artifact`
+        instead; a reference W&B cannot resolve online (another project) costs one line."""
         if self.wandb_run is None:
+            return
+        if getattr(self.wandb_run, "offline", False):
+            with contextlib.suppress(Exception):
+                self.wandb_run.config.update({f"{role}_artifact": reference}, allow_val_change=True)
             return
         try:
             self.wandb_run.use_artifact(reference, type="model")

@@ -393,7 +393,7 @@ def test_checkpoints_become_model_artifacts_that_a_students_run_declares_as_its_
     assert [a.type for a, _ in runs[2].artifacts] == ["code"] and not (quiet.folder / "wandb_artifact.json").exists()
 
 
-def test_a_checkpoint_is_logged_as_an_artifact_offline_for_wandb_sync(tmp_path):
+def test_a_checkpoint_is_logged_as_an_artifact_offline_for_wandb_sync(tmp_path, capsys):
     pytest.importorskip("wandb")
     config = replace(_config(tmp_path, wandb="offline"), flags={"dataset": "synthetic", "seed": 0, "epochs": 2})
     state = _run_with_checkpoints(tmp_path, config, "offline_run", {})
@@ -401,6 +401,12 @@ def test_a_checkpoint_is_logged_as_an_artifact_offline_for_wandb_sync(tmp_path):
     state.logger.finish()
     assert json.loads((state.folder / "wandb_artifact.json").read_text()) == {
         "best.pth": "model-offline_run:best", "checkpoint.pth": "model-offline_run:final"}
+    # Offline W&B cannot resolve an artifact: a student's run records its teacher's in its config, silently.
+    student = engine.run.training_logger(tmp_path, config, _process(), "student", "skd_gen1")
+    student.use_model("model-offline_run:final", "teacher")
+    assert student.wandb_run.config["teacher_artifact"] == "model-offline_run:final"
+    student.finish()
+    assert "W&B" not in capsys.readouterr().err
 
 
 def test_wandb_offline_run_is_written(tmp_path):
