@@ -316,10 +316,10 @@ SOURCE_FOLDERS = ("dataset", "distill", "engine", "eval", "methods", "models", "
 
 
 def source_files() -> list[Path]:
-    """The repository's Python files: those git tracks (and the changed ones) in a checkout, else every .py of
-    the top level and SOURCE_FOLDERS; never a virtualenv's or a run folder's."""
+    """The repository's Python files: those git tracks (as they are in the working tree) in a checkout, else every
+    .py of the top level and SOURCE_FOLDERS; never a virtualenv's or a run folder's, whatever its name."""
     try:
-        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"], cwd=REPO_DIR,
+        out = subprocess.run(["git", "ls-files", "--cached", "*.py"], cwd=REPO_DIR,
                              capture_output=True, text=True, timeout=10)
         if out.returncode == 0 and out.stdout.strip():
             return [REPO_DIR / line for line in out.stdout.splitlines() if (REPO_DIR / line).is_file()]
