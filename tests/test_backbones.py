@@ -7,6 +7,7 @@ that has no rotation head with one line saying so.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -91,8 +92,9 @@ def test_the_same_weights_give_the_releases_logits_and_features_to_the_bit(name)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(json.loads(STORED.read_text())["networks"])))
-def test_each_network_exports_to_torchscript_with_its_features_unchanged(name, tmp_path):
-    """tools.export takes every network: its TorchScript file gives PyTorch's features on real image files."""
+def test_each_network_exports_to_torchscript_and_onnx_with_its_features_unchanged(name, tmp_path):
+    """tools.export takes every network: its TorchScript file gives PyTorch's features on real image files, and
+    so does its ONNX file within the tool's tolerance (where onnx and onnxruntime are installed, as in CI)."""
     import numpy as np
     from PIL import Image
 
@@ -104,11 +106,15 @@ def test_each_network_exports_to_torchscript_with_its_features_unchanged(name, t
     for i in range(3):
         Image.fromarray(np.random.RandomState(i).randint(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     torch.save({"model": create_model(name, 10, "synthetic").state_dict()}, tmp_path / "net.pth")
+    onnx = importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime")
+    formats = "torchscript,onnx" if onnx else "torchscript"
     done = run_script("-m", "tools.export", "--model_path", str(tmp_path / "net.pth"), "--model", name, "--dataset",
-                      "synthetic", "--image_size", "16", "--images", str(folder), "--formats", "torchscript",
+                      "synthetic", "--image_size", "16", "--images", str(folder), "--formats", formats,
                       "--out", str(tmp_path / "out" / name))
     assert done.returncode == 0, done.stderr
-    assert "torchscript:" in done.stdout and "max abs difference from PyTorch 0.00e+00" in done.stdout
+    lines = {line.split(":")[0]: line for line in done.stdout.splitlines() if "max abs difference" in line}
+    assert "max abs difference from PyTorch 0.00e+00" in lines["torchscript"]
+    assert ("onnx" in lines) == ("onnx" in formats)
 
 
 def test_the_pages_example_network_registers_and_trains_a_gen0_step():
