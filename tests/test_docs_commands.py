@@ -68,7 +68,10 @@ def environment(tmp_path: Path) -> dict:
     shutil.copy(OMNIGLOT_ZIP, cache / "images_background_small1.zip")
     bin_dir = tmp_path / "bin"  # `python` is this interpreter, whatever PATH holds
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
+    # A wrapper, not a symlink: a venv's python finds its pyvenv.cfg (and so its packages) only beside the path
+    # it is started by.
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO),
             "XDG_CACHE_HOME": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
 
