@@ -154,7 +154,8 @@ def read_teacher(args: argparse.Namespace) -> dict:
     """Read --path_t before the run starts (and prints its header), refusing a missing or unreadable
     one in one line, and fill --model_t and --model_s from it where not given."""
     if runtime.artifacts.is_reference(args.path_t):  # a W&B artifact: its checkpoint, fetched and verified
-        args.path_t = str(runtime.artifacts.fetch_checkpoint(args.path_t, "--path_t"))
+        args.path_t = str(runtime.artifacts.fetch_checkpoint(args.path_t, "--path_t", (
+            engine.checkpoint.CHECKPOINT_NAME, engine.checkpoint.BEST_NAME)))
     if not Path(args.path_t).is_file():
         raise util.UsageError(f"--path_t {args.path_t}: checkpoint not found (the Gen-0 teacher's checkpoint.pth)")
     checkpoint = engine.checkpoint.load_checkpoint(args.path_t)

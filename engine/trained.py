@@ -23,7 +23,7 @@ def checkpoint_file(given: str, flag: str = "--model_path") -> Path:
     if path.is_file():
         return path
     if is_reference(given):
-        return fetch_checkpoint(given, flag)
+        return fetch_checkpoint(given, flag, (CHECKPOINT_NAME, BEST_NAME))
     if not path.is_dir():
         raise UsageError(f"{flag} {given}: checkpoint not found")
     last, best = path / CHECKPOINT_NAME, path / BEST_NAME

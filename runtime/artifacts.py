@@ -17,7 +17,6 @@ from util import UsageError
 
 # [entity/][project/]name:alias, the characters W&B allows in each part; a path on disk never has the colon.
 REFERENCE = re.compile(r"^(?:[\w.-]+/){0,2}[\w.-]+:[\w.-]+$")
-CHECKPOINT_NAMES = ("checkpoint.pth", "best.pth")
 
 
 def is_reference(given: str) -> bool:
@@ -28,8 +27,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("SKD_ARTIFACT_CACHE") or Path.home() / ".cache" / "skd" / "artifacts")
 
 
-def fetch_checkpoint(reference: str, flag: str) -> Path:
-    """The checkpoint file of the artifact `reference`, from the cache or downloaded into it and verified."""
+def fetch_checkpoint(reference: str, flag: str, names: tuple[str, ...]) -> Path:
+    """The checkpoint file of the artifact `reference` (the first of `names`, a run folder's checkpoint file names,
+    that it holds), from the cache or downloaded into it and verified."""
     try:
         import wandb
     except ImportError:
@@ -60,8 +60,8 @@ def fetch_checkpoint(reference: str, flag: str) -> Path:
             os.rename(staging, folder)  # whole or not at all; another process may have put it there first
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
-    found = [folder / name for name in CHECKPOINT_NAMES if (folder / name).is_file()]
+    found = [folder / name for name in names if (folder / name).is_file()]
     if not found:
-        raise UsageError(f"{flag} {reference}: the artifact holds no {' or '.join(CHECKPOINT_NAMES)} ({folder})")
+        raise UsageError(f"{flag} {reference}: the artifact holds no {' or '.join(names)} ({folder})")
     print(f"{flag} {reference}: {found[0]} (W&B artifact {digest[:12]}, verified)")
     return found[0]
